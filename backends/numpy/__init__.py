@@ -1,0 +1,1 @@
+"""The NumPy reference backend: the meaning of every catalogue kernel."""

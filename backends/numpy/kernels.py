@@ -1,0 +1,197 @@
+"""Reference semantics of every catalogue kernel: obviously right, not fast.
+
+Each function takes the bindings as flat host arrays of their declared dtype (writes go
+into them in place), the parameters and the constants. Float64 accumulation wherever
+a sum is taken, so the reference is the most accurate thing in the room.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from shaderbay.dtypes import to_f32
+from shaderbay.kernels import uniform
+
+Arrays = dict[str, np.ndarray]
+
+
+def embed(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
+    rows, dim, vocab = p["rows"], p["dim"], p["vocab"]
+    table = b["table"][: vocab * dim].reshape(vocab, dim)
+    ids = b["ids"][:rows].astype(np.int64)
+    out = np.zeros((rows, dim), np.float32)
+    valid = ids < vocab
+    out[valid] = to_f32(table[ids[valid]], c["wdtype"])
+    b["out"][: rows * dim] = out.ravel()
+
+
+def _rms_normalise(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    x64 = x.astype(np.float64)
+    scale = 1.0 / np.sqrt(np.mean(x64 * x64, axis=-1, keepdims=True) + eps)
+    return (x64 * scale * weight.astype(np.float64)).astype(np.float32)
+
+
+def rmsnorm(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
+    rows, n = p["rows"], p["n"]
+    x = b["x"][: rows * n].reshape(rows, n)
+    b["out"][: rows * n] = _rms_normalise(x, b["weight"][:n], p["eps"]).ravel()
+
+
+def _silu(g: np.ndarray) -> np.ndarray:
+    return g / (1.0 + np.exp(-g))
+
+
+def matmul(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
+    rows, n, k = p["rows"], p["n"], p["k"]
+    if c["prologue"] == "silu_mul":
+        gate_up = b["x"][: rows * 2 * k].reshape(rows, 2 * k).astype(np.float64)
+        x = (_silu(gate_up[:, :k]) * gate_up[:, k:]).astype(np.float32)
+    else:
+        x = b["x"][: rows * k].reshape(rows, k)
+        if c["prologue"] == "rmsnorm":
+            x = _rms_normalise(x, b["norm_weight"][:k], p["eps"])
+    w = to_f32(b["w"][: n * k], c["wdtype"]).reshape(n, k)
+    y = x.astype(np.float64) @ w.astype(np.float64).T
+    if c["bias"]:
+        y += b["bias"][:n]
+    out = b["out"][: rows * n].reshape(rows, n)
+    if c["accumulate"]:
+        y += out
+    out[...] = y.astype(np.float32)
+
+
+def rope(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
+    rows, heads, hd, stride, offset = p["rows"], p["heads"], p["head_dim"], p["stride"], p["offset"]
+    half = hd // 2
+    x = b["x"][: rows * stride].reshape(rows, stride)
+    angle = b["positions"][:rows].astype(np.float32)[:, None] * b["inv_freq"][:half][None, :]  # float32
+    cos = np.cos(angle.astype(np.float64))[:, None, :]
+    sin = np.sin(angle.astype(np.float64))[:, None, :]
+    region = x[:, offset : offset + heads * hd].reshape(rows, heads, hd).astype(np.float64)
+    x1, x2 = region[..., :half], region[..., half:]
+    rotated = np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    x[:, offset : offset + heads * hd] = rotated.reshape(rows, heads * hd).astype(np.float32)
+
+
+def _cache_view(buffer: np.ndarray, max_seq: int, width: int) -> np.ndarray:
+    return buffer[: max_seq * width].reshape(max_seq, width)
+
+
+def kv_write(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
+    rows, stride, kv_dim, max_seq = p["rows"], p["stride"], p["kv_dim"], p["max_seq"]
+    src = b["src"][: rows * stride].reshape(rows, stride)
+    k_cache = _cache_view(b["k_cache"], max_seq, kv_dim)
+    v_cache = _cache_view(b["v_cache"], max_seq, kv_dim)
+    for r, pos in enumerate(b["positions"][:rows].astype(np.int64)):
+        if pos < max_seq:
+            k_cache[pos] = src[r, p["k_offset"] : p["k_offset"] + kv_dim]
+            v_cache[pos] = src[r, p["v_offset"] : p["v_offset"] + kv_dim]
+
+
+def attention(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
+    rows, nh, nkv, hd = p["rows"], p["n_heads"], p["n_kv_heads"], p["head_dim"]
+    max_seq, q_stride = p["max_seq"], p["q_stride"]
+    q = b["q"][: rows * q_stride].reshape(rows, q_stride)[:, : nh * hd].reshape(rows, nh, hd)
+    keys = _cache_view(b["k_cache"], max_seq, nkv * hd).reshape(max_seq, nkv, hd)
+    values = _cache_view(b["v_cache"], max_seq, nkv * hd).reshape(max_seq, nkv, hd)
+    out = np.empty((rows, nh, hd), np.float32)
+    group = nh // nkv
+    for r, pos in enumerate(b["positions"][:rows].astype(np.int64)):
+        length = min(pos + 1, max_seq)
+        for h in range(nh):
+            k = keys[:length, h // group].astype(np.float64)
+            v = values[:length, h // group].astype(np.float64)
+            scores = p["scale"] * (k @ q[r, h].astype(np.float64))
+            weights = np.exp(scores - scores.max())
+            out[r, h] = (weights / weights.sum()) @ v
+    b["out"][: rows * nh * hd] = out.ravel()
+
+
+def silu_mul(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
+    rows, n = p["rows"], p["n"]
+    gate_up = b["gate_up"][: rows * 2 * n].reshape(rows, 2 * n).astype(np.float64)
+    b["out"][: rows * n] = (_silu(gate_up[:, :n]) * gate_up[:, n:]).astype(np.float32).ravel()
+
+
+def add(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
+    n = p["n"]
+    b["x"][:n] = (b["x"][:n].astype(np.float64) + b["y"][:n]).astype(np.float32)
+
+
+def _first_argmax(x: np.ndarray) -> int:
+    if np.all(np.isnan(x)):
+        return 0
+    return int(np.argmax(np.where(np.isnan(x), -np.inf, x)))
+
+
+def argmax(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
+    rows, n = p["rows"], p["n"]
+    x = b["x"][: rows * n].reshape(rows, n)
+    b["out"][:rows] = [_first_argmax(row) for row in x]
+
+
+def sample_token(
+    logits: np.ndarray,
+    history: np.ndarray,
+    seed: int,
+    step: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    penalty: float,
+) -> int:
+    """The sampler, as a plain function (the `sample` kernel and host code share it)."""
+    n = len(logits)
+    logits = logits.astype(np.float64).copy()
+    if penalty != 1.0:
+        seen = np.unique(history[history < n].astype(np.int64))
+        logits[seen] = np.where(logits[seen] > 0, logits[seen] / penalty, logits[seen] * penalty)
+    if temperature <= 0:
+        return _first_argmax(logits)
+    probs = np.exp((logits - logits.max()) / temperature)
+    probs /= probs.sum()
+    keep = np.ones(n, bool)
+    if 0 < top_k < n:
+        keep &= probs >= np.sort(probs)[::-1][top_k - 1]
+    if top_p < 1.0:
+        ordered = np.sort(probs)[::-1]
+        cut = int(np.searchsorted(np.cumsum(ordered), top_p))
+        keep &= probs >= ordered[min(cut, n - 1)]
+    kept = np.flatnonzero(keep)
+    target = uniform(seed, step) * probs[kept].sum()
+    chosen = int(np.searchsorted(np.cumsum(probs[kept]), target, side="right"))
+    return int(kept[min(chosen, len(kept) - 1)])
+
+
+def sample(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
+    seed, step, hist_len = (int(v) for v in b["state"][:3])
+    used = min(hist_len, p["hist_cap"])
+    token = sample_token(
+        b["logits"][: p["n"]],
+        b["history"][:used],
+        seed,
+        step,
+        p["temperature"],
+        p["top_k"],
+        p["top_p"],
+        p["penalty"],
+    )
+    b["out"][0] = token
+    if hist_len < p["hist_cap"]:
+        b["history"][hist_len] = token
+
+
+REFERENCE: dict[str, Callable[[Arrays, dict[str, Any], dict[str, Any]], None]] = {
+    "embed": embed,
+    "rmsnorm": rmsnorm,
+    "matmul": matmul,
+    "rope": rope,
+    "kv_write": kv_write,
+    "attention": attention,
+    "silu_mul": silu_mul,
+    "add": add,
+    "argmax": argmax,
+    "sample": sample,
+}

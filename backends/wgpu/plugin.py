@@ -1,0 +1,14 @@
+"""Registers the wgpu backend (created on demand, so a missing driver costs nothing until then)."""
+
+from shaderbay.plugins import BackendEntry, hookimpl
+
+
+def _create():
+    from .backend import create
+
+    return create()
+
+
+@hookimpl
+def shaderbay_backends() -> list[BackendEntry]:
+    return [BackendEntry("wgpu", _create, priority=20, description="wgpu (wgpu-native): the portable path")]

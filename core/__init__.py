@@ -1,0 +1,38 @@
+"""shaderbay: Llama-family language models on pluggable GPU compute backends."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .backend import Backend, Buffer, Caps, CommandList, Pipeline, Tensor, Usage
+from .errors import ShaderbayError
+from .kernels import CATALOGUE, KernelSpec
+from .plugins import create_backend, discover
+
+if TYPE_CHECKING:
+    from .models.model import Model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CATALOGUE",
+    "Backend",
+    "Buffer",
+    "Caps",
+    "CommandList",
+    "KernelSpec",
+    "Pipeline",
+    "ShaderbayError",
+    "Tensor",
+    "Usage",
+    "create_backend",
+    "discover",
+    "load",
+]
+
+
+def load(model: str | None = None, backend: str | Backend | None = None, **options: Any) -> Model:
+    """Load a checkpoint directory (or the default model when None) onto a backend."""
+    from .models.model import load as load_model
+
+    return load_model(model, backend=backend, **options)

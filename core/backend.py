@@ -1,0 +1,404 @@
+"""The backend interface: buffers, pipelines, command lists, capabilities.
+
+A backend implements a handful of underscore slots (`_create_buffer`, `_write`, `_read`,
+`_free`, `_create_pipeline`, `_prepare`, `_submit`, `_wait`, `_close`); this base class
+does every check once, at the public entry points, so the backends stay small and every
+backend raises the same typed errors. A `CommandList` validates each dispatch when it is
+recorded; `Backend.submit` then replays the backend's prepared form with no further checks.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+from .dtypes import dtype_of, host_dtype, itemsize
+from .errors import BindingError, ClosedError, LimitExceeded, OutOfRange
+from .kernels import KernelSpec, kernel
+from .trace import Tracer
+
+
+class Usage(Enum):
+    """Where a buffer should live. Backends with one kind of memory may ignore it."""
+
+    DEVICE = "device"  # written rarely (weights, caches, activations)
+    UPLOAD = "upload"  # written by the host every step (positions, sampler state)
+    READBACK = "readback"  # read by the host every step (the sampled token)
+
+
+@dataclass(frozen=True)
+class Caps:
+    """What a device can do; kernel variants are picked from this, never from a backend's name."""
+
+    device: str
+    device_type: str  # "cpu", "software", "integrated", "discrete", "other"
+    f16: bool
+    subgroups: bool
+    subgroup_size: int
+    timestamps: bool
+    max_buffer_size: int
+    max_binding_size: int
+    max_workgroup_size: int
+    max_workgroups: int  # per dimension
+    offset_alignment: int  # a tensor bound to a kernel starts at a multiple of this
+    copy_alignment: int = 4  # copy offsets and sizes are multiples of this
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        feats = [name for name, on in (("f16", self.f16), ("timestamps", self.timestamps)) if on]
+        if self.subgroups:
+            feats.append(f"subgroups({self.subgroup_size})")
+        return ", ".join(feats) or "-"
+
+
+class Buffer:
+    """A device allocation of `size` bytes. Backends subclass it to hold their handles."""
+
+    def __init__(self, backend: Backend, size: int, usage: Usage):
+        self.backend = backend
+        self.size = size
+        self.usage = usage
+        self.freed = False
+
+    def tensor(self, dtype: str, shape: tuple[int, ...] | int, offset: int = 0) -> Tensor:
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        t = Tensor(self, offset, dtype, shape)
+        if offset < 0 or offset + t.nbytes > self.size:
+            raise OutOfRange(
+                f"a {dtype}{list(shape)} view at offset {offset} needs {t.nbytes} bytes but the buffer "
+                f"has {self.size - max(offset, 0)} from there"
+            )
+        return t
+
+    def free(self) -> None:
+        self.backend.free(self)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.size} bytes {self.usage.value}{' freed' if self.freed else ''}>"
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A typed view of a buffer: what a kernel binding receives."""
+
+    buffer: Buffer
+    offset: int
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * itemsize(self.dtype)
+
+    def view(
+        self, dtype: str | None = None, shape: tuple[int, ...] | int | None = None, offset: int = 0
+    ) -> Tensor:
+        """Another view of the same bytes, `offset` bytes further in."""
+        dtype = dtype or self.dtype
+        if shape is None:
+            shape = ((self.nbytes - offset) // itemsize(dtype),)
+        return self.buffer.tensor(dtype, shape, self.offset + offset)
+
+
+class Pipeline:
+    """A catalogue kernel compiled with one choice of constants. Backends subclass it."""
+
+    def __init__(self, spec: KernelSpec, constants: dict[str, Any]):
+        self.spec = spec
+        self.constants = constants
+        self.bindings = spec.bindings_for(constants)
+        self.dtypes = {b.name: b.resolved_dtype(constants) for b in self.bindings}
+
+    def __repr__(self) -> str:
+        consts = ", ".join(f"{k}={v}" for k, v in self.constants.items())
+        return f"<Pipeline {self.spec.name}({consts})>"
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    pipeline: Pipeline
+    tensors: tuple[Tensor, ...]  # in the pipeline's binding order
+    params: dict[str, Any]
+    param_bytes: bytes
+    label: str
+
+
+@dataclass(frozen=True)
+class Copy:
+    src: Buffer
+    dst: Buffer
+    size: int
+    src_offset: int
+    dst_offset: int
+
+
+class CommandList:
+    """Recorded dispatches and copies, in order; submit it as many times as you like.
+
+    Each dispatch sees the writes of every earlier one. Recording validates everything;
+    the first submit seals the list and lets the backend prepare its own form of it.
+    """
+
+    def __init__(self, backend: Backend, label: str = ""):
+        self.backend = backend
+        self.label = label
+        self.ops: list[Dispatch | Copy] = []
+        self.prepared: Any = None  # the backend's form, made once by Backend._prepare
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    @property
+    def sealed(self) -> bool:
+        return self.prepared is not None
+
+    def dispatch(
+        self, pipeline: Pipeline, bindings: dict[str, Tensor], label: str = "", **params: Any
+    ) -> None:
+        self._check_open()
+        spec, constants = pipeline.spec, pipeline.constants
+        values = spec.check_params(params, constants)
+        expected = [b.name for b in pipeline.bindings]
+        if sorted(bindings) != sorted(expected):
+            raise BindingError(f"{spec.name} binds ({', '.join(expected)}); got ({', '.join(bindings)})")
+        scope = {**constants, **values}
+        caps = self.backend.caps
+        tensors = []
+        for b in pipeline.bindings:
+            t = bindings[b.name]
+            if not isinstance(t, Tensor):
+                raise BindingError(f"{spec.name}.{b.name}: expected a Tensor, got {type(t).__name__}")
+            self.backend.check_owned(t.buffer)
+            want = pipeline.dtypes[b.name]
+            if t.dtype != want:
+                raise BindingError(f"{spec.name}.{b.name} holds {want}, got a {t.dtype} tensor")
+            need = b.numel(scope)
+            if t.numel < need:
+                raise BindingError(
+                    f"{spec.name}.{b.name} needs {need} {want} elements for {values}, the tensor has {t.numel}"
+                )
+            if t.offset % caps.offset_alignment:
+                raise OutOfRange(
+                    f"{spec.name}.{b.name}: tensor offset {t.offset} is not a multiple of the device's "
+                    f"offset alignment {caps.offset_alignment}; copy the data to an aligned place first"
+                )
+            if t.nbytes > caps.max_binding_size:
+                raise LimitExceeded(
+                    f"{spec.name}.{b.name}: {t.nbytes} bytes exceed the device's largest binding "
+                    f"({caps.max_binding_size}); split the tensor"
+                )
+            tensors.append(t)
+        self.ops.append(
+            Dispatch(pipeline, tuple(tensors), values, spec.pack_params(values), label or spec.name)
+        )
+
+    def copy(self, src: Buffer, dst: Buffer, size: int, src_offset: int = 0, dst_offset: int = 0) -> None:
+        self._check_open()
+        for buf in (src, dst):
+            self.backend.check_owned(buf)
+        align = self.backend.caps.copy_alignment
+        if size <= 0 or (size | src_offset | dst_offset) % align:
+            raise OutOfRange(f"copy size and offsets must be positive multiples of {align} bytes")
+        for buf, off, what in ((src, src_offset, "source"), (dst, dst_offset, "destination")):
+            if off < 0 or off + size > buf.size:
+                raise OutOfRange(f"copy of {size} bytes at {off} overruns the {what} ({buf.size} bytes)")
+        if src is dst and abs(src_offset - dst_offset) < size:
+            raise OutOfRange("copy source and destination overlap; copy through a second buffer")
+        self.ops.append(Copy(src, dst, size, src_offset, dst_offset))
+
+    def _check_open(self) -> None:
+        if self.sealed:
+            raise BindingError("this command list was already submitted and is sealed; record a new one")
+
+
+class Backend(ABC):
+    """A compute device. Subclasses fill in the underscore slots and set `caps`."""
+
+    name: str = "?"
+    caps: Caps
+
+    def __init__(self) -> None:
+        self.tracer = Tracer()
+        self.closed = False
+        self.bytes_allocated = 0
+        self.peak_bytes_allocated = 0
+        self._pipelines: dict[tuple, Pipeline] = {}
+
+    # --- slots -----------------------------------------------------------------
+    @abstractmethod
+    def _create_buffer(self, size: int, usage: Usage) -> Buffer: ...
+
+    @abstractmethod
+    def _write(self, buffer: Buffer, offset: int, data: memoryview) -> None: ...
+
+    @abstractmethod
+    def _read(self, buffer: Buffer, offset: int, size: int) -> bytes | memoryview: ...
+
+    @abstractmethod
+    def _free(self, buffer: Buffer) -> None: ...
+
+    @abstractmethod
+    def _create_pipeline(self, spec: KernelSpec, constants: dict[str, Any]) -> Pipeline: ...
+
+    @abstractmethod
+    def _prepare(self, cmd: CommandList) -> Any:
+        """Turn a finished command list into the backend's replayable form (once)."""
+
+    @abstractmethod
+    def _submit(self, cmd: CommandList) -> None: ...
+
+    @abstractmethod
+    def _wait(self) -> None: ...
+
+    @abstractmethod
+    def _close(self) -> None: ...
+
+    def supports(self, kernel_name: str) -> bool:
+        """Whether this backend implements a catalogue kernel (`shaderbay check` lists the rest)."""
+        return True
+
+    def gpu_timings(self, cmd: CommandList) -> list[tuple[str, float]] | None:
+        """Per-dispatch GPU durations in ns of the last completed submit of `cmd`, if measured."""
+        return None
+
+    # --- buffers -----------------------------------------------------------------
+    def buffer(self, size: int, usage: Usage = Usage.DEVICE) -> Buffer:
+        self._check_alive()
+        if not isinstance(size, int) or size <= 0:
+            raise BindingError(f"a buffer needs a positive integer size in bytes, got {size!r}")
+        if size > self.caps.max_buffer_size:
+            raise LimitExceeded(
+                f"a buffer of {size} bytes exceeds {self.caps.device}'s limit of "
+                f"{self.caps.max_buffer_size}; split the data into several buffers"
+            )
+        size = -(-size // 4) * 4
+        buf = self._create_buffer(size, usage)
+        self.bytes_allocated += size
+        self.peak_bytes_allocated = max(self.peak_bytes_allocated, self.bytes_allocated)
+        return buf
+
+    def empty(self, shape: tuple[int, ...] | int, dtype: str = "f32", usage: Usage = Usage.DEVICE) -> Tensor:
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        nbytes = max(int(np.prod(shape, dtype=np.int64)) * itemsize(dtype), 4)
+        return self.buffer(nbytes, usage).tensor(dtype, shape)
+
+    def upload(self, array: np.ndarray, dtype: str | None = None, usage: Usage = Usage.DEVICE) -> Tensor:
+        """A new tensor holding `array` (uint16 arrays need dtype='bf16' to be read as bfloat16)."""
+        array = np.ascontiguousarray(array)
+        dtype = dtype or dtype_of(array)
+        if array.dtype != host_dtype(dtype):
+            raise BindingError(f"a {array.dtype} array cannot be uploaded as {dtype}; convert it first")
+        t = self.empty(array.shape, dtype, usage)
+        self.write(t, array)
+        return t
+
+    def write(self, target: Buffer | Tensor, data: np.ndarray | bytes, offset: int = 0) -> None:
+        """Host to device. `offset` is in bytes, from the start of the buffer or tensor."""
+        buf, base = _buffer_and_offset(target)
+        self.check_owned(buf)
+        view = memoryview(np.ascontiguousarray(data) if isinstance(data, np.ndarray) else data).cast("B")
+        start = base + offset
+        if (
+            offset < 0
+            or start + view.nbytes > buf.size
+            or (isinstance(target, Tensor) and offset + view.nbytes > target.nbytes)
+        ):
+            raise OutOfRange(f"writing {view.nbytes} bytes at offset {offset} overruns the target")
+        if start % 4 or view.nbytes % 4:
+            raise OutOfRange("writes must start at and cover a multiple of 4 bytes")
+        self._write(buf, start, view)
+
+    def read(self, target: Buffer | Tensor, offset: int = 0, size: int | None = None) -> np.ndarray:
+        """Device to host, after waiting for submitted work. A Tensor reads back with its dtype and shape."""
+        buf, base = _buffer_and_offset(target)
+        self.check_owned(buf)
+        limit = target.nbytes if isinstance(target, Tensor) else buf.size
+        size = limit - offset if size is None else size
+        if offset < 0 or size < 0 or offset + size > limit:
+            raise OutOfRange(f"reading {size} bytes at offset {offset} overruns the {limit}-byte target")
+        self.wait()
+        data = np.frombuffer(bytes(self._read(buf, base + offset, size)), np.uint8)
+        if isinstance(target, Tensor) and offset == 0 and size == target.nbytes:
+            return data.view(host_dtype(target.dtype)).reshape(target.shape)
+        return data
+
+    def free(self, buffer: Buffer) -> None:
+        self.check_owned(buffer)
+        self._free(buffer)
+        buffer.freed = True
+        self.bytes_allocated -= buffer.size
+
+    def check_owned(self, buffer: Buffer) -> None:
+        self._check_alive()
+        if buffer.backend is not self:
+            raise BindingError(f"{buffer!r} belongs to backend {buffer.backend.name!r}, not {self.name!r}")
+        if buffer.freed:
+            raise ClosedError(f"{buffer!r} was freed; allocate a new buffer")
+
+    # --- pipelines and command lists ------------------------------------------------
+    def pipeline(self, kernel_name: str, **constants: Any) -> Pipeline:
+        """The compiled pipeline for a catalogue kernel and constants (cached)."""
+        self._check_alive()
+        spec = kernel(kernel_name)
+        resolved = spec.resolve_constants(constants)
+        key = (kernel_name, tuple(sorted(resolved.items())))
+        if key not in self._pipelines:
+            with self.tracer.span("create_pipeline", kernel=kernel_name):
+                self._pipelines[key] = self._create_pipeline(spec, resolved)
+        return self._pipelines[key]
+
+    def command_list(self, label: str = "") -> CommandList:
+        self._check_alive()
+        return CommandList(self, label)
+
+    def submit(self, cmd: CommandList) -> None:
+        """Queue a command list; it runs after everything submitted before it."""
+        self._check_alive()
+        if cmd.backend is not self:
+            raise BindingError("this command list was recorded on another backend")
+        if cmd.prepared is None:
+            with self.tracer.span("prepare", ops=len(cmd)):
+                cmd.prepared = self._prepare(cmd)
+        with self.tracer.span("submit", label=cmd.label):
+            self._submit(cmd)
+
+    def wait(self) -> None:
+        """Block until all submitted work is done."""
+        self._check_alive()
+        with self.tracer.span("wait"):
+            self._wait()
+
+    def run(self, cmd: CommandList) -> None:
+        self.submit(cmd)
+        self.wait()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._close()
+            self.closed = True
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_alive(self) -> None:
+        if self.closed:
+            raise ClosedError(f"backend {self.name!r} was closed; create a new one")
+
+
+def _buffer_and_offset(target: Buffer | Tensor) -> tuple[Buffer, int]:
+    if isinstance(target, Tensor):
+        return target.buffer, target.offset
+    if isinstance(target, Buffer):
+        return target, 0
+    raise BindingError(f"expected a Buffer or Tensor, got {type(target).__name__}")

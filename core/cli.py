@@ -1,0 +1,43 @@
+"""The `shaderbay` command. Each subcommand lives in the module that owns its work:
+the module provides `add_arguments(parser)` and `run(args) -> int`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import ShaderbayError
+
+SUBCOMMANDS = {
+    "generate": ("shaderbay.models.cli_generate", "generate text (the default model unless --model)"),
+    "convert": ("shaderbay.models.cli_convert", "convert a Llama-family GGUF to a checkpoint directory"),
+    "backends": ("shaderbay.cli_backends", "list discovered backends, their devices and availability"),
+    "check": ("shaderbay.conformance.check", "run the conformance suite against a backend"),
+    "bench": ("shaderbay.benches.cli", "compare backends: tokens/s, load time, memory, CPU overhead"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shaderbay", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(module=module)
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return importlib.import_module(args.module).run(args) or 0
+    except ShaderbayError as exc:
+        print(f"shaderbay: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
