@@ -98,9 +98,7 @@ class Tensor:
     def nbytes(self) -> int:
         return self.numel * itemsize(self.dtype)
 
-    def view(
-        self, dtype: str | None = None, shape: tuple[int, ...] | int | None = None, offset: int = 0
-    ) -> Tensor:
+    def view(self, dtype: str | None = None, shape: tuple[int, ...] | int | None = None, offset: int = 0) -> Tensor:
         """Another view of the same bytes, `offset` bytes further in."""
         dtype = dtype or self.dtype
         if shape is None:
@@ -160,9 +158,7 @@ class CommandList:
     def sealed(self) -> bool:
         return self.prepared is not None
 
-    def dispatch(
-        self, pipeline: Pipeline, bindings: dict[str, Tensor], label: str = "", **params: Any
-    ) -> None:
+    def dispatch(self, pipeline: Pipeline, bindings: dict[str, Tensor], label: str = "", **params: Any) -> None:
         self._check_open()
         spec, constants = pipeline.spec, pipeline.constants
         values = spec.check_params(params, constants)
@@ -196,9 +192,7 @@ class CommandList:
                     f"({caps.max_binding_size}); split the tensor"
                 )
             tensors.append(t)
-        self.ops.append(
-            Dispatch(pipeline, tuple(tensors), values, spec.pack_params(values), label or spec.name)
-        )
+        self.ops.append(Dispatch(pipeline, tuple(tensors), values, spec.pack_params(values), label or spec.name))
 
     def copy(self, src: Buffer, dst: Buffer, size: int, src_offset: int = 0, dst_offset: int = 0) -> None:
         self._check_open()

@@ -23,9 +23,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         with backend:
             caps = backend.caps
-            rows.append(
-                (entry.name, "yes", f"{caps.device} ({caps.device_type})", caps.summary(), entry.description)
-            )
+            rows.append((entry.name, "yes", f"{caps.device} ({caps.device_type})", caps.summary(), entry.description))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=False)) + "  " + row[4])

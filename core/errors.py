@@ -47,9 +47,7 @@ class KernelCompileError(ShaderbayError):
 class UnknownKernel(ShaderbayError):
     def __init__(self, name: str, known: list[str]):
         self.name = name
-        super().__init__(
-            f"no kernel named {name!r} in the catalogue; known kernels: {', '.join(sorted(known))}"
-        )
+        super().__init__(f"no kernel named {name!r} in the catalogue; known kernels: {', '.join(sorted(known))}")
 
 
 class UnsupportedKernel(ShaderbayError):

@@ -33,9 +33,7 @@ class Tracer:
         finally:
             self.add(name, cat, start, time.perf_counter_ns() - start, **args)
 
-    def add(
-        self, name: str, cat: str, start_ns: int, dur_ns: int, tid: str | None = None, **args: Any
-    ) -> None:
+    def add(self, name: str, cat: str, start_ns: int, dur_ns: int, tid: str | None = None, **args: Any) -> None:
         if self.enabled:
             self.events.append(
                 {

@@ -78,6 +78,4 @@ class NumpyBackend(Backend):
 
 
 def _copy(op: Copy) -> None:
-    op.dst.data[op.dst_offset : op.dst_offset + op.size] = op.src.data[
-        op.src_offset : op.src_offset + op.size
-    ]
+    op.dst.data[op.dst_offset : op.dst_offset + op.size] = op.src.data[op.src_offset : op.src_offset + op.size]
