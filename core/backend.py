@@ -291,7 +291,10 @@ class Backend(ABC):
         if array.dtype != host_dtype(dtype):
             raise BindingError(f"a {array.dtype} array cannot be uploaded as {dtype}; convert it first")
         t = self.empty(array.shape, dtype, usage)
-        self.write(t, array)
+        if array.nbytes % 4:  # writes cover whole 4-byte words: pad an odd count of 16-bit elements
+            self.write(t.buffer, array.tobytes() + bytes(-array.nbytes % 4), offset=t.offset)
+        else:
+            self.write(t, array)
         return t
 
     def write(self, target: Buffer | Tensor, data: np.ndarray | bytes, offset: int = 0) -> None:

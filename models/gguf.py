@@ -40,6 +40,9 @@ __all__ = [
     "GGUFFileError",
     "GGUFArchitectureError",
     "GGUFTensorTypeError",
+    "GGUFTokenizerError",
+    "GGUFFile",
+    "SUPPORTED_PRE_TOKENIZERS",
     "convert_gguf",
     "convert_gguf_tokenizer",
     "read_gguf_metadata",
@@ -479,6 +482,7 @@ _GLOBAL_NAMES = {
 }
 _SKIPPED = {"rope_freqs.weight"}  # folded into config.rope_scaling
 _BLK = re.compile(r"^blk\.(\d+)\.(.+)$")
+_ATTN_BIAS = re.compile(r"^blk\.\d+\.attn_(q|k|v|output)\.bias$")
 
 
 def _hf_name(name: str) -> str | None:
@@ -585,7 +589,7 @@ def _build_config(meta: GGUFFile, tensors: dict[str, _Tensor], dtype: str, speci
         "max_position_embeddings": ctx,
         "vocab_size": vocab,
         "tie_word_embeddings": "output.weight" not in tensors,
-        "attention_bias": "blk.0.attn_q.bias" in tensors,
+        "attention_bias": any(_ATTN_BIAS.match(name) for name in tensors),
         "mlp_bias": False,
         "bos_token_id": special.get("bos_token_id"),
         "eos_token_id": special.get("eos_token_id"),
@@ -725,7 +729,7 @@ def _build_tokenizer(meta: GGUFFile):
     if normalizer is not None:
         tk.normalizer = normalizer
     tk.pre_tokenizer = pre_tok
-    tk.decoder = decoders.ByteLevel()
+    tk.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
 
     added = []
     for i, (t, ty) in enumerate(zip(tokens, types, strict=False)):
@@ -755,12 +759,12 @@ def _build_tokenizer(meta: GGUFFile):
                 sp.append((tokens[eos_id], eos_id))
         tk.post_processor = processors.Sequence(
             [
-                processors.ByteLevel(trim_offsets=False),
+                processors.ByteLevel(add_prefix_space=False, trim_offsets=False),
                 processors.TemplateProcessing(single=single, pair=pair, special_tokens=sp),
             ]
         )
     else:
-        tk.post_processor = processors.ByteLevel(trim_offsets=False)
+        tk.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False)
     special["add_bos_token"] = add_bos
     special["add_eos_token"] = add_eos
     return tk, added, special, tokens
@@ -977,13 +981,23 @@ def convert_gguf(
         raise MissingTensor(
             f"{path.name}: {len(missing)} tensors are missing, e.g. {missing[0]!r}; the GGUF is incomplete"
         )
-    if config["attention_bias"] and arch != "qwen2":
-        raise GGUFArchitectureError(f"{path.name}: attention biases in a {arch!r} model are not supported")
-
-    plan.sort(key=lambda p: _sort_key(p[0]))
-    entries = [(hf, t.shape) for hf, t in plan]
-    total = float(sum(int(t.n_elements) for _, t in plan))
     n_head, n_kv = config["num_attention_heads"], config["num_key_value_heads"]
+    full: list[tuple[str, Any, tuple[int, ...]]] = [(hf, t, t.shape) for hf, t in plan]
+    if arch == "qwen2":
+        if any(hf.endswith("o_proj.bias") for hf in have):
+            raise GGUFArchitectureError(f"{path.name}: a qwen2 model with an output-projection bias is not supported")
+    elif config["attention_bias"]:
+        # HF Llama's attention_bias means q, k, v and o all have biases: the missing ones are zeros
+        hd, hidden = config["head_dim"], config["hidden_size"]
+        sizes = {"q": n_head * hd, "k": n_kv * hd, "v": n_kv * hd, "o": hidden}
+        for i in range(n_layer):
+            for proj, size in sizes.items():
+                hf = f"model.layers.{i}.self_attn.{proj}_proj.bias"
+                if hf not in have:
+                    full.append((hf, None, (size,)))
+    full.sort(key=lambda p: _sort_key(p[0]))
+    entries = [(hf, shape) for hf, _, shape in full]
+    total = float(sum(int(np.prod(shape)) for _, _, shape in full))
 
     writer = _SafetensorsWriter(
         out / "model.safetensors",
@@ -996,9 +1010,12 @@ def convert_gguf(
     try:
         if progress is not None:
             progress(0.0, total, "tokenizer")
-        for (hf, t), (_, shape) in zip(plan, entries, strict=True):
+        for hf, t, shape in full:
             if progress is not None:
                 progress(done, total, hf)
+            if t is None:
+                writer.write(hf, np.zeros(shape, np.float32))
+                continue
             w = dequantize(t.raw(), t.type_id, shape)
             if arch != "qwen2":  # llama.cpp permutes Q/K rows (weights and biases) for llama only
                 if hf.endswith(("q_proj.weight", "q_proj.bias")):
