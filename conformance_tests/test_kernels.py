@@ -1,0 +1,174 @@
+"""Every catalogue kernel, with every combination of its constants, against the NumPy reference.
+
+Like ggml's test-backend-ops: the same inputs go to the backend under test and to the
+reference (``shaderbay.backends.numpy.kernels.REFERENCE``), and the outputs are compared by
+normalised error against the budgets in ``tolerances.py``. Outputs start as NaN poison,
+every buffer is fenced by canary bytes, read-only inputs must come back untouched, and
+elements a kernel must not write must keep their bytes. A kernel the backend declares
+unsupported is reported as such (a skip whose reason starts with "unsupported"), never as
+a pass.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from shaderbay.conformance.cases import LADDERS, RngValues, build, case_strategy, sample_candidates, shape_cost
+from shaderbay.conformance.harness import ConformanceFailure, compare_outputs, explain_error, run_case
+from shaderbay.conformance.plugin import UNSUPPORTED, require_kernels
+from shaderbay.conformance.report import record_error, record_largest
+from shaderbay.conformance.tolerances import SAMPLE_MARGIN, tolerance
+from shaderbay.errors import UnsupportedFeature, UnsupportedKernel
+from shaderbay.kernels import CATALOGUE
+
+# Examples per constant combination, as a share of the profile's max_examples: kernels with
+# many combinations get fewer each (matmul has 36); the sampler's cases are cheap and its
+# outcomes discrete, so it gets more.
+_SHARE = {"matmul": 0.25, "embed": 0.5, "kv_write": 0.75, "attention": 0.75, "sample": 3.0}
+LARGE_BUDGET_ENV = "SHADERBAY_LARGE_BUDGET_S"
+LARGE_BYTES_CAP = 256 << 20  # no single binding of the size ladder is larger than this
+
+
+def _combinations(spec) -> list[dict]:
+    names = [c.name for c in spec.constants]
+    return [dict(zip(names, values, strict=True)) for values in itertools.product(*(c.choices for c in spec.constants))]
+
+
+KERNEL_COMBOS = [(name, combo) for name, spec in CATALOGUE.items() for combo in _combinations(spec)]
+
+
+def _combo_id(combo: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in combo.items()) or "default"
+
+
+def _pipeline_or_skip(backend, kernel: str, constants: dict):
+    require_kernels(backend, kernel)
+    try:
+        return backend.pipeline(kernel, **constants)
+    except (UnsupportedKernel, UnsupportedFeature) as exc:
+        pytest.skip(f"{UNSUPPORTED}: {exc}")
+
+
+def check_case(backend, case) -> float:
+    """Run one case and assert it conforms; returns its relative error (recorded for the report)."""
+    outcome = run_case(backend, case)
+    pipeline = backend.pipeline(case.kernel, **case.constants)
+    if case.kernel == "sample":
+        err = _check_sample(case, outcome, pipeline.dtypes)
+    else:
+        err = compare_outputs(case, outcome, pipeline.dtypes)
+    tol = tolerance(case.kernel, case.constants)
+    record_error(backend.name, case.kernel, err, tol)
+    if not err <= tol:
+        raise ConformanceFailure(explain_error(case, outcome, pipeline.dtypes, tol))
+    return err
+
+
+def _check_sample(case, outcome, dtypes) -> float:
+    # bytes other than out[0] and history[hist_len] are checked by compare_outputs' masks
+    compare_outputs(case, _without(outcome, "out"), dtypes, check_values=False)
+    token = int(outcome.outputs["out"][0])
+    exact, allowed = sample_candidates(case, SAMPLE_MARGIN)
+    if exact is not None and token != exact:
+        raise ConformanceFailure(
+            f"{case.describe()}: drew token {token}, the reference draws {exact} (the draw is not near any boundary)"
+        )
+    if token not in set(allowed.tolist()):
+        raise ConformanceFailure(
+            f"{case.describe()}: drew token {token}, which the reference's rules never keep near this draw "
+            f"(allowed: {allowed[:20].tolist()}{'...' if allowed.size > 20 else ''})"
+        )
+    hist_len, hist_cap = int(case.arrays["state"][2]), case.params["hist_cap"]
+    if hist_len < hist_cap and int(outcome.outputs["history"][hist_len]) != token:
+        raise ConformanceFailure(
+            f"{case.describe()}: history[{hist_len}] = {int(outcome.outputs['history'][hist_len])}, "
+            f"but the drawn token is {token}"
+        )
+    return 0.0
+
+
+def _without(outcome, name: str):
+    from shaderbay.conformance.harness import Outcome
+
+    return Outcome(
+        {k: v for k, v in outcome.outputs.items() if k != name},
+        outcome.reference,
+        outcome.initial,
+    )
+
+
+@pytest.mark.parametrize(("kernel", "constants"), KERNEL_COMBOS, ids=[f"{k}-{_combo_id(c)}" for k, c in KERNEL_COMBOS])
+def test_kernel(backend, kernel: str, constants: dict) -> None:
+    """Generated shapes (awkward sizes, size 1) and values, against the reference."""
+    _pipeline_or_skip(backend, kernel, constants)
+    base = settings.default
+    examples = max(3, round(base.max_examples * _SHARE.get(kernel, 1.0)))
+
+    @settings(base, max_examples=examples)
+    @given(case=case_strategy(kernel, constants))
+    def conforms(case) -> None:
+        check_case(backend, case)
+
+    conforms()
+
+
+def _large_budget() -> float:
+    if os.environ.get(LARGE_BUDGET_ENV):
+        return float(os.environ[LARGE_BUDGET_ENV])
+    return 20.0 if settings.get_current_profile_name() == "thorough" else 2.0
+
+
+def _binding_bytes(case) -> int:
+    sizes = [a.nbytes for a in case.arrays.values()]
+    sizes += [n * 4 for n in case.sizes.values()]
+    return max(sizes)
+
+
+@pytest.mark.parametrize("kernel", list(CATALOGUE))
+def test_kernel_large(backend, kernel: str) -> None:
+    """Growing model-sized shapes, as large as the time budget and the device's binding limit allow."""
+    spec = CATALOGUE[kernel]
+    constants = {c.name: c.default for c in spec.constants}
+    _pipeline_or_skip(backend, kernel, constants)
+    budget = _large_budget()
+    limit = min(backend.caps.max_binding_size, backend.caps.max_buffer_size - 4096, LARGE_BYTES_CAP)
+    if kernel not in LADDERS:
+        raise LookupError(f"the conformance suite has no size ladder for kernel {kernel!r}: add one to cases.py")
+    spent, last = 0.0, None
+    largest = None
+    for step, shape in enumerate(LADDERS[kernel]):
+        if last is not None:
+            last_cost, last_time = last
+            predicted = last_time * shape_cost(kernel, shape) / last_cost
+            if spent + predicted > budget:
+                break
+        case = build(kernel, RngValues(1000 + step), constants, shape)
+        if _binding_bytes(case) > limit:
+            break
+        start = time.perf_counter()
+        check_case(backend, case)
+        elapsed = time.perf_counter() - start
+        spent += elapsed
+        last = (shape_cost(kernel, shape), elapsed)
+        largest = " ".join(f"{k}={v}" for k, v in shape.items() if k != "extra")
+    assert largest is not None, "not even the smallest ladder step fits this device"
+    record_largest(backend.name, kernel, largest)
+
+
+def test_every_kernel_has_cases() -> None:
+    """A kernel added to the catalogue must come with conformance cases and tolerances."""
+    from shaderbay.conformance.cases import _BUILDERS
+    from shaderbay.conformance.tolerances import TOLERANCES
+
+    for name, spec in CATALOGUE.items():
+        assert name in _BUILDERS, f"no case builder for {name} in conformance_tests/cases.py"
+        assert name in LADDERS, f"no size ladder for {name} in conformance_tests/cases.py"
+        for combo in _combinations(spec):
+            tolerance(name, combo)
+    assert set(TOLERANCES) <= set(CATALOGUE)
+    np.testing.assert_equal(len(KERNEL_COMBOS), sum(len(_combinations(s)) for s in CATALOGUE.values()))

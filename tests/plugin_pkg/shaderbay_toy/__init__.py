@@ -1,0 +1,1 @@
+"""A toy shaderbay backend plugin: the NumPy reference backend under another name."""
