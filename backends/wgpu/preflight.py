@@ -1,0 +1,163 @@
+"""Try each kernel's SPIR-V through wgpu's translator in a child process before loading it.
+
+wgpu translates SPIR-V with naga, and some inputs make naga panic; a Rust panic inside
+wgpu-native aborts the whole Python process, which no `except` can catch. So before the
+backend hands a variant's SPIR-V to wgpu for the first time, a child process builds it
+(shader module and compute pipeline, with the backend's own layouts, on the same adapter):
+the child dies instead of the caller, and the backend raises KernelCompileError naming
+the variant and the panic. One child checks every variant usable on the device at once,
+and the verdicts are cached on disk, keyed by the SPIR-V's hash and the wgpu version, so
+this costs about a second per install and shader change.
+
+    python -m shaderbay.backends.wgpu.preflight [VARIANT ...]   # the child; also a manual check
+
+SHADERBAY_WGPU_PREFLIGHT=0 turns the check off (then a translator panic aborts the process).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from shaderbay.errors import KernelCompileError
+
+ENV_PREFLIGHT = "SHADERBAY_WGPU_PREFLIGHT"
+OK = "ok"
+TIMEOUT_S = 600
+
+
+def cache_path() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "shaderbay" / "wgpu-translate.json"
+
+
+class Preflight:
+    """Verdicts on variants' SPIR-V ("ok" or the child's panic), asked for in batches."""
+
+    child = (sys.executable, "-m", __name__)  # the child's command line, before the variant names
+
+    def __init__(self, backend: Any, wgpu_version: str):
+        self.backend = backend
+        self.version = wgpu_version
+        self.path = cache_path()
+        self.verdicts: dict[str, str] = {}
+        self.broken = False
+        try:
+            self.verdicts = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            pass
+
+    def key(self, variant: Any) -> str:
+        from shaderbay.backends.shaders import variants
+
+        digest = hashlib.sha256(variants.spirv(variant)).hexdigest()[:32]
+        return f"{self.version}:{digest}"
+
+    def check(self, variant: Any) -> None:
+        """Raise KernelCompileError if the variant's SPIR-V kills wgpu's translator."""
+        key = self.key(variant)
+        if key not in self.verdicts and not self.broken:
+            self.run([variant] + [v for v in self._usable() if v.name != variant.name])
+        verdict = self.verdicts.get(key, OK)
+        if verdict != OK:
+            raise KernelCompileError(
+                f"wgpu's SPIR-V translator crashes on {variant.name} (kernel {variant.kernel}); the backend "
+                f"tried it in a child process, which died with: {verdict}. Rebuild the kernel so it avoids the "
+                "construct (see shaderbay.backends.shaders.build.naga_traps), or use another backend"
+            )
+
+    def _usable(self) -> list:
+        from shaderbay.backends.shaders import variants
+
+        out = []
+        for v in variants.table():
+            try:
+                if variants.usable(v, self.backend.caps) and self.key(v) not in self.verdicts:
+                    out.append(v)
+            except KernelCompileError:  # its SPIR-V is not shipped; it will say so when used
+                pass
+        return out
+
+    def run(self, todo: list) -> None:
+        """Build `todo` in children, one child after another until each variant has a verdict."""
+        from .backend import describe_adapter
+
+        env = dict(os.environ)
+        env[ENV_PREFLIGHT] = "0"
+        env["SHADERBAY_WGPU_ADAPTER"] = describe_adapter(self.backend.adapter.info)  # exactly this one
+        if self.backend.adapter.info.get("backend_type") != "Vulkan":
+            env["SHADERBAY_WGPU_ALLOW_ANY"] = "1"
+        names = [v.name for v in todo]
+        keys = {v.name: self.key(v) for v in todo}
+        while names:
+            try:
+                res = subprocess.run(
+                    [*self.child, *names],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=TIMEOUT_S,
+                )
+            except (subprocess.TimeoutExpired, OSError):
+                self.broken = True  # no verdicts: the variants will be tried in process
+                return
+            done = set()
+            for line in res.stdout.splitlines():
+                word, _, name = line.partition(" ")
+                if word == "built" and name in keys:
+                    self.verdicts[keys[name]] = OK
+                    done.add(name)
+            rest = [n for n in names if n not in done]
+            if res.returncode == 0 or not rest:
+                break
+            if not done and "panicked" not in res.stderr:
+                self.broken = True  # the child cannot even start here: stop trying, build in process
+                return
+            culprit = rest[0]  # the child was building this one when it died
+            self.verdicts[keys[culprit]] = _panic_line(res.stderr, res.returncode)
+            names = rest[1:]
+        self._save()
+
+    def _save(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.verdicts, indent=0, sort_keys=True))
+            tmp.replace(self.path)
+        except OSError:
+            pass  # a read-only home: keep the verdicts for this process only
+
+
+def _panic_line(stderr: str, code: int) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if "panicked at" in line:
+            detail = lines[i + 1] if i + 1 < len(lines) else ""
+            return f"{line} {detail}".strip()
+    return f"exit status {code}: " + (lines[-1] if lines else "no message")
+
+
+def main(argv: list[str]) -> int:
+    """The child: build the named variants (all usable ones if none), printing `built NAME` after each."""
+    from shaderbay.backends.shaders import variants
+
+    from .backend import create
+
+    backend = create()
+    todo = [variants.by_name(n) for n in argv] or [v for v in variants.table() if variants.usable(v, backend.caps)]
+    for v in todo:
+        try:
+            backend._build(v)
+        except Exception as exc:  # a plain error: the backend raises it itself, in process
+            print(f"error {v.name}: {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr, flush=True)
+        print(f"built {v.name}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
