@@ -9,6 +9,7 @@ recorded; `Backend.submit` then replays the backend's prepared form with no furt
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import Enum
@@ -92,7 +93,7 @@ class Tensor:
 
     @property
     def numel(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:
@@ -281,7 +282,7 @@ class Backend(ABC):
 
     def empty(self, shape: tuple[int, ...] | int, dtype: str = "f32", usage: Usage = Usage.DEVICE) -> Tensor:
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        nbytes = max(int(np.prod(shape, dtype=np.int64)) * itemsize(dtype), 4)
+        nbytes = max(math.prod(shape) * itemsize(dtype), 4)
         return self.buffer(nbytes, usage).tensor(dtype, shape)
 
     def upload(self, array: np.ndarray, dtype: str | None = None, usage: Usage = Usage.DEVICE) -> Tensor:

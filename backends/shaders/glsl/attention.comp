@@ -1,0 +1,232 @@
+#version 450
+// Causal grouped-query attention over the KV cache, one workgroup per (row, head)
+// (grid x over heads, y over rows, both grid-stride); every invocation of the workgroup
+// works on it, so a decode step (one row) still spreads over n_heads workgroups.
+//
+// The keys 0 .. L-1 (L = min(positions[r] + 1, max_seq)) go by in chunks of WG_SIZE: each
+// invocation scores one key of the chunk (q pre-scaled by `scale`, kept in shared
+// memory), the chunk's maximum updates the running maximum m (online softmax: the running
+// sum l and the output accumulators are rescaled by exp(m_old - m_new)), each invocation
+// turns its score into exp(s - m), and then the invocations accumulate p * v: invocation t
+// owns one UE-element unit of the head (t % units) for every G-th key of the chunk
+// (G = WG_SIZE / units groups). At the end the G groups' accumulators and sums are added.
+// The chunk maximum: subgroupMax and one shared slot per subgroup with SUBGROUPS, else every
+// invocation scans the chunk's scores in shared memory.
+// Shared memory: O(WG_SIZE + head_dim * UE), independent of the context length.
+//
+// Units (UE elements, one load each): VEC: 16 bytes (8 f16 or 4 f32; needs head_dim % UE
+// == 0, the variant's `when`), otherwise 2 elements (a packed f16 word or a vec2 of f32;
+// head_dim is even). Own declarations with vector element types; bindings and push
+// constants as in the generated kernel_attention.glsl.
+#extension GL_EXT_control_flow_attributes : enable
+#include "common.glsl"
+
+layout(local_size_x = WG_X, local_size_y = WG_Y, local_size_z = WG_Z) in;
+
+layout(push_constant) uniform Params {
+    uint rows;
+    uint n_heads;
+    uint n_kv_heads;
+    uint head_dim;
+    uint q_stride;
+    uint max_seq;
+    float scale;
+} p;
+
+#if defined(CACHE_DTYPE_F16)
+#if VEC
+#define UNIT uvec4
+#define UE_N 8
+#else
+#define UNIT uint
+#define UE_N 2
+#endif
+#else
+#if VEC
+#define UNIT vec4
+#define UE_N 4
+#else
+#define UNIT vec2
+#define UE_N 2
+#endif
+#endif
+
+#define UE uint(UE_N)  // elements per unit
+
+layout(std430, set = 0, binding = BINDING_Q) readonly buffer Buffer_Q { float q[]; };
+layout(std430, set = 0, binding = BINDING_K_CACHE) readonly buffer Buffer_K_CACHE { UNIT k_cache[]; };
+layout(std430, set = 0, binding = BINDING_V_CACHE) readonly buffer Buffer_V_CACHE { UNIT v_cache[]; };
+layout(std430, set = 0, binding = BINDING_POSITIONS) readonly buffer Buffer_POSITIONS { uint positions[]; };
+layout(std430, set = 0, binding = BINDING_OUT) writeonly buffer Buffer_OUT { float out_[]; };
+
+#define MAX_HEAD_DIM 256u
+#define BATCH 8u   // K units loaded together per key
+#define VBATCH 4u  // V rows loaded together per invocation
+#define LOWEST -3.0e38  // below any score; a finite stand-in for -inf (see common.glsl)
+
+shared float qs[MAX_HEAD_DIM];
+#if SUBGROUPS
+shared float chunk_red[WG_SIZE / 4];  // one slot per subgroup (subgroups of at least 4)
+#else
+shared float score[WG_SIZE];
+#endif
+shared float prob[WG_SIZE];
+shared float part[WG_SIZE * UE];  // the groups' accumulators, then their sums
+shared float part_l[WG_SIZE];
+
+// a unit as 8 floats (.a = elements 0-3, .b = 4-7; only the first UE are meaningful)
+struct Unit8 {
+    vec4 a;
+    vec4 b;
+};
+
+Unit8 expand(UNIT u) {
+    Unit8 r;
+#if defined(CACHE_DTYPE_F16) && VEC
+    r.a = vec4(unpackHalf2x16(u.x), unpackHalf2x16(u.y));
+    r.b = vec4(unpackHalf2x16(u.z), unpackHalf2x16(u.w));
+#elif defined(CACHE_DTYPE_F16)
+    r.a = vec4(unpackHalf2x16(u), 0.0, 0.0);
+    r.b = vec4(0.0);
+#elif VEC
+    r.a = u;
+    r.b = vec4(0.0);
+#else
+    r.a = vec4(u, 0.0, 0.0);
+    r.b = vec4(0.0);
+#endif
+    return r;
+}
+
+void main() {
+    uint t = gl_LocalInvocationIndex;
+    uint hd = p.head_dim;
+    uint group = p.n_heads / p.n_kv_heads;
+    uint kv_units = p.n_kv_heads * hd / UE;  // units per cache row
+    uint units = hd / UE;                    // units per head
+    uint G = WG_SIZE / units;                // accumulating groups (units <= 128 <= WG_SIZE)
+    uint grp = t / units;
+    uint u = t % units;
+    bool accumulating = grp < G;
+
+    for (uint r = gl_WorkGroupID.y; r < p.rows; r += gl_NumWorkGroups.y) {
+        uint L = min(positions[r], p.max_seq - 1u) + 1u;
+        for (uint h = gl_WorkGroupID.x; h < p.n_heads; h += gl_NumWorkGroups.x) {
+            uint kv0 = (h / group) * units;  // this head's first unit within a cache row
+            for (uint d = t; d < hd; d += WG_SIZE) {
+                qs[d] = q[r * p.q_stride + h * hd + d] * p.scale;
+            }
+            barrier();
+
+            float m = LOWEST;
+            float l = 0.0;
+            vec4 acc_a = vec4(0.0);
+            vec4 acc_b = vec4(0.0);
+            for (uint c = 0u; c < L; c += WG_SIZE) {
+                uint j = c + t;
+                float s = LOWEST;
+                if (j < L) {
+                    uint base = j * kv_units + kv0;
+                    vec4 sa = vec4(0.0);
+                    vec4 sb = vec4(0.0);
+                    for (uint i0 = 0u; i0 < units; i0 += BATCH) {
+                        UNIT kb[BATCH];  // the batch's loads first, all in flight together
+                        [[unroll]] for (uint b = 0u; b < BATCH; ++b) {
+                            kb[b] = i0 + b < units ? k_cache[base + i0 + b] : UNIT(0);
+                        }
+                        [[unroll]] for (uint b = 0u; b < BATCH; ++b) {
+                            Unit8 kk = expand(kb[b]);
+                            uint d = min(i0 + b, units - 1u) * UE;  // past the head: kk is 0
+#if UE_N == 8
+                            sa += kk.a * vec4(qs[d], qs[d + 1u], qs[d + 2u], qs[d + 3u]);
+                            sb += kk.b * vec4(qs[d + 4u], qs[d + 5u], qs[d + 6u], qs[d + 7u]);
+#elif UE_N == 4
+                            sa += kk.a * vec4(qs[d], qs[d + 1u], qs[d + 2u], qs[d + 3u]);
+#else
+                            sa.xy += kk.a.xy * vec2(qs[d], qs[d + 1u]);
+#endif
+                        }
+                    }
+                    s = dot(sa, vec4(1.0)) + dot(sb, vec4(1.0));
+                }
+                uint cnt = min(WG_SIZE, L - c);
+#if SUBGROUPS
+                float sm = subgroupMax(s);
+                if (gl_SubgroupInvocationID == 0u) {
+                    chunk_red[gl_SubgroupID] = sm;
+                }
+                barrier();
+                float mc = chunk_red[0];
+                for (uint i = 1u; i < gl_NumSubgroups; ++i) {
+                    mc = max(mc, chunk_red[i]);
+                }
+#else
+                score[t] = s;
+                barrier();
+                float mc = score[0];
+                for (uint i = 1u; i < cnt; ++i) {
+                    mc = max(mc, score[i]);
+                }
+#endif
+                float m_new = max(m, mc);
+                float corr = exp(m - m_new);
+                prob[t] = j < L ? exp(s - m_new) : 0.0;
+                barrier();
+                if (accumulating) {
+                    acc_a *= corr;
+                    acc_b *= corr;
+                    l *= corr;
+                    for (uint i0 = grp; i0 < cnt; i0 += VBATCH * G) {
+                        UNIT vb[VBATCH];  // the batch's loads first
+                        [[unroll]] for (uint b = 0u; b < VBATCH; ++b) {
+                            uint i = i0 + b * G;
+                            vb[b] = i < cnt ? v_cache[(c + i) * kv_units + kv0 + u] : UNIT(0);
+                        }
+                        [[unroll]] for (uint b = 0u; b < VBATCH; ++b) {
+                            uint i = min(i0 + b * G, cnt - 1u);
+                            float pr = i0 + b * G < cnt ? prob[i] : 0.0;
+                            Unit8 vv = expand(vb[b]);
+                            l += pr;
+                            acc_a += pr * vv.a;
+                            acc_b += pr * vv.b;
+                        }
+                    }
+                }
+                m = m_new;
+            }
+
+            // add up the groups
+            if (accumulating) {
+                uint o = grp * hd + u * UE;
+                part[o] = acc_a.x;
+                part[o + 1u] = acc_a.y;
+#if UE_N >= 4
+                part[o + 2u] = acc_a.z;
+                part[o + 3u] = acc_a.w;
+#endif
+#if UE_N == 8
+                part[o + 4u] = acc_b.x;
+                part[o + 5u] = acc_b.y;
+                part[o + 6u] = acc_b.z;
+                part[o + 7u] = acc_b.w;
+#endif
+                if (u == 0u) {
+                    part_l[grp] = l;
+                }
+            }
+            barrier();
+            float lt = 0.0;
+            for (uint g = 0u; g < G; ++g) {
+                lt += part_l[g];
+            }
+            for (uint d = t; d < hd; d += WG_SIZE) {
+                float o = 0.0;
+                for (uint g = 0u; g < G; ++g) {
+                    o += part[g * hd + d];
+                }
+                out_[(r * p.n_heads + h) * hd + d] = o / lt;
+            }
+            barrier();  // shared memory is reused by the next (row, head)
+        }
+    }
+}

@@ -1,0 +1,89 @@
+// Shared helpers of every shaderbay kernel (included by the generated kernel_<name>.glsl).
+// Conventions: see shaderbay/backends/shaders/variants.py.
+#ifndef COMMON_GLSL
+#define COMMON_GLSL
+
+#ifndef SUBGROUPS
+#define SUBGROUPS 0
+#endif
+#if SUBGROUPS
+#extension GL_KHR_shader_subgroup_basic : require
+#extension GL_KHR_shader_subgroup_arithmetic : require
+#endif
+
+#define WG_SIZE (WG_X * WG_Y * WG_Z)
+// Neither subgroupElect() (use gl_SubgroupInvocationID == 0u) nor `precise` (ignored)
+// survive wgpu's translator either.
+// No infinite or NaN float constants anywhere (not even through uintBitsToFloat of a
+// literal): wgpu's SPIR-V translator (naga) constant-folds them, rejects the module and
+// aborts the process. Compare floats through order_key() where infinities matter.
+
+// A uint whose unsigned order is the float order: -inf < ... < -0 == +0 < ... < +inf.
+// NaN maps to the key of -inf. Exact integer compares, immune to denormal flushing.
+uint order_key(float v) {
+    uint b = floatBitsToUint(v);
+    if ((b & 0x7FFFFFFFu) > 0x7F800000u) {
+        b = 0xFF800000u;  // NaN counts as -inf
+    }
+    if (b == 0x80000000u) {
+        b = 0u;  // -0 == +0
+    }
+    return (b & 0x80000000u) != 0u ? ~b : (b | 0x80000000u);
+}
+
+// --- 16-bit data packed two to a uint word (element i of the pair: i & 1) ------------------
+
+float f16_at(uint word, uint i) {
+    vec2 v = unpackHalf2x16(word);
+    return (i & 1u) == 0u ? v.x : v.y;
+}
+
+float bf16_at(uint word, uint i) {
+    return uintBitsToFloat((i & 1u) == 0u ? (word << 16) : (word & 0xFFFF0000u));
+}
+
+vec2 unpack_bf16x2(uint word) {
+    return vec2(uintBitsToFloat(word << 16), uintBitsToFloat(word & 0xFFFF0000u));
+}
+
+// float32 -> float16 bits, rounded to nearest even exactly as NumPy does (packHalf2x16's
+// rounding is implementation-defined, so do it in integers).
+uint f32_to_f16_bits(float f) {
+    uint x = floatBitsToUint(f);
+    uint sign = (x >> 16) & 0x8000u;
+    uint e = (x >> 23) & 0xFFu;
+    uint m = x & 0x7FFFFFu;
+    if (e == 0xFFu) {
+        return sign | 0x7C00u | (m != 0u ? (0x200u | (m >> 13)) : 0u);
+    }
+    int E = int(e) - 112;  // rebias 127 -> 15
+    if (E >= 31) {
+        return sign | 0x7C00u;
+    }
+    if (E <= 0) {
+        if (E < -10) {
+            return sign;
+        }
+        uint M = m | 0x800000u;
+        uint shift = uint(14 - E);
+        uint h = M >> shift;
+        uint rem = M & ((1u << shift) - 1u);
+        uint halfway = 1u << (shift - 1u);
+        if (rem > halfway || (rem == halfway && (h & 1u) != 0u)) {
+            h += 1u;
+        }
+        return sign | h;
+    }
+    uint h = (uint(E) << 10) | (m >> 13);
+    uint rem = m & 0x1FFFu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u) != 0u)) {
+        h += 1u;  // a carry rolls into the exponent (and up to inf) correctly
+    }
+    return sign | h;
+}
+
+uint pack_f16x2(float a, float b) {
+    return f32_to_f16_bits(a) | (f32_to_f16_bits(b) << 16);
+}
+
+#endif  // COMMON_GLSL

@@ -1,0 +1,195 @@
+#version 450
+// matmul, tiled matrix-matrix form (prefill; also any shape the matrix-vector form cannot
+// take, such as an odd k): out[r] (+)= prologue(x[r]) @ w.T (+ bias).
+//
+// A workgroup of 16 x 16 invocations computes a BM x BN tile of out (BM = 16 TM rows,
+// BN = 16 TN columns), each invocation TM x TN outputs (rows ty + 16 i, columns tx + 16 j:
+// conflict-free shared reads, coalesced writes). k is walked in BK-deep slices staged in
+// shared memory; the next slice's global loads are issued into registers before the
+// current slice is multiplied (one slice of prefetch), so their latency overlaps the math.
+//
+// Loaders: invocation t loads XPT = BM * BK / 256 consecutive k of x row t * XPT / BK and
+// WPT = BN * BK / 256 consecutive k of w row t * WPT / BK per slice. The x loader applies
+// the prologue (silu(gate) * up; or x * norm_weight while keeping sum(x * x) of its row:
+// the row's loaders' sums give its rmsnorm scale at the end). 16-bit weights come in
+// packed words, two at a time when k is even; an odd k reads them one by one (a row then
+// starts mid-word) and never touches a word past the last element.
+//
+// Grid: x over column tiles, y over row tiles (both grid-stride).
+#extension GL_EXT_control_flow_attributes : enable
+#include "kernel_matmul.glsl"
+
+#ifndef TM
+#define TM 4
+#endif
+#ifndef TN
+#define TN 4
+#endif
+#define BM (16u * uint(TM))
+#define BN (16u * uint(TN))
+#define BK 16u
+#define PAD 4u
+#define XPT (TM * 16 * 16 / 256)  // x elements per invocation and slice (TM)
+#define WPT (TN * 16 * 16 / 256)  // w elements per invocation and slice (TN)
+
+shared float xs[BK * (BM + PAD)];  // [kk][m]
+shared float ws[BK * (BN + PAD)];  // [kk][j]
+#if defined(PROLOGUE_RMSNORM)
+shared float row_ss[WG_SIZE];
+#endif
+
+// the slice being prefetched
+float xr[XPT];
+float wr[WPT];
+float ss;
+
+void load_slice(uint k0, uint m0, uint j0, uint t) {
+    uint rows = p.rows;
+    uint n = p.n;
+    uint k = p.k;
+#if defined(PROLOGUE_SILU_MUL)
+    uint xstride = 2u * k;
+#else
+    uint xstride = k;
+#endif
+    // x: row xrow, k from xk
+    uint xrow = m0 + (t * uint(XPT)) / BK;
+    uint xk = k0 + (t * uint(XPT)) % BK;
+    [[unroll]] for (uint i = 0u; i < uint(XPT); ++i) {
+        uint kk = xk + i;
+        bool inside = xrow < rows && kk < k;
+        uint at = inside ? xrow * xstride + kk : 0u;
+#if defined(PROLOGUE_SILU_MUL)
+        float g = inside ? x[at] : 0.0;
+        float u = inside ? x[at + k] : 0.0;
+        xr[i] = g / (1.0 + exp(-g)) * u;
+#else
+        xr[i] = inside ? x[at] : 0.0;
+#endif
+#if defined(PROLOGUE_RMSNORM)
+        ss += xr[i] * xr[i];
+        xr[i] *= inside ? norm_weight[kk] : 0.0;
+#endif
+    }
+    // w: row wrow, k from wk
+    uint wrow = j0 + (t * uint(WPT)) / BK;
+    uint wk = k0 + (t * uint(WPT)) % BK;
+    uint e = wrow * k + wk;
+    bool row_ok = wrow < n;
+#if defined(WDTYPE_F32)
+    [[unroll]] for (uint i = 0u; i < uint(WPT); ++i) {
+        wr[i] = row_ok && wk + i < k ? w[e + i] : 0.0;
+    }
+#else
+#if (WPT % 2) == 0
+    if ((k & 1u) == 0u) {  // e is even: whole words
+        [[unroll]] for (uint i = 0u; i < uint(WPT); i += 2u) {
+            vec2 v = row_ok && wk + i < k ? load2_w((e + i) >> 1) : vec2(0.0);
+            wr[i] = v.x;
+            wr[i + 1u] = v.y;
+        }
+    } else
+#endif
+    {
+        [[unroll]] for (uint i = 0u; i < uint(WPT); ++i) {
+            wr[i] = row_ok && wk + i < k ? load_w(e + i) : 0.0;
+        }
+    }
+#endif
+}
+
+void main() {
+    uint t = gl_LocalInvocationIndex;
+    uint tx = t % 16u;
+    uint ty = t / 16u;
+    uint rows = p.rows;
+    uint n = p.n;
+    uint k = p.k;
+    uint ntn = (n + BN - 1u) / BN;
+    uint ntm = (rows + BM - 1u) / BM;
+    uint xrow_local = (t * uint(XPT)) / BK;
+    uint xk_local = (t * uint(XPT)) % BK;
+    uint wrow_local = (t * uint(WPT)) / BK;
+    uint wk_local = (t * uint(WPT)) % BK;
+
+    for (uint tm = gl_WorkGroupID.y; tm < ntm; tm += gl_NumWorkGroups.y) {
+        for (uint tn = gl_WorkGroupID.x; tn < ntn; tn += gl_NumWorkGroups.x) {
+            uint m0 = tm * BM;
+            uint j0 = tn * BN;
+            float acc[TM * TN];
+            [[unroll]] for (uint i = 0u; i < uint(TM * TN); ++i) {
+                acc[i] = 0.0;
+            }
+            ss = 0.0;
+            load_slice(0u, m0, j0, t);
+
+            for (uint k0 = 0u; k0 < k; k0 += BK) {
+                [[unroll]] for (uint i = 0u; i < uint(XPT); ++i) {
+                    xs[(xk_local + i) * (BM + PAD) + xrow_local] = xr[i];
+                }
+                [[unroll]] for (uint i = 0u; i < uint(WPT); ++i) {
+                    ws[(wk_local + i) * (BN + PAD) + wrow_local] = wr[i];
+                }
+                barrier();
+                if (k0 + BK < k) {
+                    load_slice(k0 + BK, m0, j0, t);  // in flight during the math below
+                }
+                [[unroll]] for (uint kk = 0u; kk < BK; ++kk) {
+                    float a[TM];
+                    float b[TN];
+                    [[unroll]] for (uint i = 0u; i < uint(TM); ++i) {
+                        a[i] = xs[kk * (BM + PAD) + ty + 16u * i];
+                    }
+                    [[unroll]] for (uint j = 0u; j < uint(TN); ++j) {
+                        b[j] = ws[kk * (BN + PAD) + tx + 16u * j];
+                    }
+                    [[unroll]] for (uint i = 0u; i < uint(TM); ++i) {
+                        [[unroll]] for (uint j = 0u; j < uint(TN); ++j) {
+                            acc[i * TN + j] += a[i] * b[j];
+                        }
+                    }
+                }
+                barrier();
+            }
+
+#if defined(PROLOGUE_RMSNORM)
+            row_ss[t] = ss;
+            barrier();
+#endif
+            [[unroll]] for (uint i = 0u; i < uint(TM); ++i) {
+                uint r = ty + 16u * i;
+                uint m = m0 + r;
+                if (m >= rows) {
+                    continue;
+                }
+#if defined(PROLOGUE_RMSNORM)
+                // tile row r was loaded by invocations r * BK / XPT .. (r + 1) * BK / XPT - 1
+                float sq = 0.0;
+                [[unroll]] for (uint q = 0u; q < BK / uint(XPT); ++q) {
+                    sq += row_ss[r * (BK / uint(XPT)) + q];
+                }
+                float scale = 1.0 / sqrt(sq / float(k) + p.eps);
+#endif
+                [[unroll]] for (uint j = 0u; j < uint(TN); ++j) {
+                    uint col = j0 + tx + 16u * j;
+                    if (col < n) {
+                        float y = acc[i * TN + j];
+#if defined(PROLOGUE_RMSNORM)
+                        y *= scale;
+#endif
+#if BIAS
+                        y += bias[col];
+#endif
+#if ACCUMULATE
+                        y += out_[m * n + col];
+#endif
+                        out_[m * n + col] = y;
+                    }
+                }
+            }
+#if defined(PROLOGUE_RMSNORM)
+            barrier();  // row_ss is reused by the next tile
+#endif
+        }
+    }
+}

@@ -1,0 +1,32 @@
+#version 450
+// Rotary embedding (rotate-half), in place. One invocation per (row, head, i < head_dim/2).
+// Grid: x over heads * head_dim/2, y over rows (both grid-stride).
+#include "kernel_rope.glsl"
+
+// cos and sin of a float32 angle, reduced to [-pi, pi] first (Cody-Waite, 2*pi in three
+// parts) so large positions keep their accuracy on GPUs with fast, short-range sin/cos.
+vec2 cos_sin(float a) {
+    float k = round(a * 0.15915494309189535);
+    float r = a - k * 6.25;
+    r = r - k * 0.033203125;
+    r = r - k * -1.7817820413774e-05;
+    return vec2(cos(r), sin(r));
+}
+
+void main() {
+    uint half_dim = p.head_dim / 2u;
+    uint per_row = p.heads * half_dim;
+    for (uint r = gl_WorkGroupID.y; r < p.rows; r += gl_NumWorkGroups.y) {
+        float pos = float(positions[r]);
+        for (uint j = gl_GlobalInvocationID.x; j < per_row; j += gl_NumWorkGroups.x * WG_X) {
+            uint h = j / half_dim;
+            uint i = j - h * half_dim;
+            vec2 cs = cos_sin(pos * inv_freq[i]);
+            uint a = r * p.stride + p.offset + h * p.head_dim + i;
+            float x1 = x[a];
+            float x2 = x[a + half_dim];
+            x[a] = x1 * cs.x - x2 * cs.y;
+            x[a + half_dim] = x2 * cs.x + x1 * cs.y;
+        }
+    }
+}

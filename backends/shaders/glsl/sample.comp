@@ -1,0 +1,606 @@
+#version 450
+// sample: draw one token from logits, as shaderbay.backends.numpy.kernels.sample_token
+// defines it; one workgroup (grid 1 x 1 x 1). Float32 arithmetic where the reference
+// uses float64, so a draw can differ only where the reference sits within float32
+// rounding of a boundary (a cumulative mass at exactly the target or at top_p).
+//
+// 1. Repetition penalty: the distinct ids of history[:hist_len] are set in a bitmap in
+//    shared memory; a vocabulary larger than the bitmap (BITMAP_IDS) is processed window by
+//    window, the bitmap refilled from the history for each window.
+// 2. temperature <= 0: greedy, the smallest index of the largest penalised logit.
+// 3. Pass 1: the maximum M and S = sum exp((l - M) / T) (online, per invocation).
+//    prob(l) = exp((l - M) / T) / S everywhere after.
+// 4. The kept set is {l >= T*}, T* = max(t_k, t_p) in logit space: t_k the top_k-th largest
+//    logit, t_p the largest logit v with mass(l >= v) >= top_p. Both are the largest v with
+//    pred(v) = count(l >= v) >= top_k || mass(l >= v) >= top_p (top_k 0 or >= n: n; top_p
+//    1: never), which holds exactly for v <= T*. Comparing logits rather than float32
+//    probabilities keeps apart elements whose probabilities round to the same float.
+//    * Few candidates: pass 2 counts and sums the elements above 16 logit thresholds
+//      M - Z_j * T (Z_j from 0.5 to 80 nats); the highest threshold where pred holds is
+//      a lower bound of T*. If at most CAP elements lie above it (or n <= CAP), pass 3
+//      copies them (key, prob, index) into shared memory, and T* and the draw are
+//      resolved there exactly: O(candidates^2 / WG) compares, no sort.
+//    * Otherwise (a flat distribution, a large top_k, or no filter at all): T* by a 16-way
+//      search on the order keys of the logits, 16 times narrower a pass, starting from the
+//      bracket pass 2 found (at most 8 passes over the logits),
+//      then the index-order walk over the vocabulary in tiles of 8 * WG_SIZE ids (8
+//      consecutive ids per invocation, a workgroup scan per tile), stopping at the tile
+//      that holds the target.
+//    Every pass over the logits loads 4 (strided passes) or 8 (walk) values per invocation
+//    before using them: the loads are latency-bound otherwise.
+//    The walk: the first kept id (in index order) whose cumulative mass exceeds
+//    u * (kept mass), u = uniform(seed, step); the last kept id if rounding leaves none.
+// 5. out[0] = the token; history[hist_len] = the token if hist_len < hist_cap.
+#extension GL_EXT_control_flow_attributes : enable
+#include "kernel_sample.glsl"
+
+#define NO_INDEX 0xFFFFFFFFu
+#define LOWEST -3.0e38  // a finite stand-in for -inf (see common.glsl)
+#ifndef CAP
+#define CAP 896u  // candidates kept in shared memory
+#endif
+#ifndef BITMAP_WORDS
+#define BITMAP_WORDS 4752u  // 152064 ids: every vocabulary up to Qwen2's 151936
+#endif
+#define BITMAP_IDS (BITMAP_WORDS * 32u)
+#define TILE (8u * WG_SIZE)  // ids per tile of the full walk
+
+#if SUBGROUPS
+#define RED_SLOTS (WG_SIZE / 4)  // one per subgroup (subgroups of at least 4 invocations)
+#else
+#define RED_SLOTS WG_SIZE
+#endif
+
+shared uint bitmap[BITMAP_WORDS];
+shared uint cand_key[CAP];
+shared float cand_prob[CAP];  // also the scan scratch of the full walk (CAP >= WG_SIZE)
+shared uint cand_idx[CAP];
+shared uvec4 red[RED_SLOTS];
+shared uint cand_count;
+
+// --- reductions: every invocation calls them, every invocation gets the result ----------
+
+vec4 wg_sum4(vec4 v) {
+#if SUBGROUPS
+    vec4 s = subgroupAdd(v);
+    if (gl_SubgroupInvocationID == 0u) {
+        red[gl_SubgroupID] = floatBitsToUint(s);
+    }
+    barrier();
+    vec4 total = vec4(0.0);
+    for (uint i = 0u; i < gl_NumSubgroups; ++i) {
+        total += uintBitsToFloat(red[i]);
+    }
+    barrier();
+    return total;
+#else
+    uint t = gl_LocalInvocationIndex;
+    red[t] = floatBitsToUint(v);
+    barrier();
+    for (uint s = WG_SIZE / 2u; s > 0u; s >>= 1u) {
+        if (t < s) {
+            red[t] = floatBitsToUint(uintBitsToFloat(red[t]) + uintBitsToFloat(red[t + s]));
+        }
+        barrier();
+    }
+    vec4 total = uintBitsToFloat(red[0]);
+    barrier();
+    return total;
+#endif
+}
+
+// (largest key, smallest index among the entries with that key)
+uvec2 wg_best(uint key, uint idx) {
+#if SUBGROUPS
+    uint mk = subgroupMax(key);
+    uint mi = subgroupMin(key == mk ? idx : NO_INDEX);
+    if (gl_SubgroupInvocationID == 0u) {
+        red[gl_SubgroupID] = uvec4(mk, mi, 0u, 0u);
+    }
+    barrier();
+    uvec2 best = red[0].xy;
+    for (uint i = 1u; i < gl_NumSubgroups; ++i) {
+        uvec2 o = red[i].xy;
+        if (o.x > best.x || (o.x == best.x && o.y < best.y)) {
+            best = o;
+        }
+    }
+    barrier();
+    return best;
+#else
+    uint t = gl_LocalInvocationIndex;
+    red[t] = uvec4(key, idx, 0u, 0u);
+    barrier();
+    for (uint s = WG_SIZE / 2u; s > 0u; s >>= 1u) {
+        if (t < s) {
+            uvec2 a = red[t].xy;
+            uvec2 o = red[t + s].xy;
+            if (o.x > a.x || (o.x == a.x && o.y < a.y)) {
+                red[t] = uvec4(o, 0u, 0u);
+            }
+        }
+        barrier();
+    }
+    uvec2 best = red[0].xy;
+    barrier();
+    return best;
+#endif
+}
+
+// exclusive prefix sum over the invocations (in invocation order); `total` gets the sum
+float wg_scan(float v, out float total) {
+#if SUBGROUPS
+    float ex = subgroupExclusiveAdd(v);
+    float s = subgroupAdd(v);
+    if (gl_SubgroupInvocationID == 0u) {
+        red[gl_SubgroupID].x = floatBitsToUint(s);
+    }
+    barrier();
+    float before = 0.0;
+    float all = 0.0;
+    for (uint i = 0u; i < gl_NumSubgroups; ++i) {
+        float x = uintBitsToFloat(red[i].x);
+        before += i < gl_SubgroupID ? x : 0.0;
+        all += x;
+    }
+    barrier();
+    total = all;
+    return before + ex;
+#else
+    uint t = gl_LocalInvocationIndex;
+    cand_prob[t] = v;
+    barrier();
+    for (uint off = 1u; off < WG_SIZE; off <<= 1u) {
+        float add = t >= off ? cand_prob[t - off] : 0.0;
+        barrier();
+        cand_prob[t] += add;
+        barrier();
+    }
+    float ex = t > 0u ? cand_prob[t - 1u] : 0.0;
+    total = cand_prob[WG_SIZE - 1u];
+    barrier();
+    return ex;
+#endif
+}
+
+// --- the penalised logits -----------------------------------------------------------------
+// The bitmap covers the window [w0, w0 + BITMAP_IDS) of ids. A vocabulary larger than that
+// with a penalty (`multiwin`) walks every pass window by window, refilling the bitmap from
+// the history at each window (all invocations: barriers); otherwise it is filled once.
+
+uint g_n;
+uint g_used;
+bool g_penalty;
+bool g_multiwin;
+uint g_win;  // window length: BITMAP_IDS with multiwin, else n (one window)
+
+void load_window(uint w0) {
+    uint t = gl_LocalInvocationIndex;
+    barrier();  // every invocation is done with the previous window
+    for (uint i = t; i < BITMAP_WORDS; i += WG_SIZE) {
+        bitmap[i] = 0u;
+    }
+    barrier();
+    for (uint i = t; i < g_used; i += WG_SIZE) {
+        uint id = history[i];
+        if (id < g_n && id >= w0 && id - w0 < BITMAP_IDS) {
+            atomicOr(bitmap[(id - w0) >> 5], 1u << ((id - w0) & 31u));
+        }
+    }
+    barrier();
+}
+
+// the logit l of id e (in the window starting at w0), penalised
+float penalise(float l, uint e, uint w0) {
+    if (g_penalty) {
+        uint i = e - w0;
+        if (((bitmap[i >> 5] >> (i & 31u)) & 1u) != 0u) {
+            l = l > 0.0 ? l / p.penalty : l * p.penalty;
+        }
+    }
+    return l;
+}
+
+// the penalised logits of ids eb + j * WG_SIZE, j < 4 (those >= w1: 0), loaded together
+vec4 load4(uint eb, uint w0, uint w1) {
+    uint e1 = eb + WG_SIZE;
+    uint e2 = eb + 2u * WG_SIZE;
+    uint e3 = eb + 3u * WG_SIZE;
+    vec4 l = vec4(eb < w1 ? logits[eb] : 0.0, e1 < w1 ? logits[e1] : 0.0,
+                  e2 < w1 ? logits[e2] : 0.0, e3 < w1 ? logits[e3] : 0.0);
+    if (g_penalty) {
+        l.x = eb < w1 ? penalise(l.x, eb, w0) : 0.0;
+        l.y = e1 < w1 ? penalise(l.y, e1, w0) : 0.0;
+        l.z = e2 < w1 ? penalise(l.z, e2, w0) : 0.0;
+        l.w = e3 < w1 ? penalise(l.w, e3, w0) : 0.0;
+    }
+    return l;
+}
+
+float key_value(uint key) {  // the inverse of order_key (for keys of numbers)
+    return uintBitsToFloat((key & 0x80000000u) != 0u ? (key & 0x7FFFFFFFu) : ~key);
+}
+
+uint hash32(uint x) {
+    x ^= x >> 16;
+    x *= 0x7FEB352Du;
+    x ^= x >> 15;
+    x *= 0x846CA68Bu;
+    x ^= x >> 16;
+    return x;
+}
+
+void main() {
+    uint t = gl_LocalInvocationIndex;
+    uint n = p.n;
+    uint seed = state[0];
+    uint step = state[1];
+    uint hist_len = state[2];
+    g_n = n;
+    g_used = min(hist_len, p.hist_cap);
+    g_penalty = p.penalty != 1.0;
+    g_multiwin = g_penalty && n > BITMAP_IDS;
+    g_win = g_multiwin ? BITMAP_IDS : n;
+    if (g_penalty && !g_multiwin) {
+        load_window(0u);
+    }
+
+    uint token = 0u;
+    if (p.temperature <= 0.0) {
+        // --- greedy ---------------------------------------------------------------------
+        uint bk = 0u;
+        uint bi = NO_INDEX;
+        for (uint w0 = 0u; w0 < n; w0 += g_win) {
+            if (g_multiwin) {
+                load_window(w0);
+            }
+            uint w1 = min(n, w0 + g_win);
+            for (uint eb = w0 + t; eb < w1; eb += 8u * WG_SIZE) {
+                vec4 la = load4(eb, w0, w1);
+                vec4 lb = load4(eb + 4u * WG_SIZE, w0, w1);
+                [[unroll]] for (uint j4 = 0u; j4 < 8u; ++j4) {
+                    uint e = eb + j4 * WG_SIZE;
+                    if (e >= w1) {
+                        break;
+                    }
+                    float l = j4 < 4u ? la[j4 & 3u] : lb[j4 & 3u];
+                    uint k = order_key(l);
+                    if (k > bk || (k == bk && e < bi)) {
+                        bk = k;
+                        bi = e;
+                    }
+                }
+            }
+        }
+        uvec2 best = wg_best(bk, bi);
+        token = best.y == NO_INDEX ? 0u : best.y;
+    } else {
+        float T = p.temperature;
+        // --- pass 1: M and S ---------------------------------------------------------------
+        float m = LOWEST;
+        float s = 0.0;
+        for (uint w0 = 0u; w0 < n; w0 += g_win) {
+            if (g_multiwin) {
+                load_window(w0);
+            }
+            uint w1 = min(n, w0 + g_win);
+            for (uint eb = w0 + t; eb < w1; eb += 8u * WG_SIZE) {
+                vec4 la = load4(eb, w0, w1);
+                vec4 lb = load4(eb + 4u * WG_SIZE, w0, w1);
+                [[unroll]] for (uint j4 = 0u; j4 < 8u; ++j4) {
+                    uint e = eb + j4 * WG_SIZE;
+                    if (e >= w1) {
+                        break;
+                    }
+                    float l = j4 < 4u ? la[j4 & 3u] : lb[j4 & 3u];
+                    if (l > m) {
+                        s = s * exp((m - l) / T) + 1.0;
+                        m = l;
+                    } else {
+                        s += exp((l - m) / T);
+                    }
+                }
+            }
+        }
+        float M = key_value(wg_best(order_key(m), 0u).x);
+        float S = wg_sum4(vec4(s * exp((m - M) / T), 0.0, 0.0, 0.0)).x;
+
+        uint kk = (p.top_k > 0u && p.top_k < n) ? p.top_k : n;
+        bool topp = p.top_p < 1.0;
+        bool filtering = kk < n || topp;
+        float u = float(hash32(seed ^ hash32(step)) >> 8) / 16777216.0;
+
+        // --- pass 2: a lower bound of T* with few elements above it ------------------------
+        bool compact = n <= CAP;
+        float theta = LOWEST;  // candidates: l >= theta (all when n <= CAP)
+        uint search_lo = 0u;  // the key search's bracket: pred(search_lo), T* < search_hi
+        uint search_hi = 0xFFFFFFFFu;
+        float lo_mass = 1.0;  // mass(l >= search_lo): all of it (S / S) to begin with
+        if (!compact && filtering) {
+            vec4 ta = M - vec4(0.5, 1.0, 1.5, 2.0) * T;
+            vec4 tb = M - vec4(3.0, 4.0, 5.0, 6.0) * T;
+            vec4 tc = M - vec4(8.0, 10.0, 12.0, 16.0) * T;
+            vec4 td = M - vec4(20.0, 28.0, 40.0, 80.0) * T;
+            vec4 ca = vec4(0.0), cb = vec4(0.0), cc = vec4(0.0), cd = vec4(0.0);
+            vec4 ma = vec4(0.0), mb = vec4(0.0), mc = vec4(0.0), md = vec4(0.0);
+            for (uint w0 = 0u; w0 < n; w0 += g_win) {
+                if (g_multiwin) {
+                    load_window(w0);
+                }
+                uint w1 = min(n, w0 + g_win);
+                for (uint eb = w0 + t; eb < w1; eb += 8u * WG_SIZE) {
+                    vec4 la = load4(eb, w0, w1);
+                    vec4 lb = load4(eb + 4u * WG_SIZE, w0, w1);
+                    [[unroll]] for (uint j4 = 0u; j4 < 8u; ++j4) {
+                        uint e = eb + j4 * WG_SIZE;
+                        if (e >= w1) {
+                            break;
+                        }
+                        float l = j4 < 4u ? la[j4 & 3u] : lb[j4 & 3u];
+                        if (l >= td.w) {
+                            float pr = exp((l - M) / T) / S;
+                            vec4 l4 = vec4(l);
+                            vec4 ga = vec4(greaterThanEqual(l4, ta));
+                            vec4 gb = vec4(greaterThanEqual(l4, tb));
+                            vec4 gc = vec4(greaterThanEqual(l4, tc));
+                            vec4 gd = vec4(greaterThanEqual(l4, td));
+                            ca += ga;
+                            cb += gb;
+                            cc += gc;
+                            cd += gd;
+                            ma += ga * pr;
+                            mb += gb * pr;
+                            mc += gc * pr;
+                            md += gd * pr;
+                        }
+                    }
+                }
+            }
+            ca = wg_sum4(ca);
+            cb = wg_sum4(cb);
+            cc = wg_sum4(cc);
+            cd = wg_sum4(cd);
+            ma = wg_sum4(ma);
+            mb = wg_sum4(mb);
+            mc = wg_sum4(mc);
+            md = wg_sum4(md);
+            // the highest threshold where pred holds (counts are exact: below 2^24); with
+            // too many elements above it, it and the threshold above bracket the key search
+            search_hi = order_key(td.w);
+            float above = M;  // the threshold above j (none for j = 0: the maximum)
+            for (int j = 0; j < 16; ++j) {
+                vec4 cv = j < 4 ? ca : j < 8 ? cb : j < 12 ? cc : cd;
+                vec4 mv = j < 4 ? ma : j < 8 ? mb : j < 12 ? mc : md;
+                vec4 tv = j < 4 ? ta : j < 8 ? tb : j < 12 ? tc : td;
+                float cnt = cv[j & 3];
+                if (cnt >= float(kk) || (topp && mv[j & 3] >= p.top_p)) {
+                    if (cnt <= float(CAP)) {
+                        compact = true;
+                        theta = tv[j & 3];
+                    }
+                    search_lo = order_key(tv[j & 3]);
+                    search_hi = j == 0 ? order_key(M) + 1u : order_key(above);
+                    lo_mass = mv[j & 3];
+                    break;
+                }
+                above = tv[j & 3];
+            }
+        }
+
+        if (compact) {
+            // --- pass 3: the candidates into shared memory ---------------------------------
+            if (t == 0u) {
+                cand_count = 0u;
+            }
+            barrier();
+            for (uint w0 = 0u; w0 < n; w0 += g_win) {
+                if (g_multiwin) {
+                    load_window(w0);
+                }
+                uint w1 = min(n, w0 + g_win);
+                for (uint eb = w0 + t; eb < w1; eb += 8u * WG_SIZE) {
+                    vec4 la = load4(eb, w0, w1);
+                    vec4 lb = load4(eb + 4u * WG_SIZE, w0, w1);
+                    [[unroll]] for (uint j4 = 0u; j4 < 8u; ++j4) {
+                        uint e = eb + j4 * WG_SIZE;
+                        if (e >= w1) {
+                            break;
+                        }
+                        float l = j4 < 4u ? la[j4 & 3u] : lb[j4 & 3u];
+                        if (l >= theta || n <= CAP) {
+                            uint slot = atomicAdd(cand_count, 1u);
+                            cand_key[slot] = order_key(l);
+                            cand_prob[slot] = exp((l - M) / T) / S;
+                            cand_idx[slot] = e;
+                        }
+                    }
+                }
+            }
+            barrier();
+            uint C = cand_count;
+
+            // T*: the largest candidate key where pred holds (+1; 0: none, then the smallest)
+            uint tkey = 0u;
+            if (filtering) {
+                uint best = 0u;
+                uint lowest = 0xFFFFFFFFu;
+                for (uint i = t; i < C; i += WG_SIZE) {
+                    uint ki = cand_key[i];
+                    float cnt = 0.0;
+                    float mass = 0.0;
+                    for (uint j = 0u; j < C; ++j) {
+                        if (cand_key[j] >= ki) {
+                            cnt += 1.0;
+                            mass += cand_prob[j];
+                        }
+                    }
+                    if (cnt >= float(kk) || (topp && mass >= p.top_p)) {
+                        best = max(best, ki + 1u);
+                    }
+                    lowest = min(lowest, ki);
+                }
+                uint found = wg_best(best, 0u).x;
+                uint low = ~wg_best(~lowest, 0u).x;
+                tkey = found != 0u ? found - 1u : low;
+            }
+
+            // the walk, in index order, over the kept candidates
+            float part = 0.0;
+            for (uint i = t; i < C; i += WG_SIZE) {
+                if (cand_key[i] >= tkey) {
+                    part += cand_prob[i];
+                }
+            }
+            float target = u * wg_sum4(vec4(part, 0.0, 0.0, 0.0)).x;
+            uint first = NO_INDEX;
+            uint last = 0u;  // index + 1 of the last kept candidate
+            for (uint i = t; i < C; i += WG_SIZE) {
+                if (cand_key[i] >= tkey) {
+                    uint idx = cand_idx[i];
+                    float cum = 0.0;
+                    for (uint j = 0u; j < C; ++j) {
+                        if (cand_key[j] >= tkey && cand_idx[j] <= idx) {
+                            cum += cand_prob[j];
+                        }
+                    }
+                    if (cum > target) {
+                        first = min(first, idx);
+                    }
+                    last = max(last, idx + 1u);
+                }
+            }
+            uint f = wg_best(0u, first).y;
+            uint lk = wg_best(last, 0u).x;
+            token = f != NO_INDEX ? f : (lk > 0u ? lk - 1u : 0u);
+        } else {
+            // --- many candidates: T* by a 16-way search over the order keys --------------
+            // Invariant: pred(lo) holds and T* < hi. A pass counts the elements above the
+            // pivots lo + j * step (j = 1..15, step = ceil((hi - lo) / 16)) and moves lo to the
+            // highest pivot below hi where pred holds: 16 times narrower a pass.
+            uint lo = search_lo;
+            uint hi = search_hi;
+            float kept_mass = lo_mass;  // mass(l >= lo)
+            if (filtering) {
+                while (hi - lo > 1u) {
+                    uint span = hi - lo;
+                    uint step = span / 16u + (span % 16u != 0u ? 1u : 0u);
+                    uint floor1 = lo + step;  // pivot 1: below it nothing counts
+                    vec4 ca = vec4(0.0), cb = vec4(0.0), cc = vec4(0.0), cd = vec4(0.0);
+                    vec4 ma = vec4(0.0), mb = vec4(0.0), mc = vec4(0.0), md = vec4(0.0);
+                    for (uint w0 = 0u; w0 < n; w0 += g_win) {
+                        if (g_multiwin) {
+                            load_window(w0);
+                        }
+                        uint w1 = min(n, w0 + g_win);
+                        for (uint eb = w0 + t; eb < w1; eb += 8u * WG_SIZE) {
+                            vec4 la = load4(eb, w0, w1);
+                            vec4 lb = load4(eb + 4u * WG_SIZE, w0, w1);
+                            [[unroll]] for (uint j4 = 0u; j4 < 8u; ++j4) {
+                                uint e = eb + j4 * WG_SIZE;
+                                if (e >= w1) {
+                                    break;
+                                }
+                                float l = j4 < 4u ? la[j4 & 3u] : lb[j4 & 3u];
+                                uint key = order_key(l);
+                                if (key >= floor1) {
+                                    float b = float(min((key - lo) / step, 15u));  // pivots at or below key
+                                    float pr = exp((l - M) / T) / S;
+                                    vec4 ga = vec4(greaterThanEqual(vec4(b), vec4(1.0, 2.0, 3.0, 4.0)));
+                                    vec4 gb = vec4(greaterThanEqual(vec4(b), vec4(5.0, 6.0, 7.0, 8.0)));
+                                    vec4 gc = vec4(greaterThanEqual(vec4(b), vec4(9.0, 10.0, 11.0, 12.0)));
+                                    vec4 gd = vec4(greaterThanEqual(vec4(b), vec4(13.0, 14.0, 15.0, 16.0)));
+                                    ca += ga;
+                                    cb += gb;
+                                    cc += gc;
+                                    cd += gd;
+                                    ma += ga * pr;
+                                    mb += gb * pr;
+                                    mc += gc * pr;
+                                    md += gd * pr;
+                                }
+                            }
+                        }
+                    }
+                    ca = wg_sum4(ca);
+                    cb = wg_sum4(cb);
+                    cc = wg_sum4(cc);
+                    cd = wg_sum4(cd);
+                    ma = wg_sum4(ma);
+                    mb = wg_sum4(mb);
+                    mc = wg_sum4(mc);
+                    md = wg_sum4(md);
+                    uint jbest = 0u;
+                    for (uint j = 1u; j < 16u && j * step < span; ++j) {
+                        uint q = j - 1u;
+                        vec4 cv = q < 4u ? ca : q < 8u ? cb : q < 12u ? cc : cd;
+                        vec4 mv = q < 4u ? ma : q < 8u ? mb : q < 12u ? mc : md;
+                        if (cv[q & 3u] >= float(kk) || (topp && mv[q & 3u] >= p.top_p)) {
+                            jbest = j;
+                            kept_mass = mv[q & 3u];
+                        }
+                    }
+                    hi = min(hi, lo + min(jbest + 1u, 16u) * step);  // pred fails at the next pivot
+                    lo += jbest * step;
+                }
+            }
+            uint tkey = lo;
+
+            // the walk over the whole vocabulary, tile by tile: invocation t owns ids
+            // tb + 8t .. tb + 8t + 7; P is the kept mass of the tiles before
+            float target = u * kept_mass;
+            float P = 0.0;
+            uint chosen = NO_INDEX;
+            uint last = 0u;  // index + 1 of the last kept id seen
+            bool crossed = false;
+            for (uint w0 = 0u; w0 < n && !crossed; w0 += g_win) {
+                if (g_multiwin) {
+                    load_window(w0);
+                }
+                uint w1 = min(n, w0 + g_win);
+                for (uint tb = w0; tb < w1; tb += TILE) {
+                    uint e0 = tb + 8u * t;
+                    float pr[8];
+                    [[unroll]] for (uint j = 0u; j < 8u; ++j) {
+                        pr[j] = e0 + j < w1 ? logits[e0 + j] : 0.0;
+                    }
+                    float mine = 0.0;
+                    [[unroll]] for (uint j = 0u; j < 8u; ++j) {
+                        uint e = e0 + j;
+                        float l = penalise(pr[j], e, w0);
+                        bool kept = e < w1 && order_key(l) >= tkey;
+                        pr[j] = kept ? exp((l - M) / T) / S : 0.0;
+                        mine += pr[j];
+                        last = kept ? e + 1u : last;
+                    }
+                    float tile_mass;
+                    float before = P + wg_scan(mine, tile_mass);
+                    if (P + tile_mass > target) {
+                        // the target is in this tile: the first of its ids past it
+                        float run = before;
+                        uint found = NO_INDEX;
+                        [[unroll]] for (uint j = 0u; j < 8u; ++j) {
+                            run += pr[j];
+                            if (found == NO_INDEX && pr[j] > 0.0 && run > target) {
+                                found = e0 + j;
+                            }
+                        }
+                        chosen = wg_best(0u, found).y;
+                        crossed = true;
+                        break;
+                    }
+                    P += tile_mass;
+                }
+            }
+            uint f = chosen;
+            uint lk = wg_best(last, 0u).x;
+            token = f != NO_INDEX ? f : (lk > 0u ? lk - 1u : 0u);
+        }
+    }
+
+    if (t == 0u) {
+        out_[0] = token;
+        if (hist_len < p.hist_cap) {
+            history[hist_len] = token;
+        }
+    }
+}

@@ -1,0 +1,355 @@
+"""The one table of compiled kernel variants, and the choice of a variant from capabilities.
+
+Every GPU kernel is GLSL under `glsl/`, compiled ahead of time to SPIR-V 1.5 under `spv/`
+(`python -m shaderbay.backends.shaders.build`). A `Variant` is one compiled file: one
+catalogue kernel, compiled for one full choice of the kernel's catalogue constants, with
+a workgroup shape fixed at compile time (wgpu rejects `local_size_x_id`) and whatever
+extra defines pick its algorithm (subgroup reductions, matrix-vector vs tiled...).
+
+A backend creates a `Pipeline` from (kernel, constants) but picks the variant per
+dispatch, because parameters matter too (rows == 1 takes the matrix-vector variant):
+`select(kernel, constants, params, caps)`. Variants are picked from capabilities and
+parameters, never from a backend's name. `SHADERBAY_NO_SUBGROUPS=1` hides every variant
+that needs subgroups, so the conformance suite can cover both kinds.
+
+Conventions every shader follows (both GPU backends rely on them):
+
+* binding i of descriptor set 0 is the i-th binding of `Pipeline.bindings` (catalogue
+  order, absent optional bindings dropped); every binding is a storage buffer, declared
+  read-write in the layout;
+* the parameters are one push-constant block, one 4-byte member per catalogue parameter
+  in catalogue order (`KernelSpec.pack_params` gives the bytes): u32 -> uint,
+  i32 -> int, f32 -> float;
+* f16 and bf16 data (weights, the f16 KV cache) are declared as `uint[]` and (un)packed
+  in the shader, so no 16-bit storage feature is needed;
+* the generated header `glsl/kernel_<name>.glsl` declares the push constants, the
+  bindings (with `load_<binding>(i)` helpers that return float32 whatever the dtype)
+  and the workgroup size from the defines the build derives from the variant (see
+  `Variant.compile_defines`).
+
+The rows for the heavy kernels (matmul, attention, sample) live in `variants_heavy.py`
+(another owner) and join this table through `table()`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from shaderbay.backend import Caps
+from shaderbay.errors import KernelCompileError, UnsupportedKernel
+from shaderbay.kernels import CATALOGUE, kernel
+
+ENV_NO_SUBGROUPS = "SHADERBAY_NO_SUBGROUPS"
+
+# The smallest maxComputeWorkGroupCount Vulkan guarantees per dimension (wgpu's default too).
+# Grids never exceed it; shaders loop (grid-stride) over whatever does not fit.
+MAX_GROUPS = 65535
+
+Grid = Callable[[Mapping[str, Any]], tuple[int, int, int]]
+Predicate = Callable[[Mapping[str, Any]], bool]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One compiled kernel: `spv/<name>.spv`, built from `glsl/<source>`."""
+
+    name: str  # the spv file's stem; unique in the table
+    kernel: str  # the catalogue kernel it implements
+    source: str  # the GLSL file under glsl/, e.g. "rmsnorm.comp"
+    constants: Mapping[str, Any] = field(hash=False)  # every catalogue constant of the kernel, resolved
+    workgroup: tuple[int, int, int]  # local size, fixed at compile time (WG_X, WG_Y, WG_Z)
+    grid: Grid = field(hash=False, compare=False)  # params -> workgroup counts (gx, gy, gz)
+    defines: Mapping[str, Any] = field(default_factory=dict, hash=False)  # extra -D defines
+    needs: frozenset[str] = frozenset()  # capabilities it requires: "subgroups", "f16", ...
+    subgroup_size: int = 0  # 0: any subgroup size; else the device's must equal this
+    when: Predicate | None = field(default=None, hash=False, compare=False)  # params -> applicable?
+    priority: int = 0  # among applicable variants, the highest wins (ties: table order)
+    shared_bytes: int = 0  # workgroup shared memory it uses (checked against caps if reported)
+    optimize: bool | None = None  # glslc -O; None: yes unless it needs subgroups (see build.naga_traps)
+
+    @property
+    def optimized(self) -> bool:
+        return ("subgroups" not in self.needs) if self.optimize is None else self.optimize
+
+    @property
+    def invocations(self) -> int:
+        x, y, z = self.workgroup
+        return x * y * z
+
+    def applies(self, params: Mapping[str, Any]) -> bool:
+        return self.when is None or bool(self.when(params))
+
+    def compile_defines(self) -> dict[str, str]:
+        """Every -D define the build passes to the compiler for this variant.
+
+        * `WG_X`, `WG_Y`, `WG_Z`: the workgroup size;
+        * per catalogue constant: a bool gives `<NAME>=0|1`, any other value gives
+          `<NAME>_<VALUE>=1` (e.g. `WDTYPE_F16=1`, `PROLOGUE_RMSNORM=1`);
+        * per present binding: `BINDING_<NAME>=<index>` and `DTYPE_<NAME>_<DTYPE>=1`;
+        * `SUBGROUP_SIZE` when the variant requires one; then the variant's own defines.
+        """
+        spec = kernel(self.kernel)
+        d: dict[str, str] = {
+            "WG_X": str(self.workgroup[0]),
+            "WG_Y": str(self.workgroup[1]),
+            "WG_Z": str(self.workgroup[2]),
+        }
+        for name, value in self.constants.items():
+            if isinstance(value, bool):
+                d[name.upper()] = "1" if value else "0"
+            else:
+                d[f"{name.upper()}_{str(value).upper()}"] = "1"
+        for i, b in enumerate(spec.bindings_for(dict(self.constants))):
+            d[f"BINDING_{b.name.upper()}"] = str(i)
+            d[f"DTYPE_{b.name.upper()}_{b.resolved_dtype(dict(self.constants)).upper()}"] = "1"
+        if self.subgroup_size:
+            d["SUBGROUP_SIZE"] = str(self.subgroup_size)
+        for name, value in self.defines.items():
+            d[name] = "1" if value is True else "0" if value is False else str(value)
+        return d
+
+
+# --- grid helpers (shared with variants_heavy) ----------------------------------------
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def groups(count: int, per_group: int = 1) -> int:
+    """Workgroups to cover `count` items at `per_group` each, capped at MAX_GROUPS (shaders loop)."""
+    return max(1, min(ceil_div(count, per_group), MAX_GROUPS))
+
+
+def combos(kernel_name: str) -> list[dict[str, Any]]:
+    """Every full choice of a kernel's catalogue constants."""
+    out: list[dict[str, Any]] = [{}]
+    for c in kernel(kernel_name).constants:
+        out = [{**o, c.name: v} for o in out for v in c.choices]
+    return out
+
+
+def stem(kernel_name: str, constants: Mapping[str, Any], *tags: str) -> str:
+    """A readable, unique spv stem: kernel, then the non-default constants' values, then tags."""
+    spec = kernel(kernel_name)
+    parts = [kernel_name]
+    for c in spec.constants:
+        v = constants[c.name]
+        if isinstance(v, bool):
+            parts.append(c.name if v else f"no{c.name}")
+        else:
+            parts.append(str(v))
+    parts.extend(t for t in tags if t)
+    return "_".join(parts)
+
+
+# --- the simple kernels' rows -----------------------------------------------------------
+
+WG = 256  # default 1-D workgroup for elementwise and reduction kernels
+SG_NEEDS = frozenset({"subgroups"})
+
+
+def _simple() -> list[Variant]:
+    rows: list[Variant] = []
+    for c in combos("embed"):
+        rows.append(
+            Variant(
+                stem("embed", c),
+                "embed",
+                "embed.comp",
+                c,
+                (WG, 1, 1),
+                lambda p: (groups(p["dim"], WG), groups(p["rows"]), 1),
+            )
+        )
+    for sg in (False, True):
+        rows.append(
+            Variant(
+                "rmsnorm" + ("_sg" if sg else ""),
+                "rmsnorm",
+                "rmsnorm.comp",
+                {},
+                (WG, 1, 1),
+                lambda p: (groups(p["rows"]), 1, 1),
+                defines={"SUBGROUPS": sg},
+                needs=SG_NEEDS if sg else frozenset(),
+                priority=int(sg),
+                shared_bytes=4 * WG,
+            )
+        )
+    rows.append(
+        Variant(
+            "rope",
+            "rope",
+            "rope.comp",
+            {},
+            (WG, 1, 1),
+            lambda p: (groups(p["heads"] * (p["head_dim"] // 2), WG), groups(p["rows"]), 1),
+        )
+    )
+    for c in combos("kv_write"):
+        rows.append(
+            Variant(
+                stem("kv_write", c),
+                "kv_write",
+                "kv_write.comp",
+                c,
+                (64, 1, 1),
+                lambda p: (groups(p["rows"]), 1, 1),
+                shared_bytes=4,
+            )
+        )
+    rows.append(
+        Variant(
+            "silu_mul",
+            "silu_mul",
+            "silu_mul.comp",
+            {},
+            (WG, 1, 1),
+            lambda p: (groups(p["n"], WG), groups(p["rows"]), 1),
+        )
+    )
+    rows.append(Variant("add", "add", "add.comp", {}, (WG, 1, 1), lambda p: (groups(p["n"], WG), 1, 1)))
+    for sg in (False, True):
+        rows.append(
+            Variant(
+                "argmax" + ("_sg" if sg else ""),
+                "argmax",
+                "argmax.comp",
+                {},
+                (WG, 1, 1),
+                lambda p: (groups(p["rows"]), 1, 1),
+                defines={"SUBGROUPS": sg},
+                needs=SG_NEEDS if sg else frozenset(),
+                priority=int(sg),
+                shared_bytes=8 * WG,
+            )
+        )
+    return rows
+
+
+# --- the table ------------------------------------------------------------------------
+
+
+@cache
+def table() -> tuple[Variant, ...]:
+    """Every variant: the simple kernels' rows here, then the heavy kernels' (variants_heavy.py)."""
+    from .variants_heavy import heavy_variants
+
+    rows = tuple(_simple()) + tuple(heavy_variants())
+    seen: set[str] = set()
+    for v in rows:
+        if v.name in seen:
+            raise ValueError(f"two variants are named {v.name!r}")
+        if v.kernel not in CATALOGUE:
+            raise ValueError(f"variant {v.name!r} implements unknown kernel {v.kernel!r}")
+        seen.add(v.name)
+    return rows
+
+
+def variants_for(kernel_name: str, constants: Mapping[str, Any] | None = None) -> list[Variant]:
+    """Every variant of a kernel compiled for `constants` (defaults filled in); all of them if None."""
+    rows = [v for v in table() if v.kernel == kernel_name]
+    if constants is None:
+        return rows
+    resolved = kernel(kernel_name).resolve_constants(dict(constants))
+    return [v for v in rows if dict(v.constants) == resolved]
+
+
+def by_name(name: str) -> Variant:
+    for v in table():
+        if v.name == name:
+            return v
+    raise KeyError(name)
+
+
+def capabilities(caps: Caps) -> frozenset[str]:
+    """The capability names variants may need, from a backend's Caps (and the environment).
+
+    "subgroups" means subgroup basic, vote, arithmetic, ballot and shuffle operations in
+    compute shaders (what wgpu's "subgroup" feature gives); "f16" means shader float16
+    arithmetic. `caps.extras["features"]` may add names of a backend's own.
+    """
+    names = set(caps.extras.get("features", ()))
+    if caps.f16:
+        names.add("f16")
+    if caps.subgroups and caps.subgroup_size > 0:
+        names.add("subgroups")
+    if subgroups_disabled():
+        names.discard("subgroups")
+    return frozenset(names)
+
+
+def subgroups_disabled() -> bool:
+    return os.environ.get(ENV_NO_SUBGROUPS, "").strip() not in ("", "0", "false", "no")
+
+
+def usable(variant: Variant, caps: Caps, names: frozenset[str] | None = None) -> bool:
+    """Whether a device with these capabilities can run the variant (parameters aside)."""
+    names = capabilities(caps) if names is None else names
+    if not variant.needs <= names:
+        return False
+    if variant.subgroup_size and variant.subgroup_size != caps.subgroup_size:
+        return False
+    if variant.invocations > caps.max_workgroup_size:
+        return False
+    shared = caps.extras.get("max_shared_memory")
+    return not (shared and variant.shared_bytes > shared)
+
+
+def select(kernel_name: str, constants: Mapping[str, Any], params: Mapping[str, Any], caps: Caps) -> Variant:
+    """The variant to run for this kernel, constants and parameters on a device with `caps`.
+
+    Raises UnsupportedKernel when no shipped variant fits (a kernel without GLSL yet, or a
+    device lacking what every variant needs).
+    """
+    candidates = variants_for(kernel_name, constants)
+    if not candidates:
+        raise UnsupportedKernel(f"no GPU variant of {kernel_name}({_fmt(constants)}) is shipped")
+    names = capabilities(caps)
+    best: Variant | None = None
+    for v in candidates:
+        if usable(v, caps, names) and v.applies(params) and (best is None or v.priority > best.priority):
+            best = v
+    if best is None:
+        raise UnsupportedKernel(
+            f"no variant of {kernel_name}({_fmt(constants)}) runs on {caps.device} "
+            f"(capabilities: {', '.join(sorted(names)) or 'none'}) for {dict(params)}"
+        )
+    return best
+
+
+def supported(kernel_name: str, caps: Caps) -> bool:
+    """Whether every constant choice of a kernel has a variant usable on this device (some params aside)."""
+    names = capabilities(caps)
+    for c in combos(kernel_name):
+        if not any(usable(v, caps, names) for v in variants_for(kernel_name, c)):
+            return False
+    return True
+
+
+SPV_DIR = "spv"
+GLSL_DIR = "glsl"
+
+
+@cache
+def spirv(variant: Variant | str) -> bytes:
+    """The shipped SPIR-V of a variant (cached)."""
+    name = variant if isinstance(variant, str) else variant.name
+    path = resources.files(__package__).joinpath(SPV_DIR, name + ".spv")
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise KernelCompileError(
+            f"the compiled kernel spv/{name}.spv is missing from the installed package; "
+            "run `python -m shaderbay.backends.shaders.build` (needs glslc) or reinstall shaderbay"
+        ) from None
+
+
+def _fmt(constants: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in constants.items())

@@ -1,0 +1,191 @@
+"""The shared GPU kernels: shipped SPIR-V matches its sources, the variant table covers the catalogue.
+
+Compiling needs glslc (or glslangValidator); without one the source check is skipped,
+unless SHADERBAY_REQUIRE_BACKENDS is set (CI installs glslc).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+
+import pytest
+from shaderbay.backend import Caps
+from shaderbay.backends.shaders import build, variants
+from shaderbay.kernels import CATALOGUE
+
+SPIRV_MAGIC = 0x07230203
+SPIRV_1_5 = 0x00010500
+
+
+def _caps(subgroups: bool = True, size: int = 32, **kw) -> Caps:
+    base = dict(
+        device="test",
+        device_type="discrete",
+        f16=True,
+        subgroups=subgroups,
+        subgroup_size=size if subgroups else 0,
+        timestamps=True,
+        max_buffer_size=1 << 32,
+        max_binding_size=1 << 31,
+        max_workgroup_size=1024,
+        max_workgroups=65535,
+        offset_alignment=16,
+        extras={"max_shared_memory": 49152},
+    )
+    base.update(kw)
+    return Caps(**base)
+
+
+def _require_compiler() -> None:
+    try:
+        build.compiler()
+    except build.CompilerMissing as exc:
+        if os.environ.get("SHADERBAY_REQUIRE_BACKENDS"):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+
+
+def test_shipped_spirv_matches_the_sources():
+    _require_compiler()
+    problems = build.check()
+    assert problems == [], "run `python -m shaderbay.backends.shaders.build`:\n" + "\n".join(problems)
+
+
+def test_every_variant_ships_spirv_1_5():
+    for v in variants.table():
+        code = variants.spirv(v)
+        words = memoryview(code).cast("I")
+        assert len(code) % 4 == 0 and words[0] == SPIRV_MAGIC, v.name
+        assert words[1] == SPIRV_1_5, f"{v.name}: SPIR-V version {words[1]:#x}; wgpu needs 1.5 (vulkan1.2)"
+
+
+def test_no_shipped_spirv_trips_wgpus_translator():
+    for v in variants.table():
+        assert build.naga_traps(variants.spirv(v)) == "", v.name
+
+
+@pytest.mark.skipif(shutil.which("spirv-val") is None, reason="spirv-val (spirv-tools) is not installed")
+def test_shipped_spirv_validates():
+    bad = []
+    for v in variants.table():
+        path = build.SPV / f"{v.name}.spv"
+        res = subprocess.run(["spirv-val", "--target-env", "vulkan1.2", str(path)], capture_output=True, text=True)
+        if res.returncode:
+            bad.append(f"{v.name}: {res.stderr or res.stdout}")
+    assert not bad, "\n".join(bad)
+
+
+def test_every_kernel_and_constant_choice_has_a_variant_for_any_device():
+    plain = _caps(subgroups=False)
+    for name in CATALOGUE:
+        for consts in variants.combos(name):
+            rows = variants.variants_for(name, consts)
+            assert rows, f"no variant of {name}({consts})"
+            # a fallback that runs everywhere and for any parameters
+            assert any(not v.needs and v.when is None and variants.usable(v, plain) for v in rows), (
+                f"{name}({consts}) has no variant without needs and without a `when` predicate"
+            )
+        assert variants.supported(name, plain)
+
+
+def test_variant_names_and_sources():
+    names = [v.name for v in variants.table()]
+    assert len(names) == len(set(names))
+    for v in variants.table():
+        assert (build.GLSL / v.source).is_file(), v.source
+        assert dict(v.constants) == CATALOGUE[v.kernel].resolve_constants(dict(v.constants)), v.name
+        assert v.invocations <= 1024, v.name
+
+
+def test_selection_follows_capabilities_and_the_env(monkeypatch):
+    monkeypatch.delenv(variants.ENV_NO_SUBGROUPS, raising=False)
+    params = {"rows": 1, "n": 576, "eps": 1e-5}
+    assert variants.select("rmsnorm", {}, params, _caps(True)).needs == {"subgroups"}
+    assert not variants.select("rmsnorm", {}, params, _caps(False)).needs
+    monkeypatch.setenv(variants.ENV_NO_SUBGROUPS, "1")
+    for name in CATALOGUE:
+        for v in variants.variants_for(name):
+            if "subgroups" in v.needs:
+                assert not variants.usable(v, _caps(True)), v.name
+    assert not variants.select("argmax", {}, {"rows": 1, "n": 10}, _caps(True)).needs
+
+
+def test_a_required_subgroup_size_must_match():
+    v = replace(variants.variants_for("argmax")[0], subgroup_size=32)
+    assert variants.usable(v, _caps(True, 32))
+    assert not variants.usable(v, _caps(True, 8))
+
+
+def test_defines_give_bindings_in_catalogue_order():
+    for name, spec in CATALOGUE.items():
+        for v in variants.variants_for(name):
+            d = v.compile_defines()
+            present = spec.bindings_for(dict(v.constants))
+            for i, b in enumerate(present):
+                assert d[f"BINDING_{b.name.upper()}"] == str(i), (v.name, b.name)
+            absent = {b.name for b in spec.bindings} - {b.name for b in present}
+            assert not any(f"BINDING_{a.upper()}" in d for a in absent)
+            assert (d["WG_X"], d["WG_Y"], d["WG_Z"]) == tuple(str(w) for w in v.workgroup)
+
+
+def test_generated_headers_declare_params_in_catalogue_order():
+    for name, spec in CATALOGUE.items():
+        text = (build.GLSL / f"kernel_{name}.glsl").read_text()
+        block = text[text.index("uniform Params {") : text.index("} p;")]
+        members = [line.split()[-1].rstrip(";") for line in block.splitlines()[1:] if line.strip()]
+        assert members == [build.identifier(p.name) for p in spec.params], name
+
+
+def test_grids_stay_within_the_guaranteed_limits():
+    huge = {
+        "rows": 1 << 20,
+        "n": 1 << 24,
+        "dim": 1 << 16,
+        "heads": 128,
+        "head_dim": 256,
+        "k": 1 << 14,
+        "n_heads": 128,
+        "n_kv_heads": 8,
+        "hist_cap": 4096,
+    }
+    for v in variants.table():
+        params = {p.name: huge.get(p.name, 1) for p in CATALOGUE[v.kernel].params}
+        if v.applies(params):
+            grid = v.grid(params)
+            assert all(1 <= g <= variants.MAX_GROUPS for g in grid), (v.name, grid)
+
+
+def test_wgpu_accepts_every_shipped_kernel():
+    """wgpu's translator aborts the process on some SPIR-V; try every file in a child process."""
+    pytest.importorskip("wgpu")
+    script = textwrap.dedent(
+        """
+        import os, sys, tempfile
+        os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp())
+        import wgpu
+        from shaderbay.backends.shaders import variants
+        adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
+        if adapter is None or adapter.info["backend_type"] != "Vulkan":
+            print("SKIP no Vulkan adapter"); sys.exit(0)
+        feats = [f for f in ("subgroup", "immediates", "shader-f16") if f in adapter.features]
+        limits = {"max_immediate_size": 128} if "immediates" in feats else {}
+        dev = adapter.request_device_sync(required_features=feats, required_limits=limits)
+        for v in variants.table():
+            if "subgroups" in v.needs and "subgroup" not in feats:
+                continue
+            print("trying", v.name, flush=True)
+            m = dev.create_shader_module(code=variants.spirv(v))
+            dev.create_compute_pipeline(layout="auto", compute={"module": m, "entry_point": "main"})
+        print("ALL OK")
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    if "SKIP" in res.stdout:
+        pytest.skip(res.stdout.strip())
+    tried = [line for line in res.stdout.splitlines() if line.startswith("trying")]
+    assert "ALL OK" in res.stdout, f"wgpu failed on {tried[-1:]}:\n{res.stderr[-3000:]}"

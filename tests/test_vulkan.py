@@ -1,0 +1,391 @@
+"""Vulkan-specific checks: record once and replay, validation layers, pipeline cache, device choice.
+
+The kernels' results are the conformance suite's business (`pytest --pyargs
+shaderbay.conformance --backend vulkan`); here simple kernels serve as workloads. Needs a
+Vulkan driver (lavapipe in CI); skipped without one unless SHADERBAY_REQUIRE_BACKENDS
+names vulkan, and the validation test likewise needs vulkan-validationlayers.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from shaderbay.backend import Usage
+from shaderbay.backends.numpy.kernels import REFERENCE
+from shaderbay.errors import BackendUnavailable, ClosedError
+
+pytest.importorskip("vulkan")
+
+from shaderbay.backends.vulkan import backend as vb  # noqa: E402
+
+
+def _required() -> bool:
+    return "vulkan" in os.environ.get("SHADERBAY_REQUIRE_BACKENDS", "").split(",")
+
+
+def _make(**kw) -> vb.VulkanBackend:
+    try:
+        return vb.create(**kw)
+    except BackendUnavailable as exc:
+        if _required():
+            raise
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHADERBAY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("SHADERBAY_VULKAN_DEVICE", raising=False)
+    monkeypatch.delenv("SHADERBAY_VULKAN_VALIDATE", raising=False)
+
+
+@pytest.fixture
+def be():
+    backend = _make()
+    yield backend
+    backend.close()
+
+
+def _chain(be, n: int = 1000):
+    """x = embed(table, ids); x += y; out = argmax(x): dependent dispatches fed by UPLOAD buffers."""
+    rng = np.random.default_rng(1)
+    table = be.upload(rng.standard_normal((16, n)).astype(np.float32))
+    ids = be.empty(1, "u32", Usage.UPLOAD)
+    y = be.empty(n, "f32", Usage.UPLOAD)
+    x = be.empty((1, n), "f32")
+    out = be.empty(1, "u32", Usage.READBACK)
+    cmd = be.command_list("step")
+    cmd.dispatch(be.pipeline("embed"), {"table": table, "ids": ids, "out": x}, rows=1, dim=n, vocab=16)
+    cmd.dispatch(be.pipeline("add"), {"x": x.view(shape=n), "y": y}, n=n)
+    cmd.dispatch(be.pipeline("argmax"), {"x": x, "out": out}, rows=1, n=n)
+    return cmd, table, ids, y, x, out
+
+
+# --- record once, replay ------------------------------------------------------------------------
+
+
+def test_replay_sees_fresh_parameters(be):
+    n = 1000
+    cmd, table, ids, y, x, out = _chain(be, n)
+    host_table = be.read(table)
+    for step, row in enumerate([3, 7, 0, 15, 3]):
+        bump = np.zeros(n, np.float32)
+        bump[(step * 97) % n] = 100.0
+        be.write(ids, np.array([row], np.uint32))
+        be.write(y, bump)
+        be.submit(cmd)
+        assert int(be.read(out)[0]) == int(np.argmax(host_table[row] + bump))
+        np.testing.assert_array_equal(be.read(x)[0], host_table[row] + bump)
+        if step == 0:
+            prepared = cmd.prepared
+        assert cmd.prepared is prepared  # recorded once, re-submitted
+    info = be.prepared_info(cmd)
+    assert info["dispatches"] == 3
+    assert info["barriers"] == 2  # embed -> add -> argmax: each reads what the previous wrote
+
+
+def test_barriers_only_between_dependent_dispatches(be):
+    n = 256
+    a = be.upload(np.ones(n, np.float32))
+    b = be.upload(np.ones(n, np.float32))
+    big = be.upload(np.ones(2 * n, np.float32))  # two halves of one buffer: independent ranges
+    y = be.upload(np.full(n, 2.0, np.float32))
+    add = be.pipeline("add")
+    cmd = be.command_list()
+    cmd.dispatch(add, {"x": a, "y": y}, n=n)
+    cmd.dispatch(add, {"x": b, "y": y}, n=n)  # independent of the first: no barrier
+    cmd.dispatch(add, {"x": big.view(shape=n), "y": y}, n=n)
+    cmd.dispatch(add, {"x": big.view(shape=n, offset=4 * n), "y": y}, n=n)  # other half: no barrier
+    cmd.dispatch(add, {"x": y, "y": a}, n=n)  # writes what the others read: barrier
+    cmd.dispatch(add, {"x": b, "y": a}, n=n)  # b was written before that barrier: none needed
+    cmd.dispatch(add, {"x": a, "y": b}, n=n)  # reads b, written since: barrier
+    be.run(cmd)
+    assert be.prepared_info(cmd)["barriers"] == 2
+    np.testing.assert_array_equal(be.read(a), 9.0)
+    np.testing.assert_array_equal(be.read(y), 5.0)
+    np.testing.assert_array_equal(be.read(b), 6.0)
+    np.testing.assert_array_equal(be.read(big), 3.0)
+
+
+def test_copies_and_several_submits_before_a_wait(be):
+    n = 64
+    src = be.upload(np.arange(n, dtype=np.float32))
+    dst = be.empty(n)
+    one = be.upload(np.ones(n, np.float32))
+    first = be.command_list()
+    first.copy(src.buffer, dst.buffer, 4 * n)
+    first.dispatch(be.pipeline("add"), {"x": dst, "y": one}, n=n)
+    second = be.command_list()
+    second.dispatch(be.pipeline("add"), {"x": dst, "y": one}, n=n)
+    be.submit(first)
+    be.submit(second)
+    be.submit(second)  # still pending: waits, then goes again
+    np.testing.assert_array_equal(be.read(dst), np.arange(n) + 3.0)
+
+
+def test_submitting_a_list_whose_buffer_was_freed_is_refused(be):
+    a = be.upload(np.ones(8, np.float32))
+    y = be.upload(np.ones(8, np.float32))
+    cmd = be.command_list()
+    cmd.dispatch(be.pipeline("add"), {"x": a, "y": y}, n=8)
+    be.run(cmd)
+    y.buffer.free()
+    with pytest.raises(ClosedError):
+        be.submit(cmd)
+
+
+def test_gpu_timings_per_dispatch():
+    be = _make(timestamps=True)
+    try:
+        if not be.caps.timestamps:
+            pytest.skip("this device has no timestamps")
+        cmd, *_ = _chain(be)
+        assert be.gpu_timings(cmd) is None  # never submitted
+        be.run(cmd)
+        timings = be.gpu_timings(cmd)
+        assert [label for label, _ in timings] == ["embed", "add", "argmax"]
+        assert all(ns >= 0 for _, ns in timings)
+    finally:
+        be.close()
+
+
+def test_tracer_gets_gpu_spans(be):
+    be.tracer.enabled = True
+    cmd, *_ = _chain(be)
+    be.run(cmd)
+    gpu = [e for e in be.tracer.events if e["cat"] == "gpu"]
+    if be.caps.timestamps:
+        assert [e["name"] for e in gpu] == ["embed", "add", "argmax"]
+
+
+# --- memory ---------------------------------------------------------------------------------
+
+
+def test_small_buffers_share_blocks(be):
+    before = be.stats()["blocks"]
+    bufs = [be.buffer(4096) for _ in range(100)]
+    assert be.stats()["blocks"] - before <= 1
+    for b in bufs:
+        b.free()
+    big = be.buffer(vb.DEVICE_BLOCK)  # larger than half a block: a dedicated allocation
+    assert be.stats()["block_bytes"] >= vb.DEVICE_BLOCK
+    big.free()
+
+
+def test_staging_path_round_trips(be):
+    """Device memory that is not host-visible goes through the staging buffer (forced here)."""
+    data = np.random.default_rng(2).standard_normal(3 * (vb.STAGING_SIZE // 4) // 2 + 5).astype(np.float32)
+    t = be.empty(data.size)
+    t.buffer.mapped = None  # as on a discrete GPU
+    be.write(t, data)
+    np.testing.assert_array_equal(be.read(t), data)
+    y = be.upload(np.ones(data.size, np.float32))
+    cmd = be.command_list()
+    cmd.dispatch(be.pipeline("add"), {"x": t, "y": y}, n=data.size)
+    be.run(cmd)
+    np.testing.assert_array_equal(be.read(t), data + 1)
+
+
+def test_memory_types_follow_usage(be):
+    up = be.buffer(64, Usage.UPLOAD)
+    down = be.buffer(64, Usage.READBACK)
+    assert up.mapped is not None and down.mapped is not None
+    dev = be.buffer(64)
+    assert (dev.mapped is not None) == be.caps.extras["device_local_host_visible"]
+
+
+# --- validation layers ------------------------------------------------------------------------
+
+
+def test_validation_layers_report_nothing():
+    be = _make(validate=True)
+    if not be.validation:
+        be.close()
+        if _required():
+            pytest.fail("validation layers missing: apt install vulkan-validationlayers")
+        pytest.skip("VK_LAYER_KHRONOS_validation is not installed")
+    try:
+        cmd, table, ids, y, x, out = _chain(be)
+        for row in (1, 2):
+            be.write(ids, np.array([row], np.uint32))
+            be.run(cmd)
+            be.read(out)
+        _run_every_simple_kernel(be)
+        staged = be.empty(100)
+        staged.buffer.mapped = None
+        be.write(staged, np.ones(100, np.float32))
+        be.read(staged)
+        be.gpu_timings(cmd)
+    finally:
+        be.close()
+    assert be.validation_messages == []
+
+
+def test_validation_messages_are_collected():
+    """The messenger works: an invalid call is reported (so an empty list above means something)."""
+    be = _make(validate=True)
+    try:
+        if not be.validation:
+            pytest.skip("VK_LAYER_KHRONOS_validation is not installed")
+        ffi, lib = vb.ffi, vb.lib
+        info = vb._new("VkBufferCreateInfo", sType=12, size=0, usage=0x20)  # size 0 is invalid
+        out = ffi.new("VkBuffer*")
+        lib.vkCreateBuffer(be._device, info, ffi.NULL, out)
+        if out[0] != ffi.NULL:
+            lib.vkDestroyBuffer(be._device, out[0], ffi.NULL)
+        assert any("size" in m for m in be.validation_messages)
+    finally:
+        be.close()
+
+
+def _run_every_simple_kernel(be) -> None:
+    rng = np.random.default_rng(3)
+    rows, n = 2, 96
+    x = be.upload(rng.standard_normal((rows, n)).astype(np.float32))
+    w = be.upload(rng.standard_normal(n).astype(np.float32))
+    out = be.empty((rows, n))
+    pos = be.upload(np.array([0, 5], np.uint32))
+    inv = be.upload(np.linspace(1, 0.01, 8).astype(np.float32))
+    kc = be.empty((8, 16), "f16")
+    vc = be.empty((8, 16), "f16")
+    am = be.empty(rows, "u32")
+    table = be.upload(rng.standard_normal((10, n)).astype(np.float16))
+    cmd = be.command_list()
+    cmd.dispatch(
+        be.pipeline("embed", wdtype="f16"), {"table": table, "ids": pos, "out": out}, rows=rows, dim=n, vocab=10
+    )
+    cmd.dispatch(be.pipeline("rmsnorm"), {"x": out, "weight": w, "out": x}, rows=rows, n=n, eps=1e-5)
+    cmd.dispatch(
+        be.pipeline("rope"),
+        {"x": x, "positions": pos, "inv_freq": inv},
+        rows=rows,
+        heads=2,
+        head_dim=16,
+        stride=n,
+        offset=0,
+    )
+    cmd.dispatch(
+        be.pipeline("kv_write", cache_dtype="f16"),
+        {"src": x, "positions": pos, "k_cache": kc, "v_cache": vc},
+        rows=rows,
+        stride=n,
+        k_offset=0,
+        v_offset=32,
+        kv_dim=16,
+        max_seq=8,
+    )
+    cmd.dispatch(be.pipeline("silu_mul"), {"gate_up": x, "out": out}, rows=rows, n=n // 2)
+    cmd.dispatch(be.pipeline("add"), {"x": x.view(shape=rows * n), "y": out.view(shape=rows * n)}, n=rows * n)
+    cmd.dispatch(be.pipeline("argmax"), {"x": x, "out": am}, rows=rows, n=n)
+    be.run(cmd)
+    be.read(am)
+
+
+# --- pipeline cache ---------------------------------------------------------------------------
+
+
+def test_pipeline_cache_is_saved_and_reused(tmp_path):
+    first = _make()
+    path = first.pipeline_cache_path
+    assert path is not None and str(path).startswith(os.environ["SHADERBAY_CACHE"])
+    assert first.pipeline_cache_loaded == 0
+    _run_every_simple_kernel(first)
+    created = first.pipelines_created
+    assert created >= 7
+    first.close()
+    assert path.is_file() and path.stat().st_size > 0
+    second = _make()
+    try:
+        assert second.pipeline_cache_path == path
+        assert second.pipeline_cache_loaded == path.stat().st_size
+        _run_every_simple_kernel(second)
+    finally:
+        second.close()
+
+
+def test_corrupt_pipeline_cache_is_ignored(tmp_path):
+    probe = _make()
+    path = probe.pipeline_cache_path
+    probe.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"not a pipeline cache" * 10)
+    be = _make()
+    try:
+        _run_every_simple_kernel(be)
+    finally:
+        be.close()
+
+
+# --- device choice --------------------------------------------------------------------------
+
+
+def test_device_env_by_index_and_name(monkeypatch):
+    probe = _make()
+    name = probe.caps.device
+    probe.close()
+    monkeypatch.setenv("SHADERBAY_VULKAN_DEVICE", "0")
+    be = _make()
+    assert be.device_index == 0
+    be.close()
+    monkeypatch.setenv("SHADERBAY_VULKAN_DEVICE", name.split()[0].upper())
+    be = _make()
+    assert be.caps.device == name
+    be.close()
+
+
+@pytest.mark.parametrize("wanted", ["99", "no-such-gpu"])
+def test_device_env_that_matches_nothing_says_what_exists(monkeypatch, wanted):
+    _make().close()  # skip when no driver
+    monkeypatch.setenv("SHADERBAY_VULKAN_DEVICE", wanted)
+    with pytest.raises(BackendUnavailable) as err:
+        vb.create()
+    assert wanted in str(err.value) and "0:" in str(err.value)
+
+
+def test_caps_report_the_device(be):
+    caps = be.caps
+    assert caps.max_binding_size > 0 and caps.offset_alignment >= 4
+    assert caps.max_workgroups >= 65535
+    if caps.subgroups:
+        assert caps.subgroup_size > 0 and "arithmetic" in caps.extras["subgroup_ops"]
+    for kernel in ("embed", "rmsnorm", "rope", "kv_write", "silu_mul", "add", "argmax"):
+        assert be.supports(kernel)
+
+
+def test_both_subgroup_kinds_agree_with_the_reference(monkeypatch):
+    be = _make()
+    try:
+        rng = np.random.default_rng(4)
+        x = rng.standard_normal((3, 777)).astype(np.float32)
+        x[1, 5] = x[1, 600] = 50.0
+        w = rng.standard_normal(777).astype(np.float32)
+        ref_norm = np.zeros(3 * 777, np.float32)
+        REFERENCE["rmsnorm"]({"x": x.ravel(), "weight": w, "out": ref_norm}, {"rows": 3, "n": 777, "eps": 1e-6}, {})
+        used = set()
+        for no_sg in ("0", "1"):
+            monkeypatch.setenv("SHADERBAY_NO_SUBGROUPS", no_sg)
+            tx, tw, out, am = be.upload(x), be.upload(w), be.empty((3, 777)), be.empty(3, "u32")
+            cmd = be.command_list()
+            cmd.dispatch(be.pipeline("rmsnorm"), {"x": tx, "weight": tw, "out": out}, rows=3, n=777, eps=1e-6)
+            cmd.dispatch(be.pipeline("argmax"), {"x": tx, "out": am}, rows=3, n=777)
+            be.run(cmd)
+            used.update(be.prepared_info(cmd)["variants"])
+            np.testing.assert_allclose(be.read(out).ravel(), ref_norm, rtol=1e-5, atol=1e-6)
+            np.testing.assert_array_equal(be.read(am), np.argmax(x, axis=1))
+        assert {"rmsnorm", "argmax"} <= used
+        if be.caps.subgroups:
+            assert {"rmsnorm_sg", "argmax_sg"} <= used
+    finally:
+        be.close()
+
+
+def test_close_releases_everything():
+    be = _make()
+    cmd, *_ = _chain(be)
+    be.run(cmd)
+    be.close()
+    with pytest.raises(ClosedError):
+        be.buffer(16)
+    be.close()  # twice is fine
