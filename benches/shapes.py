@@ -1,0 +1,293 @@
+"""Model shapes and the bytes each kernel dispatch must move (the roofline's numerator).
+
+`Shape` is the handful of hyper-parameters the benches need. It comes from the model's
+own config when a model is loaded, from `shaderbay.models.synthetic` for a named synthetic
+shape, or from the fallback table below when the models package does not provide it.
+
+`dispatch_bytes` counts the *minimum unique* bytes a kernel reads and writes (weights once,
+activations once, the live part of the KV cache once): achieved GB/s = those bytes / time,
+compared with the copy bandwidth (bytes read + bytes written per second by a buffer copy).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from shaderbay.dtypes import itemsize
+
+DTYPE_NAMES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16", "f32": "f32", "f16": "f16", "bf16": "bf16"}
+
+# Hugging Face config.json fields of the named shapes; used only when shaderbay.models.synthetic
+# does not define the name.
+FALLBACK_CONFIGS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "num_hidden_layers": 2,
+        "vocab_size": 256,
+        "tie_word_embeddings": True,
+    },
+    "smollm2-135m": {
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "num_hidden_layers": 30,
+        "vocab_size": 49152,
+        "tie_word_embeddings": True,
+    },
+    "llama-3.2-1b": {
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "num_hidden_layers": 16,
+        "vocab_size": 128256,
+        "tie_word_embeddings": True,
+    },
+}
+
+
+def weight_dtype(name: str) -> str:
+    try:
+        return DTYPE_NAMES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; use float32, float16 or bfloat16") from None
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    ffn_dim: int
+    vocab_size: int
+    tie_word_embeddings: bool = True
+
+    @property
+    def q_dim(self) -> int:
+        return self.n_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_heads * self.head_dim
+
+    @property
+    def qkv_dim(self) -> int:
+        return self.q_dim + 2 * self.kv_dim
+
+    @property
+    def n_params(self) -> int:
+        per_layer = self.qkv_dim * self.dim + self.q_dim * self.dim + 3 * self.ffn_dim * self.dim + 2 * self.dim
+        head = 0 if self.tie_word_embeddings else self.vocab_size * self.dim
+        return self.vocab_size * self.dim + self.n_layers * per_layer + self.dim + head
+
+    def weights_bytes(self, wdtype: str) -> int:
+        """The weights' own size: matrices in `wdtype`; norm weights are counted in it too."""
+        return self.n_params * itemsize(wdtype)
+
+    def weight_bytes_per_token(self, wdtype: str) -> int:
+        """Weight bytes one decode step must read: every matrix once; an untied embedding only one row."""
+        table_unread = 0 if self.tie_word_embeddings else (self.vocab_size - 1) * self.dim
+        return (self.n_params - table_unread) * itemsize(wdtype)
+
+    def kv_cache_bytes(self, max_context: int, cache_dtype: str = "f32") -> int:
+        return 2 * self.n_layers * max_context * self.kv_dim * itemsize(cache_dtype)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["n_params"] = self.n_params
+        return d
+
+    @classmethod
+    def from_config(cls, config: Any, name: str = "") -> Shape:
+        """From a shaderbay.models ModelConfig (or anything with its attribute names) or an HF config dict."""
+        if isinstance(config, dict):
+            n_heads = config["num_attention_heads"]
+            dim = config["hidden_size"]
+            return cls(
+                name=name or config.get("_name_or_path", "") or "model",
+                dim=dim,
+                n_layers=config["num_hidden_layers"],
+                n_heads=n_heads,
+                n_kv_heads=config.get("num_key_value_heads") or n_heads,
+                head_dim=config.get("head_dim") or dim // n_heads,
+                ffn_dim=config["intermediate_size"],
+                vocab_size=config["vocab_size"],
+                tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+            )
+        return cls(
+            name=name or "model",
+            dim=config.dim,
+            n_layers=config.n_layers,
+            n_heads=config.n_heads,
+            n_kv_heads=config.n_kv_heads,
+            head_dim=config.head_dim,
+            ffn_dim=config.ffn_dim,
+            vocab_size=config.vocab_size,
+            tie_word_embeddings=bool(config.tie_word_embeddings),
+        )
+
+
+def synthetic_names() -> list[str]:
+    names = set(FALLBACK_CONFIGS)
+    try:
+        from shaderbay.models import synthetic
+
+        names |= set(getattr(synthetic, "SHAPES", None) or getattr(synthetic, "CONFIGS", None) or {})
+    except ImportError:
+        pass
+    return sorted(names)
+
+
+def named_shape(name: str) -> Shape:
+    """A named synthetic shape: from shaderbay.models.synthetic when it defines it, else the fallback table."""
+    try:
+        from shaderbay.models import synthetic
+
+        table = getattr(synthetic, "SHAPES", None) or getattr(synthetic, "CONFIGS", None) or {}
+        if name in table:
+            cfg = table[name]
+            if isinstance(cfg, dict) and "hidden_size" not in cfg:
+                from shaderbay.models.config import ModelConfig
+
+                cfg = ModelConfig(**cfg)
+            elif isinstance(cfg, dict):
+                cfg = {"architectures": ["LlamaForCausalLM"], **cfg}
+            return Shape.from_config(cfg, name)
+    except ImportError:
+        pass
+    if name not in FALLBACK_CONFIGS:
+        raise ValueError(f"unknown synthetic shape {name!r}; known: {', '.join(synthetic_names())}")
+    return Shape.from_config(FALLBACK_CONFIGS[name], name)
+
+
+def checkpoint_shape(path: Any, name: str = "") -> tuple[Shape, str]:
+    """The shape and weight dtype of a checkpoint directory (config.json and the safetensors header)."""
+    from shaderbay.models.checkpoint import SafetensorsCheckpoint
+    from shaderbay.models.config import ModelConfig
+
+    ckpt = SafetensorsCheckpoint(path)
+    try:
+        return Shape.from_config(ModelConfig.from_dir(path), name), ckpt.infos()["model.embed_tokens.weight"].dtype
+    finally:
+        ckpt.close()
+
+
+# --- bytes per dispatch ---------------------------------------------------------------------
+
+
+def kernel_bytes(kernel: str, params: dict[str, Any], dtypes: dict[str, str], constants: dict[str, Any],
+                 context: int | None = None) -> int:  # fmt: skip
+    """Minimum unique bytes a dispatch of `kernel` reads plus writes.
+
+    dtypes: binding name -> dtype; context: the live context length for a decode attention
+    (its positions live in a device buffer); without it the whole `max_seq` is assumed.
+    """
+    p = params
+    f = 4  # activations are float32
+
+    def size(binding: str) -> int:
+        return itemsize(dtypes[binding])
+
+    rows = p.get("rows", 1)
+    if kernel == "embed":
+        return rows * (p["dim"] * size("table") + 4 + p["dim"] * f)
+    if kernel == "rmsnorm":
+        return rows * p["n"] * 2 * f + p["n"] * f
+    if kernel == "matmul":
+        n, k = p["n"], p["k"]
+        x_width = 2 * k if constants.get("prologue") == "silu_mul" else k
+        total = n * k * size("w") + rows * x_width * f + rows * n * f
+        if constants.get("accumulate"):
+            total += rows * n * f
+        if constants.get("prologue") == "rmsnorm":
+            total += k * f
+        if constants.get("bias"):
+            total += n * f
+        return total
+    if kernel == "rope":
+        half = p["head_dim"] // 2
+        return rows * p["heads"] * p["head_dim"] * 2 * f + rows * 4 + half * f
+    if kernel == "kv_write":
+        kv = p["kv_dim"]
+        return rows * (2 * kv * f + 2 * kv * size("k_cache") + 4)
+    if kernel == "attention":
+        hd, nh, nkv = p["head_dim"], p["n_heads"], p["n_kv_heads"]
+        live = min(context if context is not None else p["max_seq"], p["max_seq"])
+        return 2 * live * nkv * hd * size("k_cache") + rows * (2 * nh * hd * f + 4)
+    if kernel == "silu_mul":
+        return rows * p["n"] * 3 * f
+    if kernel == "add":
+        return p["n"] * 3 * f
+    if kernel == "argmax":
+        return rows * (p["n"] * f + 4)
+    if kernel == "sample":
+        return p["n"] * f + p["hist_cap"] * 4 + 16 + 4
+    return 0
+
+
+def kernel_flops(kernel: str, params: dict[str, Any], context: int | None = None) -> int | None:
+    """Floating-point operations of the kernels that can be compute-bound (matmul, attention), else None.
+
+    Attention: a row at position p does 4 * head_dim * n_heads * (p + 1) (scores and weighted sum);
+    the rows of a dispatch are taken as consecutive positions ending at `context` - 1.
+    """
+    p = params
+    rows = p.get("rows", 1)
+    if kernel == "matmul":
+        return 2 * rows * p["n"] * p["k"]
+    if kernel == "attention":
+        end = min(context if context is not None else p["max_seq"], p["max_seq"])
+        live = rows * end - rows * (rows - 1) // 2 if rows <= end else end * (end + 1) // 2
+        return 4 * p["head_dim"] * p["n_heads"] * live
+    return None
+
+
+def dispatch_bytes(dispatch: Any, context: int | None = None) -> int:
+    """`kernel_bytes` of a recorded `shaderbay.backend.Dispatch`."""
+    pipe = dispatch.pipeline
+    return kernel_bytes(pipe.spec.name, dispatch.params, pipe.dtypes, pipe.constants, context)
+
+
+def dispatch_key(dispatch: Any) -> str:
+    """A short name grouping dispatches of one role, kernel and shape: layers collapse into one row.
+
+    The role is the dispatch's label without a layer prefix ("L12.qkv" -> "qkv"), when it says more
+    than the kernel's name.
+    """
+    shape = _shape_key(dispatch)
+    role = re.sub(r"^[A-Za-z]*\d+[._]", "", dispatch.label or "")
+    return f"{role}: {shape}" if role and role != dispatch.pipeline.spec.name else shape
+
+
+def _shape_key(dispatch: Any) -> str:
+    pipe, p = dispatch.pipeline, dispatch.params
+    name = pipe.spec.name
+    c = pipe.constants
+    if name == "matmul":
+        extras = [c["prologue"]] if c.get("prologue", "none") != "none" else []
+        extras += ["acc"] if c.get("accumulate") else []
+        extras += ["bias"] if c.get("bias") else []
+        tail = f" {'+'.join(extras)}" if extras else ""
+        return f"matmul {c.get('wdtype')} {p['n']}x{p['k']}{tail} r{p['rows']}"
+    if name in ("rmsnorm", "silu_mul", "argmax"):
+        return f"{name} {p['n']} r{p['rows']}"
+    if name == "add":
+        return f"add {p['n']}"
+    if name == "embed":
+        return f"embed {c.get('wdtype')} {p['vocab']}x{p['dim']} r{p['rows']}"
+    if name == "rope":
+        return f"rope {p['heads']}x{p['head_dim']} r{p['rows']}"
+    if name in ("kv_write", "attention"):
+        return f"{name} {c.get('cache_dtype')} r{p['rows']}"
+    if name == "sample":
+        return f"sample {p['n']}"
+    return name

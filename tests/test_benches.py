@@ -1,0 +1,217 @@
+"""The bench harness runs end to end on a tiny model and writes every output; the verdict's branches.
+
+No timing assertions: the figures of a 2-core CI machine mean nothing. What is checked is that
+each output exists and is well formed, that a failing backend only marks its own row, and that
+the decision-tree function picks each branch from synthetic figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+from shaderbay.benches import cli
+from shaderbay.benches.schema import SchemaError, validate
+from shaderbay.benches.shapes import kernel_bytes, named_shape
+from shaderbay.benches.verdict import bandwidth_utilisation, verdict
+from shaderbay.plugins import discover
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _required_backends() -> set[str]:
+    names = os.environ.get("SHADERBAY_REQUIRE_BACKENDS", "numpy")
+    return {n.strip() for n in names.split(",") if n.strip()} | {"numpy"}
+
+
+def _check_trace(path) -> dict:
+    trace = json.loads(path.read_text())
+    events = trace["traceEvents"]
+    assert isinstance(events, list) and events
+    for ev in events:
+        assert {"name", "ph", "pid", "tid"} <= set(ev)
+        if ev["ph"] == "X":
+            assert isinstance(ev["ts"], int | float) and isinstance(ev["dur"], int | float) and ev["dur"] >= 0
+    names = {ev["args"]["name"] for ev in events if ev["ph"] == "M" and ev["name"] == "process_name"}
+    return {"events": events, "processes": names}
+
+
+# --- end to end ----------------------------------------------------------------------------------
+
+
+def test_model_bench_end_to_end(tmp_path, capsys):
+    names = sorted(discover())
+    out_json, out_png, out_trace = tmp_path / "out.json", tmp_path / "out.png", tmp_path / "out.trace.json"
+    argv = [
+        "--synthetic", "tiny", "--backend", "all", "--prompt-tokens", "4", "--new-tokens", "3",
+        "--prefill-tokens", "8", "--repeats", "2", "--copy-mib", "1", "--no-preflight",
+        "--json", str(out_json), "--plot", str(out_png), "--trace", str(out_trace),
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    table = capsys.readouterr().out
+    for name in names:
+        assert name in table
+    assert "decode tok/s" in table and "verdict" in table
+
+    result = json.loads(out_json.read_text())
+    validate(result)
+    rows = {r["backend"]: r for r in result["results"]}
+    assert sorted(rows) == names
+    for name in _required_backends() & set(names):
+        row = rows[name]
+        assert row["ok"], f"{name}: {row['error']}"
+        assert row["decode"]["tokens"] == 2 and row["decode"]["tok_s"] > 0
+        assert row["prefill"]["tokens"] == 8 and row["prefill"]["tok_s"] > 0
+        assert set(row["load"]) == {"cold", "warm"}
+        assert row["memory"]["device_weights_bytes"] > 0 and row["memory"]["device_kv_cache_bytes"] > 0
+        assert row["copy_bandwidth"]["gbs"] > 0
+        assert row["ceiling"]["tok_s"] > 0
+    assert rows["numpy"]["verdict"]["kind"] == "reference"
+    assert result["settings"]["new_tokens"] == 3 and result["command"].startswith("shaderbay bench")
+
+    assert out_png.read_bytes()[:8] == PNG_MAGIC
+    trace = _check_trace(out_trace)
+    assert _required_backends() & set(names) <= trace["processes"]
+
+
+def test_failing_backend_only_marks_its_row(tmp_path, capsys):
+    out_json = tmp_path / "out.json"
+    argv = [
+        "--synthetic", "tiny", "--backend", "numpy,no-such-backend", "--prompt-tokens", "2", "--new-tokens", "2",
+        "--prefill-tokens", "4", "--repeats", "1", "--copy-mib", "1", "--no-preflight", "--json", str(out_json),
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert "ERROR" in capsys.readouterr().out
+    result = json.loads(out_json.read_text())
+    validate(result)
+    rows = {r["backend"]: r for r in result["results"]}
+    assert rows["numpy"]["ok"]
+    assert not rows["no-such-backend"]["ok"] and "no-such-backend" in rows["no-such-backend"]["error"]
+
+
+def test_preflight_reports_a_backend_that_cannot_run():
+    from shaderbay.benches.model_bench import preflight
+
+    errors = preflight(["no-such-backend"], timeout=120)
+    assert "no-such-backend" in errors and "preflight" in errors["no-such-backend"]
+
+
+def test_kernel_bench_end_to_end(tmp_path, capsys):
+    out_json, out_png, out_trace = tmp_path / "k.json", tmp_path / "k.png", tmp_path / "k.trace.json"
+    argv = [
+        "kernels", "--synthetic", "tiny", "--backend", "numpy", "--prefill-tokens", "8", "--min-time", "0.001",
+        "--copy-mib", "1", "--json", str(out_json), "--plot", str(out_png), "--trace", str(out_trace),
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert "copy bandwidth" in capsys.readouterr().out
+    result = json.loads(out_json.read_text())
+    validate(result)
+    (row,) = result["results"]
+    assert row["ok"] and row["copy_bandwidth"]["gbs"] > 0
+    timed = [k for k in row["kernels"] if "error" not in k]
+    assert {k["kernel"] for k in timed} >= {"matmul", "attention", "rmsnorm", "embed", "rope", "kv_write"}
+    assert all(k["gbs"] > 0 and k["bytes"] > 0 for k in timed)
+    assert {k["phase"] for k in timed} == {"decode", "prefill"}
+    assert out_png.read_bytes()[:8] == PNG_MAGIC
+    _check_trace(out_trace)
+
+
+def test_schema_rejects_malformed_results():
+    with pytest.raises(SchemaError):
+        validate({"schema": "shaderbay-bench/1", "kind": "model"})
+    good = {
+        "schema": "shaderbay-bench/1", "kind": "model", "command": "x", "date": "d", "settings": {}, "model": {},
+        "machine": {"hostname": "h", "platform": "p", "python": "3", "cpu": "c", "cpu_count": 2, "memory_bytes": 1,
+                    "numpy": "2", "shaderbay": "0", "env": {}},
+        "results": [{"backend": "x", "ok": False, "error": "boom", "device": {}, "load": {}, "memory": {},
+                     "copy_bandwidth": None}],
+    }  # fmt: skip
+    validate(good)
+    good["results"][0]["error"] = None
+    with pytest.raises(SchemaError):
+        validate(good)
+
+
+# --- pieces --------------------------------------------------------------------------------------
+
+
+def test_probe_counts_api_time_without_waits():
+    from shaderbay.backends.numpy.backend import NumpyBackend
+    from shaderbay.benches.probe import Probe
+
+    class SlowWait(NumpyBackend):
+        def _wait(self) -> None:
+            time.sleep(0.05)
+
+    backend = SlowWait()
+    probe = Probe(backend)
+    t = backend.upload(np.arange(16, dtype=np.float32))
+    cmd = backend.command_list("x")
+    cmd.dispatch(backend.pipeline("add"), {"x": t, "y": t}, n=16)
+    backend.submit(cmd)
+    before = probe.snapshot()
+    t0 = time.perf_counter_ns()
+    backend.read(t)  # waits inside
+    inclusive = time.perf_counter_ns() - t0
+    spent = probe.snapshot() - before
+    assert spent.wait_wall_ns >= 50_000_000
+    assert spent.by_call["read"][1] <= inclusive - 50_000_000
+    assert spent.api_wall_ns == spent.by_call["read"][1]
+    assert [c for c, _ in probe.take_submitted()] == [cmd]
+    assert probe.counters.by_call["dispatch"][0] == 1 and probe.counters.by_call["prepare"][0] == 1
+    probe.active = False
+    backend.submit(cmd)
+    assert probe.take_submitted() == [] and probe.counters.submits == 1
+
+
+def test_kernel_bytes_count_weights_and_activations():
+    f16 = {"x": "f32", "w": "f16", "out": "f32", "norm_weight": "f32"}
+    plain = kernel_bytes("matmul", {"rows": 1, "n": 10, "k": 8}, f16, {"prologue": "none"})
+    assert plain == 10 * 8 * 2 + 8 * 4 + 10 * 4
+    acc = kernel_bytes("matmul", {"rows": 1, "n": 10, "k": 8}, f16, {"prologue": "none", "accumulate": True})
+    assert acc == plain + 10 * 4
+    cache = {"k_cache": "f16"}
+    params = {"rows": 1, "n_heads": 4, "n_kv_heads": 2, "head_dim": 8, "max_seq": 100}
+    assert kernel_bytes("attention", params, cache, {}, context=10) < kernel_bytes("attention", params, cache, {})
+
+
+def test_named_shapes_match_the_bandwidth_ceilings_of_the_platform_notes():
+    # PLATFORM.md: 11,194 and 1,218 tok/s at 3011 GB/s for the float16 weights of these shapes.
+    for name, ceiling in (("smollm2-135m", 11_194), ("llama-3.2-1b", 1_218)):
+        shape = named_shape(name)
+        assert 3011e9 / shape.weight_bytes_per_token("f16") == pytest.approx(ceiling, rel=0.01)
+
+
+# --- the decision tree -----------------------------------------------------------------------------
+
+
+def test_verdict_branches():
+    kind = lambda **kw: verdict(**{"backend": "wgpu", "device_type": "discrete", **kw}).kind  # noqa: E731
+    assert kind(gpu_share=0.9, api_share=0.05, bandwidth_utilisation=0.3) == "gpu-bound"
+    assert kind(gpu_share=0.9, api_share=0.05, bandwidth_utilisation=0.85) == "memory-bound"
+    assert kind(gpu_share=0.4, api_share=0.35, bandwidth_utilisation=0.9) == "cpu-bound"
+    assert kind(gpu_share=0.5, api_share=0.1) == "host-bound"
+    assert kind(gpu_share=None, api_share=0.1) == "unknown"
+    assert kind(gpu_share=None, api_share=0.5) == "cpu-bound"
+    assert kind(gpu_share=0.9, api_share=0.5) == "gpu-bound"  # a busy GPU hides the host's work
+    assert kind(gpu_share=0.3, api_share=0.5, tok_s=900, target_tok_s=800) == "acceptable"
+    assert kind(gpu_share=0.3, api_share=0.5, tok_s=700, target_tok_s=800) == "cpu-bound"
+    assert verdict(backend="numpy", device_type="cpu", gpu_share=None, api_share=0.9).kind == "reference"
+
+
+def test_verdict_advice_depends_on_the_backend():
+    wgpu = verdict(backend="wgpu", device_type="discrete", gpu_share=0.3, api_share=0.4)
+    vulkan = verdict(backend="vulkan", device_type="discrete", gpu_share=0.3, api_share=0.4)
+    assert "vulkan" in wgpu.suggestion and "web" in wgpu.suggestion
+    assert "lowest-level" in vulkan.suggestion
+    assert "shaders" in verdict(backend="x", gpu_share=0.95, api_share=0.0).suggestion
+    assert "fewer copies" in verdict(backend="x", gpu_share=0.95, api_share=0.0, bandwidth_utilisation=0.9).suggestion
+
+
+def test_bandwidth_utilisation_is_gpu_time_weighted():
+    rows = [{"ns": 900, "copy_bw_share": 0.9}, {"ns": 100, "copy_bw_share": 0.1}, {"ns": 50, "copy_bw_share": None}]
+    assert bandwidth_utilisation(rows) == pytest.approx(0.82)
+    assert bandwidth_utilisation([]) is None
