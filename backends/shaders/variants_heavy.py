@@ -9,26 +9,54 @@ constants, packed 16-bit data). Give each variant a `when=` predicate over the p
 where it only applies to some (e.g. `lambda p: p["rows"] == 1` for matrix-vector) and a
 `priority` to order the applicable ones.
 
-matmul
-    `matmul_<consts>_vec[_sg]` (matmul_vec.comp): matrix-vector, for rows <= VEC_MAX_ROWS
-    and k a multiple of the 16-byte chunk (8 f16/bf16 or 4 f32 weights). Workgroup
-    VEC_WG invocations, VEC_ROWS outputs per workgroup; grid (ceil(n / VEC_ROWS), rows).
-    `_sg` reduces with subgroupAdd, the other with a shared-memory tree.
-    `matmul_<consts>_tiled` (matmul_tiled.comp): 16 x 16 invocations, a 64 x 64 output tile
-    each (4 x 4 per invocation), BK = 16; grid (ceil(n / 64), ceil(rows / 64)). Takes
-    everything else (prefill, odd k). `matmul_<consts>_tiled16`: the same with a 16 x 64
-    tile (1 x 4 per invocation), grid (ceil(n / 64), ceil(rows / 16)), for rows <= 32.
+Names are `variants.stem(kernel, constants, *tags)`; every constant combination has a
+full set. 170 spv files in all with the simple kernels' (matmul 144, attention 12, sample 2).
+
+matmul (matmul_vec.comp, matmul_tiled.comp)
+    `matmul_<consts>_vec_sg` / `_vec`: matrix-vector, when rows <= VEC_MAX_ROWS and k is a
+    multiple of the 16-byte chunk (8 f16/bf16 or 4 f32 weights). VEC_WG invocations,
+    VEC_ROWS outputs a workgroup, VEC_UNROLL chunks in flight per invocation; grid
+    (ceil(n / VEC_ROWS), rows), grid-stride beyond 65535. `_sg` reduces with subgroupAdd,
+    `_vec` with a shared-memory tree. It re-reads w for every x row, yet beat both tiled
+    forms at 2..32 rows on the H100 (1B qkv, 32 rows: 96 us vs 142 tiled16, 186 tiled;
+    1B down: 187 vs 637 / 835). Tuned on the H100 (2026-11-24): WG 64..256 x rows
+    2..8 x unroll 1..4 are within ~5% of each other on the decode shapes; ROWS 2 was best
+    or tied everywhere; the LM head of a Llama-3.2-1B shape (525 MB f16) streams at ~3.0
+    TB/s, the copy bandwidth.
+    `matmul_<consts>_tiled`: 16 x 16 invocations, a 64 x 64 output tile (4 x 4 each), BK 16,
+    one slice of register prefetch; grid (ceil(n / 64), ceil(rows / 64)). Everything else
+    (prefill, odd k). ~18-20 TFLOP/s f32 FMA on the 1B prefill shapes (512 rows); 128 x 128
+    tiles were slower except on the widest (n = 16384) matrix.
+    `matmul_<consts>_tiled16`: the same with a 16 x 64 tile (1 x 4 each), for rows <= 32 whose
+    k the vec form cannot take (measured: 140 us vs 178 for the 64-row tile at 1B qkv, 16 rows).
+
+attention (attention.comp)
+    `attention_<cache>[_vec][_decode][_sg]`: one workgroup per (row, head), grid (n_heads,
+    rows). `_vec`: 16-byte K/V loads, when head_dim is a multiple of 8 (f16) / 4 (f32);
+    otherwise 2-element units. `_decode` (rows == 1): 256 invocations; otherwise 64 (128
+    for the 2-element units, so a 256-wide head fits one invocation group). `_sg`: the
+    chunk maximum by subgroupMax; without it a scan of the chunk's scores (no `_decode`
+    form then).
+
+sample (sample.comp)
+    `sample_sg` (512 invocations) / `sample` (128): one workgroup; see sample.comp.
+
+lavapipe caps the loop iterations of one shader invocation at 65535 in total (gallivm's
+loop limiter: after that every loop exits after one iteration, silently); the kernels
+keep per-invocation trip counts well under it at model sizes (the sampler's passes are
+4-8 values an iteration, its key search at most 8 passes).
 """
 
 from __future__ import annotations
 
-from .variants import SG_NEEDS, Variant, ceil_div, combos, groups, stem
+from .variants import SG_NEEDS, Variant, combos, groups, stem
 
 # --- matmul -----------------------------------------------------------------------------
 
 VEC_WG = 128  # invocations of a matrix-vector workgroup
-VEC_ROWS = 4  # outputs per matrix-vector workgroup
-VEC_MAX_ROWS = 4  # the matrix-vector form re-reads w for every x row: only worth it for a few
+VEC_ROWS = 2  # outputs per matrix-vector workgroup
+VEC_UNROLL = 2  # 16-byte chunks per invocation whose loads are issued together
+VEC_MAX_ROWS = 32  # it re-reads w for every x row, yet beat the tiled forms up to 32 rows on the H100
 TILED_TM = 4  # rows per invocation: a 64-row tile
 TILED_TN = 4  # columns per invocation: a 64-column tile
 TILED_BK = 16
@@ -55,7 +83,7 @@ def _matmul() -> list[Variant]:
                     c,
                     (VEC_WG, 1, 1),
                     lambda p: (groups(p["n"], VEC_ROWS), groups(p["rows"]), 1),
-                    defines={"SUBGROUPS": sg, "ROWS": VEC_ROWS},
+                    defines={"SUBGROUPS": sg, "ROWS": VEC_ROWS, "UNROLL": f"{VEC_UNROLL}u"},
                     needs=SG_NEEDS if sg else frozenset(),
                     when=lambda p, epc=epc: p["rows"] <= VEC_MAX_ROWS and p["k"] % epc == 0,
                     priority=20 if sg else 10,
@@ -86,8 +114,8 @@ def _matmul() -> list[Variant]:
 
 # --- attention ----------------------------------------------------------------------------
 
-ATTN_WG = 128  # invocations per (row, head), and keys per chunk, without subgroups
-ATTN_WG_SG = 256  # with subgroups (a subgroupMax per chunk instead of a scan of the scores)
+ATTN_WG_DECODE = 256  # one row: few workgroups, as many invocations per (row, head) as pay
+ATTN_WG_PREFILL = 64  # many rows (many short causal prefixes): more, smaller workgroups
 
 
 def _attention() -> list[Variant]:
@@ -97,22 +125,30 @@ def _attention() -> list[Variant]:
         for vec in (True, False):
             ue = unit if vec else 2
             for sg in (True, False):
-                wg = ATTN_WG_SG if sg else ATTN_WG
-                rows.append(
-                    Variant(
-                        stem("attention", c, "vec" if vec else "", "sg" if sg else ""),
-                        "attention",
-                        "attention.comp",
-                        c,
-                        (wg, 1, 1),
-                        lambda p: (groups(p["n_heads"]), groups(p["rows"]), 1),
-                        defines={"VEC": vec, "SUBGROUPS": sg},
-                        needs=SG_NEEDS if sg else frozenset(),
-                        when=(lambda p, unit=unit: p["head_dim"] % unit == 0) if vec else None,
-                        priority=(10 if vec else 0) + (1 if sg else 0),
-                        shared_bytes=4 * (256 + (wg // 4 if sg else wg) + 2 * wg + wg * ue),
+                for decode in (True, False):
+                    if decode and not sg:
+                        continue  # without subgroups the chunk maximum is a scan: small workgroups
+                    # every invocation group covers a whole head: units of a 256-wide head <= wg
+                    wg = max(ATTN_WG_DECODE if decode else ATTN_WG_PREFILL, 256 // ue)
+
+                    def when(p, unit=unit, vec=vec, decode=decode):
+                        return (not vec or p["head_dim"] % unit == 0) and (not decode or p["rows"] == 1)
+
+                    rows.append(
+                        Variant(
+                            stem("attention", c, "vec" if vec else "", "decode" if decode else "", "sg" if sg else ""),
+                            "attention",
+                            "attention.comp",
+                            c,
+                            (wg, 1, 1),
+                            lambda p: (groups(p["n_heads"]), groups(p["rows"]), 1),
+                            defines={"VEC": vec, "SUBGROUPS": sg},
+                            needs=SG_NEEDS if sg else frozenset(),
+                            when=when if (vec or decode) else None,  # the plain one runs anywhere
+                            priority=(10 if vec else 0) + (2 if decode else 0) + (1 if sg else 0),
+                            shared_bytes=4 * (256 + (wg // 4 if sg else wg) + 2 * wg + wg * ue),
+                        )
                     )
-                )
     return rows
 
 

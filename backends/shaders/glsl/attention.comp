@@ -12,7 +12,8 @@
 // (G = WG_SIZE / units groups). At the end the G groups' accumulators and sums are added.
 // The chunk maximum: subgroupMax and one shared slot per subgroup with SUBGROUPS, else every
 // invocation scans the chunk's scores in shared memory.
-// Shared memory: O(WG_SIZE + head_dim * UE), independent of the context length.
+// K and V loads are batched (BATCH units of a key, VBATCH keys of a unit) so several are
+// in flight per invocation. Shared memory: O(WG_SIZE * UE), independent of the context.
 //
 // Units (UE elements, one load each): VEC: 16 bytes (8 f16 or 4 f32; needs head_dim % UE
 // == 0, the variant's `when`), otherwise 2 elements (a packed f16 word or a vec2 of f32;

@@ -539,7 +539,9 @@ void main() {
                             kept_mass = mv[q & 3u];
                         }
                     }
-                    hi = min(hi, lo + min(jbest + 1u, 16u) * step);  // pred fails at the next pivot
+                    if (jbest < 15u && (jbest + 1u) * step < span) {
+                        hi = lo + (jbest + 1u) * step;  // pred fails at the next pivot
+                    }
                     lo += jbest * step;
                 }
             }
