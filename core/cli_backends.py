@@ -27,5 +27,5 @@ def run(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=False)) + "  " + row[4])
-    print(f"\nselected: {wanted or 'the first available, in the order above'} ({source})")
+    print(f"\nselected: {wanted or 'the first available in the order above, software GPUs last'} ({source})")
     return 0

@@ -77,9 +77,23 @@ def create_backend(name: str | None = None) -> Backend:
             raise UnknownBackend(wanted, sorted(entries))
         return entries[wanted].create()
     reasons = []
+    emulated: Backend | None = None
     for entry in sorted(entries.values(), key=lambda e: -e.priority):
         try:
-            return entry.create()
+            backend = entry.create()
         except BackendUnavailable as exc:
             reasons.append(f"{entry.name}: {exc.reason}")
+            continue
+        # A software GPU (lavapipe) is far slower than the NumPy reference for real models:
+        # automatic choice takes it only when nothing else starts.
+        if backend.caps.device_type != "software":
+            if emulated is not None:
+                emulated.close()
+            return backend
+        if emulated is None:
+            emulated = backend
+        else:
+            backend.close()
+    if emulated is not None:
+        return emulated
     raise BackendUnavailable("any", "; ".join(reasons) or "no backends are installed")
