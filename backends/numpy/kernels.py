@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from shaderbay.dtypes import to_f32
+from shaderbay.dtypes import bf16_to_f32, to_f32
 from shaderbay.kernels import uniform
 
 Arrays = dict[str, np.ndarray]
@@ -43,6 +43,26 @@ def _silu(g: np.ndarray) -> np.ndarray:
     return g / (1.0 + np.exp(-g))
 
 
+def _weights_f64(w: np.ndarray, wdtype: str) -> np.ndarray:
+    return (bf16_to_f32(w) if wdtype == "bf16" else w).astype(np.float64)
+
+
+_BLOCK = 1 << 18  # weight elements widened at a time for a few rows (a cache-sized block)
+
+
+def _times_weights(x64: np.ndarray, w: np.ndarray, wdtype: str) -> np.ndarray:
+    """x64 @ w.T in float64. For a few rows (decode), w is widened block by block, never whole:
+    the same products and sums, without a float64 copy of the matrix per call."""
+    rows, (n, k) = x64.shape[0], w.shape
+    if rows > 4:
+        return x64 @ _weights_f64(w, wdtype).T
+    step = max(1, _BLOCK // k)
+    y = np.empty((n, rows))
+    for start in range(0, n, step):
+        np.matmul(_weights_f64(w[start : start + step], wdtype), x64.T, out=y[start : start + step])
+    return y.T
+
+
 def matmul(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
     rows, n, k = p["rows"], p["n"], p["k"]
     if c["prologue"] == "silu_mul":
@@ -52,8 +72,7 @@ def matmul(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
         x = b["x"][: rows * k].reshape(rows, k)
         if c["prologue"] == "rmsnorm":
             x = _rms_normalise(x, b["norm_weight"][:k], p["eps"])
-    w = to_f32(b["w"][: n * k], c["wdtype"]).reshape(n, k)
-    y = x.astype(np.float64) @ w.astype(np.float64).T
+    y = _times_weights(x.astype(np.float64), b["w"][: n * k].reshape(n, k), c["wdtype"])
     if c["bias"]:
         y += b["bias"][:n]
     out = b["out"][: rows * n].reshape(rows, n)

@@ -1,0 +1,623 @@
+"""The Llama-family forward pass, recorded as command lists on any backend.
+
+Weights are uploaded once in their stored precision, with q/k/v fused into one matrix and
+gate/up into another, so that a layer is seven dispatches:
+
+    matmul(rmsnorm prologue) -> qkv        rope on q and k (adjacent in each qkv row)
+    kv_write (k, v -> this layer's cache)  attention (reads q from qkv, the cache)
+    matmul(o, accumulate into x)           matmul(rmsnorm prologue) -> gate|up
+    matmul(silu_mul prologue, down, accumulate into x)
+
+A decode step (embed, the layers, the final norm + lm_head, argmax or sample) is recorded
+once per sampling setting and submitted again for every token. Its inputs live in small
+device buffers: the token id (written by argmax/sample, read by embed; only its 4 bytes come
+back to the host), the position and the sampler state (written by the host each token) and
+the token history (for the repetition penalty). Prefill is recorded per chunk length.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+from shaderbay.backend import Backend, CommandList, Tensor, Usage
+from shaderbay.dtypes import itemsize, to_f32
+from shaderbay.errors import BindingError, ContextLengthExceeded, ModelError
+from shaderbay.rope import inverse_frequencies
+
+from .checkpoint import Checkpoint, TensorInfo
+from .config import ModelConfig
+
+ProgressFn = Callable[[float, float, str], None]
+
+
+# --- weights --------------------------------------------------------------------------------
+
+
+@dataclass
+class LayerWeights:
+    attn_norm: Tensor
+    wqkv: Tensor
+    wo: Tensor
+    ffn_norm: Tensor
+    wgu: Tensor
+    wdown: Tensor
+    bqkv: Tensor | None = None
+    bo: Tensor | None = None
+    bgu: Tensor | None = None
+    bdown: Tensor | None = None
+
+
+@dataclass
+class Weights:
+    embed: Tensor | None  # None when the table is looked up on the host (see host_embed)
+    final_norm: Tensor
+    lm_head: Tensor
+    layers: list[LayerWeights]
+    inv_freq: Tensor
+    nbytes: int = 0
+    # lm_head as (first row, view) parts, each small enough to bind on this device
+    lm_head_parts: list[tuple[int, Tensor]] = field(default_factory=list)
+    # the embedding table on the host (memory-mapped), for tables larger than the device can bind
+    host_embed: np.ndarray | None = None
+    host_embed_dtype: str = "f32"
+
+    @property
+    def wdtype(self) -> str:
+        return self.lm_head.dtype
+
+
+def row_parts(t: Tensor, max_bytes: int, alignment: int) -> list[tuple[int, Tensor]]:
+    """Views of consecutive row blocks of a matrix, each at most max_bytes and starting at aligned
+    offsets in the matrix and in a float32 vector of its rows (the logits)."""
+    rows, cols = t.shape
+    row_bytes = cols * itemsize(t.dtype)
+    if t.nbytes <= max_bytes:
+        return [(0, t)]
+    step = math.lcm(alignment // math.gcd(alignment, 4), alignment // math.gcd(alignment, row_bytes))
+    per = max_bytes // row_bytes // step * step
+    if per < 1:
+        raise ModelError(
+            f"a {t.dtype} matrix with rows of {row_bytes} bytes cannot be split into bindings of {max_bytes} bytes"
+        )
+    return [(r, t.view(shape=(min(per, rows - r), cols), offset=r * row_bytes)) for r in range(0, rows, per)]
+
+
+def tensor_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor the model reads, with the shape the config implies."""
+    c = config
+    shapes: dict[str, tuple[int, ...]] = {
+        "model.embed_tokens.weight": (c.vocab_size, c.dim),
+        "model.norm.weight": (c.dim,),
+    }
+    if not c.tie_word_embeddings:
+        shapes["lm_head.weight"] = (c.vocab_size, c.dim)
+    for i in range(c.n_layers):
+        p = f"model.layers.{i}."
+        shapes[p + "input_layernorm.weight"] = (c.dim,)
+        shapes[p + "post_attention_layernorm.weight"] = (c.dim,)
+        for proj, rows in (("q", c.q_dim), ("k", c.kv_dim), ("v", c.kv_dim)):
+            shapes[f"{p}self_attn.{proj}_proj.weight"] = (rows, c.dim)
+            if c.qkv_bias:
+                shapes[f"{p}self_attn.{proj}_proj.bias"] = (rows,)
+        shapes[p + "self_attn.o_proj.weight"] = (c.dim, c.q_dim)
+        if c.o_bias:
+            shapes[p + "self_attn.o_proj.bias"] = (c.dim,)
+        for proj, shape in (("gate", (c.ffn_dim, c.dim)), ("up", (c.ffn_dim, c.dim)), ("down", (c.dim, c.ffn_dim))):
+            shapes[f"{p}mlp.{proj}_proj.weight"] = shape
+            if c.mlp_bias:
+                shapes[f"{p}mlp.{proj}_proj.bias"] = shape[:1]
+    return shapes
+
+
+class _Uploader:
+    def __init__(self, backend: Backend, ckpt: Checkpoint, infos: dict[str, TensorInfo], progress: ProgressFn | None):
+        self.backend = backend
+        self.ckpt = ckpt
+        self.infos = infos
+        self.progress = progress
+        self.total = float(sum(i.nbytes for i in infos.values()))
+        self.done = 0.0
+        self.nbytes = 0
+        self.made: list[Tensor] = []
+
+    def free(self) -> None:
+        """Free what was uploaded (a load that failed half-way leaves nothing behind)."""
+        for t in self.made:
+            if not t.buffer.freed and not self.backend.closed:
+                self.backend.free(t.buffer)
+
+    def _host(self, name: str) -> np.ndarray:
+        try:
+            return self.ckpt.array(name)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{self.infos[name].source}: tensor {name!r} cannot be read ({exc})") from None
+
+    def _tick(self, names: list[str]) -> None:
+        self.done += sum(self.infos[n].nbytes for n in names)
+        if self.progress is not None:
+            self.progress(self.done, self.total, names[-1])
+
+    def f32(self, *names: str) -> Tensor:
+        """Small tensors (norms, biases), concatenated, as float32."""
+        arrays = [to_f32(self._host(n), self.infos[n].dtype).reshape(-1) for n in names]
+        t = self.backend.upload(np.concatenate(arrays) if len(arrays) > 1 else arrays[0])
+        self.made.append(t)
+        self.nbytes += t.nbytes
+        self._tick(list(names))
+        return t
+
+    def matrix(self, *names: str) -> Tensor:
+        """Row-concatenated matrices in their stored dtype, written part by part (no host copy)."""
+        dtypes = {self.infos[n].dtype for n in names}
+        shapes = [self.infos[n].shape for n in names]
+        rows, cols = sum(s[0] for s in shapes), shapes[0][1]
+        if len(dtypes) > 1:  # mixed precisions in one fused group: widen the group to float32
+            data = np.concatenate([to_f32(self._host(n), self.infos[n].dtype) for n in names])
+            t = self.backend.upload(np.ascontiguousarray(data, dtype=np.float32))
+            self.made.append(t)
+        else:
+            (dtype,) = dtypes
+            t = self.backend.empty((rows, cols), dtype)
+            self.made.append(t)
+            sizes = [s[0] * cols * itemsize(dtype) for s in shapes]
+            if any(s % 4 for s in sizes):
+                self.backend.write(t, np.concatenate([self._host(n) for n in names]))
+            else:
+                offset = 0
+                for n, size in zip(names, sizes, strict=True):
+                    self.backend.write(t, self._host(n), offset)
+                    offset += size
+        self.nbytes += t.nbytes
+        self._tick(list(names))
+        return t
+
+
+def load_weights(ckpt: Checkpoint, backend: Backend, progress: ProgressFn | None = None) -> Weights:
+    """Check every tensor (presence, shape, dtype) first, then upload them one by one."""
+    c = ckpt.config
+    infos = {name: ckpt.expect(name, shape) for name, shape in tensor_shapes(c).items()}
+    up = _Uploader(backend, ckpt, infos, progress)
+    try:
+        return _upload(ckpt, backend, c, infos, up)
+    except BaseException:
+        up.free()
+        raise
+
+
+def _upload(ckpt: Checkpoint, backend: Backend, c: ModelConfig, infos: dict[str, TensorInfo], up: _Uploader) -> Weights:
+    caps = backend.caps
+    embed_info = infos["model.embed_tokens.weight"]
+    host_embed = None
+    if embed_info.nbytes > caps.max_binding_size:
+        # Larger than one binding: the host looks rows up (it reads every token id back anyway)
+        # and the device holds the table only as the tied lm_head, bound in parts.
+        host_embed = ckpt.array("model.embed_tokens.weight")
+    embed = up.matrix("model.embed_tokens.weight") if host_embed is None or c.tie_word_embeddings else None
+    layers = []
+    for i in range(c.n_layers):
+        p = f"model.layers.{i}."
+        a, m = p + "self_attn.", p + "mlp."
+        layers.append(
+            LayerWeights(
+                attn_norm=up.f32(p + "input_layernorm.weight"),
+                wqkv=up.matrix(a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"),
+                bqkv=up.f32(a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias") if c.qkv_bias else None,
+                wo=up.matrix(a + "o_proj.weight"),
+                bo=up.f32(a + "o_proj.bias") if c.o_bias else None,
+                ffn_norm=up.f32(p + "post_attention_layernorm.weight"),
+                wgu=up.matrix(m + "gate_proj.weight", m + "up_proj.weight"),
+                bgu=up.f32(m + "gate_proj.bias", m + "up_proj.bias") if c.mlp_bias else None,
+                wdown=up.matrix(m + "down_proj.weight"),
+                bdown=up.f32(m + "down_proj.bias") if c.mlp_bias else None,
+            )
+        )
+    final_norm = up.f32("model.norm.weight")
+    lm_head = embed if c.tie_word_embeddings else up.matrix("lm_head.weight")
+    inv_freq = backend.upload(inverse_frequencies(c.head_dim, c.rope_theta, c.rope_scaling))
+    up.made.append(inv_freq)
+    return Weights(
+        embed if host_embed is None else None,
+        final_norm,
+        lm_head,
+        layers,
+        inv_freq,
+        up.nbytes,
+        lm_head_parts=row_parts(lm_head, caps.max_binding_size, caps.offset_alignment),
+        host_embed=host_embed,
+        host_embed_dtype=embed_info.dtype,
+    )
+
+
+# --- sampling -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen. temperature <= 0 is greedy; the rest is done on the device."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.top_p <= 1:
+            raise ModelError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ModelError(f"top_k must be >= 0 (0 keeps all tokens), got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            raise ModelError(f"repetition_penalty must be > 0 (1 disables it), got {self.repetition_penalty}")
+
+    @property
+    def greedy(self) -> bool:
+        """Plain argmax: no temperature and no penalty (the history is then not needed)."""
+        return self.temperature <= 0 and self.repetition_penalty == 1.0
+
+    def key(self) -> tuple:
+        if self.greedy:
+            return ("argmax",)
+        if self.temperature <= 0:
+            return ("sample", 0.0, 0, 1.0, float(self.repetition_penalty))
+        return ("sample", float(self.temperature), int(self.top_k), float(self.top_p), float(self.repetition_penalty))
+
+
+@dataclass
+class Stats:
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    first_token_s: float = 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        n = self.generated_tokens - 1  # the first token comes from the prefill
+        return n / self.decode_s if n > 0 and self.decode_s > 0 else 0.0
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.prompt_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
+
+
+# --- the forward pass -------------------------------------------------------------------------
+
+
+@dataclass
+class _Scratch:
+    x: Tensor
+    qkv: Tensor
+    attn: Tensor
+    gu: Tensor
+    last: Tensor
+    logits: Tensor
+    ids: Tensor
+    positions: Tensor
+    token: Tensor
+    position: Tensor
+    state: Tensor
+    history: Tensor
+    all_logits: list[Tensor] | None = None
+    extra: list[Tensor] = field(default_factory=list)
+
+
+class Llama:
+    """A loaded model on one backend: weights, KV caches, scratch buffers and recorded command lists."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        config: ModelConfig,
+        weights: Weights,
+        max_context: int,
+        cache_dtype: str,
+        prefill_chunk: int = 512,
+    ):
+        if cache_dtype not in ("f32", "f16"):
+            self.free_weights(backend, weights)
+            raise ModelError(f"cache_dtype must be 'f32' or 'f16', got {cache_dtype!r}")
+        row_bytes = config.kv_dim * itemsize(cache_dtype)
+        if max_context * row_bytes > backend.caps.max_binding_size:
+            self.free_weights(backend, weights)
+            most = backend.caps.max_binding_size // row_bytes
+            raise ModelError(
+                f"a KV cache of {max_context} positions needs {max_context * row_bytes} bytes per layer, more than "
+                f"{backend.caps.device} can bind ({backend.caps.max_binding_size}); load with max_context <= {most}"
+                + (" or cache_dtype='f16'" if cache_dtype == "f32" and backend.caps.f16 else "")
+            )
+        self.backend = backend
+        self.config = c = config
+        self.weights = weights
+        self.max_context = int(max_context)
+        self.cache_dtype = cache_dtype
+        self.chunk = max(1, min(int(prefill_chunk), self.max_context))
+        # rows per pass when every position's logits are wanted: each block of them must fit a binding
+        widest = max(p.shape[0] for _, p in weights.lm_head_parts) * 4
+        self.all_chunk = max(1, min(self.chunk, backend.caps.max_binding_size // widest))
+        self.stats = Stats()
+        self._lists: OrderedDict[tuple, CommandList] = OrderedDict()
+        self._pipelines: dict[tuple, object] = {}
+        # every buffer the model holds, its weights included, freed by close()
+        self._owned: list[Tensor] = [t for t in (weights.embed, weights.lm_head, weights.final_norm) if t is not None]
+        self._owned += [weights.inv_freq] + [t for lw in weights.layers for t in vars(lw).values() if t is not None]
+        self.caches: list[tuple[Tensor, Tensor]] = []
+        try:
+            R, new = self.chunk, self._new
+            self.caches = [
+                (new((self.max_context, c.kv_dim), cache_dtype), new((self.max_context, c.kv_dim), cache_dtype))
+                for _ in range(c.n_layers)
+            ]
+            self.s = _Scratch(
+                x=new((R, c.dim)),
+                qkv=new((R, c.qkv_dim)),
+                attn=new((R, c.q_dim)),
+                gu=new((R, 2 * c.ffn_dim)),
+                last=new((1, c.dim)),
+                logits=new((1, c.vocab_size)),
+                ids=new(R, "u32", Usage.UPLOAD),
+                positions=new(R, "u32", Usage.UPLOAD),
+                token=new(1, "u32", Usage.READBACK),
+                position=new(1, "u32", Usage.UPLOAD),
+                state=new(4, "u32", Usage.UPLOAD),
+                history=new(self.max_context, "u32"),
+            )
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def free_weights(backend: Backend, weights: Weights) -> None:
+        tensors = [t for t in (weights.embed, weights.lm_head, weights.final_norm, weights.inv_freq) if t is not None]
+        tensors += [t for lw in weights.layers for t in vars(lw).values() if t is not None]
+        for t in tensors:
+            if not backend.closed and not t.buffer.freed:
+                backend.free(t.buffer)
+
+    def _new(self, shape, dtype: str = "f32", usage: Usage = Usage.DEVICE) -> Tensor:
+        t = self.backend.empty(shape, dtype, usage)
+        self._owned.append(t)
+        return t
+
+    # --- recording ------------------------------------------------------------------------
+    def _pipe(self, kernel: str, **constants):
+        key = (kernel, tuple(sorted(constants.items())))
+        if key not in self._pipelines:
+            self._pipelines[key] = self.backend.pipeline(kernel, **constants)
+        return self._pipelines[key]
+
+    def _matmul(self, cmd: CommandList, x: Tensor, w: Tensor, out: Tensor, rows: int, *, norm=None, bias=None,
+                accumulate=False, silu=False, label="") -> None:  # fmt: skip
+        prologue = "rmsnorm" if norm is not None else "silu_mul" if silu else "none"
+        pipe = self._pipe("matmul", wdtype=w.dtype, bias=bias is not None, accumulate=accumulate, prologue=prologue)
+        n, k = w.shape
+        bindings = {"x": x, "w": w, "out": out}
+        if norm is not None:
+            bindings["norm_weight"] = norm
+        if bias is not None:
+            bindings["bias"] = bias
+        cmd.dispatch(pipe, bindings, label, rows=rows, n=n, k=k, eps=self.config.rms_eps)
+
+    def _record_body(self, cmd: CommandList, rows: int, ids: Tensor, positions: Tensor) -> None:
+        c, s, w = self.config, self.s, self.weights
+        x = s.x.view(shape=(rows, c.dim))
+        qkv = s.qkv.view(shape=(rows, c.qkv_dim))
+        attn = s.attn.view(shape=(rows, c.q_dim))
+        gu = s.gu.view(shape=(rows, 2 * c.ffn_dim))
+        if w.embed is not None:  # else the host writes the rows of x
+            cmd.dispatch(
+                self._pipe("embed", wdtype=w.embed.dtype),
+                {"table": w.embed, "ids": ids, "out": x},
+                rows=rows, dim=c.dim, vocab=c.vocab_size,
+            )  # fmt: skip
+        rope = self._pipe("rope")
+        kv_write = self._pipe("kv_write", cache_dtype=self.cache_dtype)
+        attention = self._pipe("attention", cache_dtype=self.cache_dtype)
+        scale = 1.0 / math.sqrt(c.head_dim)
+        for i, (lw, (k_cache, v_cache)) in enumerate(zip(w.layers, self.caches, strict=True)):
+            self._matmul(cmd, x, lw.wqkv, qkv, rows, norm=lw.attn_norm, bias=lw.bqkv, label=f"L{i}.qkv")
+            cmd.dispatch(
+                rope, {"x": qkv, "positions": positions, "inv_freq": w.inv_freq}, f"L{i}.rope",
+                rows=rows, heads=c.n_heads + c.n_kv_heads, head_dim=c.head_dim, stride=c.qkv_dim, offset=0,
+            )  # fmt: skip
+            cmd.dispatch(
+                kv_write, {"src": qkv, "positions": positions, "k_cache": k_cache, "v_cache": v_cache}, f"L{i}.kv",
+                rows=rows, stride=c.qkv_dim, k_offset=c.q_dim, v_offset=c.q_dim + c.kv_dim, kv_dim=c.kv_dim,
+                max_seq=self.max_context,
+            )  # fmt: skip
+            cmd.dispatch(
+                attention,
+                {"q": qkv, "k_cache": k_cache, "v_cache": v_cache, "positions": positions, "out": attn},
+                f"L{i}.attn",
+                rows=rows, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads, head_dim=c.head_dim, q_stride=c.qkv_dim,
+                max_seq=self.max_context, scale=scale,
+            )  # fmt: skip
+            self._matmul(cmd, attn, lw.wo, x, rows, bias=lw.bo, accumulate=True, label=f"L{i}.o")
+            self._matmul(cmd, x, lw.wgu, gu, rows, norm=lw.ffn_norm, bias=lw.bgu, label=f"L{i}.gate_up")
+            self._matmul(cmd, gu, lw.wdown, x, rows, bias=lw.bdown, accumulate=True, silu=True, label=f"L{i}.down")
+
+    def _record_head(self, cmd: CommandList, rows: int, head: tuple) -> None:
+        c, s, w = self.config, self.s, self.weights
+        if head[0] == "all":  # one [rows, part] block per lm_head part; the host joins them
+            x = s.x.view(shape=(rows, c.dim))
+            for (_, part), out in zip(w.lm_head_parts, s.all_logits, strict=True):
+                out = out.view(shape=(rows, part.shape[0]))
+                self._matmul(cmd, x, part, out, rows, norm=w.final_norm, label="lm_head")
+            return
+        if rows > 1:  # the last row, copied to an aligned place
+            row_bytes = c.dim * 4
+            cmd.copy(s.x.buffer, s.last.buffer, row_bytes, s.x.offset + (rows - 1) * row_bytes, s.last.offset)
+            last = s.last
+        else:
+            last = s.x.view(shape=(1, c.dim))
+        for first, part in w.lm_head_parts:
+            out = s.logits.view(shape=(1, part.shape[0]), offset=first * 4)
+            self._matmul(cmd, last, part, out, 1, norm=w.final_norm, label="lm_head")
+        if head[0] == "argmax":
+            cmd.dispatch(self._pipe("argmax"), {"x": s.logits, "out": s.token}, rows=1, n=c.vocab_size)
+        else:
+            _, temperature, top_k, top_p, penalty = head
+            cmd.dispatch(
+                self._pipe("sample"),
+                {"logits": s.logits, "history": s.history, "state": s.state, "out": s.token},
+                n=c.vocab_size, hist_cap=self.max_context, temperature=temperature,
+                top_k=top_k if top_k < c.vocab_size else 0, top_p=top_p, penalty=penalty,
+            )  # fmt: skip
+
+    def _list(self, kind: str, rows: int, head: tuple | None) -> CommandList:
+        key = (kind, rows, head)
+        cmd = self._lists.get(key)
+        if cmd is not None:
+            self._lists.move_to_end(key)
+            return cmd
+        cmd = self.backend.command_list(f"{kind}[{rows}]")
+        if kind == "decode":
+            self._record_body(cmd, 1, self.s.token, self.s.position)
+        else:
+            self._record_body(cmd, rows, self.s.ids.view(shape=rows), self.s.positions.view(shape=rows))
+        if head is not None:
+            self._record_head(cmd, rows, head)
+        self._lists[key] = cmd
+        prefills = [k for k in self._lists if k[0] == "prefill"]
+        if len(prefills) > 16:  # prompts of many lengths: keep the recent ones
+            del self._lists[prefills[0]]
+        return cmd
+
+    def decode_list(self, sampling: Sampling = Sampling()) -> CommandList:
+        """The recorded decode step for a sampling setting (recorded on first use)."""
+        return self._list("decode", 1, sampling.key())
+
+    # --- running ----------------------------------------------------------------------------
+    def _check_ids(self, ids: list[int]) -> None:
+        if not ids:
+            raise ModelError("the prompt is empty: at least one token is needed")
+        bad = [t for t in ids if not 0 <= int(t) < self.config.vocab_size]
+        if bad:
+            raise ModelError(f"token id {bad[0]} is outside the vocabulary (0..{self.config.vocab_size - 1})")
+
+    def _prefill(self, ids: list[int], head: tuple) -> np.ndarray | None:
+        """Run the prompt through the model from position 0; `head` ends the last chunk."""
+        b, s = self.backend, self.s
+        out = []
+        chunk = self.all_chunk if head[0] == "all" else self.chunk
+        for start in range(0, len(ids), chunk):
+            part = ids[start : start + chunk]
+            rows = len(part)
+            is_last = start + rows == len(ids)
+            cmd = self._list("prefill", rows, head if is_last or head[0] == "all" else None)
+            if self.weights.host_embed is None:
+                b.write(s.ids, np.asarray(part, np.uint32))
+            else:
+                b.write(s.x, self._host_rows(part))
+            b.write(s.positions, np.arange(start, start + rows, dtype=np.uint32))
+            b.submit(cmd)
+            if head[0] == "all":
+                blocks = [
+                    b.read(t.view(shape=(rows, p.shape[0])))
+                    for t, (_, p) in zip(s.all_logits, self.weights.lm_head_parts, strict=True)
+                ]
+                out.append(np.concatenate(blocks, axis=1))
+        return np.concatenate(out) if out else None
+
+    def _host_rows(self, ids: list[int]) -> np.ndarray:
+        w = self.weights
+        return to_f32(np.asarray(w.host_embed[np.asarray(ids, np.int64)]), w.host_embed_dtype).astype(np.float32)
+
+    def logits(self, ids: list[int], all_positions: bool = False) -> np.ndarray:
+        """Next-token logits after every prefix of `ids` ([T, vocab]) or after the whole ([vocab])."""
+        ids = [int(t) for t in ids]
+        self._check_ids(ids)
+        if len(ids) > self.max_context:
+            raise ContextLengthExceeded(len(ids), self.max_context)
+        if all_positions:
+            if self.s.all_logits is None:
+                self.s.all_logits = [self._new((self.all_chunk, p.shape[0])) for _, p in self.weights.lm_head_parts]
+            return self._prefill(ids, ("all",))
+        self._prefill(ids, ("argmax",))
+        return self.backend.read(self.s.logits)[0].copy()
+
+    def generate(
+        self,
+        ids: list[int],
+        max_tokens: int,
+        sampling: Sampling = Sampling(),
+        seed: int | None = None,
+        stop: set[int] | frozenset[int] = frozenset(),
+    ) -> Iterator[int]:
+        """Token ids after `ids`, one at a time; the stop token (if reached) is yielded, then it ends."""
+        ids = [int(t) for t in ids]
+        self._check_ids(ids)
+        n_prompt = len(ids)
+        max_tokens = int(max_tokens)
+        needed = n_prompt + max(max_tokens - 1, 0)
+        if needed > self.max_context:
+            raise ContextLengthExceeded(needed, self.max_context)
+        if max_tokens <= 0:
+            return
+        b, s = self.backend, self.s
+        head = sampling.key()
+        if seed is None:
+            seed = int.from_bytes(os.urandom(4), "little")
+        seed &= 0xFFFFFFFF
+        stats = self.stats = Stats(prompt_tokens=n_prompt)
+        if not sampling.greedy:
+            b.write(s.history, np.asarray(ids, np.uint32))
+            b.write(s.state, np.array([seed, 0, n_prompt, 0], np.uint32))
+        decode = self._list("decode", 1, head)  # recorded before the clock starts
+        t0 = time.perf_counter()
+        self._prefill(ids, head)
+        token = int(b.read(s.token)[0])
+        stats.prefill_s = stats.first_token_s = time.perf_counter() - t0
+        stats.generated_tokens = 1
+        yield token
+        position = np.zeros(1, np.uint32)
+        state = np.array([seed, 0, 0, 0], np.uint32)
+        host_rows = self.weights.host_embed is not None
+        for n in range(1, max_tokens):
+            if token in stop:
+                return
+            t0 = time.perf_counter()
+            position[0] = n_prompt + n - 1
+            b.write(s.position, position)
+            if host_rows:
+                b.write(s.x, self._host_rows([token]))
+            if not sampling.greedy:
+                state[1], state[2] = n, n_prompt + n
+                b.write(s.state, state)
+            b.submit(decode)
+            token = int(b.read(s.token)[0])
+            stats.generated_tokens = n + 1
+            stats.decode_s += time.perf_counter() - t0
+            yield token
+
+    @property
+    def dispatches_per_token(self) -> int:
+        return sum(1 for _ in self.decode_list().ops)
+
+    def close(self) -> None:
+        """Drop the recorded lists and free every buffer this model allocated."""
+        self._lists.clear()
+        self._pipelines.clear()
+        if self.backend.closed:
+            return
+        for t in self._owned:
+            if not t.buffer.freed:
+                self.backend.free(t.buffer)
+        self._owned.clear()
+
+
+def default_cache_dtype(backend: Backend, weights: Weights) -> str:
+    """f16 caches for 16-bit weights on devices with f16; f32 otherwise."""
+    return "f16" if backend.caps.f16 and weights.wdtype in ("f16", "bf16") else "f32"
+
+
+def check_cache_dtype(backend: Backend, cache_dtype: str) -> str:
+    if cache_dtype not in ("f32", "f16"):
+        raise ModelError(f"cache_dtype must be 'f32' or 'f16', got {cache_dtype!r}")
+    if cache_dtype == "f16" and not backend.caps.f16:
+        raise BindingError(f"{backend.caps.device} has no f16 support; use cache_dtype='f32'")
+    return cache_dtype
