@@ -9,6 +9,8 @@ import sys
 
 from .errors import ShaderbayError
 
+DESCRIPTION = "Llama-family language models on pluggable GPU compute backends."
+
 SUBCOMMANDS = {
     "generate": ("shaderbay.models.cli_generate", "generate text (the default model unless --model)"),
     "convert": ("shaderbay.models.cli_convert", "convert a Llama-family GGUF to a checkpoint directory"),
@@ -18,18 +20,24 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shaderbay", description=__doc__.splitlines()[0])
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only the chosen subcommand's module is imported, so one broken module breaks only itself."""
+    parser = argparse.ArgumentParser(
+        prog="shaderbay", description="Llama-family language models on pluggable GPU backends."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(module=module)
-        importlib.import_module(module).add_arguments(p)
+        if name == command:
+            p.set_defaults(module=module)
+            importlib.import_module(module).add_arguments(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     try:
         return importlib.import_module(args.module).run(args) or 0
     except ShaderbayError as exc:

@@ -126,11 +126,10 @@ def test_float16_conversion_matches_the_first_case(default_cache, golden, numpy_
         assert list(model.tokens(case["input_ids"], 32)) == case["greedy_32_ids"]
 
 
-def test_generate_with_only_a_prompt(default_cache, monkeypatch, capsys):
+def test_generate_with_only_a_prompt(default_cache, capsys):
     """`shaderbay generate "Hello"`: the default model on the best backend (here a few tokens only)."""
     from shaderbay import cli
 
-    monkeypatch.setattr(cli, "SUBCOMMANDS", {"generate": cli.SUBCOMMANDS["generate"]})
     assert cli.main(["generate", "Hello", "--max-tokens", "4"]) == 0
     out, err = capsys.readouterr()
     assert out.strip() and "tokens/s" in err

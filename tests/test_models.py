@@ -363,7 +363,6 @@ def test_text_generation_stream_and_chat(numpy_backend, text_model_dir):
 def _cli(monkeypatch, argv):
     from shaderbay import cli
 
-    monkeypatch.setattr(cli, "SUBCOMMANDS", {k: v for k, v in cli.SUBCOMMANDS.items() if k in ("generate", "convert")})
     return cli.main(argv)
 
 
