@@ -74,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
         out.flush()
         s = model.stats
         print(
-            f"[{model.name} on {model.backend.name} ({model.backend.caps.device}): {s.prompt_tokens} prompt tokens "
+            f"[{model.name} on {model.backend.name} ({model.backend.caps.device}): loaded in {model.load_s:.2f} s, "
+            f"{s.prompt_tokens} prompt tokens "
             f"in {s.prefill_s:.2f} s, {s.generated_tokens} new tokens, {s.decode_tokens_per_s:.1f} tokens/s]",
             file=sys.stderr,
         )

@@ -1,0 +1,38 @@
+"""GPU backends against NumPy on a real model shape with random weights (the GPU machine's correctness check).
+
+The real default model cannot travel to the GPU machine, so there the check is the synthetic
+smollm2-135m shape in float16: the next-token logits after a prompt agree with NumPy's within
+the conformance suite's model tolerance, and greedy decoding picks the same tokens.
+Marked slow: on lavapipe it takes minutes; `make test-slow` runs it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import shaderbay
+from conftest import get_backend
+from shaderbay.conformance.tolerances import MODEL_LOGITS
+
+PROMPT = [1, 504, 3458, 314, 253, 2023, 30, 2683, 28, 1675, 43, 12, 7, 991, 77, 5]
+MODEL = "synthetic:smollm2-135m:float16"
+
+
+@pytest.fixture(scope="module")
+def reference():
+    with shaderbay.load(MODEL, backend="numpy", max_context=64) as model:
+        return model.logits(PROMPT), list(model.tokens(PROMPT, 8, ignore_eos=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend_name", ["vulkan", "wgpu"])
+def test_logits_and_greedy_tokens_agree_with_numpy(backend_name, reference):
+    ref_logits, ref_tokens = reference
+    with shaderbay.load(MODEL, backend=get_backend(backend_name), max_context=64) as model:
+        logits = model.logits(PROMPT)
+        tokens = list(model.tokens(PROMPT, 8, ignore_eos=True))
+    error = float(np.linalg.norm(logits.astype(np.float64) - ref_logits) / np.linalg.norm(ref_logits))
+    print(f"{backend_name}: relative logits error {error:.2e}, max abs {np.abs(logits - ref_logits).max():.2e}")
+    assert error <= MODEL_LOGITS
+    assert int(np.argmax(logits)) == int(np.argmax(ref_logits))
+    assert tokens == ref_tokens
