@@ -19,6 +19,7 @@ from shaderbay.errors import BackendUnavailable, ClosedError
 pytest.importorskip("vulkan")
 
 from shaderbay.backends.vulkan import backend as vb  # noqa: E402
+from shaderbay.backends.vulkan import loader, memory  # noqa: E402
 
 
 def _required() -> bool:
@@ -169,14 +170,14 @@ def test_small_buffers_share_blocks(be):
     assert be.stats()["blocks"] - before <= 1
     for b in bufs:
         b.free()
-    big = be.buffer(vb.DEVICE_BLOCK)  # larger than half a block: a dedicated allocation
-    assert be.stats()["block_bytes"] >= vb.DEVICE_BLOCK
+    big = be.buffer(memory.DEVICE_BLOCK)  # larger than half a block: a dedicated allocation
+    assert be.stats()["block_bytes"] >= memory.DEVICE_BLOCK
     big.free()
 
 
 def test_staging_path_round_trips(be):
     """Device memory that is not host-visible goes through the staging buffer (forced here)."""
-    data = np.random.default_rng(2).standard_normal(3 * (vb.STAGING_SIZE // 4) // 2 + 5).astype(np.float32)
+    data = np.random.default_rng(2).standard_normal(3 * (memory.STAGING_SIZE // 4) // 2 + 5).astype(np.float32)
     t = be.empty(data.size)
     t.buffer.mapped = None  # as on a discrete GPU
     be.write(t, data)
@@ -229,12 +230,12 @@ def test_validation_messages_are_collected():
     try:
         if not be.validation:
             pytest.skip("VK_LAYER_KHRONOS_validation is not installed")
-        ffi, lib = vb.ffi, vb.lib
-        info = vb._new("VkBufferCreateInfo", sType=12, size=0, usage=0x20)  # size 0 is invalid
+        ffi, lib = loader.ffi, loader.lib
+        info = loader.new("VkBufferCreateInfo", sType=12, size=0, usage=0x20)  # size 0 is invalid
         out = ffi.new("VkBuffer*")
-        lib.vkCreateBuffer(be._device, info, ffi.NULL, out)
+        lib.vkCreateBuffer(be.gpu.handle, info, ffi.NULL, out)
         if out[0] != ffi.NULL:
-            lib.vkDestroyBuffer(be._device, out[0], ffi.NULL)
+            lib.vkDestroyBuffer(be.gpu.handle, out[0], ffi.NULL)
         assert any("size" in m for m in be.validation_messages)
     finally:
         be.close()

@@ -1,0 +1,375 @@
+"""Command lists as Vulkan command buffers: recorded once, then submitted again and again.
+
+The first submit of a CommandList records it into ONE command buffer: descriptor sets
+allocated and written once, push constants fixed, and a barrier only where an op reads or
+writes bytes an op since the last barrier wrote, or writes bytes one read (the hazard
+tracker); with timestamps on, one after every op. Every later submit is one vkQueueSubmit
+with the list's own fence; waiting waits for every fence in flight. A list collected by the
+garbage collector while it runs is released once it is done.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from shaderbay.backend import CommandList, Dispatch
+from shaderbay.errors import ClosedError
+from shaderbay.trace import Tracer
+
+from ..shaders import variants as V
+from .device import Device
+from .loader import (
+    HOST_READ,
+    HOST_WRITE,
+    MEMORY_READ,
+    MEMORY_WRITE,
+    SHADER_READ,
+    SHADER_WRITE,
+    STAGE_ALL,
+    STAGE_BOTTOM,
+    STAGE_COMPUTE,
+    STAGE_HOST,
+    STAGE_TRANSFER,
+    TRANSFER_READ,
+    TRANSFER_WRITE,
+    check,
+    ffi,
+    lib,
+    memory_barrier,
+    new,
+    vk,
+)
+from .memory import VulkanBuffer
+from .pipelines import Pipelines
+
+Range = tuple[int, int, int]  # (id of the buffer, first byte, end byte)
+
+
+class Prepared:
+    """A command list's Vulkan form: one command buffer and what it needs, reusable until released."""
+
+    __slots__ = (
+        "cmdbuf_p",
+        "pool",
+        "fence",
+        "fence_p",
+        "submit_info",
+        "query_pool",
+        "labels",
+        "buffers",
+        "generation",
+        "pending",
+        "completed",
+        "barriers",
+        "released",
+        "variants",
+    )
+
+    def __init__(self, buffers: tuple[VulkanBuffer, ...], generation: int, variants: list[str]):
+        self.cmdbuf_p: Any = None  # the command buffer, as the 1-element array vkQueueSubmit takes
+        self.pool: Any = None  # VkDescriptorPool
+        self.fence: Any = None  # for vkQueueSubmit
+        self.fence_p: Any = None  # the same, as the array the other fence calls take
+        self.submit_info: Any = None
+        self.query_pool: Any = None  # with timestamps: one before the first op, one after each
+        self.labels: list[str] = []  # per op, for the timings
+        self.buffers = buffers  # every buffer it uses, to refuse a submit after one was freed
+        self.generation = generation  # the queue's free count when the buffers were last checked
+        self.pending = False
+        self.completed = 0
+        self.barriers = 0
+        self.released = False
+        self.variants = variants  # per dispatch
+
+
+class CommandQueue:
+    """Records, submits and waits for command lists on the device's queue, and releases them."""
+
+    def __init__(self, gpu: Device, pipes: Pipelines, tracer: Tracer):
+        self._gpu = gpu
+        self._dev = gpu.handle
+        self._queue = gpu.queue
+        self._pipes = pipes
+        self._tracer = tracer
+        self._inflight: list[Prepared] = []
+        self._deferred: list[Prepared] = []  # collected while pending: released after the next wait
+        self._preps: set[Prepared] = set()
+        self.frees = 0  # buffers freed so far: a list re-checks its buffers when this moved
+        written, used = SHADER_WRITE | TRANSFER_WRITE, SHADER_READ | SHADER_WRITE | TRANSFER_READ | TRANSFER_WRITE
+        self._barrier = memory_barrier(written, used)  # between dependent ops of a list
+        self._barrier_in = memory_barrier(MEMORY_WRITE, MEMORY_READ | MEMORY_WRITE)  # from earlier submits
+        self._barrier_out = memory_barrier(written, HOST_READ | HOST_WRITE)  # to the host and later submits
+
+    # --- recording --------------------------------------------------------------------------------
+    def prepare(self, cmd: CommandList, timestamps: bool) -> Prepared:
+        self.sweep()
+        plan: list[tuple] = []  # (op, variant, VkPipeline, grid); variant None for a copy
+        buffers: dict[int, Any] = {}
+        variants: list[str] = []
+        no_sg = V.subgroups_disabled()
+        for op in cmd.ops:
+            if isinstance(op, Dispatch):
+                variant, handle, grid = self._pipes.choose(op.pipeline, op, no_sg)  # type: ignore[arg-type]
+                plan.append((op, variant, handle, grid))
+                variants.append(variant.name)
+                for t in op.tensors:
+                    buffers[id(t.buffer)] = t.buffer
+            else:
+                plan.append((op, None, None, None))
+                buffers[id(op.src)] = op.src
+                buffers[id(op.dst)] = op.dst
+        prep = Prepared(tuple(buffers.values()), self.frees, variants)
+        try:
+            self._record(prep, plan, timestamps)
+        except BaseException:
+            self.release(prep)
+            raise
+        self._preps.add(prep)
+        weakref.finalize(cmd, self._release_later, prep)
+        return prep
+
+    def _record(self, prep: Prepared, plan: list[tuple], timestamps: bool) -> None:
+        dev = self._dev
+        dispatches = [op for op, variant, _, _ in plan if variant is not None]
+        sets = self._descriptor_sets(prep, dispatches) if dispatches else None
+        n_ops = len(plan)
+        if timestamps and n_ops:
+            qinfo = new(
+                "VkQueryPoolCreateInfo",
+                sType=vk.VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO,
+                queryType=vk.VK_QUERY_TYPE_TIMESTAMP,
+                queryCount=n_ops + 1,
+            )
+            qp = ffi.new("VkQueryPool*")
+            check(lib.vkCreateQueryPool(dev, qinfo, ffi.NULL, qp), "vkCreateQueryPool")
+            prep.query_pool = qp[0]
+        prep.cmdbuf_p = self._gpu.alloc_cmdbuf()
+        cb = prep.cmdbuf_p[0]
+        prep.fence_p = self._gpu.create_fence()
+        prep.fence = prep.fence_p[0]
+        # every push-constant byte in one C array (vkCmdPushConstants copies them while recording)
+        push = ffi.new("char[]", b"".join(op.param_bytes for op in dispatches) or b"\0")
+        begin = new("VkCommandBufferBeginInfo", sType=vk.VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO, flags=0)
+        check(lib.vkBeginCommandBuffer(cb, begin), "vkBeginCommandBuffer")  # no ONE_TIME_SUBMIT: it is replayed
+        qp = prep.query_pool
+        if qp is not None:
+            lib.vkCmdResetQueryPool(cb, qp, 0, n_ops + 1)
+        stages = STAGE_COMPUTE | STAGE_TRANSFER
+        # earlier submits' writes (any stage) become visible to this list
+        lib.vkCmdPipelineBarrier(cb, STAGE_ALL, stages, 0, 1, self._barrier_in, 0, ffi.NULL, 0, ffi.NULL)
+        if qp is not None:
+            lib.vkCmdWriteTimestamp(cb, STAGE_BOTTOM, qp, 0)
+        barrier = self._barrier
+        bind_pipeline = lib.vkCmdBindPipeline
+        bind_sets = lib.vkCmdBindDescriptorSets
+        push_constants = lib.vkCmdPushConstants
+        dispatch = lib.vkCmdDispatch
+        written: list[Range] = []  # since the last barrier
+        read: list[Range] = []
+        current = None
+        j = 0
+        pc_off = 0
+        labels = prep.labels
+        region = new("VkBufferCopy")
+        for i, (op, variant, handle, grid) in enumerate(plan):
+            if variant is not None:
+                reads, writes = _ranges(op)
+            else:
+                reads = [(id(op.src), op.src_offset, op.src_offset + op.size)]
+                writes = [(id(op.dst), op.dst_offset, op.dst_offset + op.size)]
+            if _overlaps(written, reads) or _overlaps(written, writes) or _overlaps(read, writes):
+                lib.vkCmdPipelineBarrier(cb, stages, stages, 0, 1, barrier, 0, ffi.NULL, 0, ffi.NULL)
+                prep.barriers += 1
+                written = []
+                read = []
+            written += writes
+            read += reads
+            if variant is not None:
+                pipe = op.pipeline
+                if handle != current:
+                    bind_pipeline(cb, 1, handle)  # VK_PIPELINE_BIND_POINT_COMPUTE
+                    current = handle
+                bind_sets(cb, 1, pipe.layout, 0, 1, sets + j, 0, ffi.NULL)
+                if pipe.push_size:
+                    push_constants(cb, pipe.layout, 0x20, 0, pipe.push_size, push + pc_off)  # COMPUTE stage
+                    pc_off += pipe.push_size
+                dispatch(cb, grid[0], grid[1], grid[2])
+                j += 1
+                labels.append(op.label)
+            else:
+                region.srcOffset, region.dstOffset, region.size = op.src_offset, op.dst_offset, op.size
+                lib.vkCmdCopyBuffer(cb, op.src.handle, op.dst.handle, 1, region)
+                labels.append("copy")
+            if qp is not None:
+                lib.vkCmdWriteTimestamp(cb, STAGE_BOTTOM, qp, i + 1)
+        # make every write available to the host (and to later submits)
+        lib.vkCmdPipelineBarrier(cb, stages, STAGE_HOST | STAGE_ALL, 0, 1, self._barrier_out, 0, ffi.NULL, 0, ffi.NULL)
+        check(lib.vkEndCommandBuffer(cb), "vkEndCommandBuffer")
+        prep.submit_info = new(
+            "VkSubmitInfo",
+            sType=vk.VK_STRUCTURE_TYPE_SUBMIT_INFO,
+            commandBufferCount=1,
+            pCommandBuffers=prep.cmdbuf_p,
+        )
+
+    def _descriptor_sets(self, prep: Prepared, dispatches: list[Dispatch]) -> Any:
+        """One descriptor set per dispatch, from a pool of the list's own, written once."""
+        dev = self._dev
+        n_sets = len(dispatches)
+        n_desc = sum(len(op.tensors) for op in dispatches)
+        size = new("VkDescriptorPoolSize", type=vk.VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, descriptorCount=max(n_desc, 1))
+        pool_info = new(
+            "VkDescriptorPoolCreateInfo",
+            sType=vk.VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO,
+            maxSets=n_sets,
+            poolSizeCount=1,
+            pPoolSizes=size,
+        )
+        pool = ffi.new("VkDescriptorPool*")
+        check(lib.vkCreateDescriptorPool(dev, pool_info, ffi.NULL, pool), "vkCreateDescriptorPool")
+        prep.pool = pool[0]
+        layouts = ffi.new("VkDescriptorSetLayout[]", [op.pipeline.set_layout for op in dispatches])
+        sets = ffi.new("VkDescriptorSet[]", n_sets)
+        alloc = new(
+            "VkDescriptorSetAllocateInfo",
+            sType=vk.VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO,
+            descriptorPool=prep.pool,
+            descriptorSetCount=n_sets,
+            pSetLayouts=layouts,
+        )
+        check(lib.vkAllocateDescriptorSets(dev, alloc, sets), "vkAllocateDescriptorSets")
+        infos = ffi.new("VkDescriptorBufferInfo[]", max(n_desc, 1))
+        writes = ffi.new("VkWriteDescriptorSet[]", n_sets)
+        k = 0
+        for j, op in enumerate(dispatches):
+            w = writes[j]
+            w.sType = vk.VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET
+            w.dstSet = sets[j]
+            w.dstBinding = 0
+            w.descriptorCount = len(op.tensors)
+            w.descriptorType = vk.VK_DESCRIPTOR_TYPE_STORAGE_BUFFER
+            w.pBufferInfo = infos + k
+            for t in op.tensors:
+                info = infos[k]
+                info.buffer = t.buffer.handle
+                info.offset = t.offset
+                # real sizes (VK_WHOLE_SIZE overflows in cffi: PLATFORM.md): whole words, within the buffer
+                info.range = max(4, min(-(-t.nbytes // 4) * 4, t.buffer.size - t.offset))
+                k += 1
+        lib.vkUpdateDescriptorSets(dev, n_sets, writes, 0, ffi.NULL)
+        return sets
+
+    # --- submitting and waiting -------------------------------------------------------------------
+    def submit(self, prep: Prepared) -> None:
+        if prep.pending:
+            self.wait()  # a command buffer is not submitted again while it runs
+        if prep.generation != self.frees:
+            if any(b.freed for b in prep.buffers):
+                raise ClosedError(
+                    "a buffer this command list uses was freed; record a new command list with live buffers"
+                )
+            prep.generation = self.frees
+        r = lib.vkResetFences(self._dev, 1, prep.fence_p)
+        if r:
+            check(r, "vkResetFences")
+        r = lib.vkQueueSubmit(self._queue, 1, prep.submit_info, prep.fence)
+        if r:
+            check(r, "vkQueueSubmit")
+        prep.pending = True
+        self._inflight.append(prep)
+
+    def wait(self) -> None:
+        """Wait for everything submitted (returns at once when nothing is)."""
+        inflight = self._inflight
+        if not inflight:
+            return
+        if len(inflight) == 1:
+            self._gpu.wait_fences(1, inflight[0].fence_p)
+        else:
+            self._gpu.wait_fences(len(inflight), ffi.new("VkFence[]", [p.fence for p in inflight]))
+        done = list(inflight)
+        inflight.clear()
+        for p in done:
+            p.pending = False
+            p.completed += 1
+        if self._tracer.enabled:
+            for p in done:
+                if p.query_pool is not None:
+                    self._tracer.add_gpu(self.timings(p))
+        if self._deferred:
+            self.sweep()
+
+    def timings(self, prep: Prepared) -> list[tuple[str, float]]:
+        """(label, GPU ns) per op of the last completed submit of a timed list."""
+        n = len(prep.labels) + 1
+        data = ffi.new("uint64_t[]", n)
+        r = lib.vkGetQueryPoolResults(self._dev, prep.query_pool, 0, n, 8 * n, data, 8, 0x1 | 0x2)  # 64 | WAIT
+        check(r, "vkGetQueryPoolResults")
+        bits, period = self._gpu.ts_bits, self._gpu.ts_period
+        mask = (1 << bits) - 1 if bits < 64 else (1 << 64) - 1
+        ts = [int(data[i]) & mask for i in range(n)]
+        return [(label, ((ts[i + 1] - ts[i]) & mask) * period) for i, label in enumerate(prep.labels)]
+
+    # --- releasing --------------------------------------------------------------------------------
+    def _release_later(self, prep: Prepared) -> None:
+        """The command list was garbage-collected: release its Vulkan objects once it is idle."""
+        if prep.released:
+            return
+        if prep.pending:
+            self._deferred.append(prep)
+        else:
+            self.release(prep)
+
+    def sweep(self) -> None:
+        """Release the collected lists that are no longer running."""
+        if self._deferred:
+            idle = [p for p in self._deferred if not p.pending]
+            self._deferred = [p for p in self._deferred if p.pending]
+            for p in idle:
+                self.release(p)
+
+    def release(self, prep: Prepared) -> None:
+        if prep.released:
+            return
+        prep.released = True
+        dev = self._dev
+        if prep.cmdbuf_p is not None:
+            lib.vkFreeCommandBuffers(dev, self._gpu.cmd_pool, 1, prep.cmdbuf_p)
+        if prep.pool is not None:
+            lib.vkDestroyDescriptorPool(dev, prep.pool, ffi.NULL)
+        if prep.query_pool is not None:
+            lib.vkDestroyQueryPool(dev, prep.query_pool, ffi.NULL)
+        if prep.fence is not None:
+            lib.vkDestroyFence(dev, prep.fence, ffi.NULL)
+        prep.buffers = ()
+        self._preps.discard(prep)
+
+    def close(self) -> None:
+        """Wait for the device to idle and release every prepared list."""
+        lib.vkDeviceWaitIdle(self._dev)
+        self._inflight.clear()
+        self._deferred.clear()
+        for prep in list(self._preps):
+            prep.pending = False
+            self.release(prep)
+
+
+def _ranges(op: Dispatch) -> tuple[list[Range], list[Range]]:
+    """The byte ranges a dispatch reads and writes."""
+    reads, writes = [], []
+    for (reading, writing), t in zip(op.pipeline.access, op.tensors, strict=True):
+        r = (id(t.buffer), t.offset, t.offset + t.nbytes)
+        if reading:
+            reads.append(r)
+        if writing:
+            writes.append(r)
+    return reads, writes
+
+
+def _overlaps(done: list[Range], new: list[Range]) -> bool:
+    for key, s, e in new:
+        for k2, s2, e2 in done:
+            if key == k2 and s < e2 and s2 < e:
+                return True
+    return False
