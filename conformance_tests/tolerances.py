@@ -74,6 +74,7 @@ def tolerance(kernel: str, constants: dict[str, Any]) -> float:
         ) from None
     return per_dtype[dtype_key(constants)]
 
+
 # A whole model's next-token logits (tests/test_device_agreement.py): the kernels' float32
 # differences (~1e-6 each) compound over hundreds of dispatches and 30 layers of random weights
 # whose gain exceeds 1 (measured on lavapipe: 1.2e-3 for the smollm2-135m shape in float16).
