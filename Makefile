@@ -4,6 +4,8 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check
 PROMPT ?= Write a haiku about graphics cards.
 # CI sets SHADERBAY_REQUIRE_BACKENDS=numpy,wgpu,vulkan so that a backend that cannot start fails the run.
 BACKENDS ?= numpy,wgpu,vulkan
+# the GPU kernels again without subgroup operations (the variant devices without them get)
+GPU_BACKENDS ?= wgpu,vulkan
 
 .PHONY: run test test-slow lint format system-deps install shaders bench
 
@@ -13,6 +15,7 @@ run: system-deps install
 test: system-deps install lint
 	$(PY) -m pytest -q -m "not slow" tests
 	$(PY) -m pytest -q -p no:cacheprovider --pyargs shaderbay.conformance --backend $(BACKENDS)
+	SHADERBAY_NO_SUBGROUPS=1 $(PY) -m pytest -q -p no:cacheprovider --pyargs shaderbay.conformance --backend $(GPU_BACKENDS)
 
 # Long checks on the real default model (every golden prompt on every backend): run before resolving.
 test-slow: install
@@ -29,9 +32,9 @@ format:
 # The Vulkan loader, the lavapipe software driver (GPU backends without a GPU), a shader compiler
 # and the validation layers. Needs root and apt; elsewhere install the equivalents yourself.
 system-deps:
-	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && ! (command -v glslc >/dev/null && ldconfig -p | grep -q libvulkan.so.1 && [ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] && [ -e /usr/share/vulkan/explicit_layer.d/VkLayer_khronos_validation.json ]); then \
+	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && ! (command -v glslc >/dev/null && command -v spirv-val >/dev/null && ldconfig -p | grep -q libvulkan.so.1 && [ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] && [ -e /usr/share/vulkan/explicit_layer.d/VkLayer_khronos_validation.json ]); then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			libvulkan1 mesa-vulkan-drivers glslc vulkan-validationlayers >/dev/null; fi
+			libvulkan1 mesa-vulkan-drivers glslc spirv-tools vulkan-validationlayers >/dev/null; fi
 
 install:
 	$(PIP) -e ".[dev]"

