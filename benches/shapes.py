@@ -1,8 +1,7 @@
 """Model shapes and the bytes each kernel dispatch must move (the roofline's numerator).
 
-`Shape` is the handful of hyper-parameters the benches need. It comes from the model's
-own config when a model is loaded, from `shaderbay.models.synthetic` for a named synthetic
-shape, or from the fallback table below when the models package does not provide it.
+`Shape` is a model's own ModelConfig under a name: from the checkpoint's config.json, or from
+`shaderbay.models.synthetic` for a named random-weight shape.
 
 `dispatch_bytes` counts the *minimum unique* bytes a kernel reads and writes (weights once,
 activations once, the live part of the KV cache once): achieved GB/s = those bytes / time,
@@ -12,44 +11,14 @@ compared with the copy bandwidth (bytes read + bytes written per second by a buf
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from shaderbay.dtypes import itemsize
+from shaderbay.models.config import ModelConfig
+from shaderbay.models.synthetic import SHAPES, synthetic_config
 
 DTYPE_NAMES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16", "f32": "f32", "f16": "f16", "bf16": "bf16"}
-
-# Hugging Face config.json fields of the named shapes; used only when shaderbay.models.synthetic
-# does not define the name.
-FALLBACK_CONFIGS: dict[str, dict[str, Any]] = {
-    "tiny": {
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "num_hidden_layers": 2,
-        "vocab_size": 256,
-        "tie_word_embeddings": True,
-    },
-    "smollm2-135m": {
-        "hidden_size": 576,
-        "intermediate_size": 1536,
-        "num_attention_heads": 9,
-        "num_key_value_heads": 3,
-        "num_hidden_layers": 30,
-        "vocab_size": 49152,
-        "tie_word_embeddings": True,
-    },
-    "llama-3.2-1b": {
-        "hidden_size": 2048,
-        "intermediate_size": 8192,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "num_hidden_layers": 16,
-        "vocab_size": 128256,
-        "tie_word_embeddings": True,
-    },
-}
 
 
 def weight_dtype(name: str) -> str:
@@ -59,35 +28,18 @@ def weight_dtype(name: str) -> str:
         raise ValueError(f"unknown dtype {name!r}; use float32, float16 or bfloat16") from None
 
 
+SHAPE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim", "vocab_size", "tie_word_embeddings")
+
+
 @dataclass(frozen=True)
 class Shape:
+    """A model's hyper-parameters (its own ModelConfig, whose attributes it exposes) under a name."""
+
     name: str
-    dim: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    ffn_dim: int
-    vocab_size: int
-    tie_word_embeddings: bool = True
+    config: ModelConfig
 
-    @property
-    def q_dim(self) -> int:
-        return self.n_heads * self.head_dim
-
-    @property
-    def kv_dim(self) -> int:
-        return self.n_kv_heads * self.head_dim
-
-    @property
-    def qkv_dim(self) -> int:
-        return self.q_dim + 2 * self.kv_dim
-
-    @property
-    def n_params(self) -> int:
-        per_layer = self.qkv_dim * self.dim + self.q_dim * self.dim + 3 * self.ffn_dim * self.dim + 2 * self.dim
-        head = 0 if self.tie_word_embeddings else self.vocab_size * self.dim
-        return self.vocab_size * self.dim + self.n_layers * per_layer + self.dim + head
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.config, attr)
 
     def weights_bytes(self, wdtype: str) -> int:
         """The weights' own size: matrices in `wdtype`; norm weights are counted in it too."""
@@ -102,81 +54,25 @@ class Shape:
         return 2 * self.n_layers * max_context * self.kv_dim * itemsize(cache_dtype)
 
     def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["n_params"] = self.n_params
-        return d
-
-    @classmethod
-    def from_config(cls, config: Any, name: str = "") -> Shape:
-        """From a shaderbay.models ModelConfig (or anything with its attribute names) or an HF config dict."""
-        if isinstance(config, dict):
-            n_heads = config["num_attention_heads"]
-            dim = config["hidden_size"]
-            return cls(
-                name=name or config.get("_name_or_path", "") or "model",
-                dim=dim,
-                n_layers=config["num_hidden_layers"],
-                n_heads=n_heads,
-                n_kv_heads=config.get("num_key_value_heads") or n_heads,
-                head_dim=config.get("head_dim") or dim // n_heads,
-                ffn_dim=config["intermediate_size"],
-                vocab_size=config["vocab_size"],
-                tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-            )
-        return cls(
-            name=name or "model",
-            dim=config.dim,
-            n_layers=config.n_layers,
-            n_heads=config.n_heads,
-            n_kv_heads=config.n_kv_heads,
-            head_dim=config.head_dim,
-            ffn_dim=config.ffn_dim,
-            vocab_size=config.vocab_size,
-            tie_word_embeddings=bool(config.tie_word_embeddings),
-        )
+        return {"name": self.name, **{f: getattr(self.config, f) for f in SHAPE_FIELDS}, "n_params": self.n_params}
 
 
 def synthetic_names() -> list[str]:
-    names = set(FALLBACK_CONFIGS)
-    try:
-        from shaderbay.models import synthetic
-
-        names |= set(getattr(synthetic, "SHAPES", None) or getattr(synthetic, "CONFIGS", None) or {})
-    except ImportError:
-        pass
-    return sorted(names)
+    return sorted(SHAPES)
 
 
 def named_shape(name: str) -> Shape:
-    """A named synthetic shape: from shaderbay.models.synthetic when it defines it, else the fallback table."""
-    try:
-        from shaderbay.models import synthetic
-
-        table = getattr(synthetic, "SHAPES", None) or getattr(synthetic, "CONFIGS", None) or {}
-        if name in table:
-            cfg = table[name]
-            if isinstance(cfg, dict) and "hidden_size" not in cfg:
-                from shaderbay.models.config import ModelConfig
-
-                cfg = ModelConfig(**cfg)
-            elif isinstance(cfg, dict):
-                cfg = {"architectures": ["LlamaForCausalLM"], **cfg}
-            return Shape.from_config(cfg, name)
-    except ImportError:
-        pass
-    if name not in FALLBACK_CONFIGS:
-        raise ValueError(f"unknown synthetic shape {name!r}; known: {', '.join(synthetic_names())}")
-    return Shape.from_config(FALLBACK_CONFIGS[name], name)
+    """A named synthetic shape (shaderbay.models.synthetic)."""
+    return Shape(name, ModelConfig.from_dict(synthetic_config(name), source=f"synthetic {name}"))
 
 
 def checkpoint_shape(path: Any, name: str = "") -> tuple[Shape, str]:
     """The shape and weight dtype of a checkpoint directory (config.json and the safetensors header)."""
     from shaderbay.models.checkpoint import SafetensorsCheckpoint
-    from shaderbay.models.config import ModelConfig
 
     ckpt = SafetensorsCheckpoint(path)
     try:
-        return Shape.from_config(ModelConfig.from_dir(path), name), ckpt.infos()["model.embed_tokens.weight"].dtype
+        return Shape(name or "model", ModelConfig.from_dir(path)), ckpt.infos()["model.embed_tokens.weight"].dtype
     finally:
         ckpt.close()
 
