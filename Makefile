@@ -10,7 +10,7 @@ GPU_BACKENDS ?= wgpu,vulkan
 .PHONY: run test test-slow lint format system-deps install shaders bench
 
 run: system-deps install
-	$(PY) -m shaderbay.cli generate "$(PROMPT)"
+	$(PY) -m shaderbay.cli generate --chat --max-tokens 96 "$(PROMPT)"
 
 test: system-deps install lint
 	$(PY) -m pytest -q -m "not slow" tests
