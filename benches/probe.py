@@ -22,7 +22,7 @@ from typing import Any
 
 from shaderbay.trace import Tracer
 
-API_METHODS = ("submit", "write", "read", "upload", "empty", "buffer", "free", "pipeline", "command_list")
+API_METHODS = ("submit", "write", "read", "read_after", "upload", "empty", "buffer", "free", "pipeline", "command_list")
 RECORD_METHODS = ("dispatch", "copy")
 
 
@@ -77,6 +77,7 @@ class Probe:
             if hasattr(backend, name):
                 setattr(backend, name, self._wrap(name, getattr(backend, name)))
         backend.wait = self._wrap_wait(backend.wait)
+        backend.wait_for = self._wrap_wait(backend.wait_for)
         if hasattr(backend, "_prepare"):  # runs inside the first submit of a list: timed on its own too
             backend._prepare = self._wrap_inner("prepare", backend._prepare)
 

@@ -119,6 +119,10 @@ def kernel_bytes(kernel: str, params: dict[str, Any], dtypes: dict[str, str], co
         hd, nh, nkv = p["head_dim"], p["n_heads"], p["n_kv_heads"]
         live = min(context if context is not None else p["max_seq"], p["max_seq"])
         return 2 * live * nkv * hd * size("k_cache") + rows * (2 * nh * hd * f + 4)
+    if kernel == "decode_attention":  # one row: its q, k, v, the live cache rows (row p written), out
+        hd, nh, nkv = p["head_dim"], p["n_heads"], p["n_kv_heads"]
+        live = min(context if context is not None else p["max_seq"], p["max_seq"])
+        return 2 * live * nkv * hd * size("k_cache") + (2 * nh + 2 * nkv) * hd * f + 4 + hd // 2 * f
     if kernel == "silu_mul":
         return rows * p["n"] * 3 * f
     if kernel == "add":
@@ -140,7 +144,7 @@ def kernel_flops(kernel: str, params: dict[str, Any], context: int | None = None
     rows = p.get("rows", 1)
     if kernel == "matmul":
         return 2 * rows * p["n"] * p["k"]
-    if kernel == "attention":
+    if kernel in ("attention", "decode_attention"):
         end = min(context if context is not None else p["max_seq"], p["max_seq"])
         live = rows * end - rows * (rows - 1) // 2 if rows <= end else end * (end + 1) // 2
         return 4 * p["head_dim"] * p["n_heads"] * live
@@ -182,8 +186,8 @@ def _shape_key(dispatch: Any) -> str:
         return f"embed {c.get('wdtype')} {p['vocab']}x{p['dim']} r{p['rows']}"
     if name == "rope":
         return f"rope {p['heads']}x{p['head_dim']} r{p['rows']}"
-    if name in ("kv_write", "attention"):
-        return f"{name} {c.get('cache_dtype')} r{p['rows']}"
+    if name in ("kv_write", "attention", "decode_attention"):
+        return f"{name} {c.get('cache_dtype')} r{p.get('rows', 1)}"
     if name == "sample":
         return f"sample {p['n']}"
     return name

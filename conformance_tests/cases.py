@@ -171,12 +171,22 @@ def small_shape(draw: Callable, kernel: str, constants: dict[str, Any]) -> dict[
             "max_seq": draw(dim(48)),
             "extra": draw(st.integers(0, 3)),
         }
+    if kernel == "decode_attention":
+        return {
+            "n_kv_heads": draw(dim(3)),
+            "group": draw(dim(4)),
+            "head_dim": draw(st.one_of(even_dim(66), st.sampled_from([64, 128, 256]))),
+            "max_seq": draw(dim(48)),
+            "extra": draw(st.integers(0, 5)),
+        }
     if kernel == "add":
         return {"n": draw(st.one_of(dim(300), st.integers(300, 5000)))}
     if kernel == "argmax":
         return {"rows": draw(dim(5)), "n": draw(dim(700))}
     if kernel == "sample":
         return {"n": draw(dim(700)), "hist_cap": draw(dim(40))}
+    if kernel == "advance":
+        return {"steps": draw(st.one_of(st.just(1), st.integers(0, U32_MAX)))}
     raise LookupError(f"the conformance suite has no cases for kernel {kernel!r}: add them to cases.py")
 
 
@@ -221,9 +231,14 @@ LADDERS: dict[str, list[dict[str, int]]] = {
         {"rows": 1, "n_kv_heads": 8, "group": 4, "head_dim": 128, "max_seq": 8192, "extra": 0},
         {"rows": 64, "n_kv_heads": 8, "group": 4, "head_dim": 128, "max_seq": 4096, "extra": 0},
     ],
+    "decode_attention": [  # the last position of the cache: every row is live
+        {"n_kv_heads": 3, "group": 3, "head_dim": 64, "max_seq": 2048, "extra": 0, "position": 2047},
+        {"n_kv_heads": 8, "group": 4, "head_dim": 128, "max_seq": 8192, "extra": 0, "position": 8191},
+    ],
     "silu_mul": [{"rows": 1, "n": 1536}, {"rows": 64, "n": 8192}, {"rows": 256, "n": 14336}],
     "add": [{"n": 1 << 16}, {"n": (1 << 20) + 3}, {"n": 1 << 24}],
     "argmax": [{"rows": 1, "n": 49152}, {"rows": 4, "n": 128256}, {"rows": 16, "n": 256000}],
+    "advance": [{"steps": 1}],
     "sample": [{"n": 49152, "hist_cap": 64}, {"n": 128256, "hist_cap": 256}, {"n": 256000, "hist_cap": 1024}],
 }
 
@@ -232,8 +247,9 @@ def shape_cost(kernel: str, shape: dict[str, int]) -> float:
     """Work of a shape, roughly (for predicting the next ladder step's time)."""
     if kernel == "matmul":
         return shape["rows"] * shape["n"] * shape["k"] + shape["n"] * shape["k"]
-    if kernel == "attention":
-        return shape["rows"] * shape["n_kv_heads"] * shape["group"] * shape["head_dim"] * shape["max_seq"]
+    if kernel in ("attention", "decode_attention"):
+        rows = shape.get("rows", 1)
+        return rows * shape["n_kv_heads"] * shape["group"] * shape["head_dim"] * shape["max_seq"]
     if kernel == "kv_write":
         return shape["kv_dim"] * shape["max_seq"] + shape["rows"] * shape["kv_dim"]
     if kernel == "embed":
@@ -420,6 +436,64 @@ def _attention(v: Values, c: dict, s: dict) -> Case:
     )
 
 
+def _decode_attention(v: Values, c: dict, s: dict) -> Case:
+    nkv, group, hd, max_seq = s["n_kv_heads"], s["group"], s["head_dim"], s["max_seq"]
+    nh = nkv * group
+    kv_dim = nkv * hd
+    stride = (nh + 2 * nkv) * hd + s["extra"]
+    if "position" in s:
+        mode, position = "given", s["position"]
+    else:  # the first, some, the last row of the cache; or past it (nothing written, all rows visible)
+        mode = v.pick(("first", "mid", "last", "past"))
+        position = {
+            "first": 0,
+            "mid": v.int(0, max_seq - 1),
+            "last": max_seq - 1,
+            "past": v.pick((max_seq, max_seq + v.int(1, 3), 4095)) if max_seq < 4095 else max_seq,
+        }[mode]
+    theta = v.pick((10000.0, 100000.0, 500000.0, 100.0))
+    scaling = v.pick((None, LLAMA3_SCALING))
+    scale = float(np.float32(v.pick((1.0 / math.sqrt(hd), 0.05, 0.5, 2.0))))
+    cache_dt = c["cache_dtype"]
+    k_cache = v.floats(max_seq * kv_dim, -2.0, 2.0, cache_dt)
+    v_cache = v.floats(max_seq * kv_dim, -2.0, 2.0, cache_dt)
+    note = f"position {position} ({mode}) of {max_seq}, theta={theta:g} scaling={'llama3' if scaling else 'none'}"
+    written = np.zeros((max_seq, kv_dim), bool)
+    if position < max_seq:
+        written[position] = True
+        if v.bool():
+            # the row the kernel writes and every row past it hold NaN: a kernel that reads row p
+            # from the cache before (or instead of) writing it, or reads later rows, is caught
+            k_cache = k_cache.copy()
+            v_cache = v_cache.copy()
+            k_cache[position * kv_dim :] = _nan_of(cache_dt)[0]
+            v_cache[position * kv_dim :] = _nan_of(cache_dt)[0]
+            note += ", NaN from row p on"
+    mask = written.reshape(-1)
+    return Case(
+        "decode_attention",
+        c,
+        {
+            "n_heads": nh,
+            "n_kv_heads": nkv,
+            "head_dim": hd,
+            "stride": stride,
+            "max_seq": max_seq,
+            "scale": scale,
+        },
+        {
+            "qkv": v.floats(stride, -2.0, 2.0),
+            "positions": np.array([position], np.uint32),
+            "inv_freq": inverse_frequencies(hd, theta, scaling).astype(np.float32),
+            "k_cache": k_cache,
+            "v_cache": v_cache,
+        },
+        written={"k_cache": mask, "v_cache": mask},
+        sizes={"out": nh * hd},
+        note=note,
+    )
+
+
 def _silu_mul(v: Values, c: dict, s: dict) -> Case:
     rows, n = s["rows"], s["n"]
     return Case(
@@ -503,6 +577,18 @@ def _sample(v: Values, c: dict, s: dict) -> Case:
     )
 
 
+def _advance(v: Values, c: dict, s: dict) -> Case:
+    near_wrap = v.bool()  # counters close to 2**32 must wrap, not saturate
+    lo = U32_MAX - 3 if near_wrap else 0
+    return Case(
+        "advance",
+        c,
+        {"steps": s["steps"]},
+        {"position": v.uints(1, lo, U32_MAX), "state": v.uints(4, lo, U32_MAX)},
+        note="near 2**32" if near_wrap else "",
+    )
+
+
 _BUILDERS: dict[str, Callable[[Values, dict, dict], Case]] = {
     "embed": _embed,
     "rmsnorm": _rmsnorm,
@@ -510,10 +596,12 @@ _BUILDERS: dict[str, Callable[[Values, dict, dict], Case]] = {
     "rope": _rope,
     "kv_write": _kv_write,
     "attention": _attention,
+    "decode_attention": _decode_attention,
     "silu_mul": _silu_mul,
     "add": _add,
     "argmax": _argmax,
     "sample": _sample,
+    "advance": _advance,
 }
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
+from shaderbay.backend import Usage
 from shaderbay.backends.numpy.kernels import REFERENCE
 from shaderbay.conformance.harness import relative_error
 from shaderbay.conformance.plugin import require_kernels
@@ -373,6 +374,35 @@ def test_many_submits_then_one_read(backend) -> None:
     finally:
         x.buffer.free()
         one.buffer.free()
+
+
+def test_read_after_reads_one_submit_while_later_ones_run(backend) -> None:
+    """Run-ahead: two recordings of a step alternate, each copying its result to its own READBACK
+    buffer; reading one after its submit gives that submit's result, whatever was queued after it."""
+    require_kernels(backend, "add")
+    n = 4096
+    x = backend.upload(np.zeros(n, np.float32))
+    one = backend.upload(np.ones(n, np.float32))
+    slots = [backend.empty(1, "f32", Usage.READBACK) for _ in range(2)]
+    try:
+        steps = []
+        for slot in slots:
+            cmd = backend.command_list(f"step#{len(steps)}")
+            for _ in range(20):  # long enough that the next step is still queued when one is read
+                cmd.dispatch(backend.pipeline("add"), {"x": x, "y": one}, n=n)
+            cmd.copy(x.buffer, slot.buffer, 4, x.offset + 4 * (n - 1), slot.offset)
+            steps.append(cmd)
+        got = []
+        backend.submit(steps[0])
+        for i in range(1, 9):
+            backend.submit(steps[i % 2])
+            got.append(float(backend.read_after(steps[(i - 1) % 2], slots[(i - 1) % 2])[0]))
+        got.append(float(backend.read_after(steps[0], slots[0])[0]))
+        assert got == [20.0 * (i + 1) for i in range(9)]
+        np.testing.assert_array_equal(backend.read(x), np.full(n, 180, np.float32))
+    finally:
+        for t in (x, one, *slots):
+            t.buffer.free()
 
 
 @pytest.mark.parametrize("count", [1, 200])

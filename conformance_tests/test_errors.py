@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from shaderbay.backend import Usage
 from shaderbay.conformance.plugin import require_kernels
 from shaderbay.errors import (
     BindingError,
@@ -211,6 +212,28 @@ def test_out_of_range_and_misaligned_copy(backend) -> None:
     finally:
         a.free()
         b.free()
+
+
+def test_readback_buffers_are_only_copied_into(backend, add_setup) -> None:
+    """READBACK buffers take copies and host reads: binding one, copying out of one or waiting on
+    it through read_after for a DEVICE tensor are refused with what to do instead."""
+    add, x, y = add_setup
+    down = backend.empty(8, "f32", Usage.READBACK)
+    try:
+        with pytest.raises(BindingError, match="copy the result"):
+            backend.command_list().dispatch(add, {"x": down, "y": y}, n=8)
+        with pytest.raises(BindingError, match="only copied into"):
+            backend.command_list().copy(down.buffer, x.buffer, 32)
+        cmd = backend.command_list()
+        cmd.copy(y.buffer, down.buffer, 32)
+        with pytest.raises(BindingError, match="submitted"):
+            backend.read_after(cmd, down)
+        backend.submit(cmd)
+        with pytest.raises(BindingError, match="READBACK"):
+            backend.read_after(cmd, x)
+        np.testing.assert_array_equal(backend.read_after(cmd, down), np.ones(8, np.float32))
+    finally:
+        down.buffer.free()
 
 
 def test_misaligned_binding_offset(backend, add_setup) -> None:

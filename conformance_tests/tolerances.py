@@ -12,8 +12,8 @@ budgets below are for the arithmetic a GPU does differently from the reference.
 
 Why these numbers:
 
-- Copies and exact conversions (embed, kv_write to an f32 cache, argmax's index) must be
-  exact: 0. A 1e-6 budget for embed only forgives a device flushing subnormals to zero.
+- Copies, counters and exact conversions (embed, kv_write to an f32 cache, argmax's index,
+  advance) must be exact: 0. A 1e-6 budget for embed only forgives a device flushing subnormals to zero.
 - kv_write into an f16 cache may round a float32 to nearest-even or toward zero: one f16
   ulp is 2^-10 ≈ 9.8e-4 of the value.
 - ``add`` is one correctly rounded float32 addition per element.
@@ -25,7 +25,9 @@ Why these numbers:
 - rope: the angle is float32 and cos/sin of angles up to thousands of radians in float32
   lose about |angle| · 2^-24 absolute; 1e-3 is well above that and far below a sign error.
 - attention: float32 softmax (exp) and a weighted sum over up to max_seq rows; f16
-  caches allow half-precision dot products.
+  caches allow half-precision dot products. decode_attention (rope + kv_write + attention
+  of one row) has attention's budgets: its rotation's error is far below them, and the
+  cache row it writes is compared with them too.
 
 A broken kernel is typically off by 1e-1 or more (or leaves NaN poison behind), so these
 budgets separate right from wrong by orders of magnitude. ``SAMPLE_MARGIN`` is the
@@ -49,7 +51,10 @@ TOLERANCES: dict[str, dict[str, float]] = {
     "add": {"f32": 1e-6},
     "argmax": {"f32": 0.0},
     "sample": {"f32": 0.0},
+    "advance": {"f32": 0.0},
 }
+
+TOLERANCES["decode_attention"] = TOLERANCES["attention"]
 
 SAMPLE_MARGIN = 1e-4
 

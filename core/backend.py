@@ -28,7 +28,7 @@ class Usage(Enum):
 
     DEVICE = "device"  # written rarely (weights, caches, activations)
     UPLOAD = "upload"  # written by the host every step (positions, sampler state)
-    READBACK = "readback"  # read by the host every step (the sampled token)
+    READBACK = "readback"  # read by the host every step; filled by copies, never bound to a kernel
 
 
 @dataclass(frozen=True)
@@ -174,6 +174,11 @@ class CommandList:
             if not isinstance(t, Tensor):
                 raise BindingError(f"{spec.name}.{b.name}: expected a Tensor, got {type(t).__name__}")
             self.backend.check_owned(t.buffer)
+            if t.buffer.usage is Usage.READBACK:
+                raise BindingError(
+                    f"{spec.name}.{b.name}: a READBACK buffer cannot be bound to a kernel; bind a DEVICE "
+                    "buffer and copy the result into the READBACK one (CommandList.copy)"
+                )
             want = pipeline.dtypes[b.name]
             if t.dtype != want:
                 raise BindingError(f"{spec.name}.{b.name} holds {want}, got a {t.dtype} tensor")
@@ -199,6 +204,8 @@ class CommandList:
         self._check_open()
         for buf in (src, dst):
             self.backend.check_owned(buf)
+        if src.usage is Usage.READBACK:
+            raise BindingError("a READBACK buffer is only copied into; copy from the DEVICE buffer it was filled from")
         align = self.backend.caps.copy_alignment
         if size <= 0 or (size | src_offset | dst_offset) % align:
             raise OutOfRange(f"copy size and offsets must be positive multiples of {align} bytes")
@@ -252,6 +259,10 @@ class Backend(ABC):
 
     @abstractmethod
     def _wait(self) -> None: ...
+
+    def _wait_for(self, cmd: CommandList) -> None:
+        """Block until the last submit of `cmd` is done; backends that can tell submits apart override it."""
+        self._wait()
 
     @abstractmethod
     def _close(self) -> None: ...
@@ -328,6 +339,18 @@ class Backend(ABC):
             return data.view(host_dtype(target.dtype)).reshape(target.shape)
         return data
 
+    def read_after(self, cmd: CommandList, target: Tensor) -> np.ndarray:
+        """Read a READBACK tensor that `cmd` fills, once the last submit of `cmd` is done, without waiting
+        for anything submitted after it: the host reads step n's token while step n+1 runs."""
+        self.check_owned(target.buffer)
+        if target.buffer.usage is not Usage.READBACK:
+            raise BindingError(f"read_after reads READBACK tensors, got a {target.buffer.usage.value} one; use read")
+        if cmd.backend is not self or not cmd.sealed:
+            raise BindingError("read_after needs a command list submitted on this backend")
+        self.wait_for(cmd)
+        data = np.frombuffer(bytes(self._read(target.buffer, target.offset, target.nbytes)), np.uint8)
+        return data.view(host_dtype(target.dtype)).reshape(target.shape)
+
     def free(self, buffer: Buffer) -> None:
         self.check_owned(buffer)
         self._free(buffer)
@@ -373,6 +396,12 @@ class Backend(ABC):
         self._check_alive()
         with self.tracer.span("wait"):
             self._wait()
+
+    def wait_for(self, cmd: CommandList) -> None:
+        """Block until the last submit of `cmd` (and everything submitted before it) is done."""
+        self._check_alive()
+        with self.tracer.span("wait"):
+            self._wait_for(cmd)
 
     def run(self, cmd: CommandList) -> None:
         self.submit(cmd)

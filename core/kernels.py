@@ -264,6 +264,40 @@ CATALOGUE: dict[str, KernelSpec] = {
             ),
         ),
         KernelSpec(
+            "decode_attention",
+            "One decode step's rope + kv_write + attention, for a single row. With p = positions[0], "
+            "q = qkv[0, :n_heads*head_dim], k and v the next n_kv_heads*head_dim columns each (the "
+            "fused qkv row, `stride` wide): q and k are rotated as `rope` does (angle = float32(p) * "
+            "inv_freq[i]), the rotated k and v go to k_cache[p] and v_cache[p] rounded to cache_dtype "
+            "(dropped if p >= max_seq, as `kv_write`), and out = `attention` of the rotated q over the "
+            "caches (L = min(p + 1, max_seq)). qkv itself is left as it is.",
+            bindings=(
+                Binding("qkv", "f32", ("1", "stride")),
+                Binding("positions", "u32", ("1",)),
+                Binding("inv_freq", "f32", ("head_dim // 2",)),
+                Binding("k_cache", "{cache_dtype}", ("max_seq", "n_kv_heads * head_dim"), "readwrite"),
+                Binding("v_cache", "{cache_dtype}", ("max_seq", "n_kv_heads * head_dim"), "readwrite"),
+                Binding("out", "f32", ("1", "n_heads * head_dim"), "write"),
+            ),
+            params=(
+                Param("n_heads", "u32"),
+                Param("n_kv_heads", "u32"),
+                Param("head_dim", "u32"),
+                Param("stride", "u32"),
+                Param("max_seq", "u32"),
+                Param("scale", "f32"),
+            ),
+            constants=(CACHE,),
+            constraints=(
+                "n_kv_heads >= 1",
+                "n_heads % n_kv_heads == 0",
+                "(n_heads + 2 * n_kv_heads) * head_dim <= stride",
+                "head_dim % 2 == 0",
+                "head_dim <= 256",
+                "max_seq >= 1",
+            ),
+        ),
+        KernelSpec(
             "silu_mul",
             "SiLU-gated multiply: out[r] = silu(gate_up[r, :n]) * gate_up[r, n:], silu(g) = g / (1 + exp(-g)).",
             bindings=(
@@ -311,6 +345,14 @@ CATALOGUE: dict[str, KernelSpec] = {
                 Param("penalty", "f32"),
             ),
             constraints=("n >= 1", "hist_cap >= 1", "0 < top_p <= 1", "penalty > 0"),
+        ),
+        KernelSpec(
+            "advance",
+            "Moves a recorded decode step on by `steps` tokens, so that the host writes nothing between "
+            "steps: position[0] += steps, and the sampler's step and history length with it "
+            "(state[1] += steps, state[2] += steps); u32 arithmetic, wrapping at 2**32.",
+            bindings=(Binding("position", "u32", ("1",), "readwrite"), Binding("state", "u32", ("4",), "readwrite")),
+            params=(Param("steps", "u32"),),
         ),
     )
 }

@@ -1,18 +1,26 @@
 """The Llama-family forward pass, recorded as command lists on any backend.
 
 Weights are uploaded once in their stored precision, with q/k/v fused into one matrix and
-gate/up into another, so that a layer is seven dispatches:
+gate/up into another, so that a decode step's layer is five dispatches:
 
-    matmul(rmsnorm prologue) -> qkv        rope on q and k (adjacent in each qkv row)
-    kv_write (k, v -> this layer's cache)  attention (reads q from qkv, the cache)
-    matmul(o, accumulate into x)           matmul(rmsnorm prologue) -> gate|up
+    matmul(rmsnorm prologue) -> qkv
+    decode_attention (rope on the row's q and k, k and v -> this layer's cache, attention)
+    matmul(o, accumulate into x)
+    matmul(rmsnorm prologue) -> gate|up
     matmul(silu_mul prologue, down, accumulate into x)
 
-A decode step (embed, the layers, the final norm + lm_head, argmax or sample) is recorded
-once per sampling setting and submitted again for every token. Its inputs live in small
-device buffers: the token id (written by argmax/sample, read by embed; only its 4 bytes come
-back to the host), the position and the sampler state (written by the host each token) and
-the token history (for the repetition penalty). Prefill is recorded per chunk length.
+A prefill chunk (several rows) takes seven: decode_attention's work is three dispatches
+there, rope on q and k (adjacent in each qkv row), kv_write (k, v -> the cache) and
+attention (reads q from qkv, the cache).
+
+A decode step (embed, the layers, the final norm + lm_head, argmax or sample, `advance`, a
+4-byte copy of the token to a read-back buffer) is recorded once per sampling setting and
+submitted again for every token. Its state lives on the device: the token id (written by
+argmax/sample, read by the next step's embed), the position and the sampler's counters
+(moved on by `advance`) and the token history (for the repetition penalty). So the host
+writes nothing per token and runs one step ahead of the device: two recordings of the step
+(each copying its token to its own read-back buffer) alternate, and while the device runs
+step n+1 the host reads step n's token. Prefill is recorded per chunk length.
 """
 
 from __future__ import annotations
@@ -20,12 +28,12 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-from shaderbay.backend import Backend, CommandList, Tensor, Usage
+from shaderbay.backend import Backend, CommandList, Dispatch, Tensor, Usage
 from shaderbay.dtypes import itemsize, to_f32
 from shaderbay.errors import BindingError, ContextLengthExceeded, ModelError
 from shaderbay.rope import inverse_frequencies
@@ -34,6 +42,8 @@ from .checkpoint import Checkpoint, TensorInfo
 from .config import ModelConfig
 
 ProgressFn = Callable[[float, float, str], None]
+
+RUN_AHEAD = 2  # decode steps in flight: the host reads one step's token while the next runs
 
 
 # --- weights --------------------------------------------------------------------------------
@@ -302,6 +312,7 @@ class _Scratch:
     position: Tensor
     state: Tensor
     history: Tensor
+    readback: list[Tensor]  # one per recording of the decode step (RUN_AHEAD of them)
     all_logits: list[Tensor] | None = None
     extra: list[Tensor] = field(default_factory=list)
 
@@ -361,10 +372,11 @@ class Llama:
                 logits=new((1, c.vocab_size)),
                 ids=new(R, "u32", Usage.UPLOAD),
                 positions=new(R, "u32", Usage.UPLOAD),
-                token=new(1, "u32", Usage.READBACK),
-                position=new(1, "u32", Usage.UPLOAD),
-                state=new(4, "u32", Usage.UPLOAD),
+                token=new(1, "u32"),
+                position=new(1, "u32"),  # written once per generate, then moved on by `advance`
+                state=new(4, "u32"),
                 history=new(self.max_context, "u32"),
+                readback=[new(1, "u32", Usage.READBACK) for _ in range(RUN_AHEAD)],
             )
         except BaseException:
             self.close()
@@ -414,31 +426,45 @@ class Llama:
                 {"table": w.embed, "ids": ids, "out": x},
                 rows=rows, dim=c.dim, vocab=c.vocab_size,
             )  # fmt: skip
-        rope = self._pipe("rope")
-        kv_write = self._pipe("kv_write", cache_dtype=self.cache_dtype)
-        attention = self._pipe("attention", cache_dtype=self.cache_dtype)
         scale = 1.0 / math.sqrt(c.head_dim)
         for i, (lw, (k_cache, v_cache)) in enumerate(zip(w.layers, self.caches, strict=True)):
             self._matmul(cmd, x, lw.wqkv, qkv, rows, norm=lw.attn_norm, bias=lw.bqkv, label=f"L{i}.qkv")
-            cmd.dispatch(
-                rope, {"x": qkv, "positions": positions, "inv_freq": w.inv_freq}, f"L{i}.rope",
-                rows=rows, heads=c.n_heads + c.n_kv_heads, head_dim=c.head_dim, stride=c.qkv_dim, offset=0,
-            )  # fmt: skip
-            cmd.dispatch(
-                kv_write, {"src": qkv, "positions": positions, "k_cache": k_cache, "v_cache": v_cache}, f"L{i}.kv",
-                rows=rows, stride=c.qkv_dim, k_offset=c.q_dim, v_offset=c.q_dim + c.kv_dim, kv_dim=c.kv_dim,
-                max_seq=self.max_context,
-            )  # fmt: skip
-            cmd.dispatch(
-                attention,
-                {"q": qkv, "k_cache": k_cache, "v_cache": v_cache, "positions": positions, "out": attn},
-                f"L{i}.attn",
-                rows=rows, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads, head_dim=c.head_dim, q_stride=c.qkv_dim,
-                max_seq=self.max_context, scale=scale,
-            )  # fmt: skip
+            if rows == 1:  # one dispatch: rope, the cache write and attention of the one row
+                cmd.dispatch(
+                    self._pipe("decode_attention", cache_dtype=self.cache_dtype),
+                    {"qkv": qkv, "positions": positions, "inv_freq": w.inv_freq, "k_cache": k_cache,
+                     "v_cache": v_cache, "out": attn},
+                    f"L{i}.attn",
+                    n_heads=c.n_heads, n_kv_heads=c.n_kv_heads, head_dim=c.head_dim, stride=c.qkv_dim,
+                    max_seq=self.max_context, scale=scale,
+                )  # fmt: skip
+            else:
+                self._attention_rows(cmd, i, rows, qkv, positions, k_cache, v_cache, attn, scale)
             self._matmul(cmd, attn, lw.wo, x, rows, bias=lw.bo, accumulate=True, label=f"L{i}.o")
             self._matmul(cmd, x, lw.wgu, gu, rows, norm=lw.ffn_norm, bias=lw.bgu, label=f"L{i}.gate_up")
             self._matmul(cmd, gu, lw.wdown, x, rows, bias=lw.bdown, accumulate=True, silu=True, label=f"L{i}.down")
+
+    def _attention_rows(self, cmd: CommandList, i: int, rows: int, qkv: Tensor, positions: Tensor, k_cache: Tensor,
+                        v_cache: Tensor, attn: Tensor, scale: float) -> None:  # fmt: skip
+        """rope, kv_write and attention of several rows (prefill): three dispatches."""
+        c = self.config
+        cmd.dispatch(
+            self._pipe("rope"), {"x": qkv, "positions": positions, "inv_freq": self.weights.inv_freq}, f"L{i}.rope",
+            rows=rows, heads=c.n_heads + c.n_kv_heads, head_dim=c.head_dim, stride=c.qkv_dim, offset=0,
+        )  # fmt: skip
+        cmd.dispatch(
+            self._pipe("kv_write", cache_dtype=self.cache_dtype),
+            {"src": qkv, "positions": positions, "k_cache": k_cache, "v_cache": v_cache}, f"L{i}.kv",
+            rows=rows, stride=c.qkv_dim, k_offset=c.q_dim, v_offset=c.q_dim + c.kv_dim, kv_dim=c.kv_dim,
+            max_seq=self.max_context,
+        )  # fmt: skip
+        cmd.dispatch(
+            self._pipe("attention", cache_dtype=self.cache_dtype),
+            {"q": qkv, "k_cache": k_cache, "v_cache": v_cache, "positions": positions, "out": attn},
+            f"L{i}.attn",
+            rows=rows, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads, head_dim=c.head_dim, q_stride=c.qkv_dim,
+            max_seq=self.max_context, scale=scale,
+        )  # fmt: skip
 
     def _record_head(self, cmd: CommandList, rows: int, head: tuple) -> None:
         c, s, w = self.config, self.s, self.weights
@@ -468,28 +494,33 @@ class Llama:
                 top_k=top_k if top_k < c.vocab_size else 0, top_p=top_p, penalty=penalty,
             )  # fmt: skip
 
-    def _list(self, kind: str, rows: int, head: tuple | None) -> CommandList:
-        key = (kind, rows, head)
+    def _list(self, kind: str, rows: int, head: tuple | None, slot: int = 0) -> CommandList:
+        key = (kind, rows, head, slot)
         cmd = self._lists.get(key)
         if cmd is not None:
             self._lists.move_to_end(key)
             return cmd
-        cmd = self.backend.command_list(f"{kind}[{rows}]")
+        s = self.s
+        cmd = self.backend.command_list(f"{kind}[{rows}]" + (f"#{slot}" if kind == "decode" else ""))
         if kind == "decode":
-            self._record_body(cmd, 1, self.s.token, self.s.position)
+            self._record_body(cmd, 1, s.token, s.position)
         else:
-            self._record_body(cmd, rows, self.s.ids.view(shape=rows), self.s.positions.view(shape=rows))
+            self._record_body(cmd, rows, s.ids.view(shape=rows), s.positions.view(shape=rows))
         if head is not None:
             self._record_head(cmd, rows, head)
+        if kind == "decode":  # the next step's position and counters, and this step's token for the host
+            cmd.dispatch(self._pipe("advance"), {"position": s.position, "state": s.state}, steps=1)
+            cmd.copy(s.token.buffer, s.readback[slot].buffer, 4, s.token.offset, s.readback[slot].offset)
         self._lists[key] = cmd
         prefills = [k for k in self._lists if k[0] == "prefill"]
         if len(prefills) > 16:  # prompts of many lengths: keep the recent ones
             del self._lists[prefills[0]]
         return cmd
 
-    def decode_list(self, sampling: Sampling = Sampling()) -> CommandList:
-        """The recorded decode step for a sampling setting (recorded on first use)."""
-        return self._list("decode", 1, sampling.key())
+    def decode_list(self, sampling: Sampling = Sampling(), slot: int = 0) -> CommandList:
+        """A recorded decode step for a sampling setting (recorded on first use); `slot` picks one of
+        the RUN_AHEAD recordings, which differ only in the read-back buffer their token goes to."""
+        return self._list("decode", 1, sampling.key(), slot)
 
     # --- running ----------------------------------------------------------------------------
     def _check_ids(self, ids: list[int]) -> None:
@@ -567,36 +598,54 @@ class Llama:
         if not sampling.greedy:
             b.write(s.history, np.asarray(ids, np.uint32))
             b.write(s.state, np.array([seed, 0, n_prompt, 0], np.uint32))
-        decode = self._list("decode", 1, head)  # recorded before the clock starts
+        # with the embedding table on the host, each step needs the previous token first: no run-ahead
+        host_rows = self.weights.host_embed is not None
+        depth = 1 if host_rows else RUN_AHEAD
+        steps = [self.decode_list(sampling, slot) for slot in range(depth)]  # recorded before the clock starts
         t0 = time.perf_counter()
         self._prefill(ids, head)
         token = int(b.read(s.token)[0])
         stats.prefill_s = stats.first_token_s = time.perf_counter() - t0
         stats.generated_tokens = 1
         yield token
-        position = np.zeros(1, np.uint32)
-        state = np.array([seed, 0, 0, 0], np.uint32)
-        host_rows = self.weights.host_embed is not None
-        for n in range(1, max_tokens):
-            if token in stop:
-                return
-            t0 = time.perf_counter()
-            position[0] = n_prompt + n - 1
-            b.write(s.position, position)
-            if host_rows:
-                b.write(s.x, self._host_rows([token]))
-            if not sampling.greedy:
-                state[1], state[2] = n, n_prompt + n
-                b.write(s.state, state)
-            b.submit(decode)
-            token = int(b.read(s.token)[0])
-            stats.generated_tokens = n + 1
-            stats.decode_s += time.perf_counter() - t0
-            yield token
+        if token in stop or max_tokens == 1:
+            return
+        # the first decode step's position and sampler counters; `advance` moves them on from here
+        b.write(s.position, np.array([n_prompt], np.uint32))
+        if host_rows:
+            b.write(s.x, self._host_rows([token]))
+        if not sampling.greedy:
+            b.write(s.state, np.array([seed, 1, n_prompt + 1, 0], np.uint32))
+        t0 = time.perf_counter()
+        in_flight: deque[int] = deque()
+        submitted = 0
+        try:
+            while submitted < min(depth, max_tokens - 1):
+                b.submit(steps[submitted % depth])
+                in_flight.append(submitted % depth)
+                submitted += 1
+            while in_flight:
+                slot = in_flight.popleft()
+                token = int(b.read_after(steps[slot], s.readback[slot])[0])
+                if token in stop:
+                    in_flight.clear()  # what is still running is dropped (drained below)
+                elif submitted < max_tokens - 1:
+                    if host_rows:
+                        b.write(s.x, self._host_rows([token]))
+                    b.submit(steps[slot])
+                    in_flight.append(slot)
+                    submitted += 1
+                stats.generated_tokens += 1
+                stats.decode_s += time.perf_counter() - t0
+                yield token
+                t0 = time.perf_counter()
+        finally:
+            if not b.closed:
+                b.wait()  # a consumer that stops early leaves no step running
 
     @property
     def dispatches_per_token(self) -> int:
-        return sum(1 for _ in self.decode_list().ops)
+        return sum(1 for op in self.decode_list().ops if isinstance(op, Dispatch))
 
     def close(self) -> None:
         """Drop the recorded lists and free every buffer this model allocated."""

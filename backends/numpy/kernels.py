@@ -128,6 +128,32 @@ def attention(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
     b["out"][: rows * nh * hd] = out.ravel()
 
 
+def decode_attention(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
+    """rope, kv_write and attention of one row, composed (on a copy of the row: qkv stays as it is)."""
+    nh, nkv, hd, stride, max_seq = p["n_heads"], p["n_kv_heads"], p["head_dim"], p["stride"], p["max_seq"]
+    q_dim, kv_dim = nh * hd, nkv * hd
+    row = b["qkv"][:stride].copy()
+    positions = b["positions"][:1]
+    rope(
+        {"x": row, "positions": positions, "inv_freq": b["inv_freq"]},
+        {"rows": 1, "heads": nh + nkv, "head_dim": hd, "stride": stride, "offset": 0},
+        {},
+    )
+    cached = {"k_cache": b["k_cache"], "v_cache": b["v_cache"]}
+    kv_write(
+        {"src": row, "positions": positions, **cached},
+        {"rows": 1, "stride": stride, "k_offset": q_dim, "v_offset": q_dim + kv_dim, "kv_dim": kv_dim,
+         "max_seq": max_seq},
+        c,
+    )  # fmt: skip
+    attention(
+        {"q": row, "positions": positions, "out": b["out"], **cached},
+        {"rows": 1, "n_heads": nh, "n_kv_heads": nkv, "head_dim": hd, "q_stride": stride, "max_seq": max_seq,
+         "scale": p["scale"]},
+        c,
+    )  # fmt: skip
+
+
 def silu_mul(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
     rows, n = p["rows"], p["n"]
     gate_up = b["gate_up"][: rows * 2 * n].reshape(rows, 2 * n).astype(np.float64)
@@ -202,6 +228,13 @@ def sample(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
         b["history"][hist_len] = token
 
 
+def advance(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
+    steps = np.uint32(p["steps"])
+    with np.errstate(over="ignore"):
+        b["position"][0] += steps
+        b["state"][1:3] += steps
+
+
 REFERENCE: dict[str, Callable[[Arrays, dict[str, Any], dict[str, Any]], None]] = {
     "embed": embed,
     "rmsnorm": rmsnorm,
@@ -209,8 +242,10 @@ REFERENCE: dict[str, Callable[[Arrays, dict[str, Any], dict[str, Any]], None]] =
     "rope": rope,
     "kv_write": kv_write,
     "attention": attention,
+    "decode_attention": decode_attention,
     "silu_mul": silu_mul,
     "add": add,
     "argmax": argmax,
     "sample": sample,
+    "advance": advance,
 }

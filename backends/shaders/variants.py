@@ -230,6 +230,7 @@ def _simple() -> list[Variant]:
                 shared_bytes=8 * WG,
             )
         )
+    rows.append(Variant("advance", "advance", "advance.comp", {}, (1, 1, 1), lambda p: (1, 1, 1)))
     return rows
 
 

@@ -1,4 +1,4 @@
-"""Variant rows of the heavy kernels: matmul, attention, sample.
+"""Variant rows of the heavy kernels: matmul, attention, decode_attention, sample.
 
 OWNED BY THE HEAVY-KERNELS ENGINEER (glsl/matmul*.comp, glsl/attention*.comp,
 glsl/sample*.comp and this file). `heavy_variants()` returns their rows of the one
@@ -10,7 +10,8 @@ where it only applies to some (e.g. `lambda p: p["rows"] == 1` for matrix-vector
 `priority` to order the applicable ones.
 
 Names are `variants.stem(kernel, constants, *tags)`; every constant combination has a
-full set. 170 spv files in all with the simple kernels' (matmul 144, attention 12, sample 2).
+full set. 179 spv files in all with the simple kernels' (matmul 144, attention 12,
+decode_attention 8, sample 2).
 
 matmul (matmul_vec.comp, matmul_tiled.comp)
     `matmul_<consts>_vec_sg` / `_vec`: matrix-vector, when rows <= VEC_MAX_ROWS and k is a
@@ -37,6 +38,14 @@ attention (attention.comp)
     for the 2-element units, so a 256-wide head fits one invocation group). `_sg`: the
     chunk maximum by subgroupMax; without it a scan of the chunk's scores (no `_decode`
     form then).
+
+decode_attention (attention.comp with DECODE_ROPE_KV)
+    `decode_attention_<cache>[_vec][_sg]`: rope + kv_write + attention of one row, one
+    workgroup per head, grid (n_heads, 1). Each workgroup rotates its q head and its kv
+    head's k and packs k and v as cache units in shared memory, so key p is scored from there
+    like a cached row; the first head of each kv group writes row p of the caches. `_vec` as
+    attention's; `_sg`: 256 invocations (attention's `_decode` form), else 64 (128 for
+    2-element units) with the scan.
 
 sample (sample.comp)
     `sample_sg` (512 invocations) / `sample` (128): one workgroup; see sample.comp.
@@ -152,6 +161,34 @@ def _attention() -> list[Variant]:
     return rows
 
 
+def _decode_attention() -> list[Variant]:
+    """attention.comp with DECODE_ROPE_KV: one row, so the `_decode` sizes (256) with subgroups."""
+    rows: list[Variant] = []
+    for c in combos("decode_attention"):
+        unit = 8 if c["cache_dtype"] == "f16" else 4  # elements per 16-byte load
+        new_row = 2 * 256 * (2 if c["cache_dtype"] == "f16" else 4)  # k_new, v_new
+        for vec in (True, False):
+            ue = unit if vec else 2
+            for sg in (True, False):
+                wg = max(ATTN_WG_DECODE if sg else ATTN_WG_PREFILL, 256 // ue)
+                rows.append(
+                    Variant(
+                        stem("decode_attention", c, "vec" if vec else "", "sg" if sg else ""),
+                        "decode_attention",
+                        "attention.comp",
+                        c,
+                        (wg, 1, 1),
+                        lambda p: (groups(p["n_heads"]), 1, 1),
+                        defines={"VEC": vec, "SUBGROUPS": sg, "DECODE_ROPE_KV": True},
+                        needs=SG_NEEDS if sg else frozenset(),
+                        when=(lambda p, unit=unit: p["head_dim"] % unit == 0) if vec else None,
+                        priority=(10 if vec else 0) + (1 if sg else 0),
+                        shared_bytes=4 * (256 + (wg // 4 if sg else wg) + 2 * wg + wg * ue) + new_row,
+                    )
+                )
+    return rows
+
+
 # --- sample -------------------------------------------------------------------------------
 
 SAMPLE_WG_SG = 512  # with subgroup reductions
@@ -183,4 +220,4 @@ def _sample() -> list[Variant]:
 
 
 def heavy_variants() -> list[Variant]:
-    return _matmul() + _attention() + _sample()
+    return _matmul() + _attention() + _decode_attention() + _sample()

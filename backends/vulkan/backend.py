@@ -96,6 +96,9 @@ class VulkanBackend(Backend):
     def _wait(self) -> None:
         self._queue.wait()
 
+    def _wait_for(self, cmd: CommandList) -> None:
+        self._queue.wait_for(cmd.prepared)
+
     def _close(self) -> None:
         self._queue.close()
         self._pipes.close()

@@ -3,9 +3,11 @@
 The first submit of a CommandList records it into ONE command buffer: descriptor sets
 allocated and written once, push constants fixed, and a barrier only where an op reads or
 writes bytes an op since the last barrier wrote, or writes bytes one read (the hazard
-tracker); with timestamps on, one after every op. Every later submit is one vkQueueSubmit
-with the list's own fence; waiting waits for every fence in flight. A list collected by the
-garbage collector while it runs is released once it is done.
+tracker), on the pipeline stages of the ops on either side (compute, transfer), so that a
+barrier between two dispatches never waits for copies; with timestamps on, one after every
+op. Every later submit is one vkQueueSubmit with the list's own fence; `wait` waits for
+every fence in flight, `wait_for` for one list's. A list collected by the garbage
+collector while it runs is released once it is done.
 """
 
 from __future__ import annotations
@@ -96,8 +98,16 @@ class CommandQueue:
         self._deferred: list[Prepared] = []  # collected while pending: released after the next wait
         self._preps: set[Prepared] = set()
         self.frees = 0  # buffers freed so far: a list re-checks its buffers when this moved
-        written, used = SHADER_WRITE | TRANSFER_WRITE, SHADER_READ | SHADER_WRITE | TRANSFER_READ | TRANSFER_WRITE
-        self._barrier = memory_barrier(written, used)  # between dependent ops of a list
+        written = SHADER_WRITE | TRANSFER_WRITE
+        # between dependent ops of a list, on the stages the two sides run in (a transfer stage in a
+        # barrier between two dispatches would make the device wait for copies there are none of)
+        self._barriers = {
+            (src_compute, src_copy, dst_copy): _barrier(src_compute, src_copy, dst_copy)
+            for src_compute in (False, True)
+            for src_copy in (False, True)
+            for dst_copy in (False, True)
+            if src_compute or src_copy
+        }
         self._barrier_in = memory_barrier(MEMORY_WRITE, MEMORY_READ | MEMORY_WRITE)  # from earlier submits
         self._barrier_out = memory_barrier(written, HOST_READ | HOST_WRITE)  # to the host and later submits
 
@@ -160,13 +170,13 @@ class CommandQueue:
         lib.vkCmdPipelineBarrier(cb, STAGE_ALL, stages, 0, 1, self._barrier_in, 0, ffi.NULL, 0, ffi.NULL)
         if qp is not None:
             lib.vkCmdWriteTimestamp(cb, STAGE_BOTTOM, qp, 0)
-        barrier = self._barrier
+        barriers = self._barriers
         bind_pipeline = lib.vkCmdBindPipeline
         bind_sets = lib.vkCmdBindDescriptorSets
         push_constants = lib.vkCmdPushConstants
         dispatch = lib.vkCmdDispatch
-        written: list[Range] = []  # since the last barrier
-        read: list[Range] = []
+        # what ops did since the last barrier towards dispatches (False) and towards copies (True)
+        pending = {False: _Pending(), True: _Pending()}
         current = None
         j = 0
         pc_off = 0
@@ -178,13 +188,15 @@ class CommandQueue:
             else:
                 reads = [(id(op.src), op.src_offset, op.src_offset + op.size)]
                 writes = [(id(op.dst), op.dst_offset, op.dst_offset + op.size)]
-            if _overlaps(written, reads) or _overlaps(written, writes) or _overlaps(read, writes):
-                lib.vkCmdPipelineBarrier(cb, stages, stages, 0, 1, barrier, 0, ffi.NULL, 0, ffi.NULL)
+            is_copy = variant is None
+            since = pending[is_copy]
+            if since.conflicts(reads, writes):
+                src, dst, barrier = barriers[(since.computed, since.copied, is_copy)]
+                lib.vkCmdPipelineBarrier(cb, src, dst, 0, 1, barrier, 0, ffi.NULL, 0, ffi.NULL)
                 prep.barriers += 1
-                written = []
-                read = []
-            written += writes
-            read += reads
+                pending[is_copy] = _Pending()
+            for p in pending.values():
+                p.add(reads, writes, is_copy)
             if variant is not None:
                 pipe = op.pipeline
                 if handle != current:
@@ -290,6 +302,20 @@ class CommandQueue:
             self._gpu.wait_fences(len(inflight), ffi.new("VkFence[]", [p.fence for p in inflight]))
         done = list(inflight)
         inflight.clear()
+        self._finished(done)
+
+    def wait_for(self, prep: Prepared) -> None:
+        """Wait for the last submit of one list. Every list starts with a barrier on all earlier
+        work, so the lists submitted before it are done too."""
+        if not prep.pending:
+            return
+        self._gpu.wait_fences(1, prep.fence_p)
+        at = self._inflight.index(prep) + 1
+        done = self._inflight[:at]
+        del self._inflight[:at]
+        self._finished(done)
+
+    def _finished(self, done: list[Prepared]) -> None:
         for p in done:
             p.pending = False
             p.completed += 1
@@ -353,6 +379,38 @@ class CommandQueue:
         for prep in list(self._preps):
             prep.pending = False
             self.release(prep)
+
+
+class _Pending:
+    """Accesses since the last barrier towards one kind of op: a barrier towards dispatches (the
+    compute stage) does not make writes visible to a later copy (the transfer stage)."""
+
+    __slots__ = ("written", "read", "computed", "copied")
+
+    def __init__(self) -> None:
+        self.written: list[Range] = []
+        self.read: list[Range] = []
+        self.computed = False  # a dispatch among them
+        self.copied = False  # a copy among them
+
+    def conflicts(self, reads: list[Range], writes: list[Range]) -> bool:
+        return _overlaps(self.written, reads) or _overlaps(self.written, writes) or _overlaps(self.read, writes)
+
+    def add(self, reads: list[Range], writes: list[Range], is_copy: bool) -> None:
+        self.written += writes
+        self.read += reads
+        self.copied |= is_copy
+        self.computed |= not is_copy
+
+
+def _barrier(src_compute: bool, src_copy: bool, dst_copy: bool) -> tuple[int, int, Any]:
+    """(source stages, destination stages, VkMemoryBarrier) from earlier dispatches and/or copies to a
+    dispatch or a copy."""
+    src_stage = (STAGE_COMPUTE if src_compute else 0) | (STAGE_TRANSFER if src_copy else 0)
+    src_access = (SHADER_WRITE if src_compute else 0) | (TRANSFER_WRITE if src_copy else 0)
+    if dst_copy:
+        return src_stage, STAGE_TRANSFER, memory_barrier(src_access, TRANSFER_READ | TRANSFER_WRITE)
+    return src_stage, STAGE_COMPUTE, memory_barrier(src_access, SHADER_READ | SHADER_WRITE)
 
 
 def _ranges(op: Dispatch) -> tuple[list[Range], list[Range]]:

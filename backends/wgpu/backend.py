@@ -295,22 +295,32 @@ class _Native:
         enc = lib.wgpuDeviceCreateCommandEncoder(self.device, self.enc_desc)
         lib.wgpuCommandEncoderCopyBufferToBuffer(enc, src, offset, staging._internal, 0, n)
         self.submit(enc)
+        return self.map_read(staging, n, wait_idle=True)
+
+    def map_read(self, buffer: Any, n: int, wait_idle: bool = False) -> bytes:
+        """The first n bytes of a MAP_READ buffer (a wgpu-py buffer), once the submits that use it are done.
+
+        wgpu maps a buffer only after every submit that touches it; a poll that waits returns once
+        the whole queue is idle, so without `wait_idle` the poll does not block and the host reads a
+        step's token while later steps still run.
+        """
+        lib = self.lib
         self.map_status[0] = -1
-        lib.wgpuBufferMapAsync(staging._internal, lib.WGPUMapMode_Read, 0, n, self.map_info[0])
-        for _ in range(10000):  # a poll that waits returns once the queue is idle; the callback fires in it
-            if self.map_status[0] != -1:
-                break
-            lib.wgpuDevicePoll(self.device, True, self.null)
+        lib.wgpuBufferMapAsync(buffer._internal, lib.WGPUMapMode_Read, 0, n, self.map_info[0])
+        polls = 0
+        while self.map_status[0] == -1 and polls < 100_000_000:
+            lib.wgpuDevicePoll(self.device, wait_idle, self.null)
+            polls += 1
         if self.map_status[0] != lib.WGPUMapAsyncStatus_Success:
             raise OutOfMemory(f"mapping a {n}-byte read-back buffer failed (status {self.map_status[0]})")
         try:
             # (wgpuBufferReadMappedRange would be neater, but wgpu-native 29 panics "not implemented")
-            ptr = lib.wgpuBufferGetConstMappedRange(staging._internal, 0, n)
+            ptr = lib.wgpuBufferGetConstMappedRange(buffer._internal, 0, n)
             if ptr == self.null:
                 raise OutOfMemory(f"mapping a {n}-byte read-back buffer gave no memory")
             return bytes(self.ffi.buffer(ptr, n))
         finally:
-            lib.wgpuBufferUnmap(staging._internal)
+            lib.wgpuBufferUnmap(buffer._internal)
 
 
 # --- the backend -------------------------------------------------------------------------
@@ -430,8 +440,10 @@ class WgpuBackend(Backend):
     # --- buffers ---------------------------------------------------------------------------
     def _create_buffer(self, size: int, usage: Usage) -> Buffer:
         U = self._wgpu.BufferUsage
+        # read-back buffers are mapped directly (no staging copy, no wait for later submits)
+        flags = U.MAP_READ | U.COPY_DST if usage is Usage.READBACK else U.STORAGE | U.COPY_SRC | U.COPY_DST
         try:
-            gpu = self.device.create_buffer(size=size, usage=U.STORAGE | U.COPY_SRC | U.COPY_DST)
+            gpu = self.device.create_buffer(size=size, usage=flags)
         except self._wgpu.GPUOutOfMemoryError as exc:
             raise OutOfMemory(
                 f"{self.caps.device} could not allocate {size} bytes ({self.bytes_allocated} in use): free buffers, "
@@ -449,6 +461,16 @@ class WgpuBackend(Backend):
     def _read(self, buffer: WgpuBuffer, offset: int, size: int) -> bytes | memoryview:
         if size == 0:
             return b""
+        if buffer.usage is Usage.READBACK:
+            if self._native is not None:
+                data = self._native.map_read(buffer.gpu, buffer.size)
+            else:
+                self._map_read(buffer.gpu, buffer.size)
+                try:
+                    data = buffer.gpu.read_mapped(0, buffer.size, copy=True)
+                finally:
+                    buffer.gpu.unmap()
+            return memoryview(data)[offset : offset + size]
         begin = offset // 4 * 4  # copies move whole 4-byte words
         end = -(-(offset + size) // 4) * 4
         skip = offset - begin
@@ -778,6 +800,9 @@ class WgpuBackend(Backend):
         if prep.timestamps.pending:
             self.wait()
         return prep.timings
+
+    def _wait_for(self, cmd: CommandList) -> None:
+        pass  # the read-back buffer's own map waits for the submits that fill it (_Native.map_read)
 
     def _wait(self) -> None:
         self.device._poll_wait()

@@ -19,11 +19,37 @@
 // == 0, the variant's `when`), otherwise 2 elements (a packed f16 word or a vec2 of f32;
 // head_dim is even). Own declarations with vector element types; bindings and push
 // constants as in the generated kernel_attention.glsl.
+//
+// DECODE_ROPE_KV: the `decode_attention` kernel (one row; bindings and push constants as in
+// kernel_decode_attention.glsl). q, k and v are read from the fused qkv row; each workgroup
+// rotates q (pre-scaled, into qs) and its kv head's k (rope, with common.glsl's cos_sin as
+// the rope kernel) and packs k and v into shared memory as cache units, rounded as the cache
+// stores them (k_new, v_new), so that key p = positions[0] scores and accumulates exactly
+// like a cached row: its loads come from there instead of the cache. The first workgroup
+// of each kv head's group (h % group == 0) alone writes those units to row p of the caches;
+// the others never read row p from the cache, so nothing races. p >= max_seq: no new row,
+// nothing written, all L = max_seq keys from the cache (as kv_write + attention).
 #extension GL_EXT_control_flow_attributes : enable
 #include "common.glsl"
 
 layout(local_size_x = WG_X, local_size_y = WG_Y, local_size_z = WG_Z) in;
 
+#ifndef DECODE_ROPE_KV
+#define DECODE_ROPE_KV 0
+#endif
+
+#if DECODE_ROPE_KV
+layout(push_constant) uniform Params {
+    uint n_heads;
+    uint n_kv_heads;
+    uint head_dim;
+    uint stride;
+    uint max_seq;
+    float scale;
+} p;
+#define ROWS 1u
+#define Q_STRIDE p.stride
+#else
 layout(push_constant) uniform Params {
     uint rows;
     uint n_heads;
@@ -33,6 +59,9 @@ layout(push_constant) uniform Params {
     uint max_seq;
     float scale;
 } p;
+#define ROWS p.rows
+#define Q_STRIDE p.q_stride
+#endif
 
 #if defined(CACHE_DTYPE_F16)
 #if VEC
@@ -54,9 +83,17 @@ layout(push_constant) uniform Params {
 
 #define UE uint(UE_N)  // elements per unit
 
+#if DECODE_ROPE_KV
+// q, then k, then v of the one row: qkv (read only, as are positions and inv_freq)
+layout(std430, set = 0, binding = BINDING_QKV) readonly buffer Buffer_QKV { float q[]; };
+layout(std430, set = 0, binding = BINDING_INV_FREQ) readonly buffer Buffer_INV_FREQ { float inv_freq[]; };
+layout(std430, set = 0, binding = BINDING_K_CACHE) buffer Buffer_K_CACHE { UNIT k_cache[]; };
+layout(std430, set = 0, binding = BINDING_V_CACHE) buffer Buffer_V_CACHE { UNIT v_cache[]; };
+#else
 layout(std430, set = 0, binding = BINDING_Q) readonly buffer Buffer_Q { float q[]; };
 layout(std430, set = 0, binding = BINDING_K_CACHE) readonly buffer Buffer_K_CACHE { UNIT k_cache[]; };
 layout(std430, set = 0, binding = BINDING_V_CACHE) readonly buffer Buffer_V_CACHE { UNIT v_cache[]; };
+#endif
 layout(std430, set = 0, binding = BINDING_POSITIONS) readonly buffer Buffer_POSITIONS { uint positions[]; };
 layout(std430, set = 0, binding = BINDING_OUT) writeonly buffer Buffer_OUT { float out_[]; };
 
@@ -74,6 +111,10 @@ shared float score[WG_SIZE];
 shared float prob[WG_SIZE];
 shared float part[WG_SIZE * UE];  // the groups' accumulators, then their sums
 shared float part_l[WG_SIZE];
+#if DECODE_ROPE_KV
+shared UNIT k_new[MAX_HEAD_DIM / UE];  // row p of this head's kv head, as the cache would hold it
+shared UNIT v_new[MAX_HEAD_DIM / UE];
+#endif
 
 // a unit as 8 floats (.a = elements 0-3, .b = 4-7; only the first UE are meaningful)
 struct Unit8 {
@@ -99,6 +140,40 @@ Unit8 expand(UNIT u) {
     return r;
 }
 
+#if DECODE_ROPE_KV
+// element d of a head starting at q[base], rotated as the rope kernel does (rotate-half)
+float rotated(uint base, uint d, uint half_dim, float pos) {
+    uint i = d < half_dim ? d : d - half_dim;
+    vec2 cs = cos_sin(pos * inv_freq[i]);
+    float x = q[base + d];
+    if (d < half_dim) {
+        return x * cs.x - q[base + d + half_dim] * cs.y;
+    }
+    return x * cs.x + q[base + d - half_dim] * cs.y;
+}
+
+// 8 floats (only the first UE meaningful) as a cache unit, rounded as kv_write stores them
+UNIT to_unit(vec4 a, vec4 b) {
+#if defined(CACHE_DTYPE_F16) && VEC
+    return uvec4(pack_f16x2(a.x, a.y), pack_f16x2(a.z, a.w), pack_f16x2(b.x, b.y), pack_f16x2(b.z, b.w));
+#elif defined(CACHE_DTYPE_F16)
+    return pack_f16x2(a.x, a.y);
+#elif VEC
+    return a;
+#else
+    return a.xy;
+#endif
+}
+
+// unit i of key/value row j of this head's kv head (cache element `at`): the new row, j ==
+// fresh, from shared memory
+#define K_UNIT(j, at, i) ((j) == fresh ? k_new[i] : k_cache[at])
+#define V_UNIT(j, at, i) ((j) == fresh ? v_new[i] : v_cache[at])
+#else
+#define K_UNIT(j, at, i) k_cache[at]
+#define V_UNIT(j, at, i) v_cache[at]
+#endif
+
 void main() {
     uint t = gl_LocalInvocationIndex;
     uint hd = p.head_dim;
@@ -110,13 +185,48 @@ void main() {
     uint u = t % units;
     bool accumulating = grp < G;
 
-    for (uint r = gl_WorkGroupID.y; r < p.rows; r += gl_NumWorkGroups.y) {
+    for (uint r = gl_WorkGroupID.y; r < ROWS; r += gl_NumWorkGroups.y) {
         uint L = min(positions[r], p.max_seq - 1u) + 1u;
+#if DECODE_ROPE_KV
+        uint pos = positions[0];
+        // the key read from k_new / v_new (and written to the caches); none past the cache
+        uint fresh = pos < p.max_seq ? pos : 0xFFFFFFFFu;
+        float fpos = float(pos);
+        uint half_dim = hd / 2u;
+        uint k_off = p.n_heads * hd;
+        uint v_off = k_off + p.n_kv_heads * hd;
+#endif
         for (uint h = gl_WorkGroupID.x; h < p.n_heads; h += gl_NumWorkGroups.x) {
             uint kv0 = (h / group) * units;  // this head's first unit within a cache row
+#if DECODE_ROPE_KV
             for (uint d = t; d < hd; d += WG_SIZE) {
-                qs[d] = q[r * p.q_stride + h * hd + d] * p.scale;
+                qs[d] = rotated(h * hd, d, half_dim, fpos) * p.scale;
             }
+            uint kb0 = k_off + (h / group) * hd;
+            uint vb0 = v_off + (h / group) * hd;
+            bool writer = fresh != 0xFFFFFFFFu && h % group == 0u;
+            for (uint i = t; i < units; i += WG_SIZE) {
+                float ke[8];
+                float ve[8];
+                [[unroll]] for (uint e = 0u; e < 8u; ++e) {
+                    uint d = i * UE + e;
+                    ke[e] = e < UE ? rotated(kb0, d, half_dim, fpos) : 0.0;
+                    ve[e] = e < UE ? q[vb0 + d] : 0.0;
+                }
+                UNIT ku = to_unit(vec4(ke[0], ke[1], ke[2], ke[3]), vec4(ke[4], ke[5], ke[6], ke[7]));
+                UNIT vu = to_unit(vec4(ve[0], ve[1], ve[2], ve[3]), vec4(ve[4], ve[5], ve[6], ve[7]));
+                k_new[i] = ku;
+                v_new[i] = vu;
+                if (writer) {
+                    k_cache[fresh * kv_units + kv0 + i] = ku;
+                    v_cache[fresh * kv_units + kv0 + i] = vu;
+                }
+            }
+#else
+            for (uint d = t; d < hd; d += WG_SIZE) {
+                qs[d] = q[r * Q_STRIDE + h * hd + d] * p.scale;
+            }
+#endif
             barrier();
 
             float m = LOWEST;
@@ -133,7 +243,7 @@ void main() {
                     for (uint i0 = 0u; i0 < units; i0 += BATCH) {
                         UNIT kb[BATCH];  // the batch's loads first, all in flight together
                         [[unroll]] for (uint b = 0u; b < BATCH; ++b) {
-                            kb[b] = i0 + b < units ? k_cache[base + i0 + b] : UNIT(0);
+                            kb[b] = i0 + b < units ? K_UNIT(j, base + i0 + b, i0 + b) : UNIT(0);
                         }
                         [[unroll]] for (uint b = 0u; b < BATCH; ++b) {
                             Unit8 kk = expand(kb[b]);
@@ -181,7 +291,7 @@ void main() {
                         UNIT vb[VBATCH];  // the batch's loads first
                         [[unroll]] for (uint b = 0u; b < VBATCH; ++b) {
                             uint i = i0 + b * G;
-                            vb[b] = i < cnt ? v_cache[(c + i) * kv_units + kv0 + u] : UNIT(0);
+                            vb[b] = i < cnt ? V_UNIT(c + i, (c + i) * kv_units + kv0 + u, u) : UNIT(0);
                         }
                         [[unroll]] for (uint b = 0u; b < VBATCH; ++b) {
                             uint i = min(i0 + b * G, cnt - 1u);

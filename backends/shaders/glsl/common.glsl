@@ -86,4 +86,15 @@ uint pack_f16x2(float a, float b) {
     return f32_to_f16_bits(a) | (f32_to_f16_bits(b) << 16);
 }
 
+// cos and sin of a float32 angle, reduced to [-pi, pi] first (Cody-Waite, 2*pi in three
+// parts) so large positions keep their accuracy on GPUs with fast, short-range sin/cos.
+// (rope and decode_attention: the same rotation in both.)
+vec2 cos_sin(float a) {
+    float k = round(a * 0.15915494309189535);
+    float r = a - k * 6.25;
+    r = r - k * 0.033203125;
+    r = r - k * -1.7817820413774e-05;
+    return vec2(cos(r), sin(r));
+}
+
 #endif  // COMMON_GLSL

@@ -3,16 +3,6 @@
 // Grid: x over heads * head_dim/2, y over rows (both grid-stride).
 #include "kernel_rope.glsl"
 
-// cos and sin of a float32 angle, reduced to [-pi, pi] first (Cody-Waite, 2*pi in three
-// parts) so large positions keep their accuracy on GPUs with fast, short-range sin/cos.
-vec2 cos_sin(float a) {
-    float k = round(a * 0.15915494309189535);
-    float r = a - k * 6.25;
-    r = r - k * 0.033203125;
-    r = r - k * -1.7817820413774e-05;
-    return vec2(cos(r), sin(r));
-}
-
 void main() {
     uint half_dim = p.head_dim / 2u;
     uint per_row = p.heads * half_dim;
