@@ -378,6 +378,7 @@ def _decode_once(
         "api_wall_ns": api_wall,
         "wait_ns": waits,
         "calls_per_step": {k: v[0] / steps for k, v in by_call.by_call.items()} if steps else {},
+        "call_wall_us": {k: v[1] / v[0] / 1e3 for k, v in by_call.by_call.items() if v[0]},
     }
     if profile:
         out["gpu_steps"] = gpu_steps
@@ -630,6 +631,7 @@ def _summarise(run: Run, source: Source, settings: Settings) -> dict[str, Any]:
         "api_wall_share": mean(api_wall) / mean_wall if mean_wall else None,
         "wait_share": mean(waits) / mean_wall if mean_wall else None,
         "calls_per_token": calls,
+        "us_per_call": run.decode_runs[-1]["call_wall_us"],
     }
     copy_gbs = run.copy["gbs"] if run.copy else None
     profile = run.profile.get("decode") if run.profile else None

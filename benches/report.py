@@ -150,6 +150,7 @@ def model_report(result: dict[str, Any], top_kernels: int = 8) -> str:
         if not cpu:
             continue
         calls = cpu.get("calls_per_token") or {}
+        each = cpu.get("us_per_call") or {}
         rows.append(
             [
                 r["backend"],
@@ -158,12 +159,14 @@ def model_report(result: dict[str, Any], top_kernels: int = 8) -> str:
                 num(cpu["wait_ms_per_token"], 3),
                 num(cpu["other_ms_per_token"], 3),
                 num((r.get("gpu") or {}).get("gpu_ms_per_token"), 3),
-                ", ".join(f"{k} {v:g}" for k, v in sorted(calls.items())),
+                ", ".join(
+                    f"{k} {v:g}" + (f" ({each[k]:.1f} us)" if k in each else "") for k, v in sorted(calls.items())
+                ),
             ]
         )
     if rows:
         out += ["", "per decoded token, ms: host CPU inside the API, wall inside it, waiting, other host; GPU busy"]
-        headers = ["backend", "API CPU", "API wall", "wait", "other", "GPU", "API calls per token"]
+        headers = ["backend", "API CPU", "API wall", "wait", "other", "GPU", "API calls per token (wall per call)"]
         out.append(table(headers, rows, set(range(1, 6))))
 
     for r in result["results"]:

@@ -116,6 +116,7 @@ MODEL_ROW = {
         "api_wall_share": OptNum,
         "wait_share": OptNum,
         "calls_per_token": dict,
+        "us_per_call?": dict,  # host wall time per call of each API method, waits excluded
     },
     "gpu?": {
         "timestamps": bool,

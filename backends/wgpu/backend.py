@@ -243,6 +243,7 @@ class _Prepared:
     keep: list  # wgpu objects the C handles belong to
     timestamps: _Timestamps | None = None
     timings: list | None = None
+    submission: int | None = None  # wgpu-native's index of its last submit (ffi encoder)
 
 
 class _Native:
@@ -264,6 +265,7 @@ class _Native:
         self.pass_desc = ffi.new("WGPUComputePassDescriptor *")
         self.cb_desc = ffi.new("WGPUCommandBufferDescriptor *")
         self.cbs = ffi.new("WGPUCommandBuffer[1]")
+        self.index = ffi.new("WGPUSubmissionIndex *")
         self.map_status = [0]
 
         @ffi.callback("void(WGPUMapAsyncStatus, WGPUStringView, void *, void *)")
@@ -275,8 +277,9 @@ class _Native:
             "WGPUBufferMapCallbackInfo *", {"mode": lib.WGPUCallbackMode_AllowProcessEvents, "callback": mapped}
         )
 
-    def submit(self, encoder: Any) -> None:
-        """Finish (raising wgpu's validation errors) and submit once; the command buffer is released at once."""
+    def submit(self, encoder: Any) -> int:
+        """Finish (raising wgpu's validation errors) and submit once; the command buffer is released at once.
+        Returns the submission's index."""
         lib = self.lib
         try:
             cb = self.libf.wgpuCommandEncoderFinish(encoder, self.cb_desc)
@@ -284,10 +287,15 @@ class _Native:
             lib.wgpuCommandEncoderRelease(encoder)
         self.cbs[0] = cb
         try:
-            self.libf.wgpuQueueSubmit(self.queue, 1, self.cbs)
+            return int(self.libf.wgpuQueueSubmitForIndex(self.queue, 1, self.cbs))
         finally:
             self.cbs[0] = self.null
             lib.wgpuCommandBufferRelease(cb)
+
+    def wait_for(self, submission: int) -> None:
+        """Block until one submission is done (later ones may still run)."""
+        self.index[0] = submission
+        self.lib.wgpuDevicePoll(self.device, True, self.index)
 
     def read(self, src: Any, offset: int, staging: Any, n: int) -> bytes:
         """Copy n bytes of src (a C buffer handle) through a MAP_READ staging buffer (a wgpu-py buffer)."""
@@ -668,11 +676,12 @@ class WgpuBackend(Backend):
             if b.freed:
                 raise ClosedError(f"{cmd.label or 'a command list'} uses {b!r}, which was freed; record it again")
         timed = self._timing_wanted() and bool(prep.labels)
+        prep.submission = None  # known for the ffi encoder's submits only
         try:
             if timed:
                 self.queue.submit([self._encode_timed(prep)])
             elif self._native is not None:
-                self._encode_ffi(prep)
+                prep.submission = self._encode_ffi(prep)
             else:
                 self.queue.submit([self._encode_python(prep)])
             # every command buffer is dropped right after its one submit: wgpu aborts on a second
@@ -684,8 +693,8 @@ class WgpuBackend(Backend):
             if prep not in self._pending_timestamps:
                 self._pending_timestamps.append(prep)
 
-    def _encode_ffi(self, prep: _Prepared) -> None:
-        """Encode and submit through wgpu-native's C functions (see _Native)."""
+    def _encode_ffi(self, prep: _Prepared) -> int:
+        """Encode and submit through wgpu-native's C functions (see _Native); the submission's index."""
         native = self._native
         lib, null = native.lib, native.null
         set_pipeline = lib.wgpuComputePassEncoderSetPipeline
@@ -712,7 +721,7 @@ class WgpuBackend(Backend):
         except BaseException:
             lib.wgpuCommandEncoderRelease(enc)
             raise
-        native.submit(enc)
+        return native.submit(enc)
 
     def _encode_python(self, prep: _Prepared) -> Any:
         enc = self.device.create_command_encoder()
@@ -802,7 +811,11 @@ class WgpuBackend(Backend):
         return prep.timings
 
     def _wait_for(self, cmd: CommandList) -> None:
-        pass  # the read-back buffer's own map waits for the submits that fill it (_Native.map_read)
+        prep: _Prepared = cmd.prepared
+        if self._native is not None and prep.submission is not None:
+            self._native.wait_for(prep.submission)
+        else:
+            self._wait()
 
     def _wait(self) -> None:
         self.device._poll_wait()
