@@ -10,9 +10,11 @@ import json
 import os
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
+
+_NO_SPAN = nullcontext()
 
 
 class Tracer:
@@ -22,11 +24,13 @@ class Tracer:
         self._t0 = time.perf_counter_ns()
         self._gpu_cursor_us = 0.0
 
-    @contextmanager
-    def span(self, name: str, cat: str = "cpu", **args: Any):
+    def span(self, name: str, cat: str = "cpu", **args: Any) -> AbstractContextManager:
         if not self.enabled:
-            yield
-            return
+            return _NO_SPAN  # the per-token path: no generator, no allocation
+        return self._span(name, cat, args)
+
+    @contextmanager
+    def _span(self, name: str, cat: str, args: dict[str, Any]):
         start = time.perf_counter_ns()
         try:
             yield

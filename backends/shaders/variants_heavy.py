@@ -66,9 +66,6 @@ VEC_WG = 128  # invocations of a matrix-vector workgroup
 VEC_ROWS = 2  # outputs per matrix-vector workgroup
 VEC_UNROLL = 2  # 16-byte chunks per invocation whose loads are issued together
 VEC_MAX_ROWS = 32  # it re-reads w for every x row, yet beat the tiled forms up to 32 rows on the H100
-SGROW_ROWS = 1  # outputs per subgroup in the subgroup-per-row form (decode)
-SGROW_UNROLL = 4  # its 16-byte chunks in flight per invocation
-SGROW_GROUPS_PER_WG = VEC_WG // 32  # subgroups a workgroup has at the common size 32 (sizes the grid only)
 TILED_TM = 4  # rows per invocation: a 64-row tile
 TILED_TN = 4  # columns per invocation: a 64-column tile
 TILED_BK = 16
@@ -102,20 +99,6 @@ def _matmul() -> list[Variant]:
                     shared_bytes=4 * nsums * (VEC_WG // 4 if sg else VEC_WG),
                 )
             )
-        rows.append(
-            Variant(
-                stem("matmul", c, "vec", "sgrow"),
-                "matmul",
-                "matmul_vec.comp",
-                c,
-                (VEC_WG, 1, 1),
-                lambda p: (groups(p["n"], SGROW_ROWS * SGROW_GROUPS_PER_WG), groups(p["rows"]), 1),
-                defines={"SUBGROUPS": True, "SUBGROUP_ROWS": True, "ROWS": SGROW_ROWS, "UNROLL": f"{SGROW_UNROLL}u"},
-                needs=SG_NEEDS,
-                when=lambda p, epc=epc: p["rows"] == 1 and p["k"] % epc == 0,
-                priority=30,
-            )
-        )
         for tm, tag in ((TILED_TM, "tiled"), (1, "tiled16")):
             bm, bn = 16 * tm, 16 * TILED_TN
             shared = 4 * TILED_BK * (bm + bn + 2 * TILED_PAD)

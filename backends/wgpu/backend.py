@@ -17,6 +17,8 @@ Environment:
   SHADERBAY_WGPU_TIMESTAMPS time every dispatch on the GPU (also on while the tracer is)
   SHADERBAY_WGPU_ENCODER    "ffi" (default) or "python": how dispatches are encoded
   SHADERBAY_WGPU_PREFLIGHT  0 to skip trying new SPIR-V in a child process first (preflight.py)
+  SHADERBAY_WGPU_CHECKS     1 to keep wgpu's shader runtime checks (bounds checks on every access,
+                            loop counters); off by default, see WgpuBackend._shader_module
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ ENV_ADAPTER = "SHADERBAY_WGPU_ADAPTER"
 ENV_ALLOW_ANY = "SHADERBAY_WGPU_ALLOW_ANY"
 ENV_TIMESTAMPS = "SHADERBAY_WGPU_TIMESTAMPS"
 ENV_ENCODER = "SHADERBAY_WGPU_ENCODER"
+ENV_CHECKS = "SHADERBAY_WGPU_CHECKS"
 
 INSTALL_VULKAN = (
     "install a Vulkan driver: your GPU vendor's, or Mesa's (Debian/Ubuntu: `apt install libvulkan1 "
@@ -360,6 +363,7 @@ class WgpuBackend(Backend):
         self.features = set(self.device.features)
         self.limits = dict(self.device.limits)
         self.gpu_timestamps = timestamps  # time every dispatch even when the tracer is off
+        self.runtime_checks = _flag(ENV_CHECKS)  # wgpu's bounds checks and loop counters in the kernels
         use_ffi = os.environ.get(ENV_ENCODER, "ffi").strip().lower() != "python"
         self._native = _Native(api, self.device) if use_ffi else None
         self._layouts: dict[int, tuple[Any, dict[int, Any]]] = {}  # bindings -> (bind-group layout, pipeline layouts)
@@ -413,6 +417,7 @@ class WgpuBackend(Backend):
                 "subgroup_size_range": (sg_min, sg_max),
                 "timestamp_period_ns": self._period,
                 "encoder": "ffi" if self._native is not None else "python",
+                "shader_runtime_checks": self.runtime_checks,
             },
         )
 
@@ -580,7 +585,7 @@ class WgpuBackend(Backend):
         group_layout, layout = self._layout(len(spec.bindings_for(dict(variant.constants))), 4 * len(spec.params))
         with self.tracer.span("compile", kernel=spec.name, variant=variant.name):
             try:
-                module = self.device.create_shader_module(label=variant.name, code=code)
+                module = self._shader_module(variant.name, code)
                 pipeline = self.device.create_compute_pipeline(
                     label=variant.name, layout=layout, compute={"module": module, "entry_point": "main"}
                 )
@@ -591,6 +596,31 @@ class WgpuBackend(Backend):
         compiled = _Compiled(variant, pipeline, group_layout, pipeline._internal)
         self._compiled[variant.name] = compiled
         return compiled
+
+    def _shader_module(self, label: str, code: bytes) -> Any:
+        """A shader module from SPIR-V. Unless SHADERBAY_WGPU_CHECKS is set, without the bounds checks and
+        loop counters wgpu otherwise adds to every access and loop: the kernels are the conformance-tested
+        catalogue ones and every binding's size was checked when the command list was recorded (both
+        checks cost wgpu's kernels about half of the raw Vulkan backend's bandwidth under the same SPIR-V)."""
+        if self.runtime_checks:
+            return self.device.create_shader_module(label=label, code=code)
+        ffi, api = self._ffi, self._api
+        words = ffi.new("uint8_t[]", code)
+        source = ffi.new("WGPUShaderSourceSPIRV *")
+        source.chain.next = ffi.NULL
+        source.chain.sType = self._lib.WGPUSType_ShaderSourceSPIRV
+        source.codeSize = len(code) // 4
+        source.code = ffi.cast("uint32_t *", words)
+        name = label.encode()
+        desc = ffi.new("WGPUShaderModuleDescriptor *")
+        desc.nextInChain = ffi.cast("WGPUChainedStruct *", source)
+        desc.label.data = ffi.from_buffer(name)
+        desc.label.length = len(name)
+        no_checks = 0  # WGPUShaderRuntimeChecks_None
+        handle = api.libf.wgpuDeviceCreateShaderModuleTrusted(self.device._internal, desc, no_checks)
+        if handle == ffi.NULL:
+            raise KernelCompileError(f"wgpu could not create the shader module of {label}")
+        return api.GPUShaderModule(label, handle, self.device)
 
     # --- command lists -----------------------------------------------------------------------
     def _prepare(self, cmd: CommandList) -> _Prepared:
@@ -838,6 +868,7 @@ class WgpuBackend(Backend):
 __all__ = [
     "ENV_ADAPTER",
     "ENV_ALLOW_ANY",
+    "ENV_CHECKS",
     "ENV_ENCODER",
     "ENV_TIMESTAMPS",
     "WgpuBackend",

@@ -9,11 +9,6 @@
 // workgroup (subgroupAdd plus one shared slot per subgroup, or a shared-memory tree
 // without SUBGROUPS).
 //
-// SUBGROUP_ROWS: one subgroup per block of ROWS outputs instead of the whole workgroup: the
-// partial sums meet in one subgroupAdd, with no shared memory and no barrier, which is what a
-// short row (decode at small k) is bound by. Blocks go to subgroups grid-stride, so the result
-// does not depend on the subgroup size.
-//
 // Needs k % 8 == 0 (f16, bf16) or k % 4 == 0 (f32) so every weight row and x row starts
 // on a 16-byte boundary and no load reaches past a buffer's end (the variant's `when`);
 // other k take the tiled kernel. Prologues: rmsnorm accumulates sum(x*x) in the same pass
@@ -55,9 +50,6 @@ layout(std430, set = 0, binding = BINDING_OUT) buffer Buffer_OUT { float out_[];
 #ifndef ROWS
 #define ROWS 4
 #endif
-#ifndef SUBGROUP_ROWS
-#define SUBGROUP_ROWS 0
-#endif
 #ifndef UNROLL
 #define UNROLL 2u  // chunks per invocation whose loads are issued together
 #endif
@@ -68,9 +60,7 @@ layout(std430, set = 0, binding = BINDING_OUT) buffer Buffer_OUT { float out_[];
 #define NSUMS ROWS
 #endif
 
-#if SUBGROUP_ROWS
-// no shared memory
-#elif SUBGROUPS
+#if SUBGROUPS
 // one slot per subgroup and sum; subgroups of at least 4 invocations
 shared float red[NSUMS * (WG_SIZE / 4)];
 #define RED_STRIDE (WG_SIZE / 4)
@@ -105,17 +95,7 @@ vec4 silu_mul4(vec4 g, vec4 u) {
 #endif
 
 void main() {
-#if SUBGROUP_ROWS
-    uint t = gl_SubgroupInvocationID;  // the lanes that share a block
-    uint lanes = gl_SubgroupSize;
-    uint blk0 = gl_WorkGroupID.x * gl_NumSubgroups + gl_SubgroupID;
-    uint blk_step = gl_NumWorkGroups.x * gl_NumSubgroups;
-#else
     uint t = gl_LocalInvocationIndex;
-    uint lanes = WG_SIZE;
-    uint blk0 = gl_WorkGroupID.x;
-    uint blk_step = gl_NumWorkGroups.x;
-#endif
     uint n = p.n;
     uint k = p.k;
     uint nch = k / uint(EPC);  // 16-byte chunks per weight row
@@ -128,7 +108,7 @@ void main() {
 
     for (uint row = gl_WorkGroupID.y; row < p.rows; row += gl_NumWorkGroups.y) {
         uint xbase = row * xrow4;
-        for (uint blk = blk0; blk < nblocks; blk += blk_step) {
+        for (uint blk = gl_WorkGroupID.x; blk < nblocks; blk += gl_NumWorkGroups.x) {
             uint j0 = blk * ROWS;
             float acc[ROWS];
             uint wb[ROWS];
@@ -138,7 +118,7 @@ void main() {
             }
             float ss = 0.0;
 
-            for (uint c0 = t; c0 < nch; c0 += UNROLL * lanes) {
+            for (uint c0 = t; c0 < nch; c0 += UNROLL * WG_SIZE) {
                 // UNROLL chunks per invocation per round: all their loads first
                 W4 wv[UNROLL * ROWS];
                 vec4 xlo[UNROLL];
@@ -146,7 +126,7 @@ void main() {
                 vec4 xhi[UNROLL];
 #endif
                 [[unroll]] for (uint q = 0u; q < UNROLL; ++q) {
-                    uint c = min(c0 + q * lanes, nch - 1u);  // past the row: chunk repeated, x zeroed
+                    uint c = min(c0 + q * WG_SIZE, nch - 1u);  // past the row: chunk repeated, x zeroed
                     [[unroll]] for (uint r = 0u; r < ROWS; ++r) {
                         wv[q * ROWS + r] = w4[wb[r] + c];
                     }
@@ -160,7 +140,7 @@ void main() {
                     xhi[q] = silu_mul4(xhi[q], x4[xbase + k / 4u + XV * c + 1u]);
 #endif
 #endif
-                    if (c0 + q * lanes >= nch) {
+                    if (c0 + q * WG_SIZE >= nch) {
                         xlo[q] = vec4(0.0);
 #if EPC == 8
                         xhi[q] = vec4(0.0);
@@ -186,29 +166,7 @@ void main() {
                 }
             }
 
-            // --- reduce the NSUMS partial sums across the subgroup or the workgroup ---
-#if SUBGROUP_ROWS
-            float sq = 0.0;
-#if defined(PROLOGUE_RMSNORM)
-            sq = subgroupAdd(ss);
-#endif
-            [[unroll]] for (uint r = 0u; r < ROWS; ++r) {
-                float y = subgroupAdd(acc[r]);
-                uint j = j0 + r;
-                if (t == r && j < n) {
-#if defined(PROLOGUE_RMSNORM)
-                    y *= 1.0 / sqrt(sq / float(k) + p.eps);
-#endif
-#if BIAS
-                    y += bias[j];
-#endif
-#if ACCUMULATE
-                    y += out_[row * n + j];
-#endif
-                    out_[row * n + j] = y;
-                }
-            }
-#else
+            // --- reduce the NSUMS partial sums across the workgroup -------------------
 #if SUBGROUPS
             uint sg = gl_SubgroupID;
             bool lead = gl_SubgroupInvocationID == 0u;
@@ -266,7 +224,6 @@ void main() {
                 out_[row * n + j] = y;
             }
             barrier();  // red is reused by the next block
-#endif
         }
     }
 }
