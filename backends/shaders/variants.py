@@ -151,6 +151,7 @@ def stem(kernel_name: str, constants: Mapping[str, Any], *tags: str) -> str:
 # --- the simple kernels' rows -----------------------------------------------------------
 
 WG = 256  # default 1-D workgroup for elementwise and reduction kernels
+ARGMAX_WG = 512  # one workgroup per row, the larger the more loads in flight (the sampler's too)
 SG_NEEDS = frozenset({"subgroups"})
 
 
@@ -222,12 +223,12 @@ def _simple() -> list[Variant]:
                 "argmax",
                 "argmax.comp",
                 {},
-                (WG, 1, 1),
+                (ARGMAX_WG, 1, 1),
                 lambda p: (groups(p["rows"]), 1, 1),
                 defines={"SUBGROUPS": sg},
                 needs=SG_NEEDS if sg else frozenset(),
                 priority=int(sg),
-                shared_bytes=8 * WG,
+                shared_bytes=8 * ARGMAX_WG,
             )
         )
     rows.append(Variant("advance", "advance", "advance.comp", {}, (1, 1, 1), lambda p: (1, 1, 1)))

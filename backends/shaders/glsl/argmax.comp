@@ -1,10 +1,15 @@
 #version 450
 // out[r] = the smallest index of the largest x[r]; NaN counts as -inf (so it never beats a
-// number, and an all-NaN row gives 0, as in the reference). One workgroup per row.
-// Values compare as order_key() uints: exact, and no infinite constants (see common.glsl).
+// number, and an all-NaN row gives 0, as in the reference). One workgroup per row, each
+// invocation with UNROLL loads in flight (a decode step's vocabulary, 49-256k logits, is one
+// row: the pass is bound by how many loads one workgroup keeps going). Values compare as
+// order_key() uints: exact, and no infinite constants (see common.glsl); (key, index) is a
+// total order, so the order the elements are visited in does not matter.
+#extension GL_EXT_control_flow_attributes : enable
 #include "kernel_argmax.glsl"
 
 #define NO_INDEX 0xFFFFFFFFu
+#define UNROLL 8u
 
 shared uint best_k[WG_SIZE];
 shared uint best_i[WG_SIZE];
@@ -20,11 +25,18 @@ void main() {
     for (uint r = gl_WorkGroupID.x; r < p.rows; r += gl_NumWorkGroups.x) {
         uint bk = 0u;
         uint bi = NO_INDEX;
-        for (uint i = t; i < n; i += WG_SIZE) {
-            uint k = order_key(x[r * n + i]);
-            if (beats(k, i, bk, bi)) {
-                bk = k;
-                bi = i;
+        for (uint i0 = t; i0 < n; i0 += UNROLL * WG_SIZE) {
+            float v[UNROLL];  // the round's loads first, all in flight together
+            [[unroll]] for (uint u = 0u; u < UNROLL; ++u) {
+                v[u] = x[r * n + min(i0 + u * WG_SIZE, n - 1u)];
+            }
+            [[unroll]] for (uint u = 0u; u < UNROLL; ++u) {
+                uint i = i0 + u * WG_SIZE;
+                uint k = order_key(v[u]);
+                if (i < n && beats(k, i, bk, bi)) {
+                    bk = k;
+                    bi = i;
+                }
             }
         }
 #if SUBGROUPS
