@@ -1,10 +1,16 @@
 """The backend interface: buffers, pipelines, command lists, capabilities.
 
 A backend implements a handful of underscore slots (`_create_buffer`, `_write`, `_read`,
-`_free`, `_create_pipeline`, `_prepare`, `_submit`, `_wait`, `_close`); this base class
-does every check once, at the public entry points, so the backends stay small and every
-backend raises the same typed errors. A `CommandList` validates each dispatch when it is
-recorded; `Backend.submit` then replays the backend's prepared form with no further checks.
+`_free`, `_create_pipeline`, `_prepare`, `_submit`, `_wait`, `_close`, and optionally
+`_wait_for`); this base class does every check once, at the public entry points, so the
+backends stay small and every backend raises the same typed errors. A `CommandList`
+validates each dispatch when it is recorded; `Backend.submit` then replays the backend's
+prepared form with no further checks.
+
+Running ahead: `submit` only queues, and `read_after(cmd, t)` reads a READBACK tensor that
+`cmd` copied into once that list's last submit is done, whatever was queued after it. A
+model decodes with two recordings of its step that alternate, so the host reads token n
+while the device computes token n+1.
 """
 
 from __future__ import annotations

@@ -128,6 +128,19 @@ def test_every_backend_generates_the_numpy_tokens(model_backend, numpy_backend, 
         assert np.argmax(model.logits(PROMPT)) == want[0]
 
 
+def test_a_consumer_that_stops_early_leaves_nothing_running(model_backend, make_checkpoint):
+    """Decoding runs a step ahead of the tokens handed out: a generator closed early (or ended by a
+    stop token) waits for the step still running, and the next generation is unaffected."""
+    with _load(make_checkpoint("tiny", "f32"), model_backend, cache_dtype="f32") as model:
+        want = list(model.tokens(PROMPT, 12))
+        gen = model.tokens(PROMPT, 12)
+        assert [next(gen) for _ in range(4)] == want[:4]
+        gen.close()
+        assert list(model.tokens(PROMPT, 12, stop=[want[5]]))[-1] == want[5]
+        assert list(model.tokens(PROMPT, 12)) == want
+        assert model.stats.generated_tokens == 12
+
+
 def test_every_backend_keeps_weights_in_stored_precision(model_backend, make_checkpoint):
     with _load(make_checkpoint("tiny", "bf16"), model_backend) as model:
         w = model.llama.weights

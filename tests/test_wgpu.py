@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from shaderbay.backend import Usage
 from shaderbay.errors import BackendUnavailable, BindingError, ClosedError, LimitExceeded
 
 pytest.importorskip("wgpu")
@@ -165,22 +166,31 @@ def test_copies_between_dispatches(be):
     assert be.read(x).tolist() == [xv] * n and be.read(z).tolist() == [zv] * n
 
 
-def test_both_encoders_agree(monkeypatch):
+@pytest.mark.parametrize("checks", ["0", "1"])
+def test_encoders_and_shader_checks_agree(monkeypatch, checks):
+    """The ffi and python encoders, with and without wgpu's shader runtime checks, compute the same
+    bits, and a run-ahead read (read_after) works with both."""
+    monkeypatch.setenv(wb.ENV_CHECKS, checks)
     results = []
     for encoder in ("ffi", "python"):
         monkeypatch.setenv(wb.ENV_ENCODER, encoder)
         with _make() as backend:
             assert backend.caps.extras["encoder"] == encoder
+            assert backend.caps.extras["shader_runtime_checks"] is (checks == "1")
             rows, n = 3, 100
             x = backend.upload(np.linspace(-2, 2, rows * n, dtype=np.float32).reshape(rows, n))
             w = backend.upload(np.linspace(0.5, 1.5, n, dtype=np.float32))
             out = backend.empty((rows, n))
+            last = backend.empty(1, "f32", Usage.READBACK)
             cmd = backend.command_list()
             cmd.dispatch(backend.pipeline("rmsnorm"), {"x": x, "weight": w, "out": out}, rows=rows, n=n, eps=1e-5)
             cmd.dispatch(backend.pipeline("add"), {"x": out.view(shape=rows * n), "y": x.view(shape=rows * n)}, n=300)
+            cmd.copy(out.buffer, last.buffer, 4, 4 * (rows * n - 1))
             backend.run(cmd)
-            backend.run(cmd)
+            backend.submit(cmd)
+            tail = backend.read_after(cmd, last)
             results.append(backend.read(out))
+            assert tail[0] == results[-1][-1, -1]
     np.testing.assert_array_equal(results[0], results[1])
 
 
