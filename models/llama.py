@@ -9,9 +9,10 @@ gate/up into another, so that a decode step's layer is five dispatches:
     matmul(rmsnorm prologue) -> gate|up
     matmul(silu_mul prologue, down, accumulate into x)
 
-A prefill chunk (several rows) takes seven: decode_attention's work is three dispatches
+A prefill chunk (several rows) takes eight: decode_attention's work is three dispatches
 there, rope on q and k (adjacent in each qkv row), kv_write (k, v -> the cache) and
-attention (reads q from qkv, the cache).
+attention (reads q from qkv, the cache), and silu_mul runs on its own before down (a tiled
+matrix product would redo it for every tile of output columns).
 
 A decode step (embed, the layers, the final norm + lm_head, argmax or sample, `advance`, a
 4-byte copy of the token to a read-back buffer) is recorded once per sampling setting and
@@ -304,6 +305,7 @@ class _Scratch:
     qkv: Tensor
     attn: Tensor
     gu: Tensor
+    act: Tensor  # silu(gate) * up of a prefill chunk
     last: Tensor
     logits: Tensor
     ids: Tensor
@@ -368,6 +370,7 @@ class Llama:
                 qkv=new((R, c.qkv_dim)),
                 attn=new((R, c.q_dim)),
                 gu=new((R, 2 * c.ffn_dim)),
+                act=new((R, c.ffn_dim)),
                 last=new((1, c.dim)),
                 logits=new((1, c.vocab_size)),
                 ids=new(R, "u32", Usage.UPLOAD),
@@ -442,7 +445,12 @@ class Llama:
                 self._attention_rows(cmd, i, rows, qkv, positions, k_cache, v_cache, attn, scale)
             self._matmul(cmd, attn, lw.wo, x, rows, bias=lw.bo, accumulate=True, label=f"L{i}.o")
             self._matmul(cmd, x, lw.wgu, gu, rows, norm=lw.ffn_norm, bias=lw.bgu, label=f"L{i}.gate_up")
-            self._matmul(cmd, gu, lw.wdown, x, rows, bias=lw.bdown, accumulate=True, silu=True, label=f"L{i}.down")
+            if rows == 1:  # a matrix-vector product: silu(gate) * up on the fly costs nothing
+                self._matmul(cmd, gu, lw.wdown, x, rows, bias=lw.bdown, accumulate=True, silu=True, label=f"L{i}.down")
+            else:  # a tiled product would redo the silu for every column tile: once, on its own
+                act = s.act.view(shape=(rows, c.ffn_dim))
+                cmd.dispatch(self._pipe("silu_mul"), {"gate_up": gu, "out": act}, f"L{i}.silu", rows=rows, n=c.ffn_dim)
+                self._matmul(cmd, act, lw.wdown, x, rows, bias=lw.bdown, accumulate=True, label=f"L{i}.down")
 
     def _attention_rows(self, cmd: CommandList, i: int, rows: int, qkv: Tensor, positions: Tensor, k_cache: Tensor,
                         v_cache: Tensor, attn: Tensor, scale: float) -> None:  # fmt: skip

@@ -166,7 +166,7 @@ def _decode_attention() -> list[Variant]:
     rows: list[Variant] = []
     for c in combos("decode_attention"):
         unit = 8 if c["cache_dtype"] == "f16" else 4  # elements per 16-byte load
-        new_row = 2 * 256 * (2 if c["cache_dtype"] == "f16" else 4)  # k_new, v_new
+        new_row = 2 * 256 * (2 if c["cache_dtype"] == "f16" else 4) + 2 * 256 * 4  # k_new, v_new; kv_row
         for vec in (True, False):
             ue = unit if vec else 2
             for sg in (True, False):

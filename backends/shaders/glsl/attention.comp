@@ -114,6 +114,7 @@ shared float part_l[WG_SIZE];
 #if DECODE_ROPE_KV
 shared UNIT k_new[MAX_HEAD_DIM / UE];  // row p of this head's kv head, as the cache would hold it
 shared UNIT v_new[MAX_HEAD_DIM / UE];
+shared float kv_row[2 * MAX_HEAD_DIM];  // the new k (rotated) and v, one element per invocation
 #endif
 
 // a unit as 8 floats (.a = elements 0-3, .b = 4-7; only the first UE are meaningful)
@@ -141,10 +142,9 @@ Unit8 expand(UNIT u) {
 }
 
 #if DECODE_ROPE_KV
-// element d of a head starting at q[base], rotated as the rope kernel does (rotate-half)
-float rotated(uint base, uint d, uint half_dim, float pos) {
-    uint i = d < half_dim ? d : d - half_dim;
-    vec2 cs = cos_sin(pos * inv_freq[i]);
+// element d of a head starting at q[base], rotated as the rope kernel does (rotate-half),
+// cs = cos_sin of element d's angle
+float rotated(uint base, uint d, uint half_dim, vec2 cs) {
     float x = q[base + d];
     if (d < half_dim) {
         return x * cs.x - q[base + d + half_dim] * cs.y;
@@ -199,19 +199,24 @@ void main() {
         for (uint h = gl_WorkGroupID.x; h < p.n_heads; h += gl_NumWorkGroups.x) {
             uint kv0 = (h / group) * units;  // this head's first unit within a cache row
 #if DECODE_ROPE_KV
-            for (uint d = t; d < hd; d += WG_SIZE) {
-                qs[d] = rotated(h * hd, d, half_dim, fpos) * p.scale;
-            }
             uint kb0 = k_off + (h / group) * hd;
             uint vb0 = v_off + (h / group) * hd;
+            // element by element, q and k sharing each angle's cos and sin; then packed in units
+            for (uint d = t; d < hd; d += WG_SIZE) {
+                vec2 cs = cos_sin(fpos * inv_freq[d < half_dim ? d : d - half_dim]);
+                qs[d] = rotated(h * hd, d, half_dim, cs) * p.scale;
+                kv_row[d] = rotated(kb0, d, half_dim, cs);
+                kv_row[MAX_HEAD_DIM + d] = q[vb0 + d];
+            }
+            barrier();
             bool writer = fresh != 0xFFFFFFFFu && h % group == 0u;
             for (uint i = t; i < units; i += WG_SIZE) {
                 float ke[8];
                 float ve[8];
                 [[unroll]] for (uint e = 0u; e < 8u; ++e) {
-                    uint d = i * UE + e;
-                    ke[e] = e < UE ? rotated(kb0, d, half_dim, fpos) : 0.0;
-                    ve[e] = e < UE ? q[vb0 + d] : 0.0;
+                    uint d = min(i * UE + e, MAX_HEAD_DIM - 1u);
+                    ke[e] = e < UE ? kv_row[d] : 0.0;
+                    ve[e] = e < UE ? kv_row[MAX_HEAD_DIM + d] : 0.0;
                 }
                 UNIT ku = to_unit(vec4(ke[0], ke[1], ke[2], ke[3]), vec4(ke[4], ke[5], ke[6], ke[7]));
                 UNIT vu = to_unit(vec4(ve[0], ve[1], ve[2], ve[3]), vec4(ve[4], ve[5], ve[6], ve[7]));
