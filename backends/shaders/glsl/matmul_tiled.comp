@@ -3,8 +3,10 @@
 // take, such as an odd k): out[r] (+)= prologue(x[r]) @ w.T (+ bias).
 //
 // A workgroup of 16 x 16 invocations computes a BM x BN tile of out (BM = 16 TM rows,
-// BN = 16 TN columns), each invocation TM x TN outputs (rows ty + 16 i, columns tx + 16 j:
-// conflict-free shared reads, coalesced writes). k is walked in BK-deep slices staged in
+// BN = 16 TN columns), each invocation TM x TN adjacent outputs (rows TM ty + i, columns
+// TN tx + j), so that per k step it reads its TM rows of x and TN columns of w from shared
+// memory as whole vec4s (TN = 4; TM = 4 or 1): 2 shared loads per 16 multiply-adds, not 8,
+// which is what a scalar 4 x 4 tile is bound by. k is walked in BK-deep slices staged in
 // shared memory; the next slice's global loads are issued into registers before the
 // current slice is multiplied (one slice of prefetch), so their latency overlaps the math.
 //
@@ -28,12 +30,16 @@
 #define BM (16u * uint(TM))
 #define BN (16u * uint(TN))
 #define BK 16u
-#define PAD 4u
 #define XPT (TM * 16 * 16 / 256)  // x elements per invocation and slice (TM)
 #define WPT (TN * 16 * 16 / 256)  // w elements per invocation and slice (TN)
 
-shared float xs[BK * (BM + PAD)];  // [kk][m]
-shared float ws[BK * (BN + PAD)];  // [kk][j]
+#if TN != 4 || (TM != 4 && TM != 1)
+#error "matmul_tiled.comp reads shared memory as vec4s: TN = 4 and TM = 4 or 1"
+#endif
+#define XROW (BM / 4u + 1u)  // vec4s per k of the staged x slice (one of padding)
+#define WROW (BN / 4u + 1u)
+shared vec4 xs[BK * XROW];  // [kk][m / 4], component m % 4
+shared vec4 ws[BK * WROW];  // [kk][j / 4], component j % 4
 #if defined(PROLOGUE_RMSNORM)
 shared float row_ss[WG_SIZE];
 #endif
@@ -125,24 +131,22 @@ void main() {
 
             for (uint k0 = 0u; k0 < k; k0 += BK) {
                 [[unroll]] for (uint i = 0u; i < uint(XPT); ++i) {
-                    xs[(xk_local + i) * (BM + PAD) + xrow_local] = xr[i];
+                    xs[(xk_local + i) * XROW + xrow_local / 4u][xrow_local % 4u] = xr[i];
                 }
                 [[unroll]] for (uint i = 0u; i < uint(WPT); ++i) {
-                    ws[(wk_local + i) * (BN + PAD) + wrow_local] = wr[i];
+                    ws[(wk_local + i) * WROW + wrow_local / 4u][wrow_local % 4u] = wr[i];
                 }
                 barrier();
                 if (k0 + BK < k) {
                     load_slice(k0 + BK, m0, j0, t);  // in flight during the math below
                 }
                 [[unroll]] for (uint kk = 0u; kk < BK; ++kk) {
-                    float a[TM];
-                    float b[TN];
-                    [[unroll]] for (uint i = 0u; i < uint(TM); ++i) {
-                        a[i] = xs[kk * (BM + PAD) + ty + 16u * i];
-                    }
-                    [[unroll]] for (uint j = 0u; j < uint(TN); ++j) {
-                        b[j] = ws[kk * (BN + PAD) + tx + 16u * j];
-                    }
+                    vec4 b = ws[kk * WROW + tx];
+#if TM == 4
+                    vec4 a = xs[kk * XROW + ty];
+#else
+                    vec4 a = vec4(xs[kk * XROW + ty / 4u][ty % 4u]);
+#endif
                     [[unroll]] for (uint i = 0u; i < uint(TM); ++i) {
                         [[unroll]] for (uint j = 0u; j < uint(TN); ++j) {
                             acc[i * TN + j] += a[i] * b[j];
@@ -157,7 +161,7 @@ void main() {
             barrier();
 #endif
             [[unroll]] for (uint i = 0u; i < uint(TM); ++i) {
-                uint r = ty + 16u * i;
+                uint r = uint(TM) * ty + i;
                 uint m = m0 + r;
                 if (m >= rows) {
                     continue;
@@ -171,7 +175,7 @@ void main() {
                 float scale = 1.0 / sqrt(sq / float(k) + p.eps);
 #endif
                 [[unroll]] for (uint j = 0u; j < uint(TN); ++j) {
-                    uint col = j0 + tx + 16u * j;
+                    uint col = j0 + uint(TN) * tx + j;
                     if (col < n) {
                         float y = acc[i * TN + j];
 #if defined(PROLOGUE_RMSNORM)
