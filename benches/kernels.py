@@ -1,15 +1,15 @@
 """Kernel micro-benches and the copy bandwidth.
 
 Each catalogue kernel is timed at the shapes one decode step (1 row) and one prefill
-(`prefill_tokens` rows) of a model use, in the fused forms the catalogue offers (RMSNorm
-prologue on the QKV, gate/up and LM-head projections; SiLU-gated prologue and residual
-accumulate on the down projection). A kernel is timed with GPU timestamps where the backend's
-`gpu_timings` gives them, else by wall time over replays of a CommandList holding many
-copies of the dispatch (so submit and wait costs are spread thin). Achieved GB/s = the
-minimum bytes the dispatch must move (benches.shapes.kernel_bytes) / its time, compared with
-the bandwidth measured in the same run (`device_bandwidth`): the better of a buffer-to-buffer
-copy of `copy_mib` MiB in a CommandList and the `add` kernel streaming through as much, counting
-bytes read plus bytes written.
+(`prefill_tokens` rows) of a model use, in the fused forms the model uses (RMSNorm prologue on
+the QKV, gate/up and LM-head projections, the SiLU-gated epilogue on gate/up, residual
+accumulate on the o and down projections), and the unfused kernels beside them. A kernel is
+timed with GPU timestamps where the backend's `gpu_timings` gives them, else by wall time over
+replays of a CommandList holding many copies of the dispatch (so submit and wait costs are
+spread thin). Achieved GB/s = the minimum bytes the dispatch must move
+(benches.shapes.kernel_bytes) / its time, compared with the bandwidth measured in the same run
+(`device_bandwidth`): the better of a buffer-to-buffer copy of `copy_mib` MiB in a CommandList
+and the `add` kernel streaming through as much, counting bytes read plus bytes written.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def model_cases(
                 phase,
                 "matmul",
                 {"rows": rows, "n": 2 * s.ffn_dim, "k": s.dim, "eps": 1e-5},
-                {**w, "prologue": "rmsnorm"},
+                {**w, "prologue": "rmsnorm", "epilogue": "silu_mul"},
             ),
             KernelCase("silu_mul", phase, "silu_mul", {"rows": rows, "n": s.ffn_dim}),
             KernelCase(
@@ -127,7 +127,7 @@ def model_cases(
                 phase,
                 "matmul",
                 {"rows": rows, "n": s.dim, "k": s.ffn_dim, "eps": 1e-5},
-                {**w, "prologue": "silu_mul", "accumulate": True},
+                {**w, "accumulate": True},
             ),
             KernelCase("add", phase, "add", {"n": rows * s.dim}),
         ]

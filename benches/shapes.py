@@ -101,9 +101,10 @@ def kernel_bytes(kernel: str, params: dict[str, Any], dtypes: dict[str, str], co
     if kernel == "matmul":
         n, k = p["n"], p["k"]
         x_width = 2 * k if constants.get("prologue") == "silu_mul" else k
-        total = n * k * size("w") + rows * x_width * f + rows * n * f
+        outputs = n // 2 if constants.get("epilogue") == "silu_mul" else n
+        total = n * k * size("w") + rows * x_width * f + rows * outputs * f
         if constants.get("accumulate"):
-            total += rows * n * f
+            total += rows * outputs * f
         if constants.get("prologue") == "rmsnorm":
             total += k * f
         if constants.get("bias"):
@@ -174,6 +175,7 @@ def _shape_key(dispatch: Any) -> str:
     c = pipe.constants
     if name == "matmul":
         extras = [c["prologue"]] if c.get("prologue", "none") != "none" else []
+        extras += [f"{c['epilogue']} epilogue"] if c.get("epilogue", "none") != "none" else []
         extras += ["acc"] if c.get("accumulate") else []
         extras += ["bias"] if c.get("bias") else []
         tail = f" {'+'.join(extras)}" if extras else ""

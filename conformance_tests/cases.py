@@ -302,6 +302,9 @@ def _rmsnorm(v: Values, c: dict, s: dict) -> Case:
 
 def _matmul(v: Values, c: dict, s: dict) -> Case:
     rows, n, k = s["rows"], s["n"], s["k"]
+    paired = c.get("epilogue") == "silu_mul"
+    if paired:  # (gate, up) row pairs
+        n += n % 2
     width = 2 * k if c["prologue"] == "silu_mul" else k
     eps = v.pick(EPSILONS[1:]) if c["prologue"] == "rmsnorm" else v.pick((0.0, 1e-5))
     arrays = {
@@ -313,10 +316,11 @@ def _matmul(v: Values, c: dict, s: dict) -> Case:
     if c["bias"]:
         arrays["bias"] = v.floats(n, -1.0, 1.0)
     sizes = {}
+    outputs = rows * (n // 2 if paired else n)
     if c["accumulate"]:
-        arrays["out"] = v.floats(rows * n, -4.0, 4.0)
+        arrays["out"] = v.floats(outputs, -4.0, 4.0)
     else:
-        sizes["out"] = rows * n  # overwritten entirely: starts as poison
+        sizes["out"] = outputs  # overwritten entirely: starts as poison
     return Case("matmul", c, {"rows": rows, "n": n, "k": k, "eps": eps}, arrays, sizes=sizes)
 
 

@@ -157,15 +157,17 @@ CATALOGUE: dict[str, KernelSpec] = {
         ),
         KernelSpec(
             "matmul",
-            "out[r] (+)= prologue(x[r]) @ w.T (+ bias). prologue 'rmsnorm' normalises x[r] with "
-            "norm_weight and eps first; 'silu_mul' reads x[r] as [gate | up] (2k wide) and uses "
-            "silu(gate) * up. accumulate adds into out (a fused residual add).",
+            "out[r] (+)= epilogue(prologue(x[r]) @ w.T (+ bias)). prologue 'rmsnorm' normalises x[r] "
+            "with norm_weight and eps first; 'silu_mul' reads x[r] as [gate | up] (2k wide) and uses "
+            "silu(gate) * up. epilogue 'silu_mul' pairs adjacent outputs y of a row, w's rows being "
+            "interleaved gate and up rows: out[r, j] = silu(y[2j]) * y[2j+1], n/2 columns. accumulate "
+            "adds into out (a fused residual add).",
             bindings=(
                 Binding("x", "f32", ("rows", "2 * k if prologue == 'silu_mul' else k")),
                 Binding("w", "{wdtype}", ("n", "k")),
                 Binding("norm_weight", "f32", ("k",), when="prologue == 'rmsnorm'"),
                 Binding("bias", "f32", ("n",), when="bias"),
-                Binding("out", "f32", ("rows", "n"), "readwrite"),
+                Binding("out", "f32", ("rows", "n // 2 if epilogue == 'silu_mul' else n"), "readwrite"),
             ),
             params=(Param("rows", "u32"), Param("n", "u32"), Param("k", "u32"), Param("eps", "f32")),
             constants=(
@@ -173,8 +175,9 @@ CATALOGUE: dict[str, KernelSpec] = {
                 Constant("bias", (False, True), False),
                 Constant("accumulate", (False, True), False),
                 Constant("prologue", ("none", "rmsnorm", "silu_mul"), "none"),
+                Constant("epilogue", ("none", "silu_mul"), "none"),
             ),
-            constraints=("rows >= 1", "n >= 1", "k >= 1"),
+            constraints=("rows >= 1", "n >= 1", "k >= 1", "epilogue == 'none' or n % 2 == 0"),
         ),
         KernelSpec(
             "rope",

@@ -1,18 +1,18 @@
 """The Llama-family forward pass, recorded as command lists on any backend.
 
 Weights are uploaded once in their stored precision, with q/k/v fused into one matrix and
-gate/up into another, so that a decode step's layer is five dispatches:
+gate/up into another (their rows interleaved: gate 0, up 0, gate 1, ...), so that a decode
+step's layer is five dispatches:
 
     matmul(rmsnorm prologue) -> qkv
     decode_attention (rope on the row's q and k, k and v -> this layer's cache, attention)
     matmul(o, accumulate into x)
-    matmul(rmsnorm prologue) -> gate|up
-    matmul(silu_mul prologue, down, accumulate into x)
+    matmul(rmsnorm prologue, silu_mul epilogue: each (gate, up) pair -> silu(gate) * up)
+    matmul(down, accumulate into x)
 
-A prefill chunk (several rows) takes eight: decode_attention's work is three dispatches
+A prefill chunk (several rows) takes seven: decode_attention's work is three dispatches
 there, rope on q and k (adjacent in each qkv row), kv_write (k, v -> the cache) and
-attention (reads q from qkv, the cache), and silu_mul runs on its own before down (a tiled
-matrix product would redo it for every tile of output columns).
+attention (reads q from qkv, the cache).
 
 A decode step (embed, the layers, the final norm + lm_head, argmax or sample, `advance`, a
 4-byte copy of the token to a read-back buffer) is recorded once per sampling setting and
@@ -163,6 +163,25 @@ class _Uploader:
         self._tick(list(names))
         return t
 
+    def interleaved(self, first: str, second: str, matrix: bool = True) -> Tensor:
+        """Two same-shaped tensors with their rows (or, for vectors, elements) interleaved: first[0],
+        second[0], first[1], ... (gate and up for the matmul's silu_mul epilogue). Matrices keep
+        their stored dtype (float32 if the two differ), vectors become float32."""
+        names = [first, second]
+        arrays = [self._host(n) for n in names]
+        dtypes = {self.infos[n].dtype for n in names}
+        if not matrix or len(dtypes) > 1:
+            arrays = [to_f32(a, self.infos[n].dtype) for a, n in zip(arrays, names, strict=True)]
+            dtype = "f32"
+        else:
+            (dtype,) = dtypes
+        data = np.stack(arrays, axis=1)
+        t = self.backend.upload(np.ascontiguousarray(data.reshape(-1, *arrays[0].shape[1:])), dtype)
+        self.made.append(t)
+        self.nbytes += t.nbytes
+        self._tick(names)
+        return t
+
     def matrix(self, *names: str) -> Tensor:
         """Row-concatenated matrices in their stored dtype, written part by part (no host copy)."""
         dtypes = {self.infos[n].dtype for n in names}
@@ -222,8 +241,8 @@ def _upload(ckpt: Checkpoint, backend: Backend, c: ModelConfig, infos: dict[str,
                 wo=up.matrix(a + "o_proj.weight"),
                 bo=up.f32(a + "o_proj.bias") if c.o_bias else None,
                 ffn_norm=up.f32(p + "post_attention_layernorm.weight"),
-                wgu=up.matrix(m + "gate_proj.weight", m + "up_proj.weight"),
-                bgu=up.f32(m + "gate_proj.bias", m + "up_proj.bias") if c.mlp_bias else None,
+                wgu=up.interleaved(m + "gate_proj.weight", m + "up_proj.weight"),
+                bgu=up.interleaved(m + "gate_proj.bias", m + "up_proj.bias", matrix=False) if c.mlp_bias else None,
                 wdown=up.matrix(m + "down_proj.weight"),
                 bdown=up.f32(m + "down_proj.bias") if c.mlp_bias else None,
             )
@@ -304,8 +323,7 @@ class _Scratch:
     x: Tensor
     qkv: Tensor
     attn: Tensor
-    gu: Tensor
-    act: Tensor  # silu(gate) * up of a prefill chunk
+    act: Tensor  # silu(gate) * up
     last: Tensor
     logits: Tensor
     ids: Tensor
@@ -369,7 +387,6 @@ class Llama:
                 x=new((R, c.dim)),
                 qkv=new((R, c.qkv_dim)),
                 attn=new((R, c.q_dim)),
-                gu=new((R, 2 * c.ffn_dim)),
                 act=new((R, c.ffn_dim)),
                 last=new((1, c.dim)),
                 logits=new((1, c.vocab_size)),
@@ -406,9 +423,17 @@ class Llama:
         return self._pipelines[key]
 
     def _matmul(self, cmd: CommandList, x: Tensor, w: Tensor, out: Tensor, rows: int, *, norm=None, bias=None,
-                accumulate=False, silu=False, label="") -> None:  # fmt: skip
-        prologue = "rmsnorm" if norm is not None else "silu_mul" if silu else "none"
-        pipe = self._pipe("matmul", wdtype=w.dtype, bias=bias is not None, accumulate=accumulate, prologue=prologue)
+                accumulate=False, pairs=False, label="") -> None:  # fmt: skip
+        """out (+)= x @ w.T, x rms-normalised with `norm` first; `pairs`: w's rows interleave gate and up and
+        out gets silu(gate) * up."""
+        pipe = self._pipe(
+            "matmul",
+            wdtype=w.dtype,
+            bias=bias is not None,
+            accumulate=accumulate,
+            prologue="rmsnorm" if norm is not None else "none",
+            epilogue="silu_mul" if pairs else "none",
+        )
         n, k = w.shape
         bindings = {"x": x, "w": w, "out": out}
         if norm is not None:
@@ -422,7 +447,7 @@ class Llama:
         x = s.x.view(shape=(rows, c.dim))
         qkv = s.qkv.view(shape=(rows, c.qkv_dim))
         attn = s.attn.view(shape=(rows, c.q_dim))
-        gu = s.gu.view(shape=(rows, 2 * c.ffn_dim))
+        act = s.act.view(shape=(rows, c.ffn_dim))
         if w.embed is not None:  # else the host writes the rows of x
             cmd.dispatch(
                 self._pipe("embed", wdtype=w.embed.dtype),
@@ -444,13 +469,8 @@ class Llama:
             else:
                 self._attention_rows(cmd, i, rows, qkv, positions, k_cache, v_cache, attn, scale)
             self._matmul(cmd, attn, lw.wo, x, rows, bias=lw.bo, accumulate=True, label=f"L{i}.o")
-            self._matmul(cmd, x, lw.wgu, gu, rows, norm=lw.ffn_norm, bias=lw.bgu, label=f"L{i}.gate_up")
-            if rows == 1:  # a matrix-vector product: silu(gate) * up on the fly costs nothing
-                self._matmul(cmd, gu, lw.wdown, x, rows, bias=lw.bdown, accumulate=True, silu=True, label=f"L{i}.down")
-            else:  # a tiled product would redo the silu for every column tile: once, on its own
-                act = s.act.view(shape=(rows, c.ffn_dim))
-                cmd.dispatch(self._pipe("silu_mul"), {"gate_up": gu, "out": act}, f"L{i}.silu", rows=rows, n=c.ffn_dim)
-                self._matmul(cmd, act, lw.wdown, x, rows, bias=lw.bdown, accumulate=True, label=f"L{i}.down")
+            self._matmul(cmd, x, lw.wgu, act, rows, norm=lw.ffn_norm, bias=lw.bgu, pairs=True, label=f"L{i}.gate_up")
+            self._matmul(cmd, act, lw.wdown, x, rows, bias=lw.bdown, accumulate=True, label=f"L{i}.down")
 
     def _attention_rows(self, cmd: CommandList, i: int, rows: int, qkv: Tensor, positions: Tensor, k_cache: Tensor,
                         v_cache: Tensor, attn: Tensor, scale: float) -> None:  # fmt: skip

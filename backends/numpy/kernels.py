@@ -75,6 +75,9 @@ def matmul(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
     y = _times_weights(x.astype(np.float64), b["w"][: n * k].reshape(n, k), c["wdtype"])
     if c["bias"]:
         y += b["bias"][:n]
+    if c["epilogue"] == "silu_mul":  # rows of w interleave gate and up
+        y = _silu(y[:, 0::2].astype(np.float32).astype(np.float64)) * y[:, 1::2].astype(np.float32)
+        n //= 2
     out = b["out"][: rows * n].reshape(rows, n)
     if c["accumulate"]:
         y += out

@@ -10,7 +10,7 @@ where it only applies to some (e.g. `lambda p: p["rows"] == 1` for matrix-vector
 `priority` to order the applicable ones.
 
 Names are `variants.stem(kernel, constants, *tags)`; every constant combination has a
-full set. 179 spv files in all with the simple kernels' (matmul 144, attention 12,
+full set. 323 spv files in all with the simple kernels' (matmul 288, attention 12,
 decode_attention 8, sample 2).
 
 matmul (matmul_vec.comp, matmul_tiled.comp)
@@ -23,10 +23,12 @@ matmul (matmul_vec.comp, matmul_tiled.comp)
     1B down: 187 vs 637 / 835). Tuned on the H100 (2026-11-24): WG 64..256 x rows
     2..8 x unroll 1..4 are within ~5% of each other on the decode shapes; ROWS 2 was best
     or tied everywhere; the LM head of a Llama-3.2-1B shape (525 MB f16) streams at ~3.0
-    TB/s, the copy bandwidth.
-    `matmul_<consts>_tiled`: 16 x 16 invocations, a 64 x 64 output tile (4 x 4 each), BK 16,
-    one slice of register prefetch; grid (ceil(n / 64), ceil(rows / 64)). Everything else
-    (prefill, odd k). ~18-20 TFLOP/s f32 FMA on the 1B prefill shapes (512 rows); 128 x 128
+    TB/s, the copy bandwidth. A subgroup per output row instead of a workgroup per two was
+    slower on every decode shape (1B down: 74% -> 51% of the copy bandwidth).
+    `matmul_<consts>_tiled`: 16 x 16 invocations, a 64 x 64 output tile (4 x 4 adjacent each,
+    read from shared memory as two vec4s a k step), BK 16, one slice of register prefetch;
+    grid (ceil(n / 64), ceil(rows / 64)). Everything else (prefill, odd k). ~21-23 TFLOP/s
+    f32 FMA on the 1B prefill shapes (512 rows; 18-20 with scalar shared reads); 128 x 128
     tiles were slower except on the widest (n = 16384) matrix.
     `matmul_<consts>_tiled16`: the same with a 16 x 64 tile (1 x 4 each), for rows <= 32 whose
     k the vec form cannot take (measured: 140 us vs 178 for the 64-row tile at 1B qkv, 16 rows).

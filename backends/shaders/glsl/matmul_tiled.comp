@@ -17,6 +17,9 @@
 // packed words, two at a time when k is even; an odd k reads them one by one (a row then
 // starts mid-word) and never touches a word past the last element.
 //
+// The silu_mul epilogue (w's rows interleave gate and up) writes silu(gate) * up of each
+// invocation's adjacent column pairs.
+//
 // Grid: x over column tiles, y over row tiles (both grid-stride).
 #extension GL_EXT_control_flow_attributes : enable
 #include "kernel_matmul.glsl"
@@ -174,20 +177,35 @@ void main() {
                 }
                 float scale = 1.0 / sqrt(sq / float(k) + p.eps);
 #endif
+                float y[TN];
+                [[unroll]] for (uint j = 0u; j < uint(TN); ++j) {
+                    uint col = min(j0 + uint(TN) * tx + j, n - 1u);
+                    y[j] = acc[i * TN + j];
+#if defined(PROLOGUE_RMSNORM)
+                    y[j] *= scale;
+#endif
+#if BIAS
+                    y[j] += bias[col];
+#endif
+                }
+#if defined(EPILOGUE_SILU_MUL)
+                // columns (gate, up) pairs: TN is even and so is every invocation's first column
+                [[unroll]] for (uint j = 0u; j < uint(TN); j += 2u) {
+                    uint col = j0 + uint(TN) * tx + j;
+                    if (col + 1u < n) {
+                        float v = y[j] / (1.0 + exp(-y[j])) * y[j + 1u];
+                        uint o = m * (n / 2u) + col / 2u;
+#else
                 [[unroll]] for (uint j = 0u; j < uint(TN); ++j) {
                     uint col = j0 + uint(TN) * tx + j;
                     if (col < n) {
-                        float y = acc[i * TN + j];
-#if defined(PROLOGUE_RMSNORM)
-                        y *= scale;
-#endif
-#if BIAS
-                        y += bias[col];
+                        float v = y[j];
+                        uint o = m * n + col;
 #endif
 #if ACCUMULATE
-                        y += out_[m * n + col];
+                        v += out_[o];
 #endif
-                        out_[m * n + col] = y;
+                        out_[o] = v;
                     }
                 }
             }

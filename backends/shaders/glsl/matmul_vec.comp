@@ -13,7 +13,9 @@
 // on a 16-byte boundary and no load reaches past a buffer's end (the variant's `when`);
 // other k take the tiled kernel. Prologues: rmsnorm accumulates sum(x*x) in the same pass
 // and scales the finished dot products (normalise(x) . w == scale * ((x*nw) . w)); silu_mul
-// reads gate and up and uses silu(gate) * up on the fly.
+// reads gate and up and uses silu(gate) * up on the fly. The silu_mul epilogue: w's rows
+// interleave gate and up, so each workgroup's rows come in (gate, up) pairs and it writes
+// silu(gate) * up of each pair (n/2 outputs).
 //
 // Own declarations instead of the generated header (vector element types), with the same
 // bindings and push-constant block: see kernel_matmul.glsl and variants.py.
@@ -93,6 +95,29 @@ vec4 silu_mul4(vec4 g, vec4 u) {
     return g / (1.0 + exp(-g)) * u;
 }
 #endif
+
+#if defined(EPILOGUE_SILU_MUL) && (ROWS % 2) != 0
+#error "the silu_mul epilogue pairs a workgroup's rows: ROWS must be even"
+#endif
+
+// output j (the block's row r) from the reduced partial sums: scaled, biased
+float finished(uint r, uint j, uint parts) {
+    float y = 0.0;
+    for (uint i = 0u; i < parts; ++i) {
+        y += red[r * RED_STRIDE + i];
+    }
+#if defined(PROLOGUE_RMSNORM)
+    float sq = 0.0;
+    for (uint i = 0u; i < parts; ++i) {
+        sq += red[ROWS * RED_STRIDE + i];
+    }
+    y *= 1.0 / sqrt(sq / float(p.k) + p.eps);
+#endif
+#if BIAS
+    y += bias[j];
+#endif
+    return y;
+}
 
 void main() {
     uint t = gl_LocalInvocationIndex;
@@ -202,26 +227,21 @@ void main() {
             }
             uint parts = 1u;
 #endif
+#if defined(EPILOGUE_SILU_MUL)
+            // output pairs (gate, up) of the block's rows: ROWS is even and j0 too
+            if (t < ROWS / 2u && j0 + 2u * t + 1u < n) {
+                float g = finished(2u * t, j0 + 2u * t, parts);
+                float y = g / (1.0 + exp(-g)) * finished(2u * t + 1u, j0 + 2u * t + 1u, parts);
+                uint o = row * (n / 2u) + j0 / 2u + t;
+#else
             if (t < ROWS && j0 + t < n) {
-                uint j = j0 + t;
-                float y = 0.0;
-                for (uint i = 0u; i < parts; ++i) {
-                    y += red[t * RED_STRIDE + i];
-                }
-#if defined(PROLOGUE_RMSNORM)
-                float sq = 0.0;
-                for (uint i = 0u; i < parts; ++i) {
-                    sq += red[ROWS * RED_STRIDE + i];
-                }
-                y *= 1.0 / sqrt(sq / float(k) + p.eps);
-#endif
-#if BIAS
-                y += bias[j];
+                float y = finished(t, j0 + t, parts);
+                uint o = row * n + j0 + t;
 #endif
 #if ACCUMULATE
-                y += out_[row * n + j];
+                y += out_[o];
 #endif
-                out_[row * n + j] = y;
+                out_[o] = y;
             }
             barrier();  // red is reused by the next block
         }
