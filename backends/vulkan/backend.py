@@ -2,9 +2,9 @@
 
 The shared GLSL kernels (shaderbay.backends.shaders) run from their shipped SPIR-V. A
 command list is recorded into one Vulkan command buffer the first time it is submitted and
-re-submitted with one `vkQueueSubmit` ever after, so the host's work per token is: write
-the parameter buffer (persistently mapped), one submit, one fence wait, one read of the
-sampled token. Hot paths call `vk.lib` directly with prebuilt cffi objects.
+re-submitted with one `vkQueueSubmit` ever after, so the host's work per token is one
+submit and, a step behind, one fence wait (polled for up to 2 ms before it blocks) and a
+4-byte read of a token. Hot paths call `vk.lib` directly with prebuilt cffi objects.
 
 The modules, in reading order:
   loader.py     the `vulkan` package, error checks, struct helpers

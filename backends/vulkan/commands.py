@@ -12,6 +12,7 @@ collector while it runs is released once it is done.
 
 from __future__ import annotations
 
+import time
 import weakref
 from typing import Any
 
@@ -46,6 +47,10 @@ from .memory import VulkanBuffer
 from .pipelines import Pipelines
 
 Range = tuple[int, int, int]  # (id of the buffer, first byte, end byte)
+
+# wait_for (a decode step's token) polls the fence this long before blocking on it: a thread woken
+# from a blocking wait resumes slowly, and the host's next submit would wait for it
+SPIN_NS = 2_000_000
 
 
 class Prepared:
@@ -309,7 +314,11 @@ class CommandQueue:
         work, so the lists submitted before it are done too."""
         if not prep.pending:
             return
-        self._gpu.wait_fences(1, prep.fence_p)
+        status, dev, fence, now = lib.vkGetFenceStatus, self._dev, prep.fence, time.perf_counter_ns
+        deadline = now() + SPIN_NS
+        while status(dev, fence) and now() < deadline:  # VK_NOT_READY (1) until signalled (0)
+            pass
+        self._gpu.wait_fences(1, prep.fence_p)  # at once when signalled; errors and timeouts raise here
         at = self._inflight.index(prep) + 1
         done = self._inflight[:at]
         del self._inflight[:at]
