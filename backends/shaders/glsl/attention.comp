@@ -199,19 +199,6 @@ void main() {
         for (uint h = gl_WorkGroupID.x; h < p.n_heads; h += gl_NumWorkGroups.x) {
             uint kv0 = (h / group) * units;  // this head's first unit within a cache row
 #if DECODE_ROPE_KV
-            // the first chunk's K and V loads, issued before the position is known so that they
-            // overlap the rope work (keys past L are masked later; row `fresh` is replaced by
-            // k_new / v_new, so what these loads read of it, while its writer stores it, is unused)
-            UNIT kpre[BATCH];
-            UNIT vpre[VBATCH];
-            uint kfirst = min(t, p.max_seq - 1u) * kv_units + kv0;
-            [[unroll]] for (uint b = 0u; b < BATCH; ++b) {
-                kpre[b] = b < units ? k_cache[kfirst + b] : UNIT(0);
-            }
-            [[unroll]] for (uint b = 0u; b < VBATCH; ++b) {
-                uint row_v = min(grp + b * G, p.max_seq - 1u);
-                vpre[b] = accumulating ? v_cache[row_v * kv_units + kv0 + u] : UNIT(0);
-            }
             uint kb0 = k_off + (h / group) * hd;
             uint vb0 = v_off + (h / group) * hd;
             // element by element, q and k sharing each angle's cos and sin; then packed in units
@@ -261,12 +248,6 @@ void main() {
                     for (uint i0 = 0u; i0 < units; i0 += BATCH) {
                         UNIT kb[BATCH];  // the batch's loads first, all in flight together
                         [[unroll]] for (uint b = 0u; b < BATCH; ++b) {
-#if DECODE_ROPE_KV
-                            if (c == 0u && i0 == 0u) {
-                                kb[b] = b < units ? (j == fresh ? k_new[b] : kpre[b]) : UNIT(0);
-                                continue;
-                            }
-#endif
                             kb[b] = i0 + b < units ? K_UNIT(j, base + i0 + b, i0 + b) : UNIT(0);
                         }
                         [[unroll]] for (uint b = 0u; b < BATCH; ++b) {
@@ -315,12 +296,6 @@ void main() {
                         UNIT vb[VBATCH];  // the batch's loads first
                         [[unroll]] for (uint b = 0u; b < VBATCH; ++b) {
                             uint i = i0 + b * G;
-#if DECODE_ROPE_KV
-                            if (c == 0u && i0 == grp) {
-                                vb[b] = i < cnt ? (i == fresh ? v_new[u] : vpre[b]) : UNIT(0);
-                                continue;
-                            }
-#endif
                             vb[b] = i < cnt ? V_UNIT(c + i, (c + i) * kv_units + kv0 + u, u) : UNIT(0);
                         }
                         [[unroll]] for (uint b = 0u; b < VBATCH; ++b) {
