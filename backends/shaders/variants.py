@@ -217,20 +217,22 @@ def _simple() -> list[Variant]:
     )
     rows.append(Variant("add", "add", "add.comp", {}, (WG, 1, 1), lambda p: (groups(p["n"], WG), 1, 1)))
     for sg in (False, True):
-        rows.append(
-            Variant(
-                "argmax" + ("_sg" if sg else ""),
-                "argmax",
-                "argmax.comp",
-                {},
-                (ARGMAX_WG, 1, 1),
-                lambda p: (groups(p["rows"]), 1, 1),
-                defines={"SUBGROUPS": sg},
-                needs=SG_NEEDS if sg else frozenset(),
-                priority=int(sg),
-                shared_bytes=8 * ARGMAX_WG,
+        for vec in (False, True):
+            rows.append(
+                Variant(
+                    "argmax" + ("_vec" if vec else "") + ("_sg" if sg else ""),
+                    "argmax",
+                    "argmax.comp",
+                    {},
+                    (ARGMAX_WG, 1, 1),
+                    lambda p: (groups(p["rows"]), 1, 1),
+                    defines={"SUBGROUPS": sg, "VEC": vec},
+                    needs=SG_NEEDS if sg else frozenset(),
+                    when=(lambda p: p["n"] % 4 == 0) if vec else None,
+                    priority=int(sg) + 2 * int(vec),
+                    shared_bytes=8 * ARGMAX_WG,
+                )
             )
-        )
     rows.append(Variant("advance", "advance", "advance.comp", {}, (1, 1, 1), lambda p: (1, 1, 1)))
     return rows
 

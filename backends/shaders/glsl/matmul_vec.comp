@@ -142,6 +142,18 @@ void main() {
                 wb[r] = min(j0 + r, n - 1u) * nch;  // rows past n repeat the last (not written)
             }
             float ss = 0.0;
+#if defined(EPILOGUE_SILU_MUL)
+            // output pairs (gate, up) of the block's rows: ROWS is even and j0 too
+            bool writes = t < ROWS / 2u && j0 + 2u * t + 1u < n;
+            uint o = row * (n / 2u) + j0 / 2u + t;
+#else
+            bool writes = t < ROWS && j0 + t < n;
+            uint o = row * n + j0 + t;
+#endif
+#if ACCUMULATE
+            // loaded before the weights, so that its latency hides behind theirs
+            float prev = writes ? out_[o] : 0.0;
+#endif
 
             for (uint c0 = t; c0 < nch; c0 += UNROLL * WG_SIZE) {
                 // UNROLL chunks per invocation per round: all their loads first
@@ -227,19 +239,15 @@ void main() {
             }
             uint parts = 1u;
 #endif
+            if (writes) {
 #if defined(EPILOGUE_SILU_MUL)
-            // output pairs (gate, up) of the block's rows: ROWS is even and j0 too
-            if (t < ROWS / 2u && j0 + 2u * t + 1u < n) {
                 float g = finished(2u * t, j0 + 2u * t, parts);
                 float y = g / (1.0 + exp(-g)) * finished(2u * t + 1u, j0 + 2u * t + 1u, parts);
-                uint o = row * (n / 2u) + j0 / 2u + t;
 #else
-            if (t < ROWS && j0 + t < n) {
                 float y = finished(t, j0 + t, parts);
-                uint o = row * n + j0 + t;
 #endif
 #if ACCUMULATE
-                y += out_[o];
+                y += prev;
 #endif
                 out_[o] = y;
             }
