@@ -9,8 +9,7 @@
 // sum l and the output accumulators are rescaled by exp(m_old - m_new)), each invocation
 // turns its score into exp(s - m), and then the invocations accumulate p * v: invocation t
 // owns one UE-element unit of the head (t % units) for every G-th key of the chunk
-// (G = WG_SIZE / units groups). At the end the G groups' accumulators and sums are added
-// (a tree in shared memory).
+// (G = WG_SIZE / units groups). At the end the G groups' accumulators and sums are added.
 // The chunk maximum: subgroupMax and one shared slot per subgroup with SUBGROUPS, else every
 // invocation scans the chunk's scores in shared memory.
 // K and V loads are batched (BATCH units of a key, VBATCH keys of a unit) so several are
@@ -332,25 +331,16 @@ void main() {
                 }
             }
             barrier();
-            // a tree: each step the lower groups add in the upper ones (log2 G steps, where a
-            // sequential sum over the groups cost G dependent shared-memory loads)
-            for (uint live = G; live > 1u;) {
-                uint upper = (live + 1u) / 2u;  // groups upper.. add into 0..
-                if (accumulating && grp < live - upper) {
-                    uint o = grp * hd + u * UE;
-                    uint from = (grp + upper) * hd + u * UE;
-                    [[unroll]] for (uint e = 0u; e < UE; ++e) {
-                        part[o + e] += part[from + e];
-                    }
-                    if (u == 0u) {
-                        part_l[grp] += part_l[grp + upper];
-                    }
-                }
-                barrier();
-                live = upper;
+            float lt = 0.0;
+            for (uint g = 0u; g < G; ++g) {
+                lt += part_l[g];
             }
             for (uint d = t; d < hd; d += WG_SIZE) {
-                out_[(r * p.n_heads + h) * hd + d] = part[d] / part_l[0];
+                float o = 0.0;
+                for (uint g = 0u; g < G; ++g) {
+                    o += part[g * hd + d];
+                }
+                out_[(r * p.n_heads + h) * hd + d] = o / lt;
             }
             barrier();  // shared memory is reused by the next (row, head)
         }
