@@ -13,8 +13,7 @@
 // The chunk maximum: subgroupMax and one shared slot per subgroup with SUBGROUPS, else every
 // invocation scans the chunk's scores in shared memory.
 // K and V loads are batched (BATCH units of a key, VBATCH keys of a unit) so several are
-// in flight per invocation; the first VPRE V rows of each invocation are loaded before the
-// chunk is scored. Shared memory: O(WG_SIZE * UE), independent of the context.
+// in flight per invocation. Shared memory: O(WG_SIZE * UE), independent of the context.
 //
 // Units (UE elements, one load each): VEC: 16 bytes (8 f16 or 4 f32; needs head_dim % UE
 // == 0, the variant's `when`), otherwise 2 elements (a packed f16 word or a vec2 of f32;
@@ -101,7 +100,6 @@ layout(std430, set = 0, binding = BINDING_OUT) writeonly buffer Buffer_OUT { flo
 #define MAX_HEAD_DIM 256u
 #define BATCH 8u   // K units loaded together per key
 #define VBATCH 4u  // V rows loaded together per invocation
-#define VPRE 8u    // V rows per invocation loaded with the chunk's K rows (all of them at head_dim 64)
 #define LOWEST -3.0e38  // below any score; a finite stand-in for -inf (see common.glsl)
 
 shared float qs[MAX_HEAD_DIM];
@@ -241,14 +239,6 @@ void main() {
             vec4 acc_a = vec4(0.0);
             vec4 acc_b = vec4(0.0);
             for (uint c = 0u; c < L; c += WG_SIZE) {
-                uint cnt = min(WG_SIZE, L - c);
-                // the first VPRE of this invocation's V rows, loaded before the K rows are scored:
-                // their latency overlaps the K loads' instead of following the softmax
-                UNIT vpre[VPRE];
-                [[unroll]] for (uint b = 0u; b < VPRE; ++b) {
-                    uint i = grp + b * G;
-                    vpre[b] = accumulating && i < cnt ? V_UNIT(c + i, (c + i) * kv_units + kv0 + u, u) : UNIT(0);
-                }
                 uint j = c + t;
                 float s = LOWEST;
                 if (j < L) {
@@ -275,6 +265,7 @@ void main() {
                     }
                     s = dot(sa, vec4(1.0)) + dot(sb, vec4(1.0));
                 }
+                uint cnt = min(WG_SIZE, L - c);
 #if SUBGROUPS
                 float sm = subgroupMax(s);
                 if (gl_SubgroupInvocationID == 0u) {
@@ -301,15 +292,7 @@ void main() {
                     acc_a *= corr;
                     acc_b *= corr;
                     l *= corr;
-                    [[unroll]] for (uint b = 0u; b < VPRE; ++b) {
-                        uint i = grp + b * G;
-                        float pr = i < cnt ? prob[min(i, cnt - 1u)] : 0.0;
-                        Unit8 vv = expand(vpre[b]);
-                        l += pr;
-                        acc_a += pr * vv.a;
-                        acc_b += pr * vv.b;
-                    }
-                    for (uint i0 = grp + VPRE * G; i0 < cnt; i0 += VBATCH * G) {
+                    for (uint i0 = grp; i0 < cnt; i0 += VBATCH * G) {
                         UNIT vb[VBATCH];  // the batch's loads first
                         [[unroll]] for (uint b = 0u; b < VBATCH; ++b) {
                             uint i = i0 + b * G;
@@ -359,9 +342,7 @@ void main() {
                 }
                 out_[(r * p.n_heads + h) * hd + d] = o / lt;
             }
-            if (h + gl_NumWorkGroups.x < p.n_heads || r + gl_NumWorkGroups.y < ROWS) {
-                barrier();  // shared memory is reused by the next (row, head)
-            }
+            barrier();  // shared memory is reused by the next (row, head)
         }
     }
 }
