@@ -200,7 +200,9 @@ def _run_kernels(args: argparse.Namespace, names: list[str], settings: dict[str,
     context = args.prompt_tokens + args.new_tokens // 2  # the mean live context of a decode run
     max_context = max(args.max_context or 0, args.prompt_tokens + args.new_tokens, args.prefill_tokens)
     phases = {p.strip() for p in args.phases.split(",")}
-    cases = [c for c in model_cases(shape, wdtype, args.prefill_tokens, context, max_context) if c.phase in phases]
+    cache_dtype = "f16" if wdtype in ("f16", "bf16") else "f32"  # the model's choice on a device with f16
+    cases = model_cases(shape, wdtype, args.prefill_tokens, context, max_context, cache_dtype)
+    cases = [c for c in cases if c.phase in phases]
     settings.update(min_time=args.min_time, phases=sorted(phases), decode_context=context, max_context=max_context)
     steps = Steps("bench kernels", len(names) * (len(cases) + 1))
     try:

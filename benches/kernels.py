@@ -133,6 +133,22 @@ def model_cases(
         ]
         if phase == "decode":  # prefill computes logits for its last row only: the decode shapes
             cases += [
+                KernelCase(  # what a decode step runs instead of rope.qk, kv_write and attention
+                    "decode_attention",
+                    phase,
+                    "decode_attention",
+                    {
+                        "n_heads": s.n_heads,
+                        "n_kv_heads": s.n_kv_heads,
+                        "head_dim": s.head_dim,
+                        "stride": s.qkv_dim,
+                        "max_seq": max_seq,
+                        "scale": 1.0 / float(np.sqrt(s.head_dim)),
+                    },
+                    c,
+                    context=live,
+                    positions=positions,
+                ),
                 KernelCase(
                     "matmul.lm_head",
                     phase,
