@@ -2,14 +2,12 @@
 // out[r] = the smallest index of the largest x[r]; NaN counts as -inf (so it never beats a
 // number, and an all-NaN row gives 0, as in the reference). One workgroup per row, each
 // invocation with UNROLL loads in flight (a decode step's vocabulary, 49-256k logits, is one
-// row). Values compare as order_key() uints: exact, and no infinite constants (see
-// common.glsl); (key, index) is a total order, so the order the elements are visited in does
-// not matter. A plain float compare against the invocation's best value skips that exact
-// compare for most elements: on one workgroup the pass is bound by the work per element as
-// much as by the loads in flight.
-// VEC (rows of n % 4 == 0, the variant's `when`): 16-byte loads (H200, 128k logits: 32 -> 22
-// us a decode step). Own declarations then, with the generated header's bindings and push
-// constants.
+// row: the pass is bound by how many loads one workgroup keeps going). Values compare as
+// order_key() uints: exact, and no infinite constants (see common.glsl); (key, index) is a
+// total order, so the order the elements are visited in does not matter.
+// VEC (rows of n % 4 == 0, the variant's `when`): 16-byte loads, four times the bytes in
+// flight per load; the one-workgroup pass is bound by exactly that (32 -> 6 us at 128k logits
+// on the H200). Own declarations then, with the generated header's bindings and push constants.
 #extension GL_EXT_control_flow_attributes : enable
 #if VEC
 #include "common.glsl"
@@ -45,7 +43,6 @@ void main() {
     for (uint r = gl_WorkGroupID.x; r < p.rows; r += gl_NumWorkGroups.x) {
         uint bk = 0u;
         uint bi = NO_INDEX;
-        float bv = 0.0;  // the value behind bk (meaningless while bi == NO_INDEX)
         uint loads = n / EPL;  // per row
         for (uint c0 = t; c0 < loads; c0 += UNROLL * WG_SIZE) {
 #if VEC
@@ -62,18 +59,11 @@ void main() {
             [[unroll]] for (uint u = 0u; u < UNROLL; ++u) {
                 uint c = c0 + u * WG_SIZE;
                 [[unroll]] for (uint e = 0u; e < EPL; ++e) {
-                    // a plain float compare rules out most elements; the exact order decides
-                    // the rest (NaN and -0 compare as order_key says; a flushed subnormal
-                    // only ever compares equal, so it is never ruled out wrongly)
-                    float vi = ELEM(v[u], e);
-                    if (c < loads && (bi == NO_INDEX || !(vi < bv))) {
-                        uint i = c * EPL + e;
-                        uint k = order_key(vi);
-                        if (beats(k, i, bk, bi)) {
-                            bk = k;
-                            bi = i;
-                            bv = vi;
-                        }
+                    uint i = c * EPL + e;
+                    uint k = order_key(ELEM(v[u], e));
+                    if (c < loads && beats(k, i, bk, bi)) {
+                        bk = k;
+                        bi = i;
                     }
                 }
             }
