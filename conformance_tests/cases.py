@@ -17,6 +17,7 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from shaderbay.dtypes import f32_to_bf16, host_dtype
+from shaderbay.kernels import ARGMAX_SCRATCH_ROW
 from shaderbay.rope import inverse_frequencies
 
 from .harness import Case
@@ -525,7 +526,8 @@ def _argmax(v: Values, c: dict, s: dict) -> Case:
         for r in range(rows):
             if np.isnan(grid[r]).all():
                 grid[r, v.int(0, n - 1)] = 0.0
-    return Case("argmax", c, {"rows": rows, "n": n}, {"x": x}, sizes={"out": rows}, note=mode)
+    scratch = np.zeros(rows * ARGMAX_SCRATCH_ROW, np.uint32)  # zeros in; the reference leaves zeros
+    return Case("argmax", c, {"rows": rows, "n": n}, {"x": x, "scratch": scratch}, sizes={"out": rows}, note=mode)
 
 
 SAMPLER_REGIMES = ("greedy", "plain", "top_k", "top_p", "top_k+top_p")

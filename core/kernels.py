@@ -126,6 +126,11 @@ def _evaluate(expr: str, scope: dict[str, Any]) -> Any:
     return eval(expr, {"__builtins__": {}, "min": min, "max": max}, scope)  # noqa: S307 - catalogue text only
 
 
+# argmax splits a row over at most this many workgroups; each leaves its best (key, index) in
+# scratch, after a count of those done: 1 + 2 * ARGMAX_SLICES words a row
+ARGMAX_SLICES = 64
+ARGMAX_SCRATCH_ROW = 1 + 2 * ARGMAX_SLICES
+
 W = Constant("wdtype", WEIGHT_DTYPES, "f32")
 CACHE = Constant("cache_dtype", ("f32", "f16"), "f32")
 
@@ -319,8 +324,14 @@ CATALOGUE: dict[str, KernelSpec] = {
         ),
         KernelSpec(
             "argmax",
-            "out[r] = index of the largest x[r] (the smallest such index on ties; NaN never wins).",
-            bindings=(Binding("x", "f32", ("rows", "n")), Binding("out", "u32", ("rows",), "write")),
+            "out[r] = index of the largest x[r] (the smallest such index on ties; NaN never wins). "
+            "scratch is working memory for the GPU forms that split a row over workgroups: it holds "
+            "zeros before a dispatch and again after it.",
+            bindings=(
+                Binding("x", "f32", ("rows", "n")),
+                Binding("scratch", "u32", ("rows", str(ARGMAX_SCRATCH_ROW)), "readwrite"),
+                Binding("out", "u32", ("rows",), "write"),
+            ),
             params=(Param("rows", "u32"), Param("n", "u32")),
             constraints=("rows >= 1", "n >= 1"),
         ),

@@ -37,6 +37,7 @@ import numpy as np
 from shaderbay.backend import Backend, CommandList, Dispatch, Tensor, Usage
 from shaderbay.dtypes import itemsize, to_f32
 from shaderbay.errors import BindingError, ContextLengthExceeded, ModelError
+from shaderbay.kernels import ARGMAX_SCRATCH_ROW
 from shaderbay.rope import inverse_frequencies
 
 from .checkpoint import Checkpoint, TensorInfo
@@ -329,6 +330,7 @@ class _Scratch:
     ids: Tensor
     positions: Tensor
     token: Tensor
+    argmax_scratch: Tensor
     position: Tensor
     state: Tensor
     history: Tensor
@@ -393,11 +395,13 @@ class Llama:
                 ids=new(R, "u32", Usage.UPLOAD),
                 positions=new(R, "u32", Usage.UPLOAD),
                 token=new(1, "u32"),
+                argmax_scratch=new((1, ARGMAX_SCRATCH_ROW), "u32"),
                 position=new(1, "u32"),  # written once per generate, then moved on by `advance`
                 state=new(4, "u32"),
                 history=new(self.max_context, "u32"),
                 readback=[new(1, "u32", Usage.READBACK) for _ in range(RUN_AHEAD)],
             )
+            backend.write(self.s.argmax_scratch, np.zeros(ARGMAX_SCRATCH_ROW, np.uint32))  # argmax leaves it zeroed
         except BaseException:
             self.close()
             raise
@@ -512,7 +516,9 @@ class Llama:
             out = s.logits.view(shape=(1, part.shape[0]), offset=first * 4)
             self._matmul(cmd, last, part, out, 1, norm=w.final_norm, label="lm_head")
         if head[0] == "argmax":
-            cmd.dispatch(self._pipe("argmax"), {"x": s.logits, "out": s.token}, rows=1, n=c.vocab_size)
+            cmd.dispatch(
+                self._pipe("argmax"), {"x": s.logits, "scratch": s.argmax_scratch, "out": s.token}, rows=1, n=c.vocab_size
+            )
         else:
             _, temperature, top_k, top_p, penalty = head
             cmd.dispatch(

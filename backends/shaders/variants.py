@@ -42,7 +42,7 @@ from typing import Any
 
 from shaderbay.backend import Caps
 from shaderbay.errors import KernelCompileError, UnsupportedKernel
-from shaderbay.kernels import CATALOGUE, kernel
+from shaderbay.kernels import ARGMAX_SLICES, CATALOGUE, kernel
 
 ENV_NO_SUBGROUPS = "SHADERBAY_NO_SUBGROUPS"
 
@@ -151,7 +151,7 @@ def stem(kernel_name: str, constants: Mapping[str, Any], *tags: str) -> str:
 # --- the simple kernels' rows -----------------------------------------------------------
 
 WG = 256  # default 1-D workgroup for elementwise and reduction kernels
-ARGMAX_WG = 512  # one workgroup per row, the larger the more loads in flight (the sampler's too)
+ARGMAX_WG = 256  # per slice of a row (ARGMAX_SLICES of them): about 2k logits of a 128k vocabulary
 SG_NEEDS = frozenset({"subgroups"})
 
 
@@ -225,12 +225,12 @@ def _simple() -> list[Variant]:
                     "argmax.comp",
                     {},
                     (ARGMAX_WG, 1, 1),
-                    lambda p: (groups(p["rows"]), 1, 1),
-                    defines={"SUBGROUPS": sg, "VEC": vec},
+                    lambda p: (ARGMAX_SLICES, groups(p["rows"]), 1),
+                    defines={"SUBGROUPS": sg, "VEC": vec, "SLICES": f"{ARGMAX_SLICES}u"},
                     needs=SG_NEEDS if sg else frozenset(),
                     when=(lambda p: p["n"] % 4 == 0) if vec else None,
                     priority=int(sg) + 2 * int(vec),
-                    shared_bytes=8 * ARGMAX_WG,
+                    shared_bytes=8 * ARGMAX_WG + 4,
                 )
             )
     rows.append(Variant("advance", "advance", "advance.comp", {}, (1, 1, 1), lambda p: (1, 1, 1)))
