@@ -516,9 +516,8 @@ class Llama:
             out = s.logits.view(shape=(1, part.shape[0]), offset=first * 4)
             self._matmul(cmd, last, part, out, 1, norm=w.final_norm, label="lm_head")
         if head[0] == "argmax":
-            cmd.dispatch(
-                self._pipe("argmax"), {"x": s.logits, "scratch": s.argmax_scratch, "out": s.token}, rows=1, n=c.vocab_size
-            )
+            bindings = {"x": s.logits, "scratch": s.argmax_scratch, "out": s.token}
+            cmd.dispatch(self._pipe("argmax"), bindings, rows=1, n=c.vocab_size)
         else:
             _, temperature, top_k, top_p, penalty = head
             cmd.dispatch(
