@@ -17,7 +17,7 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from shaderbay.dtypes import f32_to_bf16, host_dtype
-from shaderbay.kernels import ARGMAX_SCRATCH_ROW
+from shaderbay.kernels import ARGMAX_SCRATCH_ROW, DECODE_ATTENTION_SLICES
 from shaderbay.rope import inverse_frequencies
 
 from .harness import Case
@@ -492,6 +492,7 @@ def _decode_attention(v: Values, c: dict, s: dict) -> Case:
             "inv_freq": inverse_frequencies(hd, theta, scaling).astype(np.float32),
             "k_cache": k_cache,
             "v_cache": v_cache,
+            "scratch": np.zeros(nh * (1 + DECODE_ATTENTION_SLICES * (2 + hd)), np.uint32),  # zeros in and out
         },
         written={"k_cache": mask, "v_cache": mask},
         sizes={"out": nh * hd},

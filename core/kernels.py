@@ -131,6 +131,10 @@ def _evaluate(expr: str, scope: dict[str, Any]) -> Any:
 ARGMAX_SLICES = 64
 ARGMAX_SCRATCH_ROW = 1 + 2 * ARGMAX_SLICES
 
+# decode_attention splits a head's keys over at most this many workgroups; each leaves its
+# softmax maximum, sum and output in scratch, after a count of those done
+DECODE_ATTENTION_SLICES = 32
+
 W = Constant("wdtype", WEIGHT_DTYPES, "f32")
 CACHE = Constant("cache_dtype", ("f32", "f16"), "f32")
 
@@ -278,13 +282,15 @@ CATALOGUE: dict[str, KernelSpec] = {
             "fused qkv row, `stride` wide): q and k are rotated as `rope` does (angle = float32(p) * "
             "inv_freq[i]), the rotated k and v go to k_cache[p] and v_cache[p] rounded to cache_dtype "
             "(dropped if p >= max_seq, as `kv_write`), and out = `attention` of the rotated q over the "
-            "caches (L = min(p + 1, max_seq)). qkv itself is left as it is.",
+            "caches (L = min(p + 1, max_seq)). qkv itself is left as it is. scratch is working memory "
+            "for the GPU forms that split the keys over workgroups: zeros before a dispatch and after it.",
             bindings=(
                 Binding("qkv", "f32", ("1", "stride")),
                 Binding("positions", "u32", ("1",)),
                 Binding("inv_freq", "f32", ("head_dim // 2",)),
                 Binding("k_cache", "{cache_dtype}", ("max_seq", "n_kv_heads * head_dim"), "readwrite"),
                 Binding("v_cache", "{cache_dtype}", ("max_seq", "n_kv_heads * head_dim"), "readwrite"),
+                Binding("scratch", "u32", ("n_heads", f"1 + {DECODE_ATTENTION_SLICES} * (2 + head_dim)"), "readwrite"),
                 Binding("out", "f32", ("1", "n_heads * head_dim"), "write"),
             ),
             params=(

@@ -37,7 +37,7 @@ import numpy as np
 from shaderbay.backend import Backend, CommandList, Dispatch, Tensor, Usage
 from shaderbay.dtypes import itemsize, to_f32
 from shaderbay.errors import BindingError, ContextLengthExceeded, ModelError
-from shaderbay.kernels import ARGMAX_SCRATCH_ROW
+from shaderbay.kernels import ARGMAX_SCRATCH_ROW, DECODE_ATTENTION_SLICES
 from shaderbay.rope import inverse_frequencies
 
 from .checkpoint import Checkpoint, TensorInfo
@@ -331,6 +331,7 @@ class _Scratch:
     positions: Tensor
     token: Tensor
     argmax_scratch: Tensor
+    attention_scratch: Tensor
     position: Tensor
     state: Tensor
     history: Tensor
@@ -396,12 +397,14 @@ class Llama:
                 positions=new(R, "u32", Usage.UPLOAD),
                 token=new(1, "u32"),
                 argmax_scratch=new((1, ARGMAX_SCRATCH_ROW), "u32"),
+                attention_scratch=new((c.n_heads, 1 + DECODE_ATTENTION_SLICES * (2 + c.head_dim)), "u32"),
                 position=new(1, "u32"),  # written once per generate, then moved on by `advance`
                 state=new(4, "u32"),
                 history=new(self.max_context, "u32"),
                 readback=[new(1, "u32", Usage.READBACK) for _ in range(RUN_AHEAD)],
             )
-            backend.write(self.s.argmax_scratch, np.zeros(ARGMAX_SCRATCH_ROW, np.uint32))  # argmax leaves it zeroed
+            for t in (self.s.argmax_scratch, self.s.attention_scratch):  # the kernels leave them zeroed
+                backend.write(t, np.zeros(t.shape, np.uint32))
         except BaseException:
             self.close()
             raise
@@ -465,7 +468,7 @@ class Llama:
                 cmd.dispatch(
                     self._pipe("decode_attention", cache_dtype=self.cache_dtype),
                     {"qkv": qkv, "positions": positions, "inv_freq": w.inv_freq, "k_cache": k_cache,
-                     "v_cache": v_cache, "out": attn},
+                     "v_cache": v_cache, "scratch": s.attention_scratch, "out": attn},
                     f"L{i}.attn",
                     n_heads=c.n_heads, n_kv_heads=c.n_kv_heads, head_dim=c.head_dim, stride=c.qkv_dim,
                     max_seq=self.max_context, scale=scale,

@@ -46,7 +46,9 @@ decode_attention (attention.comp with DECODE_ROPE_KV)
     workgroup per head, grid (n_heads, 1). Each workgroup rotates its q head and its kv
     head's k and packs k and v as cache units in shared memory (a 4-byte word per invocation),
     so key p is scored from there like a cached row; the first head of each kv group writes
-    row p of the caches. H200, 135M decode shape, one dispatch timed alone (stages cut off one
+    row p of the caches. Grid y: the keys in slices of whole chunks (`_slices`), merged by the
+    last slice to arrive through the scratch binding when there is more than one chunk. H200,
+    135M decode shape, one dispatch timed alone (stages cut off one
     by one): 4.0 us up to the rope, +1.25 packing the new row eight words at a time with a
     barrier between, +1.1 scoring, +0.5 accumulating V, +1.1 adding up the groups one
     dependent shared load at a time: what the word-wise packing and SUM_GROUPS took on. `_vec` as
@@ -63,6 +65,8 @@ keep per-invocation trip counts well under it at model sizes (the sampler's pass
 """
 
 from __future__ import annotations
+
+from shaderbay.kernels import DECODE_ATTENTION_SLICES
 
 from .variants import SG_NEEDS, Variant, combos, groups, stem
 
@@ -167,6 +171,14 @@ def _attention() -> list[Variant]:
     return rows
 
 
+SLICES_DEFINE = f"{DECODE_ATTENTION_SLICES}u"
+
+
+def _slices(max_seq: int, wg: int) -> int:
+    """decode_attention's grid y: a slice per chunk of keys the cache can hold, at most the catalogue's."""
+    return min(DECODE_ATTENTION_SLICES, groups(max_seq, wg))
+
+
 def _decode_attention() -> list[Variant]:
     """attention.comp with DECODE_ROPE_KV: one row, so the `_decode` sizes (256) with subgroups."""
     rows: list[Variant] = []
@@ -184,12 +196,12 @@ def _decode_attention() -> list[Variant]:
                         "attention.comp",
                         c,
                         (wg, 1, 1),
-                        lambda p: (groups(p["n_heads"]), 1, 1),
-                        defines={"VEC": vec, "SUBGROUPS": sg, "DECODE_ROPE_KV": True},
+                        lambda p, wg=wg: (groups(p["n_heads"]), _slices(p["max_seq"], wg), 1),
+                        defines={"VEC": vec, "SUBGROUPS": sg, "DECODE_ROPE_KV": True, "SLICES": SLICES_DEFINE},
                         needs=SG_NEEDS if sg else frozenset(),
                         when=(lambda p, unit=unit: p["head_dim"] % unit == 0) if vec else None,
                         priority=(10 if vec else 0) + (1 if sg else 0),
-                        shared_bytes=4 * (256 + (wg // 4 if sg else wg) + 2 * wg + wg * ue) + new_row,
+                        shared_bytes=4 * (256 + (wg // 4 if sg else wg) + 2 * wg + wg * ue + 1) + new_row,
                     )
                 )
     return rows

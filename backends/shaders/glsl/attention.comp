@@ -29,6 +29,10 @@
 // of each kv head's group (h % group == 0) alone writes those units to row p of the caches;
 // the others never read row p from the cache, so nothing races. p >= max_seq: no new row,
 // nothing written, all L = max_seq keys from the cache (as kv_write + attention).
+// Its keys are split into slices of whole chunks over the grid's y (a workgroup per head and
+// slice): up to one chunk, slice 0 alone does the head as above; longer, each slice scores
+// its keys and combine_slices() merges them (a 4k context on the H200: 64 us a layer on one
+// workgroup per head).
 #extension GL_EXT_control_flow_attributes : enable
 #include "common.glsl"
 
@@ -95,6 +99,10 @@ layout(std430, set = 0, binding = BINDING_K_CACHE) readonly buffer Buffer_K_CACH
 layout(std430, set = 0, binding = BINDING_V_CACHE) readonly buffer Buffer_V_CACHE { UNIT v_cache[]; };
 #endif
 layout(std430, set = 0, binding = BINDING_POSITIONS) readonly buffer Buffer_POSITIONS { uint positions[]; };
+#if DECODE_ROPE_KV
+// coherent: the last slice of a head reads what the others wrote, past its own cache
+layout(std430, set = 0, binding = BINDING_SCRATCH) coherent buffer Buffer_SCRATCH { uint scratch[]; };
+#endif
 layout(std430, set = 0, binding = BINDING_OUT) writeonly buffer Buffer_OUT { float out_[]; };
 
 #define MAX_HEAD_DIM 256u
@@ -111,6 +119,9 @@ shared float score[WG_SIZE];
 shared float prob[WG_SIZE];
 shared float part[WG_SIZE * UE];  // the groups' accumulators, then their sums
 shared float part_l[WG_SIZE];
+#if DECODE_ROPE_KV
+shared uint arrived;  // slices of this head done before this one
+#endif
 #if DECODE_ROPE_KV
 shared UNIT k_new[MAX_HEAD_DIM / UE];  // row p of this head's kv head, as the cache would hold it
 shared UNIT v_new[MAX_HEAD_DIM / UE];
@@ -206,6 +217,61 @@ float rotated_k(uint kb0, uint d, uint half_dim, float fpos) {
 SUM_GROUPS(sum_part, part)
 SUM_GROUPS(sum_part_l, part_l)
 
+#if DECODE_ROPE_KV
+// Head h's slice leaves (m, l, its unnormalised output) in scratch and counts itself in; the
+// last of the `live` slices to arrive (no workgroup waits for another) merges them as the
+// online softmax does, writes out and zeroes what it read. Scratch per head: [count, then
+// per slice m, l, head_dim outputs]; `part` holds this slice's groups.
+void combine_slices(uint h, uint r, uint live, float m, float l) {
+    uint t = gl_LocalInvocationIndex;
+    uint hd = p.head_dim;
+    uint G = WG_SIZE / (hd / UE);
+    uint hs = h * (1u + SLICES * (2u + hd));
+    uint mine = hs + 1u + gl_WorkGroupID.y * (2u + hd);
+    for (uint d = t; d < hd; d += WG_SIZE) {
+        scratch[mine + 2u + d] = floatBitsToUint(sum_part(d, hd, G));
+    }
+    if (t == 0u) {
+        scratch[mine] = floatBitsToUint(m);
+        scratch[mine + 1u] = floatBitsToUint(l);
+    }
+    memoryBarrierBuffer();  // the slice's results are visible before its count
+    barrier();
+    if (t == 0u) {
+        arrived = atomicAdd(scratch[hs], 1u);
+    }
+    barrier();
+    if (arrived != live - 1u) {
+        return;
+    }
+    memoryBarrierBuffer();
+    float mm = LOWEST;
+    for (uint s = 0u; s < live; ++s) {
+        mm = max(mm, uintBitsToFloat(scratch[hs + 1u + s * (2u + hd)]));
+    }
+    float lsum = 0.0;
+    for (uint s = 0u; s < live; ++s) {
+        uint at = hs + 1u + s * (2u + hd);
+        lsum += uintBitsToFloat(scratch[at + 1u]) * exp(uintBitsToFloat(scratch[at]) - mm);
+    }
+    for (uint d = t; d < hd; d += WG_SIZE) {
+        float o = 0.0;
+        for (uint s = 0u; s < live; ++s) {
+            uint at = hs + 1u + s * (2u + hd);
+            o += uintBitsToFloat(scratch[at + 2u + d]) * exp(uintBitsToFloat(scratch[at]) - mm);
+        }
+        out_[(r * p.n_heads + h) * hd + d] = o / lsum;
+    }
+    barrier();  // all read before anything is zeroed
+    for (uint i = t; i < live * (2u + hd); i += WG_SIZE) {
+        scratch[hs + 1u + i] = 0u;
+    }
+    if (t == 0u) {
+        scratch[hs] = 0u;
+    }
+}
+#endif
+
 void main() {
     uint t = gl_LocalInvocationIndex;
     uint hd = p.head_dim;
@@ -217,9 +283,18 @@ void main() {
     uint u = t % units;
     bool accumulating = grp < G;
 
-    for (uint r = gl_WorkGroupID.y; r < ROWS; r += gl_NumWorkGroups.y) {
-        uint L = min(positions[r], p.max_seq - 1u) + 1u;
 #if DECODE_ROPE_KV
+    for (uint r = 0u; r < ROWS; ++r) {  // grid y: the slices of the keys
+        uint L = min(positions[r], p.max_seq - 1u) + 1u;
+        // slices of `span` keys (whole chunks), a workgroup each; `live` of them hold keys
+        uint slices = gl_NumWorkGroups.y;
+        uint span = max(1u, (L + slices * WG_SIZE - 1u) / (slices * WG_SIZE)) * WG_SIZE;
+        uint live = (L + span - 1u) / span;
+        if (gl_WorkGroupID.y >= live) {
+            return;  // the same for every head: nothing to do
+        }
+        uint begin = gl_WorkGroupID.y * span;
+        uint end = min(begin + span, L);
         uint pos = positions[0];
         // the key read from k_new / v_new (and written to the caches); none past the cache
         uint fresh = pos < p.max_seq ? pos : 0xFFFFFFFFu;
@@ -227,6 +302,11 @@ void main() {
         uint half_dim = hd / 2u;
         uint k_off = p.n_heads * hd;
         uint v_off = k_off + p.n_kv_heads * hd;
+#else
+    for (uint r = gl_WorkGroupID.y; r < ROWS; r += gl_NumWorkGroups.y) {
+        uint L = min(positions[r], p.max_seq - 1u) + 1u;
+        uint begin = 0u;
+        uint end = L;
 #endif
         for (uint h = gl_WorkGroupID.x; h < p.n_heads; h += gl_NumWorkGroups.x) {
             uint kv0 = (h / group) * units;  // this head's first unit within a cache row
@@ -238,7 +318,7 @@ void main() {
                 qs[d] = rotated(h * hd, d, half_dim, cs) * p.scale;
             }
             // the new k (rotated) and v, a word per invocation: no barrier before the packing
-            bool writer = fresh != 0xFFFFFFFFu && h % group == 0u;
+            bool writer = fresh != 0xFFFFFFFFu && h % group == 0u && fresh >= begin && fresh < end;
             for (uint w = t; w < hd / EPW; w += WG_SIZE) {
                 uint d = w * EPW;
 #if defined(CACHE_DTYPE_F16)
@@ -268,10 +348,10 @@ void main() {
             float l = 0.0;
             vec4 acc_a = vec4(0.0);
             vec4 acc_b = vec4(0.0);
-            for (uint c = 0u; c < L; c += WG_SIZE) {
+            for (uint c = begin; c < end; c += WG_SIZE) {
                 uint j = c + t;
                 float s = LOWEST;
-                if (j < L) {
+                if (j < end) {
                     uint base = j * kv_units + kv0;
                     vec4 sa = vec4(0.0);
                     vec4 sb = vec4(0.0);
@@ -295,7 +375,7 @@ void main() {
                     }
                     s = dot(sa, vec4(1.0)) + dot(sb, vec4(1.0));
                 }
-                uint cnt = min(WG_SIZE, L - c);
+                uint cnt = min(WG_SIZE, end - c);
 #if SUBGROUPS
                 float sm = subgroupMax(s);
                 if (gl_SubgroupInvocationID == 0u) {
@@ -316,7 +396,7 @@ void main() {
 #endif
                 float m_new = max(m, mc);
                 float corr = exp(m - m_new);
-                prob[t] = j < L ? exp(s - m_new) : 0.0;
+                prob[t] = j < end ? exp(s - m_new) : 0.0;
                 barrier();
                 if (accumulating) {
                     acc_a *= corr;
@@ -362,8 +442,15 @@ void main() {
             }
             barrier();
             float lt = sum_part_l(0u, 1u, G);
-            for (uint d = t; d < hd; d += WG_SIZE) {
-                out_[(r * p.n_heads + h) * hd + d] = sum_part(d, hd, G) / lt;
+#if DECODE_ROPE_KV
+            if (live > 1u) {
+                combine_slices(h, r, live, m, lt);
+            } else
+#endif
+            {
+                for (uint d = t; d < hd; d += WG_SIZE) {
+                    out_[(r * p.n_heads + h) * hd + d] = sum_part(d, hd, G) / lt;
+                }
             }
             barrier();  // shared memory is reused by the next (row, head)
         }
