@@ -245,22 +245,54 @@ void combine_slices(uint h, uint r, uint live, float m, float l) {
         return;
     }
     memoryBarrierBuffer();
+    // every slice's maximum and sum at once, an invocation each (live <= SLICES <= WG_SIZE)
+    uint stride = 2u + hd;
+    if (t < live) {
+        part_l[t] = uintBitsToFloat(scratch[hs + 1u + t * stride]);
+        prob[t] = uintBitsToFloat(scratch[hs + 2u + t * stride]);
+    }
+    barrier();
     float mm = LOWEST;
     for (uint s = 0u; s < live; ++s) {
-        mm = max(mm, uintBitsToFloat(scratch[hs + 1u + s * (2u + hd)]));
+        mm = max(mm, part_l[s]);
     }
     float lsum = 0.0;
     for (uint s = 0u; s < live; ++s) {
-        uint at = hs + 1u + s * (2u + hd);
-        lsum += uintBitsToFloat(scratch[at + 1u]) * exp(uintBitsToFloat(scratch[at]) - mm);
+        lsum += prob[s] * exp(part_l[s] - mm);
+    }
+    // then their outputs, rescaled, as many slices at a time as `part` holds (WG_SIZE * UE >=
+    // 256 >= head_dim), their loads in flight together; the sums in qs
+    for (uint d = t; d < hd; d += WG_SIZE) {
+        qs[d] = 0.0;
+    }
+    uint batch = (WG_SIZE * UE) / hd;
+    for (uint s0 = 0u; s0 < live; s0 += batch) {
+        uint count = min(batch, live - s0) * hd;
+        for (uint i0 = t; i0 < count; i0 += 4u * WG_SIZE) {
+            float v[4];
+            [[unroll]] for (uint k = 0u; k < 4u; ++k) {
+                uint i = min(i0 + k * WG_SIZE, count - 1u);
+                v[k] = uintBitsToFloat(scratch[hs + 1u + (s0 + i / hd) * stride + 2u + i % hd]);
+            }
+            [[unroll]] for (uint k = 0u; k < 4u; ++k) {
+                uint i = i0 + k * WG_SIZE;
+                if (i < count) {
+                    part[i] = v[k] * exp(part_l[s0 + i / hd] - mm);
+                }
+            }
+        }
+        barrier();
+        for (uint d = t; d < hd; d += WG_SIZE) {
+            float o = qs[d];
+            for (uint i = d; i < count; i += hd) {
+                o += part[i];
+            }
+            qs[d] = o;
+        }
+        barrier();
     }
     for (uint d = t; d < hd; d += WG_SIZE) {
-        float o = 0.0;
-        for (uint s = 0u; s < live; ++s) {
-            uint at = hs + 1u + s * (2u + hd);
-            o += uintBitsToFloat(scratch[at + 2u + d]) * exp(uintBitsToFloat(scratch[at]) - mm);
-        }
-        out_[(r * p.n_heads + h) * hd + d] = o / lsum;
+        out_[(r * p.n_heads + h) * hd + d] = qs[d] / lsum;
     }
     barrier();  // all read before anything is zeroed
     for (uint i = t; i < live * (2u + hd); i += WG_SIZE) {
