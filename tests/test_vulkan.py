@@ -15,6 +15,7 @@ import pytest
 from shaderbay.backend import Usage
 from shaderbay.backends.numpy.kernels import REFERENCE
 from shaderbay.errors import BackendUnavailable, ClosedError
+from shaderbay.kernels import ARGMAX_SCRATCH_ROW
 
 pytest.importorskip("vulkan")
 
@@ -60,8 +61,13 @@ def _chain(be, n: int = 1000):
     cmd = be.command_list("step")
     cmd.dispatch(be.pipeline("embed"), {"table": table, "ids": ids, "out": x}, rows=1, dim=n, vocab=16)
     cmd.dispatch(be.pipeline("add"), {"x": x.view(shape=n), "y": y}, n=n)
-    cmd.dispatch(be.pipeline("argmax"), {"x": x, "out": out}, rows=1, n=n)
+    cmd.dispatch(be.pipeline("argmax"), {"x": x, "scratch": _zeros(be, ARGMAX_SCRATCH_ROW), "out": out}, rows=1, n=n)
     return cmd, table, ids, y, x, out
+
+
+def _zeros(be, n: int):
+    """A u32 scratch binding: zeros, as the kernels that use one need it (and leave it)."""
+    return be.upload(np.zeros(n, np.uint32))
 
 
 # --- record once, replay ------------------------------------------------------------------------
@@ -299,7 +305,8 @@ def _run_every_simple_kernel(be) -> None:
     )
     cmd.dispatch(be.pipeline("silu_mul"), {"gate_up": x, "out": out}, rows=rows, n=n // 2)
     cmd.dispatch(be.pipeline("add"), {"x": x.view(shape=rows * n), "y": out.view(shape=rows * n)}, n=rows * n)
-    cmd.dispatch(be.pipeline("argmax"), {"x": x, "out": am}, rows=rows, n=n)
+    scratch = _zeros(be, rows * ARGMAX_SCRATCH_ROW)
+    cmd.dispatch(be.pipeline("argmax"), {"x": x, "scratch": scratch, "out": am}, rows=rows, n=n)
     be.run(cmd)
     be.read(am)
 
@@ -390,7 +397,8 @@ def test_both_subgroup_kinds_agree_with_the_reference(monkeypatch):
             tx, tw, out, am = be.upload(x), be.upload(w), be.empty((3, 777)), be.empty(3, "u32")
             cmd = be.command_list()
             cmd.dispatch(be.pipeline("rmsnorm"), {"x": tx, "weight": tw, "out": out}, rows=3, n=777, eps=1e-6)
-            cmd.dispatch(be.pipeline("argmax"), {"x": tx, "out": am}, rows=3, n=777)
+            scratch = _zeros(be, 3 * ARGMAX_SCRATCH_ROW)
+            cmd.dispatch(be.pipeline("argmax"), {"x": tx, "scratch": scratch, "out": am}, rows=3, n=777)
             be.run(cmd)
             used.update(be.prepared_info(cmd)["variants"])
             np.testing.assert_allclose(be.read(out).ravel(), ref_norm, rtol=1e-5, atol=1e-6)
