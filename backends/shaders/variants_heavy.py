@@ -10,7 +10,7 @@ where it only applies to some (e.g. `lambda p: p["rows"] == 1` for matrix-vector
 `priority` to order the applicable ones.
 
 Names are `variants.stem(kernel, constants, *tags)`; every constant combination has a
-full set. 323 spv files in all with the simple kernels' (matmul 288, attention 12,
+full set. 325 spv files in all with the simple kernels' (matmul 288, attention 12,
 decode_attention 8, sample 2).
 
 matmul (matmul_vec.comp, matmul_tiled.comp)
