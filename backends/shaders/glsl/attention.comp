@@ -121,8 +121,6 @@ shared float part[WG_SIZE * UE];  // the groups' accumulators, then their sums
 shared float part_l[WG_SIZE];
 #if DECODE_ROPE_KV
 shared uint arrived;  // slices of this head done before this one
-#endif
-#if DECODE_ROPE_KV
 shared UNIT k_new[MAX_HEAD_DIM / UE];  // row p of this head's kv head, as the cache would hold it
 shared UNIT v_new[MAX_HEAD_DIM / UE];
 #endif
