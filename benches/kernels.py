@@ -52,6 +52,13 @@ def model_cases(
             positions, max_seq, live = list(range(rows)), max(max_context, rows), rows
         w = {"wdtype": wdtype}
         c = {"cache_dtype": cache_dtype}
+        heads = {  # the attention kernels' common parameters
+            "n_heads": s.n_heads,
+            "n_kv_heads": s.n_kv_heads,
+            "head_dim": s.head_dim,
+            "max_seq": max_seq,
+            "scale": 1.0 / float(np.sqrt(s.head_dim)),
+        }
         cases += [
             KernelCase("embed", phase, "embed", {"rows": rows, "dim": s.dim, "vocab": s.vocab_size}, w),
             KernelCase("rmsnorm", phase, "rmsnorm", {"rows": rows, "n": s.dim, "eps": 1e-5}),
@@ -94,15 +101,7 @@ def model_cases(
                 "attention",
                 phase,
                 "attention",
-                {
-                    "rows": rows,
-                    "n_heads": s.n_heads,
-                    "n_kv_heads": s.n_kv_heads,
-                    "head_dim": s.head_dim,
-                    "q_stride": s.qkv_dim,
-                    "max_seq": max_seq,
-                    "scale": 1.0 / float(np.sqrt(s.head_dim)),
-                },
+                {"rows": rows, "q_stride": s.qkv_dim, **heads},
                 c,
                 context=live,
                 positions=positions,
@@ -137,14 +136,7 @@ def model_cases(
                     "decode_attention",
                     phase,
                     "decode_attention",
-                    {
-                        "n_heads": s.n_heads,
-                        "n_kv_heads": s.n_kv_heads,
-                        "head_dim": s.head_dim,
-                        "stride": s.qkv_dim,
-                        "max_seq": max_seq,
-                        "scale": 1.0 / float(np.sqrt(s.head_dim)),
-                    },
+                    {"stride": s.qkv_dim, **heads},
                     c,
                     context=live,
                     positions=positions,
