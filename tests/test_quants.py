@@ -99,3 +99,31 @@ def test_block_tensor_upload_and_read(numpy_backend, dtype: str) -> None:
     np.testing.assert_array_equal(numpy_backend.read(row), raw[1:2])
     numpy_backend.free(t.buffer)
 
+
+@pytest.mark.parametrize("dtype", FORMATS)
+@pytest.mark.parametrize("rows", [1, 6])
+def test_reference_kernels_read_blocks(numpy_backend, dtype: str, rows: int) -> None:
+    be, block = numpy_backend, BLOCK_DTYPES[dtype].block
+    n, k = 3, 2 * block
+    raw = random_blocks(dtype, 2 * n, seed=rows).reshape(n, -1)
+    values = dequantize(raw, dtype).astype(np.float64)
+    x = np.random.default_rng(0).standard_normal((rows, k)).astype(np.float32)
+    w, ids = be.upload(raw, dtype), be.upload(np.array([2, 0, 5], np.uint32))
+    out, emb = be.empty((rows, n)), be.empty((3, k))
+    cmd = be.command_list()
+    cmd.dispatch(
+        be.pipeline("matmul", wdtype=dtype), {"x": be.upload(x), "w": w, "out": out}, rows=rows, n=n, k=k, eps=0.0
+    )
+    cmd.dispatch(be.pipeline("embed", wdtype=dtype), {"table": w, "ids": ids, "out": emb}, rows=3, dim=k, vocab=n)
+    be.run(cmd)
+    np.testing.assert_array_equal(be.read(out), (x @ values.T).astype(np.float32))
+    np.testing.assert_array_equal(be.read(emb), np.stack([values[2], values[0], np.zeros(k)]).astype(np.float32))
+    with pytest.raises(BindingError, match="block"):
+        be.command_list().dispatch(
+            be.pipeline("matmul", wdtype=dtype),
+            {"x": be.upload(x), "w": w, "out": out},
+            rows=rows,
+            n=n,
+            k=k - 1,
+            eps=0.0,
+        )
