@@ -11,10 +11,10 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from shaderbay.dtypes import BLOCK_DTYPES, host_shape, nbytes, to_f32
+from shaderbay.dtypes import host_shape, nbytes
 from shaderbay.kernels import uniform
 
-from .quants import dequantize
+from .quants import values
 
 Arrays = dict[str, np.ndarray]
 
@@ -24,18 +24,13 @@ def _matrix(buffer: np.ndarray, dtype: str, rows: int, cols: int) -> np.ndarray:
     return buffer[: nbytes(dtype, (rows, cols)) // buffer.itemsize].reshape(host_shape(dtype, (rows, cols)))
 
 
-def _values(w: np.ndarray, dtype: str) -> np.ndarray:
-    """Stored weights as float32 values (blocks dequantized, bf16 decoded)."""
-    return dequantize(w, dtype) if dtype in BLOCK_DTYPES else to_f32(w, dtype)
-
-
 def embed(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
     rows, dim, vocab = p["rows"], p["dim"], p["vocab"]
     table = _matrix(b["table"], c["wdtype"], vocab, dim)
     ids = b["ids"][:rows].astype(np.int64)
     out = np.zeros((rows, dim), np.float32)
     valid = ids < vocab
-    out[valid] = _values(table[ids[valid]], c["wdtype"])
+    out[valid] = values(table[ids[valid]], c["wdtype"])
     b["out"][: rows * dim] = out.ravel()
 
 
@@ -56,7 +51,7 @@ def _silu(g: np.ndarray) -> np.ndarray:
 
 
 def _weights_f64(w: np.ndarray, wdtype: str) -> np.ndarray:
-    return (w if wdtype in ("f32", "f16") else _values(w, wdtype)).astype(np.float64)
+    return (w if wdtype in ("f32", "f16") else values(w, wdtype)).astype(np.float64)
 
 
 _BLOCK = 1 << 18  # weight elements widened at a time for a few rows (a cache-sized block)
