@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import pytest
 from shaderbay.backend import Caps
-from shaderbay.backends.shaders import build, variants
+from shaderbay.backends.shaders import build, records, variants
 from shaderbay.kernels import CATALOGUE
 
 SPIRV_MAGIC = 0x07230203
@@ -83,7 +83,7 @@ def test_shipped_spirv_validates():
 def test_every_kernel_and_constant_choice_has_a_variant_for_any_device():
     plain = _caps(subgroups=False)
     for name in CATALOGUE:
-        for consts in variants.combos(name):
+        for consts in records.combos(name):
             rows = variants.variants_for(name, consts)
             assert rows, f"no variant of {name}({consts})"
             # a fallback that runs everywhere and for any parameters
@@ -157,7 +157,7 @@ def test_grids_stay_within_the_guaranteed_limits():
         params = {p.name: huge.get(p.name, 1) for p in CATALOGUE[v.kernel].params}
         if v.applies(params):
             grid = v.grid(params)
-            assert all(1 <= g <= variants.MAX_GROUPS for g in grid), (v.name, grid)
+            assert all(1 <= g <= records.MAX_GROUPS for g in grid), (v.name, grid)
 
 
 def test_wgpu_accepts_every_shipped_kernel():
