@@ -168,6 +168,10 @@ def model_cases(
 
 # --- building the buffers of a case --------------------------------------------------------------
 
+# Dense float16 tensor-core rate (f32 accumulation, no sparsity), TFLOP/s, by Vulkan device name:
+# NVIDIA's H200 datasheet (the H100 SXM's 989.4). Matmul rows report their share of it.
+TENSOR_CORE_PEAK_TFLOPS = {"NVIDIA H200": 989.4}
+
 _RNG_BLOCK = 1 << 20
 
 
@@ -396,8 +400,10 @@ def bench_kernels(
     seed: int = 0,
     on_case: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Copy bandwidth, then every case; rows carry `copy_bw_share` = achieved GB/s / copy GB/s."""
+    """Copy bandwidth, then every case; rows carry `copy_bw_share` = achieved GB/s / copy GB/s, and
+    `tensor_core_share` = achieved TFLOP/s / the device's tensor-core peak where it is known."""
     rng = np.random.default_rng(seed)
+    peak = TENSOR_CORE_PEAK_TFLOPS.get(backend.caps.device)
     if on_case:
         on_case("copy bandwidth")
     copy = device_bandwidth(backend, copy_bytes)
@@ -408,6 +414,8 @@ def bench_kernels(
         row = run_case(backend, case, rng, min_time)
         if row.get("gbs") is not None:
             row["copy_bw_share"] = row["gbs"] / copy["gbs"]
+        if row.get("tflops") and peak:
+            row["tensor_core_share"] = row["tflops"] / peak
         rows.append(row)
     return {"copy": copy, "kernels": rows}
 

@@ -211,7 +211,7 @@ def kernels_report(result: dict[str, Any]) -> str:
         rows = []
         for k in r["kernels"]:
             if k.get("error"):
-                rows.append([k["phase"], k["name"], "-", "-", "-", "-", "-", "-", k["error"][:60]])
+                rows.append([k["phase"], k["name"], "-", "-", "-", "-", "-", "-", "-", k["error"][:60]])
                 continue
             rows.append(
                 [
@@ -223,11 +223,12 @@ def kernels_report(result: dict[str, Any]) -> str:
                     num(k["gbs"], 2),
                     pct(k.get("copy_bw_share")),
                     num(k.get("tflops"), 2),
+                    pct(k.get("tensor_core_share")),
                     k["source"],
                 ]
             )
-        headers = ["phase", "kernel", "n", "KiB", "us", "GB/s", "of copy", "TFLOP/s", "timed by"]
-        out.append(table(headers, rows, {2, 3, 4, 5, 6, 7}))
+        headers = ["phase", "kernel", "n", "KiB", "us", "GB/s", "of copy", "TFLOP/s", "of TC peak", "timed by"]
+        out.append(table(headers, rows, {2, 3, 4, 5, 6, 7, 8}))
     return "\n".join(out)
 
 
@@ -412,10 +413,11 @@ def markdown(result: dict[str, Any], note: str = "") -> str:
             for k in r.get("kernels") or []:
                 if "error" not in k:
                     table_rows.append([r["backend"], k["phase"], k["name"], num(k["ns"] / 1e3, 2), num(k["gbs"], 2),
-                                       pct(k.get("copy_bw_share")), num(k.get("tflops"), 2), k["source"]])  # fmt: skip
+                                       pct(k.get("copy_bw_share")), num(k.get("tflops"), 2),
+                                       pct(k.get("tensor_core_share")), k["source"]])  # fmt: skip
         copies = ", ".join(f"{r['backend']} {num((r.get('copy_bandwidth') or {}).get('gbs'))} GB/s" for r in rows)
         out += ["", f"Copy bandwidth: {copies}", ""]
-        headers = ["backend", "phase", "kernel", "us", "GB/s", "of copy", "TFLOP/s", "timed by"]
+        headers = ["backend", "phase", "kernel", "us", "GB/s", "of copy", "TFLOP/s", "of TC peak", "timed by"]
         out.append(_md_table(headers, table_rows))
     errors = [f"- {r['backend']}: error: {r['error']}" for r in rows if r.get("error")]
     out += ["", *errors] if errors else []

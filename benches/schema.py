@@ -150,6 +150,7 @@ MICRO_KERNEL = {
     "copy_bw_share?": OptNum,
     "flops?": OptNum,  # matmul and attention only
     "tflops?": OptNum,
+    "tensor_core_share?": OptNum,  # of the device's dense f16 tensor-core peak (benches/kernels.py)
 }
 
 KERNELS_ROW = {

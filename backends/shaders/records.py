@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from shaderbay.backend import CoopMatrixShape
 from shaderbay.kernels import kernel
 
 # The smallest maxComputeWorkGroupCount Vulkan guarantees per dimension (wgpu's default too).
@@ -115,3 +116,11 @@ def stem(kernel_name: str, constants: Mapping[str, Any], *tags: str) -> str:
 
 
 SG_NEEDS = frozenset({"subgroups"})  # what a variant using subgroup operations needs
+
+
+COOPMAT = "coopmat_"  # the prefix of cooperative-matrix capability names (native Vulkan only)
+
+
+def coopmat_need(shape: CoopMatrixShape) -> str:
+    """The capability name of a subgroup-scope cooperative-matrix shape, e.g. coopmat_16x16x16_f16_f16_f32_f32."""
+    return f"{COOPMAT}{shape.m}x{shape.n}x{shape.k}_{shape.a}_{shape.b}_{shape.c}_{shape.result}"

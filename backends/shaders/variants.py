@@ -44,7 +44,7 @@ from shaderbay.backend import Caps
 from shaderbay.errors import KernelCompileError, UnsupportedKernel
 from shaderbay.kernels import ARGMAX_SLICES, CATALOGUE, kernel
 
-from .records import SG_NEEDS, Variant, combos, groups, stem
+from .records import SG_NEEDS, Variant, combos, coopmat_need, groups, stem
 from .variants_heavy import heavy_variants
 
 ENV_NO_SUBGROUPS = "SHADERBAY_NO_SUBGROUPS"
@@ -175,13 +175,15 @@ def capabilities(caps: Caps) -> frozenset[str]:
 
     "subgroups" means subgroup basic, vote, arithmetic, ballot and shuffle operations in
     compute shaders (what wgpu's "subgroup" feature gives); "f16" means shader float16
-    arithmetic. `caps.extras["features"]` may add names of a backend's own.
+    arithmetic; "coopmat_<m>x<n>x<k>_<a>_<b>_<c>_<result>" a subgroup-scope cooperative-matrix
+    shape of `caps.cooperative_matrix`. `caps.extras["features"]` may add names of a backend's own.
     """
     names = set(caps.extras.get("features", ()))
     if caps.f16:
         names.add("f16")
     if caps.subgroups and caps.subgroup_size > 0:
         names.add("subgroups")
+    names.update(coopmat_need(s) for s in caps.cooperative_matrix if s.scope == "subgroup")
     if subgroups_disabled():
         names.discard("subgroups")
     return frozenset(names)

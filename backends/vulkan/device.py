@@ -14,6 +14,7 @@ from typing import Any
 from shaderbay.backend import Caps
 from shaderbay.errors import BackendUnavailable, ShaderbayError
 
+from .coopmat import CoopMatrix
 from .loader import (
     MEM_DEVICE_LOCAL,
     MEM_HOST_VISIBLE,
@@ -241,11 +242,15 @@ class Device:
         f13.robustImageAccess = 0
         self.subgroup_size_control = bool(f13.subgroupSizeControl)
         self.full_subgroups = bool(f13.computeFullSubgroups)
+        coop = CoopMatrix(self.instance, pd)
+        coop.chain(f2)
         _, p11, p12, p13 = _query(pd, "Properties", api13)
         mem = ffi.new("VkPhysicalDeviceMemoryProperties*")
         lib.vkGetPhysicalDeviceMemoryProperties(pd, mem)
         self.memory_types = [int(mem.memoryTypes[i].propertyFlags) for i in range(mem.memoryTypeCount)]
 
+        ext_c = [ffi.new("char[]", e.encode()) for e in coop.extensions]
+        ext_arr = ffi.new("char*[]", ext_c) if ext_c else ffi.NULL
         priority = ffi.new("float[]", [1.0])
         queue_info = new(
             "VkDeviceQueueCreateInfo",
@@ -260,6 +265,8 @@ class Device:
             pNext=f2,
             queueCreateInfoCount=1,
             pQueueCreateInfos=queue_info,
+            enabledExtensionCount=len(ext_c),
+            ppEnabledExtensionNames=ext_arr,
         )
         out = ffi.new("VkDevice*")
         check(lib.vkCreateDevice(pd, dev_info, ffi.NULL, out), "vkCreateDevice")
@@ -300,6 +307,8 @@ class Device:
             max_workgroup_size=int(min(limits.maxComputeWorkGroupInvocations, limits.maxComputeWorkGroupSize[0])),
             max_workgroups=min(self.max_groups),
             offset_alignment=max(4, int(limits.minStorageBufferOffsetAlignment)),
+            # the shaders that use them need the Vulkan memory model too (GL_KHR_memory_scope_semantics)
+            cooperative_matrix=coop.shapes if f12.vulkanMemoryModel else (),
             extras={
                 "api_version": version_str(self.props.apiVersion),
                 "driver": f"{string(p12.driverName)} {string(p12.driverInfo)}".strip(),
