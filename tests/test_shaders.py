@@ -192,3 +192,20 @@ def test_wgpu_accepts_every_shipped_kernel():
         pytest.skip(res.stdout.strip())
     tried = [line for line in res.stdout.splitlines() if line.startswith("trying")]
     assert "ALL OK" in res.stdout, f"wgpu failed on {tried[-1:]}:\n{res.stderr[-3000:]}"
+
+
+def test_cooperative_matrix_variant_only_with_the_shape():
+    from shaderbay.backends.shaders.variants_heavy import COOP_SHAPE
+
+    params = {"rows": 512, "n": 2048, "k": 2048, "eps": 1e-5}
+    f16 = {"wdtype": "f16"}
+    coop = _caps(cooperative_matrix=(COOP_SHAPE,))
+    assert variants.select("matmul", f16, params, coop).source == "matmul_coop.comp"
+    assert variants.select("matmul", {"wdtype": "bf16"}, params, coop).source == "matmul_coop.comp"
+    assert variants.select("matmul", f16, params, _caps()).source == "matmul_tiled.comp"  # no shape listed
+    assert variants.select("matmul", {"wdtype": "f32"}, params, coop).source == "matmul_tiled.comp"
+    assert variants.select("matmul", f16, {**params, "rows": 1}, coop).source == "matmul_vec.comp"
+    assert variants.select("matmul", f16, {**params, "k": 2044}, coop).source == "matmul_tiled.comp"  # k % 8
+    assert variants.select("matmul", f16, params, _caps(cooperative_matrix=(COOP_SHAPE,), size=64)).source == (
+        "matmul_tiled.comp"  # written for subgroups of 32
+    )
