@@ -6,7 +6,8 @@ directories.
 - ``config``: the metadata as a Hugging Face config.json / ``ModelConfig``; ``model_metadata``
   gives (ModelConfig, Tokenizer, chat template) without converting anything;
 - ``tokenizer``: the tokenizer rebuilt from the metadata;
-- ``names``: GGUF tensor names against Hugging Face's, and llama.cpp's Q/K row permutation;
+- ``names``: GGUF tensor names against Hugging Face's (``weight_tensors``: the weights by Hugging Face
+  name), and llama.cpp's Q/K row permutation, which moves whole rows of blocks;
 - ``dequant``: tensors to float32 through ``gguf.quants``;
 - ``convert``: ``convert_gguf(path, out_dir)``, written beside ``out_dir`` and moved into place.
 """
@@ -15,7 +16,7 @@ from .config import SUPPORTED_ARCHITECTURES, model_metadata
 from .convert import OUTPUT_DTYPES, convert_gguf, convert_gguf_tokenizer, normalize_dtype
 from .dequant import SUPPORTED_TENSOR_TYPES, dequantize
 from .errors import GGUFArchitectureError, GGUFFileError, GGUFTensorTypeError, GGUFTokenizerError
-from .names import permute_rotary, unpermute_rotary
+from .names import permute_rotary, unpermute_rotary, weight_tensors
 from .reader import GGUFFile, GGUFTensor, read_gguf_metadata
 from .tokenizer import SUPPORTED_PRE_TOKENIZERS
 
@@ -33,6 +34,7 @@ __all__ = [
     "convert_gguf",
     "convert_gguf_tokenizer",
     "model_metadata",
+    "weight_tensors",
     "read_gguf_metadata",
     "dequantize",
     "unpermute_rotary",

@@ -3,6 +3,7 @@ checked for type and range (and against the tensor directory) before anything is
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -163,12 +164,15 @@ def hf_config(meta: GGUFFile, dtype: str, generation: dict[str, Any]) -> dict[st
     return config
 
 
-def model_metadata(meta: GGUFFile) -> tuple[ModelConfig, Tokenizer, str | list[dict[str, str]] | None]:
+def model_metadata(
+    gguf: GGUFFile | str | os.PathLike[str],
+) -> tuple[ModelConfig, Tokenizer, str | list[dict[str, str]] | None]:
     """What a GGUF's metadata says about its model: (ModelConfig, Tokenizer, chat template).
 
     The config is the one ``convert_gguf`` writes (its ``torch_dtype`` is None: the weights keep their
     ggml types), the tokenizer the one ``Tokenizer.from_dir`` reads back from the converted folder.
     """
+    meta = gguf if isinstance(gguf, GGUFFile) else GGUFFile(gguf)
     tok = build_tokenizer(meta)
     return model_config(meta, tok), tok.tokenizer(), tok.config.get("chat_template")
 

@@ -28,7 +28,7 @@ from ..safetensors_writer import SafetensorsWriter
 from .config import architecture, hf_config
 from .dequant import check_supported, dequantize
 from .errors import GGUFArchitectureError
-from .names import LAYER_TENSORS, ROPE_FREQS, hf_name, rotary_heads, sort_key, unpermute_rotary
+from .names import LAYER_TENSORS, rotary_heads, sort_key, unpermute_rotary, weight_tensors
 from .reader import GGUFFile, GGUFTensor
 from .tokenizer import build_tokenizer
 from .writing import atomic_write_text, staged_dir
@@ -72,19 +72,10 @@ def convert_gguf_tokenizer(gguf_path: str | os.PathLike[str], out_dir: str | os.
 
 
 def _plan(meta: GGUFFile) -> list[tuple[str, GGUFTensor]]:
-    """(Hugging Face name, tensor) of every weight, each checked to have a counterpart and a supported type."""
-    plan = []
-    for name, t in meta.tensors.items():
-        if name == ROPE_FREQS:
-            continue
-        hf = hf_name(name)
-        if hf is None:
-            raise GGUFArchitectureError(
-                f"{meta.name}: tensor {name!r} has no Llama-family counterpart; this "
-                f"{meta.get('general.architecture')!r} GGUF uses a variant the converter does not handle"
-            )
-        check_supported(t.ggml_type, f"{meta.name}: tensor {name!r} is stored as ")
-        plan.append((hf, t))
+    """(Hugging Face name, tensor) of every weight, each checked to be of a type that dequantizes."""
+    plan = list(weight_tensors(meta).items())
+    for _, t in plan:
+        check_supported(t.ggml_type, f"{meta.name}: tensor {t.name!r} is stored as ")
     return plan
 
 

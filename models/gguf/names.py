@@ -8,6 +8,9 @@ import re
 import numpy as np
 from shaderbay.errors import ConversionError
 
+from .errors import GGUFArchitectureError
+from .reader import GGUFFile, GGUFTensor
+
 _LAYER_NAMES = {
     "attn_norm.weight": "input_layernorm.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
@@ -54,6 +57,24 @@ def hf_name(name: str) -> str | None:
     if m and m.group(2) in _LAYER_NAMES:
         return f"model.layers.{int(m.group(1))}.{_LAYER_NAMES[m.group(2)]}"
     return None
+
+
+def weight_tensors(meta: GGUFFile) -> dict[str, GGUFTensor]:
+    """The model's weights by Hugging Face name (``rope_freqs`` left out: it is configuration).
+
+    A tensor without a Llama-family counterpart is refused, naming it."""
+    weights = {}
+    for name, t in meta.tensors.items():
+        if name == ROPE_FREQS:
+            continue
+        hf = hf_name(name)
+        if hf is None:
+            raise GGUFArchitectureError(
+                f"{meta.name}: tensor {name!r} has no Llama-family counterpart; this "
+                f"{meta.get('general.architecture')!r} GGUF uses a variant the converter does not handle"
+            )
+        weights[hf] = t
+    return weights
 
 
 def is_attention_bias(name: str) -> bool:
