@@ -179,4 +179,10 @@ def model_metadata(
 
 def model_config(meta: GGUFFile, tok: GGUFTokenizer, dtype: str | None = None) -> ModelConfig:
     config = hf_config(meta, dtype, tok.generation)
+    n_tokens = tok.backend.get_vocab_size(with_added_tokens=True)
+    if n_tokens > config["vocab_size"]:
+        raise GGUFFileError(
+            f"{meta.name}: the tokenizer has {n_tokens} tokens but {TOKEN_EMBD!r} has only {config['vocab_size']} "
+            "rows; the GGUF is inconsistent: re-export it"
+        )
     return ModelConfig.from_dict(config, source=meta.name, generation=tok.generation)

@@ -18,18 +18,16 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from shaderbay.dtypes import from_f32
-from shaderbay.errors import MissingTensor, UnsupportedDtype
+from shaderbay.errors import UnsupportedDtype
 
 from ..safetensors_writer import SafetensorsWriter
-from .config import architecture, hf_config
+from .config import architecture, model_config
 from .dequant import check_supported, dequantize
-from .errors import GGUFArchitectureError
-from .names import LAYER_TENSORS, rotary_heads, sort_key, unpermute_rotary, weight_tensors
-from .reader import GGUFFile, GGUFTensor
+from .names import model_weights, rotary_heads, sort_key, unpermute_rotary, weight_tensors
+from .reader import GGUFFile
 from .tokenizer import build_tokenizer
 from .writing import atomic_write_text, staged_dir
 
@@ -71,38 +69,6 @@ def convert_gguf_tokenizer(gguf_path: str | os.PathLike[str], out_dir: str | os.
     return out
 
 
-def _plan(meta: GGUFFile) -> list[tuple[str, GGUFTensor]]:
-    """(Hugging Face name, tensor) of every weight, each checked to be of a type that dequantizes."""
-    plan = list(weight_tensors(meta).items())
-    for _, t in plan:
-        check_supported(t.ggml_type, f"{meta.name}: tensor {t.name!r} is stored as ")
-    return plan
-
-
-def _check_complete(meta: GGUFFile, have: set[str], n_layer: int) -> None:
-    required = ["model.embed_tokens.weight", "model.norm.weight"]
-    required += [f"model.layers.{i}.{s}" for i in range(n_layer) for s in LAYER_TENSORS]
-    missing = [r for r in required if r not in have]
-    if missing:
-        raise MissingTensor(
-            f"{meta.name}: {len(missing)} tensors are missing, e.g. {missing[0]!r}; the GGUF is incomplete"
-        )
-
-
-def _zero_biases(meta: GGUFFile, config: dict[str, Any], have: set[str]) -> list[tuple[str, tuple[int, ...]]]:
-    """HF Llama's attention_bias means q, k, v and o all have biases: the ones the GGUF lacks are zeros."""
-    if config["model_type"] == "qwen2":
-        if any(hf.endswith("o_proj.bias") for hf in have):
-            raise GGUFArchitectureError(f"{meta.name}: a qwen2 model with an output-projection bias is not supported")
-        return []
-    if not config["attention_bias"]:
-        return []
-    hd, n_kv = config["head_dim"], config["num_key_value_heads"]
-    sizes = {"q": config["num_attention_heads"] * hd, "k": n_kv * hd, "v": n_kv * hd, "o": config["hidden_size"]}
-    names = (f"model.layers.{i}.self_attn.{p}_proj.bias" for i in range(config["num_hidden_layers"]) for p in sizes)
-    return [(hf, (sizes[hf.split(".")[-2][0]],)) for hf in names if hf not in have]
-
-
 def convert_gguf(
     gguf_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -119,14 +85,14 @@ def convert_gguf(
     dtype = normalize_dtype(dtype)
     meta = GGUFFile(gguf_path)
     architecture(meta)
-    plan = _plan(meta)
+    weight_tensors(meta)  # an unknown tensor name is the first thing to report
     tok = build_tokenizer(meta)
-    config = hf_config(meta, dtype, tok.generation)
-    have = {hf for hf, _ in plan}
-    _check_complete(meta, have, config["num_hidden_layers"])
-    n_head, n_kv = config["num_attention_heads"], config["num_key_value_heads"]
-    permute = config["model_type"] != "qwen2"  # llama.cpp permutes Q/K rows (weights and biases) for llama only
-    full = [(hf, t, t.shape) for hf, t in plan] + [(hf, None, s) for hf, s in _zero_biases(meta, config, have)]
+    config = model_config(meta, tok, dtype)
+    weights, zeros = model_weights(meta, config)
+    for t in weights.values():
+        check_supported(t.ggml_type, f"{meta.name}: tensor {t.name!r} is stored as ")
+    permute = config.architecture != "Qwen2ForCausalLM"  # llama.cpp permutes Q/K rows for llama only
+    full = [(hf, t, t.shape) for hf, t in weights.items()] + [(hf, None, shape) for hf, shape in zeros.items()]
     full.sort(key=lambda p: sort_key(p[0]))
     total = float(sum(math.prod(shape) for _, _, shape in full))
     wdtype = OUTPUT_DTYPES[dtype]
@@ -144,10 +110,10 @@ def convert_gguf(
                 if progress is not None:
                     progress(done, total, hf)
                 w = np.zeros(shape, np.float32) if t is None else dequantize(t.raw(), t.type_id, shape)
-                heads = rotary_heads(hf, n_head, n_kv) if permute else None
+                heads = rotary_heads(hf, config.n_heads, config.n_kv_heads) if permute else None
                 writer.write(hf, from_f32(unpermute_rotary(w, heads) if heads else w, wdtype))
                 done += math.prod(shape)
-        atomic_write_text(tmp / "config.json", json.dumps(config, indent=2) + "\n")
+        atomic_write_text(tmp / "config.json", json.dumps(config.raw, indent=2) + "\n")
     if progress is not None:
         progress(total, total, "done")
     return out

@@ -6,9 +6,11 @@ from __future__ import annotations
 import re
 
 import numpy as np
-from shaderbay.errors import ConversionError
+from shaderbay.errors import ConversionError, MissingTensor, ShapeMismatch
 
-from .errors import GGUFArchitectureError
+from ..config import ModelConfig
+from ..llama import tensor_shapes
+from .errors import GGUFArchitectureError, GGUFFileError
 from .reader import GGUFFile, GGUFTensor
 
 _LAYER_NAMES = {
@@ -75,6 +77,36 @@ def weight_tensors(meta: GGUFFile) -> dict[str, GGUFTensor]:
             )
         weights[hf] = t
     return weights
+
+
+def model_weights(meta: GGUFFile, config: ModelConfig) -> tuple[dict[str, GGUFTensor], dict[str, tuple[int, ...]]]:
+    """The weights checked against the model the metadata describes: (tensors by Hugging Face name,
+    the biases the GGUF leaves out, by name and shape). The left-out biases are zeros: Hugging Face
+    Llama's attention_bias means q, k, v and o all have one, and Qwen2 always has q, k and v biases.
+
+    Every tensor must be one the config implies, of the shape it implies (else ShapeMismatch,
+    naming the tensor), and every weight that is not a bias must be there (else MissingTensor).
+    """
+    shapes = tensor_shapes(config)
+    weights = weight_tensors(meta)
+    for hf, t in weights.items():
+        if hf not in shapes:
+            raise GGUFFileError(
+                f"{meta.name}: tensor {t.name!r} is not part of the model the metadata describes "
+                f"({config.summary()}); the GGUF is inconsistent: re-export it"
+            )
+        if t.shape != shapes[hf]:
+            raise ShapeMismatch(
+                f"{meta.name}: tensor {t.name!r} has shape {list(t.shape)} but the metadata ({config.summary()}) "
+                f"needs {list(shapes[hf])}; the GGUF is inconsistent: re-export it"
+            )
+    absent = [hf for hf in shapes if hf not in weights]
+    missing = [hf for hf in absent if not hf.endswith("_proj.bias")]
+    if missing:
+        raise MissingTensor(
+            f"{meta.name}: {len(missing)} tensors are missing, e.g. {missing[0]!r}; the GGUF is incomplete"
+        )
+    return weights, {hf: shapes[hf] for hf in absent}
 
 
 def is_attention_bias(name: str) -> bool:
