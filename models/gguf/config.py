@@ -155,11 +155,13 @@ def hf_config(meta: GGUFFile, dtype: str, generation: dict[str, Any]) -> dict[st
         config["use_sliding_window"] = False
     else:
         config["pretraining_tp"] = 1
+    # recorded for people, never used: a value of the wrong type is left out rather than refused
+    name, file_type = meta.get(Keys.General.NAME), meta.get(Keys.General.FILE_TYPE)
     config["gguf"] = {
         "file": meta.name,
-        "name": meta.get_str(Keys.General.NAME, None),
+        "name": name if isinstance(name, str) else None,
         "architecture": arch,
-        "file_type": meta.get_int(Keys.General.FILE_TYPE, None, lo=0),
+        "file_type": file_type if type(file_type) is int else None,
     }
     return config
 
