@@ -137,8 +137,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("backend", names, ids=names, indirect=True, scope="session")
 
 
-def _get_backend(config: pytest.Config, name: str):
-    """The session's backend `name`, created once; skips or fails the test when it cannot run here."""
+def session_backend(config: pytest.Config, name: str):
+    """The session's backend `name`, created once (closed at the end of the session); skips the
+    test when it is unavailable here (fails it when $SHADERBAY_REQUIRE_BACKENDS names it), and
+    fails it when creating it raises anything else."""
     from shaderbay.errors import BackendUnavailable, ShaderbayError
     from shaderbay.plugins import create_backend
 
@@ -167,7 +169,7 @@ def _get_backend(config: pytest.Config, name: str):
 def backend(request: pytest.FixtureRequest):
     """A live backend of the suite's selection (one per name, shared by the whole session)."""
     name = getattr(request, "param", None) or request.config.stash[_NAMES][0]
-    return _get_backend(request.config, name)
+    return session_backend(request.config, name)
 
 
 @pytest.fixture

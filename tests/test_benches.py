@@ -8,7 +8,6 @@ the decision-tree function picks each branch from synthetic figures.
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import numpy as np
@@ -17,14 +16,14 @@ from shaderbay.benches import cli
 from shaderbay.benches.schema import SchemaError, validate
 from shaderbay.benches.shapes import kernel_bytes, named_shape
 from shaderbay.benches.verdict import bandwidth_utilisation, verdict
+from shaderbay.conformance.plugin import required_backends
 from shaderbay.plugins import discover
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _required_backends() -> set[str]:
-    names = os.environ.get("SHADERBAY_REQUIRE_BACKENDS", "numpy")
-    return {n.strip() for n in names.split(",") if n.strip()} | {"numpy"}
+    return required_backends() | {"numpy"}
 
 
 def _check_trace(path) -> dict:
