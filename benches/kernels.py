@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from shaderbay.dtypes import host_dtype, itemsize
+from shaderbay.dtypes import f32_to_bf16, host_dtype, itemsize
 from shaderbay.errors import LimitExceeded, ShaderbayError
 from shaderbay.plugins import create_backend
 from shaderbay.rope import inverse_frequencies
@@ -177,8 +177,6 @@ def _random(numel: int, dtype: str, scale: float, rng: np.random.Generator) -> n
     block = rng.standard_normal(min(numel, _RNG_BLOCK), dtype=np.float32) * scale
     values = np.resize(block, numel)
     if dtype == "bf16":
-        from shaderbay.dtypes import f32_to_bf16
-
         return f32_to_bf16(values)
     return values.astype(host_dtype(dtype))
 

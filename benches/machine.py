@@ -62,7 +62,7 @@ def rss_bytes() -> int | None:
     if kib is not None:
         return kib * 1024
     try:
-        import psutil
+        import psutil  # lazily: an optional package, needed only where /proc is missing
 
         return psutil.Process().memory_info().rss
     except ImportError:

@@ -60,6 +60,10 @@ def bench_model(settings: Settings, tracks: Tracks | None = None,
     runs = [Run(name) for name in settings.backends]
     source = Source(settings)
     rng = np.random.default_rng(settings.seed)
+
+    def results() -> tuple[ModelInfo, list[ModelRow]]:
+        return source_info(source, settings), [summarise(r, source, settings) for r in runs]
+
     try:
         known = discover()
         for run in runs:
@@ -77,7 +81,7 @@ def bench_model(settings: Settings, tracks: Tracks | None = None,
         except Exception as exc:  # noqa: BLE001 - reported in every row
             for run in runs:
                 run.error = run.error or f"model: {type(exc).__name__}: {exc}"
-            return source_info(source, settings), [summarise(r, source, settings) for r in runs]
+            return results()
         vocab = source.shape.vocab_size
         decode_prompt = rng.integers(0, vocab, settings.prompt_tokens).tolist()
         prefill_prompt = rng.integers(0, vocab, settings.prefill_tokens).tolist()
@@ -148,7 +152,7 @@ def bench_model(settings: Settings, tracks: Tracks | None = None,
                     _, run.profile_prefill = prefill_once(run, prefill_prompt, settings, profile=True)
             except Exception as exc:  # noqa: BLE001
                 run.fail("profile", exc)
-        return source_info(source, settings), [summarise(r, source, settings) for r in runs]
+        return results()
     finally:
         for run in runs:
             run.close()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shaderbay.dtypes import itemsize
+from shaderbay.models.checkpoint import SafetensorsCheckpoint
 from shaderbay.models.config import ModelConfig
 from shaderbay.models.synthetic import SHAPES, synthetic_config
 
@@ -68,8 +69,6 @@ def named_shape(name: str) -> Shape:
 
 def checkpoint_shape(path: Any, name: str = "") -> tuple[Shape, str]:
     """The shape and weight dtype of a checkpoint directory (config.json and the safetensors header)."""
-    from shaderbay.models.checkpoint import SafetensorsCheckpoint
-
     ckpt = SafetensorsCheckpoint(path)
     try:
         return Shape(name or "model", ModelConfig.from_dir(path)), ckpt.infos()["model.embed_tokens.weight"].dtype

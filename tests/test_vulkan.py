@@ -17,6 +17,7 @@ from shaderbay.backends.numpy.kernels import REFERENCE
 from shaderbay.conformance.plugin import required_backends
 from shaderbay.errors import BackendUnavailable, ClosedError
 from shaderbay.kernels import ARGMAX_SCRATCH_ROW
+from shaderbay.models.model import load
 
 pytest.importorskip("vulkan")
 
@@ -235,8 +236,6 @@ def test_validation_layers_report_nothing():
 def test_validation_layers_report_nothing_for_a_model():
     """Run-ahead decoding (two recordings in flight, token copies to READBACK buffers, advance) and
     the stage-precise barriers between dispatches and copies, greedy and sampled."""
-    from shaderbay.models.model import load
-
     be = _make(validate=True)
     if not be.validation:
         be.close()
