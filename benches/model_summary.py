@@ -10,7 +10,7 @@ from shaderbay.backend import Copy, Dispatch
 from .model_measure import GpuTimings, Run, ms, seconds
 from .model_settings import Settings
 from .model_source import Source
-from .results import Ceiling, Cpu, Decode, Gpu, ModelInfo, ModelKernel, ModelRow, ModelShape, Prefill
+from .results import Ceiling, Cpu, Decode, Gpu, ModelInfo, ModelKernel, ModelRow, Prefill
 from .shapes import Shape, dispatch_bytes, dispatch_key, kernel_flops
 from .verdict import bandwidth_utilisation, verdict
 
@@ -19,7 +19,7 @@ def model_info(shape: Shape | None, name: str, wdtype: str, **source: Any) -> Mo
     """The model a bench ran: its shape and weight bytes (where known), and `source` fields."""
     info = ModelInfo(name=name, dtype=wdtype, **source)
     if shape:
-        info.shape = ModelShape(**shape.as_dict())
+        info.shape = shape.record()
         info.weights_bytes = shape.weights_bytes(wdtype)
         info.weight_bytes_per_token = shape.weight_bytes_per_token(wdtype)
     return info

@@ -287,6 +287,10 @@ Result = ModelResult | KernelsResult
 _RESULT = TypeAdapter(Annotated[Result, Field(discriminator="kind")])
 
 
+# what a model bench row has when its backend ran to the end
+_WORKING_ROW_PARTS = ("device", "memory", "copy_bandwidth", "decode", "prefill", "cpu", "gpu", "kernels", "verdict")
+
+
 class ResultError(ShaderbayError):
     """A file that is not a well-formed bench result."""
 
@@ -301,9 +305,9 @@ def load_result(text: str) -> Result:
         raise ResultError(f"schema {result.schema!r} is not {SCHEMA!r}")
     for i, row in enumerate(result.results):
         if row.ok and isinstance(row, ModelRow):
-            missing = [k for k in ("decode", "prefill", "cpu", "gpu", "kernels", "verdict") if getattr(row, k) is None]
-            if missing or row.device is None or row.memory is None or row.copy_bandwidth is None:
-                raise ResultError(f"results[{i}] ({row.backend}): a working backend's row lacks {missing or 'a part'}")
+            missing = [part for part in _WORKING_ROW_PARTS if getattr(row, part) is None]
+            if missing:
+                raise ResultError(f"results[{i}] ({row.backend}): a working backend's row lacks {', '.join(missing)}")
         if not row.ok and not row.error:
             raise ResultError(f"results[{i}] ({row.backend}): a failed row needs its error")
     return result
