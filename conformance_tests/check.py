@@ -17,6 +17,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shaderbay.config import cache_dir
+
 GROUPS = {
     "test_buffers": "buffers",
     "test_kernels": "kernels",
@@ -208,8 +210,7 @@ def run(args: argparse.Namespace) -> int:
         pytest_args.append("-x")
     pytest_args += ["-v"] if args.verbose else ["-q", "--tb=short", "--no-header"]
     # Hypothesis keeps a small cache; keep it out of the user's working directory
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shaderbay" / "hypothesis"
-    os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(cache))
+    os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(cache_dir() / "hypothesis"))
     print(f"checking backend {name!r} (selected by {source})", flush=True)
     report.clear()
     collector = Collector()

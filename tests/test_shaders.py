@@ -35,7 +35,9 @@ def _caps(subgroups: bool = True, size: int = 32, **kw) -> Caps:
         max_workgroup_size=1024,
         max_workgroups=65535,
         offset_alignment=16,
-        extras={"max_shared_memory": 49152},
+        max_shared_memory=49152,
+        max_push_constants=128,
+        max_storage_buffers=8,
     )
     base.update(kw)
     return Caps(**base)

@@ -399,6 +399,9 @@ class WgpuBackend(Backend):
             max_workgroup_size=int(l["max-compute-invocations-per-workgroup"]),
             max_workgroups=int(l["max-compute-workgroups-per-dimension"]),
             offset_alignment=int(l["min-storage-buffer-offset-alignment"]),
+            max_shared_memory=int(l["max-compute-workgroup-storage-size"]),
+            max_push_constants=int(l.get("max-immediate-size", 0)),
+            max_storage_buffers=int(l["max-storage-buffers-per-shader-stage"]),
             copy_alignment=4,
             extras={
                 "api": "wgpu " + getattr(self._wgpu, "__version__", "?"),
@@ -406,9 +409,6 @@ class WgpuBackend(Backend):
                 "adapter_type": info.get("adapter_type"),
                 "driver": info.get("description"),
                 "vendor": info.get("vendor"),
-                "max_shared_memory": int(l["max-compute-workgroup-storage-size"]),
-                "max_storage_buffers_per_stage": int(l["max-storage-buffers-per-shader-stage"]),
-                "max_push_constants": int(l.get("max-immediate-size", 0)),
                 "max_workgroup_dims": (
                     int(l["max-compute-workgroup-size-x"]),
                     int(l["max-compute-workgroup-size-y"]),
@@ -536,13 +536,13 @@ class WgpuBackend(Backend):
     # --- pipelines -------------------------------------------------------------------------
     def _create_pipeline(self, spec: KernelSpec, constants: dict[str, Any]) -> Pipeline:
         pipe = WgpuPipeline(spec, constants)
-        limit = self.caps.extras["max_storage_buffers_per_stage"]
+        limit = self.caps.max_storage_buffers
         if len(pipe.bindings) > limit:
             raise LimitExceeded(f"{spec.name} binds {len(pipe.bindings)} buffers; {self.caps.device} allows {limit}")
-        if pipe.immediate_size > self.caps.extras["max_push_constants"]:
+        if pipe.immediate_size > self.caps.max_push_constants:
             raise LimitExceeded(
                 f"{spec.name} takes {pipe.immediate_size} bytes of parameters; {self.caps.device} allows "
-                f"{self.caps.extras['max_push_constants']} bytes of push constants"
+                f"{self.caps.max_push_constants} bytes of push constants"
             )
         return pipe
 
