@@ -100,12 +100,10 @@ class CommandQueue:
             for dst_copy in (False, True)
             if src_compute or src_copy
         }
-        self._barrier_in = memory_barrier(
-            vk.VK_ACCESS_MEMORY_WRITE_BIT, vk.VK_ACCESS_MEMORY_READ_BIT | vk.VK_ACCESS_MEMORY_WRITE_BIT
-        )  # from earlier submits
-        self._barrier_out = memory_barrier(
-            written, vk.VK_ACCESS_HOST_READ_BIT | vk.VK_ACCESS_HOST_WRITE_BIT
-        )  # to the host and later submits
+        # from earlier submits, and to the host and later submits
+        memory = vk.VK_ACCESS_MEMORY_READ_BIT | vk.VK_ACCESS_MEMORY_WRITE_BIT
+        self._barrier_in = memory_barrier(vk.VK_ACCESS_MEMORY_WRITE_BIT, memory)
+        self._barrier_out = memory_barrier(written, vk.VK_ACCESS_HOST_READ_BIT | vk.VK_ACCESS_HOST_WRITE_BIT)
 
     # --- recording --------------------------------------------------------------------------------
     def prepare(self, cmd: CommandList, timestamps: bool) -> Prepared:
@@ -214,18 +212,8 @@ class CommandQueue:
             if qp is not None:
                 lib.vkCmdWriteTimestamp(cb, vk.VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, qp, i + 1)
         # make every write available to the host (and to later submits)
-        lib.vkCmdPipelineBarrier(
-            cb,
-            stages,
-            vk.VK_PIPELINE_STAGE_HOST_BIT | vk.VK_PIPELINE_STAGE_ALL_COMMANDS_BIT,
-            0,
-            1,
-            self._barrier_out,
-            0,
-            ffi.NULL,
-            0,
-            ffi.NULL,
-        )
+        after = vk.VK_PIPELINE_STAGE_HOST_BIT | vk.VK_PIPELINE_STAGE_ALL_COMMANDS_BIT
+        lib.vkCmdPipelineBarrier(cb, stages, after, 0, 1, self._barrier_out, 0, ffi.NULL, 0, ffi.NULL)
         check(lib.vkEndCommandBuffer(cb), "vkEndCommandBuffer")
         prep.submit_info = new(
             "VkSubmitInfo",
@@ -420,23 +408,16 @@ class _Pending:
 def _barrier(src_compute: bool, src_copy: bool, dst_copy: bool) -> tuple[int, int, Any]:
     """(source stages, destination stages, VkMemoryBarrier) from earlier dispatches and/or copies to a
     dispatch or a copy."""
-    src_stage = (vk.VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT if src_compute else 0) | (
-        vk.VK_PIPELINE_STAGE_TRANSFER_BIT if src_copy else 0
-    )
+    compute, transfer = vk.VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, vk.VK_PIPELINE_STAGE_TRANSFER_BIT
+    src_stage = (compute if src_compute else 0) | (transfer if src_copy else 0)
     src_access = (vk.VK_ACCESS_SHADER_WRITE_BIT if src_compute else 0) | (
         vk.VK_ACCESS_TRANSFER_WRITE_BIT if src_copy else 0
     )
     if dst_copy:
-        return (
-            src_stage,
-            vk.VK_PIPELINE_STAGE_TRANSFER_BIT,
-            memory_barrier(src_access, vk.VK_ACCESS_TRANSFER_READ_BIT | vk.VK_ACCESS_TRANSFER_WRITE_BIT),
-        )
-    return (
-        src_stage,
-        vk.VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
-        memory_barrier(src_access, vk.VK_ACCESS_SHADER_READ_BIT | vk.VK_ACCESS_SHADER_WRITE_BIT),
-    )
+        dst_access = vk.VK_ACCESS_TRANSFER_READ_BIT | vk.VK_ACCESS_TRANSFER_WRITE_BIT
+        return src_stage, transfer, memory_barrier(src_access, dst_access)
+    dst_access = vk.VK_ACCESS_SHADER_READ_BIT | vk.VK_ACCESS_SHADER_WRITE_BIT
+    return src_stage, compute, memory_barrier(src_access, dst_access)
 
 
 def _ranges(op: Dispatch) -> tuple[list[Range], list[Range]]:
