@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shaderbay.config import cache_dir
 from shaderbay.errors import BackendUnavailable, UnknownBackend
 from shaderbay.plugins import discover, requested_backend
 
@@ -207,8 +208,7 @@ def run(args: argparse.Namespace) -> int:
         pytest_args.append("-x")
     pytest_args += ["-v"] if args.verbose else ["-q", "--tb=short", "--no-header"]
     # Hypothesis keeps a small cache; keep it out of the user's working directory
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shaderbay" / "hypothesis"
-    os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(cache))
+    os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(cache_dir() / "hypothesis"))
     print(f"checking backend {name!r} (selected by {source})", flush=True)
     clear()
     collector = Collector()

@@ -9,21 +9,20 @@ off). Otherwise it is silent, so piped output and test logs stay clean.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from typing import TextIO
+
+from .config import env_flag
 
 __all__ = ["Progress", "progress_enabled"]
 
 
 def progress_enabled(stream: TextIO | None = None) -> bool:
     """Whether a progress bar may be drawn on ``stream`` (default: stderr)."""
-    env = os.environ.get("SHADERBAY_PROGRESS", "").strip().lower()
-    if env in ("1", "true", "yes", "on"):
-        return True
-    if env in ("0", "false", "no", "off"):
-        return False
+    forced = env_flag("SHADERBAY_PROGRESS", default=None)
+    if forced is not None:
+        return forced
     stream = sys.stderr if stream is None else stream
     try:
         return bool(stream.isatty())
