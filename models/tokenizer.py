@@ -306,6 +306,22 @@ class Tokenizer:
         except jinja2.TemplateError as e:
             raise ChatTemplateError(f"the chat template failed: {e}; check the messages' roles and order") from e
 
+    def turn_end_ids(self) -> tuple[int, ...]:
+        """The special token the chat template closes an assistant's message with (<|im_end|>,
+        <|eot_id|>, <end_of_turn>...), found by rendering one: generation ends there too."""
+        if not self.chat_template:
+            return ()
+        mark = "Shaderbay"
+        messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": mark}]
+        try:
+            text = self.apply_chat_template(messages, add_generation_prompt=False)
+        except ChatTemplateError:
+            return ()
+        after = text.split(mark, 1)[1] if mark in text else ""
+        ids = self._tk.encode(after, add_special_tokens=False).ids
+        added = self._tk.get_added_tokens_decoder()
+        return (ids[0],) if ids and ids[0] in added and added[ids[0]].special else ()
+
     def encode_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> list[int]:
         """``encode(apply_chat_template(messages))``, with no special tokens added (the template has them)."""
         return self.encode(self.apply_chat_template(messages, add_generation_prompt), add_special_tokens=False)

@@ -12,7 +12,7 @@ import shaderbay
 from fixtures_model import write_tiny_gguf
 from shaderbay.backends.numpy.kernels import sample_token
 from shaderbay.dtypes import to_f32
-from shaderbay.errors import ContextLengthExceeded, ModelError, UnsupportedArchitecture
+from shaderbay.errors import ContextLengthExceeded, InvalidOption, ModelError, UnsupportedArchitecture
 from shaderbay.models.checkpoint import SafetensorsCheckpoint
 from shaderbay.models.config import ModelConfig
 from shaderbay.models.model import Model
@@ -266,7 +266,8 @@ def test_stop_tokens_end_generation(tiny_model):
     first = free.index(stop)
     got = list(tiny_model.tokens(PROMPT, 10, stop=[stop]))
     assert got == free[: first + 1]
-    assert list(tiny_model.tokens(PROMPT, 0)) == []
+    with pytest.raises(InvalidOption, match="max_tokens must be an integer >= 1"):
+        tiny_model.tokens(PROMPT, 0)
     assert list(tiny_model.tokens(PROMPT, 1)) == free[:1]
 
 
