@@ -6,6 +6,7 @@
   $SHADERBAY_REQUIRE_BACKENDS, and then the tests fail.
 - `numpy_backend`: the reference backend, shared by the session.
 - `make_checkpoint(name, dtype, shards)`: a synthetic checkpoint directory, written once per session.
+- `text_model_dir`: a tiny model with a real tokenizer and a chat template (converted from a GGUF).
 """
 
 from __future__ import annotations
@@ -95,3 +96,12 @@ def make_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., P
         return made[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def text_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from fixtures_model import write_tiny_gguf
+    from shaderbay.models.gguf import convert_gguf
+
+    d = tmp_path_factory.mktemp("tiny-text")
+    return convert_gguf(write_tiny_gguf(d / "tiny.gguf"), d / "model", dtype="float32")

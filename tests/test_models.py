@@ -344,14 +344,6 @@ def test_close_frees_the_model_buffers(numpy_backend):
 # --- text: a tiny model with a real tokenizer (converted from a GGUF) ------------------------
 
 
-@pytest.fixture(scope="module")
-def text_model_dir(tmp_path_factory):
-    from shaderbay.models.gguf import convert_gguf
-
-    d = tmp_path_factory.mktemp("tiny-text")
-    return convert_gguf(write_tiny_gguf(d / "tiny.gguf"), d / "model", dtype="float32")
-
-
 def test_text_generation_stream_and_chat(numpy_backend, text_model_dir):
     with _load(text_model_dir, numpy_backend) as model:
         assert model.tokenizer is not None and 2 in model.eos_token_ids
