@@ -8,6 +8,8 @@ import argparse
 import contextlib
 import sys
 
+from shaderbay.errors import ShaderbayError
+
 from .cli_options import add_model_arguments, add_sampling_arguments, load_model, sampling_options
 
 HELP = "/reset forgets the conversation, /system TEXT sets the system message, /exit ends (or Ctrl-D)"
@@ -59,13 +61,15 @@ def run(args: argparse.Namespace) -> int:
 def answer(chat, text: str) -> None:
     """Stream the reply; Ctrl-C ends it early (the part shown stays in the conversation)."""
     out = sys.stdout
-    events = chat.stream(text)
     try:
+        events = chat.stream(text)
         with contextlib.closing(events):
             for event in events:
                 out.write(event.text)
                 out.flush()
     except KeyboardInterrupt:
         out.write("\n[stopped]")
+    except ShaderbayError as exc:  # e.g. a conversation grown past the context: the session goes on
+        print(f"shaderbay: {exc}", file=sys.stderr)
     out.write("\n")
     out.flush()
