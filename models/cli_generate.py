@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args, source)
     try:
         if model.tokenizer is None:  # token ids in, token ids out
+            if args.system or args.chat:
+                raise InvalidOption(f"{model.name} has no tokenizer, so no chat: drop --chat and --system")
             vocab = model.config.vocab_size
             request = [b % vocab for b in prompt.encode("utf-8")] or [0]
         elif args.raw or (not args.chat and not model.has_chat_template):
