@@ -114,7 +114,7 @@ class Steps:
         self.bar.update(1, label)
 
     def close(self) -> None:
-        self.bar.close(success=True)
+        self.bar.close()
 
 
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:

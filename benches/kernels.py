@@ -162,6 +162,7 @@ def model_cases(
                         "top_k": 40,
                         "top_p": 0.95,
                         "penalty": 1.1,
+                        "min_p": 0.05,
                     },
                 ),
             ]

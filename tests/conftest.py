@@ -6,10 +6,13 @@
   in $SHADERBAY_REQUIRE_BACKENDS, and then the tests fail.
 - `numpy_backend`: the reference backend, shared by the session.
 - `make_checkpoint(name, dtype, shards)`: a synthetic checkpoint directory, written once per session.
+- `default_cache`: SHADERBAY_CACHE pointed at a session's directory (the default model converted there once).
+- `text_model_dir`: a tiny model with a real tokenizer and a chat template (converted from a GGUF).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,3 +56,27 @@ def make_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., P
         return made[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def text_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from fixtures_model import write_tiny_gguf
+    from shaderbay.models.gguf import convert_gguf
+
+    d = tmp_path_factory.mktemp("tiny-text")
+    return convert_gguf(write_tiny_gguf(d / "tiny.gguf"), d / "model", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def default_cache(tmp_path_factory: pytest.TempPathFactory):
+    """SHADERBAY_CACHE pointed at a temporary directory for the session's default-model tests."""
+    from fixtures_model import required_smollm2_gguf
+
+    required_smollm2_gguf()
+    old = os.environ.get("SHADERBAY_CACHE")
+    os.environ["SHADERBAY_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield os.environ["SHADERBAY_CACHE"]
+    if old is None:
+        os.environ.pop("SHADERBAY_CACHE", None)
+    else:
+        os.environ["SHADERBAY_CACHE"] = old
