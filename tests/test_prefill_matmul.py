@@ -10,11 +10,11 @@ shape (the H200: this is its check there; lavapipe: the tiled kernel).
 from __future__ import annotations
 
 import pytest
-from conftest import get_backend
 from shaderbay.backends.shaders import records, variants
 from shaderbay.backends.shaders.variants_heavy import COOP_SHAPE
 from shaderbay.conformance.cases import RngValues, kernel_cases
 from shaderbay.conformance.harness import compare_outputs, explain_error, run_case
+from shaderbay.conformance.plugin import session_backend
 from shaderbay.conformance.tolerances import tolerance
 
 SHAPES = (
@@ -25,9 +25,9 @@ COMBOS = [c for c in records.combos("matmul") if c["wdtype"] in ("f16", "bf16")]
 
 
 @pytest.mark.parametrize("constants", COMBOS, ids=["-".join(str(v) for v in c.values()) for c in COMBOS])
-def test_prefill_matmul_agrees_with_numpy(constants):
+def test_prefill_matmul_agrees_with_numpy(constants, pytestconfig):
     """On vulkan (wgpu runs the same tiled SPIR-V, which the conformance suite covers)."""
-    backend = get_backend("vulkan")
+    backend = session_backend(pytestconfig, "vulkan")
     coop = COOP_SHAPE in backend.caps.cooperative_matrix
     for i, shape in enumerate(SHAPES):
         case = kernel_cases("matmul").case(RngValues(100 + i), constants, shape)

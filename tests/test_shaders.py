@@ -35,7 +35,9 @@ def _caps(subgroups: bool = True, size: int = 32, **kw) -> Caps:
         max_workgroup_size=1024,
         max_workgroups=65535,
         offset_alignment=16,
-        extras={"max_shared_memory": 49152},
+        max_shared_memory=49152,
+        max_push_constants=128,
+        max_storage_buffers=8,
     )
     base.update(kw)
     return Caps(**base)
@@ -114,6 +116,15 @@ def test_selection_follows_capabilities_and_the_env(monkeypatch):
             if "subgroups" in v.needs:
                 assert not variants.usable(v, _caps(True)), v.name
     assert not variants.select("argmax", {}, {"rows": 1, "n": 10}, _caps(True)).needs
+    for no in ("off", "false", "0", "no", ""):  # "no" words leave subgroups on, as for every yes/no flag
+        monkeypatch.setenv(variants.ENV_NO_SUBGROUPS, no)
+        assert variants.select("rmsnorm", {}, params, _caps(True)).needs == {"subgroups"}, no
+
+
+def test_a_variant_needing_more_shared_memory_than_the_device_has_is_unusable():
+    rmsnorm = variants.by_name("rmsnorm")
+    assert variants.usable(rmsnorm, _caps(max_shared_memory=rmsnorm.shared_bytes))
+    assert not variants.usable(rmsnorm, _caps(max_shared_memory=rmsnorm.shared_bytes - 1))
 
 
 def test_a_required_subgroup_size_must_match():

@@ -34,13 +34,13 @@ owner) and join this table through `table()`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from functools import cache
 from importlib import resources
 from typing import Any
 
 from shaderbay.backend import Caps
+from shaderbay.config import env_flag
 from shaderbay.errors import KernelCompileError, UnsupportedKernel
 from shaderbay.kernels import ARGMAX_SLICES, CATALOGUE, kernel
 
@@ -176,9 +176,9 @@ def capabilities(caps: Caps) -> frozenset[str]:
     "subgroups" means subgroup basic, vote, arithmetic, ballot and shuffle operations in
     compute shaders (what wgpu's "subgroup" feature gives); "f16" means shader float16
     arithmetic; "coopmat_<m>x<n>x<k>_<a>_<b>_<c>_<result>" a subgroup-scope cooperative-matrix
-    shape of `caps.cooperative_matrix`. `caps.extras["features"]` may add names of a backend's own.
+    shape of `caps.cooperative_matrix`.
     """
-    names = set(caps.extras.get("features", ()))
+    names = set()
     if caps.f16:
         names.add("f16")
     if caps.subgroups and caps.subgroup_size > 0:
@@ -190,7 +190,7 @@ def capabilities(caps: Caps) -> frozenset[str]:
 
 
 def subgroups_disabled() -> bool:
-    return os.environ.get(ENV_NO_SUBGROUPS, "").strip() not in ("", "0", "false", "no")
+    return bool(env_flag(ENV_NO_SUBGROUPS))
 
 
 def usable(variant: Variant, caps: Caps, names: frozenset[str] | None = None) -> bool:
@@ -202,8 +202,7 @@ def usable(variant: Variant, caps: Caps, names: frozenset[str] | None = None) ->
         return False
     if variant.invocations > caps.max_workgroup_size:
         return False
-    shared = caps.extras.get("max_shared_memory")
-    return not (shared and variant.shared_bytes > shared)
+    return variant.shared_bytes <= caps.max_shared_memory
 
 
 def select(kernel_name: str, constants: Mapping[str, Any], params: Mapping[str, Any], caps: Caps) -> Variant:

@@ -81,8 +81,11 @@ def _kv_write(v: Values, c: dict, s: dict) -> Case:
     )
 
 
-def _nan_of(dtype: str) -> np.ndarray:
-    return np.frombuffer(b"\xff" * host_dtype(dtype).itemsize, host_dtype(dtype))
+def _nan_from(cache: np.ndarray, start: int, dtype: str) -> np.ndarray:
+    """A copy of `cache` holding NaN (all bits set) from element `start` on."""
+    cache = cache.copy()
+    cache[start:] = np.frombuffer(b"\xff" * host_dtype(dtype).itemsize, host_dtype(dtype))[0]
+    return cache
 
 
 def _attention(v: Values, c: dict, s: dict) -> Case:
@@ -107,10 +110,8 @@ def _attention(v: Values, c: dict, s: dict) -> Case:
     if seen < max_seq and v.bool():
         # rows no query may see hold NaN: a kernel that reads them (or masks them by multiplying
         # with zero) is caught
-        k_cache = k_cache.copy()
-        v_cache = v_cache.copy()
-        k_cache[seen * nkv * hd :] = _nan_of(cache_dt)[0]
-        v_cache[seen * nkv * hd :] = _nan_of(cache_dt)[0]
+        k_cache = _nan_from(k_cache, seen * nkv * hd, cache_dt)
+        v_cache = _nan_from(v_cache, seen * nkv * hd, cache_dt)
         note += ", NaN past the last visible row"
     return Case(
         "attention",
@@ -158,10 +159,8 @@ def _decode_attention(v: Values, c: dict, s: dict) -> Case:
         if v.bool():
             # the row the kernel writes and every row past it hold NaN: a kernel that reads row p
             # from the cache before (or instead of) writing it, or reads later rows, is caught
-            k_cache = k_cache.copy()
-            v_cache = v_cache.copy()
-            k_cache[position * kv_dim :] = _nan_of(cache_dt)[0]
-            v_cache[position * kv_dim :] = _nan_of(cache_dt)[0]
+            k_cache = _nan_from(k_cache, position * kv_dim, cache_dt)
+            v_cache = _nan_from(v_cache, position * kv_dim, cache_dt)
             note += ", NaN from row p on"
     mask = written.reshape(-1)
     return Case(

@@ -32,7 +32,7 @@ def _argmax(v: Values, c: dict, s: dict) -> Case:
     return Case("argmax", c, {"rows": rows, "n": n}, {"x": x, "scratch": scratch}, sizes={"out": rows}, note=mode)
 
 
-SAMPLER_REGIMES = ("greedy", "plain", "top_k", "top_p", "top_k+top_p")
+SAMPLER_REGIMES = ("greedy", "plain", "top_k", "top_p", "top_k+top_p", "min_p", "top_k+top_p+min_p")
 
 
 def _sample(v: Values, c: dict, s: dict) -> Case:
@@ -54,8 +54,9 @@ def _sample(v: Values, c: dict, s: dict) -> Case:
         top_k = v.pick((1, 2, 3, 5, 13, 40, n + 3))
     if "top_p" in regime:
         top_p = v.pick((0.95, 0.9, 0.5, 0.1, 0.001))
+    min_p = v.pick((0.05, 0.1, 0.3, 0.9)) if "min_p" in regime else 0.0
     if regime == "greedy":  # the filters must not matter
-        top_k, top_p = v.pick((0, 3)), v.pick((1.0, 0.5))
+        top_k, top_p, min_p = v.pick((0, 3)), v.pick((1.0, 0.5)), v.pick((0.0, 0.5))
     penalty = v.pick((1.0, 1.1, 1.3, 0.9))
     hist_len = v.int(0, hist_cap + 2)
     history = v.uints(hist_cap, 0, n + 3)
@@ -73,6 +74,7 @@ def _sample(v: Values, c: dict, s: dict) -> Case:
             "top_k": top_k,
             "top_p": float(np.float32(top_p)),
             "penalty": float(np.float32(penalty)),
+            "min_p": float(np.float32(min_p)),
         },
         {
             "logits": logits,
@@ -164,6 +166,8 @@ def sample_candidates(case: Case, margin: float) -> tuple[int | None, np.ndarray
             ambiguous = True
         loose_cut = int(np.searchsorted(cumulative, top_p + margin))
         low_threshold = max(low_threshold, ordered[min(loose_cut, n - 1)])
+    if p["min_p"] > 0:
+        threshold = max(threshold, p["min_p"] * ordered[0])
     low_threshold = min(low_threshold, threshold)
     # Whether an element just under the threshold is kept can differ between devices; only
     # elements likely enough to matter count (tinier ones shift the walk by far less than margin).
