@@ -86,14 +86,15 @@ COOP_SHAPE = CoopMatrixShape(16, 16, 16, "f16", "f16", "f32", "f32", "subgroup")
 COOP_NEEDS = frozenset({"f16", coopmat_need(COOP_SHAPE)})
 COOP_WARPS = (2, 4)  # subgroups of 32 of a workgroup, along rows and columns
 COOP_FRAGS = (2, 2)  # 16 x 16 accumulators of a subgroup, along rows and columns: a 64 x 128 tile
-COOP_BK = 32
+COOP_BK = 32  # depth of a staged slice of k (a multiple of 16)
 
 
 def _coop(c: dict) -> Variant:
     """matmul_coop.comp: f16/bf16 weights, more rows than the matrix-vector form takes, k % 8 == 0."""
     (wm, wn), (fm, fn) = COOP_WARPS, COOP_FRAGS
     bm, bn = 16 * wm * fm, 16 * wn * fn
-    staged = 16 * max(2 * (bm + bn) * (COOP_BK // 8 + 1), bm * (bn // 4 + 1))  # slices, then the output tile
+    # two slices of x's hi and lo rows and w's rows, then the output tile over them (uvec4, padded rows)
+    staged = 16 * max(2 * (2 * bm + bn) * (COOP_BK // 8 + 1), bm * (bn // 4 + 1))
     if c["prologue"] == "rmsnorm":
         staged += 4 * bm * COOP_BK // 8
     return Variant(
@@ -103,7 +104,7 @@ def _coop(c: dict) -> Variant:
         c,
         (32 * wm * wn, 1, 1),
         lambda p: (groups(p["rows"], bm), groups(p["n"], bn), 1),
-        defines={"WARPS_M": wm, "WARPS_N": wn, "FM": fm, "FN": fn},
+        defines={"WARPS_M": wm, "WARPS_N": wn, "FM": fm, "FN": fn, "BK": COOP_BK},
         needs=COOP_NEEDS,
         subgroup_size=32,
         when=lambda p: p["rows"] > VEC_MAX_ROWS and p["k"] % 8 == 0,

@@ -6,16 +6,21 @@
 //
 // A workgroup of WARPS_M x WARPS_N subgroups of 32 computes a BM x BN tile of out, each
 // subgroup FM x FN 16 x 16 accumulators (f32). k is walked in BK-deep slices staged in shared
-// memory as f16: x converted from f32 by the loaders, which also apply the prologue (silu(gate)
-// * up; or x * norm_weight while keeping sum(x * x) of the row, whose rmsnorm scale multiplies
-// the row's results at the end), and w copied as it is (f16) or converted (bf16 -> f16: exact
+// memory as f16: x by the loaders, which apply the prologue in f32 (silu(gate) * up; or
+// x * norm_weight while keeping sum(x * x) of the row, whose rmsnorm scale multiplies the row's
+// results at the end) and then split each value in two f16 parts, hi = f16(x) and
+// lo = f16(x - hi), both multiplied into the same accumulators: x keeps about 22 bits (f16
+// alone, 11, compounded over a model's layers to 4x its logits budget), so the product's error
+// is that of its f16 weights. (lo is an f16 subnormal where |x| < 0.125: the device must keep
+// f16 subnormals, as NVIDIA's do.) w is copied as it is (f16) or converted (bf16 -> f16: exact
 // for every bf16 value in f16's range). Two slices of shared memory alternate, and the next
 // slice's global loads are issued into registers before the current one is multiplied, so one
 // barrier a slice suffices and load latency overlaps the math. Staged rows are padded by 16
 // bytes so the 8 rows a matrix load reads at once fall in different banks.
 //
-// Loaders: the slice of x is BM rows of BK/8 chunks of 8 elements (two vec4 loads, one uvec4
-// store), chunk q = t + WG_SIZE i being row q / (BK/8); w's likewise (one uvec4 load). k is a
+// Loaders: the slice of x is BM rows of BK/8 chunks of 8 elements (two vec4 loads, a uvec4
+// store to each of the hi and lo rows), chunk q = t + WG_SIZE i being row q / (BK/8); w's
+// likewise (one uvec4 load). k is a
 // multiple of 8 (the variant's `when`), so chunks are whole and rows start on 16 bytes.
 //
 // The accumulators are stored to shared memory (over the slices) and the epilogue (rmsnorm
@@ -37,15 +42,16 @@ layout(std430, set = 0, binding = BINDING_W) readonly buffer W4 { uvec4 w4[]; };
 
 #define BM (uint(WARPS_M) * uint(FM) * 16u)
 #define BN (uint(WARPS_N) * uint(FN) * 16u)
-#define BK 32u
-#define CHUNKS_PER_ROW (BK / 8u)
+#define CHUNKS_PER_ROW (uint(BK) / 8u)
 #define RS (CHUNKS_PER_ROW + 1u)  // uvec4 per staged row: BK halves and 16 bytes of padding
 #define A_PER (BM * CHUNKS_PER_ROW / uint(WG_SIZE))  // chunks of x per invocation and slice
 #define B_PER (BN * CHUNKS_PER_ROW / uint(WG_SIZE))
-#define STAGE ((BM + BN) * RS)  // uvec4 of one staged slice: x rows, then w rows
+#define STAGE ((2u * BM + BN) * RS)  // uvec4 of one staged slice: x's hi rows, x's lo rows, w rows
+#define LO (BM * RS)  // where a slice's x lo rows start
+#define WS (2u * BM * RS)  // where a slice's w rows start
 #define OS (BN / 4u + 1u)  // uvec4 per row of the staged output tile (4 floats each, one of padding)
 
-#if (WARPS_M * FM * 64) % WG_SIZE != 0 || (WARPS_N * FN * 64) % WG_SIZE != 0
+#if (WARPS_M * FM * 2 * BK) % WG_SIZE != 0 || (WARPS_N * FN * 2 * BK) % WG_SIZE != 0
 #error "matmul_coop.comp: every invocation loads whole chunks of both slices"
 #endif
 
@@ -57,12 +63,21 @@ shared float chunk_ss[BM * CHUNKS_PER_ROW];  // sum(x * x) of each loader's chun
 #define ACC coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>
 
 // the slice being prefetched
-uvec4 xr[A_PER];
+uvec4 xr_hi[A_PER];
+uvec4 xr_lo[A_PER];
 uvec4 wr[B_PER];
 float ss[A_PER];
 
-uvec4 pack8(vec4 lo, vec4 hi) {
-    return uvec4(packHalf2x16(lo.xy), packHalf2x16(lo.zw), packHalf2x16(hi.xy), packHalf2x16(hi.zw));
+uvec4 pack8(vec4 a, vec4 b) {
+    return uvec4(packHalf2x16(a.xy), packHalf2x16(a.zw), packHalf2x16(b.xy), packHalf2x16(b.zw));
+}
+
+// x's 8 values (a, b) as f16 parts hi + lo: x - hi is exact in f32, and its f16 rounding is lo
+void split8(vec4 a, vec4 b, out uvec4 hi, out uvec4 lo) {
+    hi = pack8(a, b);
+    a -= vec4(unpackHalf2x16(hi.x), unpackHalf2x16(hi.y));
+    b -= vec4(unpackHalf2x16(hi.z), unpackHalf2x16(hi.w));
+    lo = pack8(a, b);
 }
 
 void load_slice(uint k0, uint m0, uint j0, uint t) {
@@ -71,27 +86,27 @@ void load_slice(uint k0, uint m0, uint j0, uint t) {
         uint q = t + uint(WG_SIZE) * i;
         uint row = m0 + q / CHUNKS_PER_ROW;
         uint kk = k0 + (q % CHUNKS_PER_ROW) * 8u;
-        vec4 lo = vec4(0.0);
-        vec4 hi = vec4(0.0);
+        vec4 a = vec4(0.0);  // the chunk's first 4 values
+        vec4 b = vec4(0.0);  // and its last 4
         if (row < p.rows && kk < k) {
 #if defined(PROLOGUE_SILU_MUL)
             uint at = (row * 2u * k + kk) / 4u;
             vec4 g0 = x4[at];
             vec4 g1 = x4[at + 1u];
-            lo = g0 / (1.0 + exp(-g0)) * x4[at + k / 4u];
-            hi = g1 / (1.0 + exp(-g1)) * x4[at + k / 4u + 1u];
+            a = g0 / (1.0 + exp(-g0)) * x4[at + k / 4u];
+            b = g1 / (1.0 + exp(-g1)) * x4[at + k / 4u + 1u];
 #else
             uint at = (row * k + kk) / 4u;
-            lo = x4[at];
-            hi = x4[at + 1u];
+            a = x4[at];
+            b = x4[at + 1u];
 #endif
 #if defined(PROLOGUE_RMSNORM)
-            ss[i] += dot(lo, lo) + dot(hi, hi);
-            lo *= vec4(norm_weight[kk], norm_weight[kk + 1u], norm_weight[kk + 2u], norm_weight[kk + 3u]);
-            hi *= vec4(norm_weight[kk + 4u], norm_weight[kk + 5u], norm_weight[kk + 6u], norm_weight[kk + 7u]);
+            ss[i] += dot(a, a) + dot(b, b);
+            a *= vec4(norm_weight[kk], norm_weight[kk + 1u], norm_weight[kk + 2u], norm_weight[kk + 3u]);
+            b *= vec4(norm_weight[kk + 4u], norm_weight[kk + 5u], norm_weight[kk + 6u], norm_weight[kk + 7u]);
 #endif
         }
-        xr[i] = pack8(lo, hi);
+        split8(a, b, xr_hi[i], xr_lo[i]);
     }
     [[unroll]] for (uint i = 0u; i < B_PER; ++i) {
         uint q = t + uint(WG_SIZE) * i;
@@ -111,11 +126,13 @@ void load_slice(uint k0, uint m0, uint j0, uint t) {
 void store_slice(uint base, uint t) {
     [[unroll]] for (uint i = 0u; i < A_PER; ++i) {
         uint q = t + uint(WG_SIZE) * i;
-        smem[base + (q / CHUNKS_PER_ROW) * RS + q % CHUNKS_PER_ROW] = xr[i];
+        uint at = base + (q / CHUNKS_PER_ROW) * RS + q % CHUNKS_PER_ROW;
+        smem[at] = xr_hi[i];
+        smem[at + LO] = xr_lo[i];
     }
     [[unroll]] for (uint i = 0u; i < B_PER; ++i) {
         uint q = t + uint(WG_SIZE) * i;
-        smem[base + BM * RS + (q / CHUNKS_PER_ROW) * RS + q % CHUNKS_PER_ROW] = wr[i];
+        smem[base + WS + (q / CHUNKS_PER_ROW) * RS + q % CHUNKS_PER_ROW] = wr[i];
     }
 }
 
@@ -143,26 +160,34 @@ void main() {
             load_slice(0u, m0, j0, t);
 
             uint stage = 0u;
-            for (uint k0 = 0u; k0 < k; k0 += BK) {
+            for (uint k0 = 0u; k0 < k; k0 += uint(BK)) {
                 store_slice(stage, t);
                 barrier();
-                if (k0 + BK < k) {
-                    load_slice(k0 + BK, m0, j0, t);  // in flight during the math below
+                if (k0 + uint(BK) < k) {
+                    load_slice(k0 + uint(BK), m0, j0, t);  // in flight during the math below
                 }
-                [[unroll]] for (uint kk = 0u; kk < BK / 8u; kk += 2u) {  // 16 deep, in uvec4 columns
-                    coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> a[FM];
+                [[unroll]] for (uint kk = 0u; kk < CHUNKS_PER_ROW; kk += 2u) {  // 16 deep, in uvec4 columns
+                    coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> a_hi[FM];
+                    coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> a_lo[FM];
                     coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> b[FN];
                     [[unroll]] for (uint i = 0u; i < uint(FM); ++i) {
                         uint at = stage + (wm * uint(FM) + i) * 16u * RS + kk;
-                        coopMatLoad(a[i], smem, at, RS, gl_CooperativeMatrixLayoutRowMajor);
+                        coopMatLoad(a_hi[i], smem, at, RS, gl_CooperativeMatrixLayoutRowMajor);
+                        coopMatLoad(a_lo[i], smem, at + LO, RS, gl_CooperativeMatrixLayoutRowMajor);
                     }
                     [[unroll]] for (uint j = 0u; j < uint(FN); ++j) {
-                        uint at = stage + BM * RS + (wn * uint(FN) + j) * 16u * RS + kk;
+                        uint at = stage + WS + (wn * uint(FN) + j) * 16u * RS + kk;
                         coopMatLoad(b[j], smem, at, RS, gl_CooperativeMatrixLayoutColumnMajor);
+                    }
+                    // all hi products, then all lo: consecutive products go to different accumulators
+                    [[unroll]] for (uint i = 0u; i < uint(FM); ++i) {
+                        [[unroll]] for (uint j = 0u; j < uint(FN); ++j) {
+                            acc[i * uint(FN) + j] = coopMatMulAdd(a_hi[i], b[j], acc[i * uint(FN) + j]);
+                        }
                     }
                     [[unroll]] for (uint i = 0u; i < uint(FM); ++i) {
                         [[unroll]] for (uint j = 0u; j < uint(FN); ++j) {
-                            acc[i * uint(FN) + j] = coopMatMulAdd(a[i], b[j], acc[i * uint(FN) + j]);
+                            acc[i * uint(FN) + j] = coopMatMulAdd(a_lo[i], b[j], acc[i * uint(FN) + j]);
                         }
                     }
                 }
