@@ -1,7 +1,9 @@
 """VK_KHR_cooperative_matrix: whether a device has it, the feature to enable, the shapes it multiplies.
 
 The shapes go to `Caps.cooperative_matrix`, from which the variant table picks the
-tensor-core kernels (shaders/variants_heavy.py); without the extension the list is empty.
+tensor-core kernels (shaders/variants_heavy.py); without the extension, or with
+`SHADERBAY_NO_COOPMAT=1` (to compare with the tiled kernels, or opt out), the list is empty
+and the extension is not enabled.
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from shaderbay.backend import CoopMatrixShape
+from shaderbay.config import env_flag
 
 from .loader import check, ffi, lib, new, string, vk
 
 EXTENSION = "VK_KHR_cooperative_matrix"
+ENV_NO_COOPMAT = "SHADERBAY_NO_COOPMAT"
 # VkComponentTypeKHR -> shaderbay dtype name (bfloat16 is VK_KHR_shader_bfloat16's, newer than the package)
 COMPONENT_TYPES = {
     0: "f16",
@@ -51,7 +55,7 @@ class CoopMatrix:
         self.extensions: list[str] = []
         self.shapes: tuple[CoopMatrixShape, ...] = ()
         self._features: Any = None
-        if EXTENSION not in device_extensions(pd):
+        if env_flag(ENV_NO_COOPMAT) or EXTENSION not in device_extensions(pd):
             return
         features = new(
             "VkPhysicalDeviceCooperativeMatrixFeaturesKHR",
