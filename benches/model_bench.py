@@ -62,7 +62,8 @@ def bench_model(settings: Settings, tracks: Tracks | None = None,
     rng = np.random.default_rng(settings.seed)
 
     def results() -> tuple[ModelInfo, list[ModelRow]]:
-        return source_info(source, settings), [summarise(r, source, settings) for r in runs]
+        tensor_cores = any(r.device and r.device.cooperative_matrices for r in runs)
+        return source_info(source, settings), [summarise(r, source, settings, tensor_cores) for r in runs]
 
     try:
         known = discover()

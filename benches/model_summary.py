@@ -100,7 +100,8 @@ def _gpu_ns(step: list[GpuTimings]) -> float:
     return sum(sum(ns for _, ns in timings) for _, timings, _ in step)
 
 
-def summarise(run: Run, source: Source, settings: Settings) -> ModelRow:
+def summarise(run: Run, source: Source, settings: Settings, tensor_cores: bool = False) -> ModelRow:
+    """One backend's row; `tensor_cores`: a backend of the same run uses cooperative matrices (vulkan)."""
     row = ModelRow(
         backend=run.name,
         ok=run.error is None,
@@ -186,5 +187,6 @@ def summarise(run: Run, source: Source, settings: Settings) -> ModelRow:
         bandwidth_utilisation=gpu.bandwidth_utilisation,
         tok_s=tok_s,
         target_tok_s=settings.target_tok_s,
+        tensor_cores=tensor_cores,
     )
     return row

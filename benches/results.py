@@ -44,12 +44,14 @@ class Device:
     features: str
     timestamps: bool
     api: str | None = None
+    cooperative_matrices: bool = False  # the tensor cores reach its shaders (Caps.cooperative_matrix)
 
     @classmethod
     def of(cls, backend: Any) -> Device:
         caps = backend.caps
         api = caps.extras.get("api") if isinstance(caps.extras, dict) else None
-        return cls(caps.device, caps.device_type, caps.summary(), bool(caps.timestamps), api)
+        coop = bool(caps.cooperative_matrix)
+        return cls(caps.device, caps.device_type, caps.summary(), bool(caps.timestamps), api, coop)
 
 
 @dataclass

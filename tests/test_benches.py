@@ -217,6 +217,16 @@ def test_verdict_advice_depends_on_the_backend():
     assert "fewer copies" in verdict(backend="x", gpu_share=0.95, api_share=0.0, bandwidth_utilisation=0.9).suggestion
 
 
+def test_verdict_names_the_tensor_cores_vulkan_uses():
+    figures = {"device_type": "discrete", "gpu_share": 0.9, "api_share": 0.05}
+    for backend in ("vulkan", "wgpu"):
+        reason = verdict(backend=backend, tensor_cores=True, **figures).reason
+        assert "GPU busy 90%" in reason and "cooperative matrices" in reason and "wgpu cannot" in reason, reason
+    assert "cooperative" not in verdict(backend="vulkan", **figures).reason  # not used in this run
+    reference = verdict(backend="numpy", device_type="cpu", gpu_share=None, api_share=0.9, tensor_cores=True)
+    assert "cooperative" not in reference.reason
+
+
 def test_bandwidth_utilisation_is_gpu_time_weighted():
     def kernel(ns: float, share: float | None) -> ModelKernel:
         return ModelKernel("decode", "k", "k", 1, ns, None, None, share, None, None, 0.5)
