@@ -9,10 +9,10 @@
 // memory as f16: x by the loaders, which apply the prologue in f32 (silu(gate) * up; or
 // x * norm_weight while keeping sum(x * x) of the row, whose rmsnorm scale multiplies the row's
 // results at the end) and then split each value in two f16 parts, hi = f16(x) and
-// lo = f16(x - hi), both multiplied into the same accumulators: x keeps about 22 bits (f16
-// alone, 11, compounded over a model's layers to 4x its logits budget), so the product's error
-// is that of its f16 weights. (lo is an f16 subnormal where |x| < 0.125: the device must keep
-// f16 subnormals, as NVIDIA's do.) w is copied as it is (f16) or converted (bf16 -> f16: exact
+// lo = f16(x - hi), both multiplied into the same accumulators: x keeps about 22 bits (with f16
+// alone, 11, the error compounded over a model's layers to ~4x its logits budget), so the
+// product's error is that of its f16 weights. (lo is an f16 subnormal where |x| < 0.125: the
+// device must keep f16 subnormals, as NVIDIA's do.) w is copied as it is (f16) or converted (bf16 -> f16: exact
 // for every bf16 value in f16's range). Two slices of shared memory alternate, and the next
 // slice's global loads are issued into registers before the current one is multiplied, so one
 // barrier a slice suffices and load latency overlaps the math. Staged rows are padded by 16
@@ -20,8 +20,8 @@
 //
 // Loaders: the slice of x is BM rows of BK/8 chunks of 8 elements (two vec4 loads, a uvec4
 // store to each of the hi and lo rows), chunk q = t + WG_SIZE i being row q / (BK/8); w's
-// likewise (one uvec4 load). k is a
-// multiple of 8 (the variant's `when`), so chunks are whole and rows start on 16 bytes.
+// likewise (one uvec4 load). k is a multiple of 8 (the variant's `when`), so chunks are whole
+// and rows start on 16 bytes.
 //
 // The accumulators are stored to shared memory (over the slices) and the epilogue (rmsnorm
 // scale, bias, silu_mul pairs, accumulate) runs from there, 4 adjacent columns an invocation.
