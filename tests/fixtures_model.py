@@ -254,3 +254,12 @@ def write_tiny_gguf(
 @pytest.fixture(name="tiny_gguf")
 def fixture_tiny_gguf(tmp_path) -> Path:
     return write_tiny_gguf(tmp_path / "tiny.gguf")
+
+
+@pytest.fixture(scope="session", name="tiny_chat_checkpoint")
+def fixture_tiny_chat_checkpoint(tmp_path_factory) -> Path:
+    """A tiny random-weight checkpoint with a real tokenizer.json and chat template: text models in a few ms."""
+    from shaderbay.models.gguf import convert_gguf
+
+    gguf_path = write_tiny_gguf(tmp_path_factory.mktemp("tiny-chat-gguf") / "tiny.gguf")
+    return convert_gguf(gguf_path, tmp_path_factory.mktemp("tiny-chat") / "tiny-chat", dtype="float32")

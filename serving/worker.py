@@ -1,0 +1,101 @@
+"""The thread that owns the model: requests wait in one queue and run one at a time, in arrival
+order, so none is lost or interleaved (until the batching engine runs many streams together).
+
+A request's items travel back to its asyncio task through the task's own queue. A task that stops
+listening (its client disconnected) sets `cancelled`: the worker closes that generation at the next
+token and moves on to the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import adapter
+
+log = logging.getLogger("shaderbay.serve")
+
+
+class ServerBusy(Exception):
+    """More requests are running or waiting than the server admits (--max-streams)."""
+
+
+@dataclass
+class _Job:
+    request: adapter.Request
+    loop: asyncio.AbstractEventLoop
+    items: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def send(self, item: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.items.put_nowait, item)
+        except RuntimeError:  # the event loop has closed (shutdown): nobody is listening any more
+            self.cancelled.set()
+
+
+_DONE = object()  # the last item of every job
+
+
+class Worker:
+    def __init__(self, model: Any, max_streams: int, on_queue_change: Callable[[int], None] = lambda n: None):
+        self.model = model
+        self.max_streams = max_streams
+        self._on_queue_change = on_queue_change
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._admitted = 0  # running + waiting; changed only on the event loop's thread
+        self._thread = threading.Thread(target=self._serve, name="shaderbay-model", daemon=True)
+        self._thread.start()
+
+    @property
+    def waiting(self) -> int:
+        return self._jobs.qsize()
+
+    async def run(self, request: adapter.Request) -> AsyncIterator[Any]:
+        """The request's items (see adapter.events); an error of the generation is raised here."""
+        if self._admitted >= self.max_streams:
+            raise ServerBusy(
+                f"the server already has {self._admitted} requests running or waiting (--max-streams "
+                f"{self.max_streams}): retry later"
+            )
+        job = _Job(request, asyncio.get_running_loop())
+        self._admitted += 1
+        self._jobs.put(job)
+        self._on_queue_change(self.waiting)
+        try:
+            while (item := await job.items.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            job.cancelled.set()
+            self._admitted -= 1
+
+    def close(self) -> None:
+        """Finish the running request, drop the waiting ones' work, and stop the thread."""
+        self._jobs.put(None)
+        self._thread.join()
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            self._on_queue_change(self.waiting)
+            if not job.cancelled.is_set():
+                self._run(job)
+            job.send(_DONE)
+
+    def _run(self, job: _Job) -> None:
+        items = adapter.events(self.model, job.request)
+        try:
+            for item in items:
+                if job.cancelled.is_set():
+                    break
+                job.send(item)
+        except Exception as exc:  # noqa: BLE001 - handed to the request's task, which answers with it
+            job.send(exc)
+        finally:
+            items.close()  # ends the generation now, so the next request finds the model free
