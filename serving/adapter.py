@@ -6,6 +6,7 @@ the same request as the CLI and the Python API do.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,7 +44,7 @@ class TokenLogprob:
 
 @dataclass(frozen=True)
 class Prompt:
-    """The prompt's token count, the first item `events()` yields (before any generated text)."""
+    """The prompt's token count, the first item `events()` yields (just before the first text event)."""
 
     tokens: int
 
@@ -65,18 +66,24 @@ def prompt_ids(model: Any, prompt: str | Sequence[int] | Sequence[Mapping[str, A
 
 
 def events(model: Any, request: Request) -> Iterator[Prompt | TextEvent | Logprobs]:
-    """Run `request` on `model`: the prompt's size, then text events until one has a finish reason,
-    then (if asked for) the log-probabilities. Closing the iterator early ends the generation."""
+    """Run `request` on `model`: the prompt's size (once the first token is there), then text events
+    until one has a finish reason, then (if asked for) the log-probabilities. Closing the iterator
+    early ends the generation."""
     ids = prompt_ids(model, request.prompt)
     max_tokens = model.max_context - len(ids) if request.max_tokens is None else request.max_tokens
     if max_tokens < 1:
         raise ModelError(f"the prompt has {len(ids)} tokens and fills the context of {model.max_context}: shorten it")
     options = {k: v for k, v in request.options.items() if v is not None}
-    yield Prompt(len(ids))
-    generated: list[int] = []
-    for event in _model_events(model, ids, max_tokens, options):
-        generated.extend(event.token_ids)
-        yield event
+    text_events = _model_events(model, ids, max_tokens, options)
+    try:
+        first = next(text_events)  # the model checks the prompt and options here
+        yield Prompt(len(ids))
+        generated: list[int] = []
+        for event in itertools.chain((first,), text_events):
+            generated.extend(event.token_ids)
+            yield event
+    finally:
+        text_events.close()
     if request.top_logprobs is not None:
         yield Logprobs(token_logprobs(model, ids, generated, request.top_logprobs))
 

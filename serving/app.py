@@ -11,7 +11,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Depends, FastAPI, Header, Response
@@ -34,7 +34,6 @@ class _Result:
     logprobs: list[tuple[adapter.TokenLogprob, ...] | None]
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    started: float = field(default_factory=time.perf_counter)
 
 
 def create_app(model: Any, *, max_streams: int = 64, api_key: str | None = None) -> FastAPI:
@@ -70,19 +69,20 @@ def create_app(model: Any, *, max_streams: int = 64, api_key: str | None = None)
                 404, f"model {name!r} is not served here: use {model_id!r} (see /v1/models)", "model", "model_not_found"
             )
 
-    async def items(requests: list[adapter.Request], started: float) -> AsyncIterator[tuple[int, Any]]:
-        """(choice index, item) of every choice in turn, counting tokens and the time to the first one."""
+    async def batches(requests: list[adapter.Request], started: float) -> AsyncIterator[tuple[int, list[Any]]]:
+        """(choice index, items) of every choice in turn, counting tokens and the time to the first one."""
         first = True
         for index, request in enumerate(requests):
-            async for item in worker.run(request):
-                if isinstance(item, adapter.TextEvent):
-                    if first:
-                        metrics.time_to_first_token.observe(time.perf_counter() - started)
-                        first = False
-                    metrics.completion_tokens.inc(len(item.token_ids))
-                elif isinstance(item, adapter.Prompt):
-                    metrics.prompt_tokens.inc(item.tokens)
-                yield index, item
+            async for batch in worker.run(request):
+                for item in batch:
+                    if isinstance(item, adapter.TextEvent):
+                        if first:
+                            metrics.time_to_first_token.observe(time.perf_counter() - started)
+                            first = False
+                        metrics.completion_tokens.inc(len(item.token_ids))
+                    elif isinstance(item, adapter.Prompt):
+                        metrics.prompt_tokens.inc(item.tokens)
+                yield index, batch
 
     async def answer(body: ChatRequest | CompletionRequest, kind: type[responses.Chat] | type[responses.Completion]):
         try:
@@ -95,14 +95,15 @@ def create_app(model: Any, *, max_streams: int = 64, api_key: str | None = None)
         check_model(body.model)
         body.check_supported()
         requests = body.model_requests()
-        stream = items(requests, started)
+        stream = batches(requests, started)
         if body.stream:
             head = await _until_first_text(stream)  # a refused request is still a plain 400 here
             return EventSourceResponse(_chunks(head, stream, kind, model_id, body.include_usage), ping=15)
         n = len(requests)
-        result = _Result([[] for _ in range(n)], [None] * n, [None] * n, started=started)
-        async for index, item in stream:
-            _collect(result, index, item)
+        result = _Result([[] for _ in range(n)], [None] * n, [None] * n)
+        async for index, batch in stream:
+            for item in batch:
+                _collect(result, index, item)
         choices = [kind.choice(i, "".join(result.texts[i]), result.finish[i], result.logprobs[i]) for i in range(n)]
         usage = responses.usage(result.prompt_tokens, result.completion_tokens)
         return responses.envelope(kind, responses.new_id(kind), model_id, choices=choices, usage=usage)
@@ -143,54 +144,63 @@ def _collect(result: _Result, index: int, item: Any) -> None:
         result.logprobs[index] = item.tokens
 
 
-async def _until_first_text(stream: AsyncIterator[tuple[int, Any]]) -> list[tuple[int, Any]]:
-    """The stream's items up to its first text event (prompt problems surface before that)."""
+async def _until_first_text(stream: AsyncIterator[tuple[int, list[Any]]]) -> list[tuple[int, list[Any]]]:
+    """The stream's batches up to the one with its first text event (prompt problems surface before)."""
     head = []
-    async for index, item in stream:
-        head.append((index, item))
-        if isinstance(item, adapter.TextEvent):
+    async for index, batch in stream:
+        head.append((index, batch))
+        if any(isinstance(item, adapter.TextEvent) for item in batch):
             break
     return head
 
 
 async def _chunks(
-    head: list[tuple[int, Any]],
-    stream: AsyncIterator[tuple[int, Any]],
+    head: list[tuple[int, list[Any]]],
+    stream: AsyncIterator[tuple[int, list[Any]]],
     kind: type[responses.Chat] | type[responses.Completion],
     model_id: str,
     include_usage: bool,
-) -> AsyncIterator[dict]:
-    """Server-sent events: the choices' chunks, the usage chunk if asked for, then [DONE]."""
-    ident = responses.new_id(kind)
+) -> AsyncIterator[str]:
+    """Server-sent events: the choices' chunks (one a batch of text events), the usage chunk if asked
+    for, then [DONE]."""
+    # every chunk of a stream has the same id, object, time and model: written out once
+    envelope = responses.envelope(kind, responses.new_id(kind), model_id, object=kind.chunk_object)
+    opening = json.dumps(envelope, ensure_ascii=False)[:-1] + ', "choices": '
 
-    def chunk(**fields: Any) -> dict:
-        body = responses.envelope(kind, ident, model_id, object=kind.chunk_object, **fields)
-        return {"data": json.dumps(body, ensure_ascii=False)}
+    def chunk(choices: list[dict], **fields: Any) -> str:
+        rest = "".join(f", {json.dumps(k)}: {json.dumps(v)}" for k, v in fields.items())
+        return f"{opening}{json.dumps(choices, ensure_ascii=False)}{rest}}}"
 
     prompt_tokens = completion_tokens = 0
     opened: set[int] = set()
 
-    async def all_items():
-        for item in head:
-            yield item
-        async for item in stream:
-            yield item
+    async def all_batches():
+        for batch in head:
+            yield batch
+        async for batch in stream:
+            yield batch
 
     try:
-        async for index, item in all_items():
-            if isinstance(item, adapter.Prompt):
-                prompt_tokens = item.tokens
-            elif isinstance(item, adapter.TextEvent):
-                completion_tokens += len(item.token_ids)
-                if index not in opened and (opening := kind.opening(index)) is not None:
-                    yield chunk(choices=[opening])
+        async for index, batch in all_batches():
+            texts, finish = [], None
+            for item in batch:
+                if isinstance(item, adapter.Prompt):
+                    prompt_tokens = item.tokens
+                elif isinstance(item, adapter.TextEvent):
+                    completion_tokens += len(item.token_ids)
+                    texts.append(item.text)
+                    finish = item.finish_reason
+            if index not in opened and texts:
                 opened.add(index)
-                if item.text or item.finish_reason:
-                    yield chunk(choices=[kind.delta(index, item.text, item.finish_reason)])
+                if (first := kind.opening(index)) is not None:
+                    yield chunk([first])
+            text = "".join(texts)
+            if text or finish:
+                yield chunk([kind.delta(index, text, finish)])
     except Exception as exc:  # noqa: BLE001 - the response has started: the error goes in the stream
         failure = errors.as_api_error(exc)
-        yield {"data": json.dumps(errors.error_body(failure.status, failure.message, failure.param, failure.code))}
+        yield json.dumps(errors.error_body(failure.status, failure.message, failure.param, failure.code))
         return
     if include_usage:
-        yield chunk(choices=[], usage=responses.usage(prompt_tokens, completion_tokens))
-    yield {"data": DONE}
+        yield chunk([], usage=responses.usage(prompt_tokens, completion_tokens))
+    yield DONE

@@ -1,14 +1,16 @@
 """The thread that owns the model: requests wait in one queue and run one at a time, in arrival
 order, so none is lost or interleaved (until the batching engine runs many streams together).
 
-A request's items travel back to its asyncio task through the task's own queue. A task that stops
-listening (its client disconnected) sets `cancelled`: the worker closes that generation at the next
-token and moves on to the next request.
+A request's items travel back to its asyncio task through the task's own queue, in batches: a task
+that falls behind the model gets all that is waiting at once, and may send it on as one piece. A
+task that stops listening (its client disconnected) sets `cancelled`: the worker closes that
+generation at the next token and moves on to the next request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import queue
 import threading
@@ -29,14 +31,28 @@ class ServerBusy(Exception):
 class _Job:
     request: adapter.Request
     loop: asyncio.AbstractEventLoop
-    items: asyncio.Queue = field(default_factory=asyncio.Queue)
+    items: asyncio.Queue = field(default_factory=asyncio.Queue)  # lists of items, as handed over
     cancelled: threading.Event = field(default_factory=threading.Event)
+    # items sent but not yet handed to the event loop: one wake-up of the loop takes all of them,
+    # so a loop that falls behind the model catches up without a wake-up (and a GIL hand-over) a token
+    _pending: collections.deque = field(default_factory=collections.deque)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def send(self, item: Any) -> None:
+        with self._lock:
+            self._pending.append(item)
+            if len(self._pending) > 1:
+                return  # a hand-over is already scheduled
         try:
-            self.loop.call_soon_threadsafe(self.items.put_nowait, item)
+            self.loop.call_soon_threadsafe(self._hand_over)
         except RuntimeError:  # the event loop has closed (shutdown): nobody is listening any more
             self.cancelled.set()
+
+    def _hand_over(self) -> None:
+        with self._lock:
+            batch = list(self._pending)
+            self._pending.clear()
+        self.items.put_nowait(batch)
 
 
 _DONE = object()  # the last item of every job
@@ -56,8 +72,9 @@ class Worker:
     def waiting(self) -> int:
         return self._jobs.qsize()
 
-    async def run(self, request: adapter.Request) -> AsyncIterator[Any]:
-        """The request's items (see adapter.events); an error of the generation is raised here."""
+    async def run(self, request: adapter.Request) -> AsyncIterator[list[Any]]:
+        """The request's items (see adapter.events) in batches: all those the model produced since
+        the caller last asked. An error of the generation is raised here, after the items before it."""
         if self._admitted >= self.max_streams:
             raise ServerBusy(
                 f"the server already has {self._admitted} requests running or waiting (--max-streams "
@@ -68,10 +85,16 @@ class Worker:
         self._jobs.put(job)
         self._on_queue_change(self.waiting)
         try:
-            while (item := await job.items.get()) is not _DONE:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            while True:
+                batch = await job.items.get()
+                items = [item for item in batch if item is not _DONE and not isinstance(item, BaseException)]
+                if items:
+                    yield items
+                for item in batch:
+                    if isinstance(item, BaseException):
+                        raise item
+                if batch[-1] is _DONE:
+                    return
         finally:
             job.cancelled.set()
             self._admitted -= 1

@@ -15,7 +15,7 @@ import openai
 import pytest
 import shaderbay
 from fixtures_model import fixture_tiny_chat_checkpoint  # noqa: F401
-from serve_process import serve
+from shaderbay.serving.process import serve
 
 KEY = "test-key"
 CONTEXT = 2048  # beyond the tiny model's 256, so that a long answer can be cut short by a disconnect
@@ -26,7 +26,7 @@ HELLO = [{"role": "user", "content": "hello world"}]
 def base_url(tiny_chat_checkpoint, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     args = ("--backend", "numpy", "--api-key", KEY, "--max-context", str(CONTEXT), "--max-streams", "40")
-    with serve(tiny_chat_checkpoint, *args, log=log) as url:
+    with serve("--model", str(tiny_chat_checkpoint), *args, log=log) as url:
         yield url
 
 
@@ -161,6 +161,12 @@ def test_bad_requests_get_400(client, model_id, body, param, message):
         assert error["param"] == param
 
 
+def test_bad_completion_prompts_get_400(client, model_id):
+    for prompt, message in [([10**6], "vocab"), ("", "empty"), (["a", "b"], "one prompt")]:
+        with pytest.raises(openai.BadRequestError, match=message):
+            client.completions.create(model=model_id, prompt=prompt, max_tokens=2)
+
+
 def test_unknown_model_and_missing_key(client, base_url):
     with pytest.raises(openai.NotFoundError) as caught:
         client.chat.completions.create(model="gpt-4o", messages=HELLO, max_tokens=2)
@@ -241,6 +247,20 @@ def test_32_streams_at_once(client, model_id, base_url):
     assert after.choices[0].message.content == alone[0].message.content
 
 
+def test_more_requests_than_max_streams_get_429(tiny_chat_checkpoint, tmp_path):
+    args = ("--model", str(tiny_chat_checkpoint), "--backend", "numpy", "--max-streams", "1", "--max-context", "2048")
+    with serve(*args, log=tmp_path / "serve.log") as url:
+        client = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
+        model_id = client.models.list().data[0].id
+        long = dict(model=model_id, messages=HELLO, max_tokens=2000, extra_body={"ignore_eos": True})
+        with client.chat.completions.create(stream=True, **long) as running:
+            next(iter(running))
+            with pytest.raises(openai.RateLimitError, match="max-streams"):
+                client.chat.completions.create(**long)
+        # the first one's client has gone: the server takes the next request
+        assert client.chat.completions.create(model=model_id, messages=HELLO, max_tokens=2).usage.completion_tokens == 2
+
+
 @pytest.mark.slow
 def test_default_model(tmp_path):
     """The default model through the server equals the model directly (greedy)."""
@@ -248,9 +268,7 @@ def test_default_model(tmp_path):
     with shaderbay.load(backend="numpy") as model:
         expected = model.chat(question, 24)
         name = model.name
-    from shaderbay.models.default import default_model_dir
-
-    with serve(default_model_dir("float16"), "--backend", "numpy", log=tmp_path / "serve.log") as url:
+    with serve("--backend", "numpy", log=tmp_path / "serve.log") as url:
         client = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
         model_id = client.models.list().data[0].id
         answer = client.chat.completions.create(model=model_id, messages=question, max_tokens=24, temperature=0)

@@ -1,4 +1,4 @@
-"""`shaderbay serve` as a real process on localhost, for the server's tests."""
+"""`shaderbay serve` as a child process on localhost, for the tests and the bench."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ READY = "serving "
 
 
 @contextmanager
-def serve(model: str | Path, *args: str, log: Path, timeout: float = 120.0):
-    """Start `shaderbay serve --model MODEL --port 0 ARGS`; yield its base URL (http://host:port/v1)."""
-    command = [sys.executable, "-m", "shaderbay.cli", "serve", "--model", str(model), "--port", "0", *args]
+def serve(*args: str, log: Path, timeout: float = 120.0):
+    """Start `shaderbay serve --port 0 ARGS`, its messages going to `log`; yield its base URL (http://host:port/v1)."""
+    command = [sys.executable, "-m", "shaderbay.cli", "serve", "--port", "0", *args]
     with open(log, "w") as err:
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ))
     try:
