@@ -18,12 +18,16 @@ from urllib.parse import urlsplit
 from . import adapter
 from .process import serve
 
-MESSAGES = [{"role": "user", "content": "hello world"}]
+
+def messages(run: int) -> list[dict]:
+    """A prompt of its own for each run (the same both ways), so that no run is the cached one before it."""
+    return [{"role": "user", "content": f"hello world, run {run}"}]
 
 
-def direct_run(model, tokens: int) -> tuple[float, float]:
-    """(time to first token, tokens/s after it) of one generation through the model's events."""
-    request = adapter.Request(MESSAGES, tokens, {"temperature": 0, "ignore_eos": True})
+def direct_run(model, tokens: int, run: int) -> tuple[float, float]:
+    """(time to first token, tokens/s from the request to the last token) of one generation through
+    the model's events."""
+    request = adapter.Request(messages(run), tokens, {"temperature": 0, "ignore_eos": True})
     t0 = time.perf_counter()
     first = last = None
     count = 0
@@ -32,12 +36,12 @@ def direct_run(model, tokens: int) -> tuple[float, float]:
             last = time.perf_counter()
             first = first or last
             count += len(item.token_ids)
-    return first - t0, (count - 1) / (last - first)
+    return first - t0, count / (last - t0)
 
 
-def http_run(url: str, model_id: str, tokens: int) -> tuple[float, float]:
-    """The same through a streamed chat completion: one SSE chunk a token."""
-    body = {"model": model_id, "messages": MESSAGES, "max_tokens": tokens, "temperature": 0, "ignore_eos": True}
+def http_run(url: str, model_id: str, tokens: int, run: int) -> tuple[float, float]:
+    """The same through a streamed chat completion."""
+    body = {"model": model_id, "messages": messages(run), "max_tokens": tokens, "temperature": 0, "ignore_eos": True}
     body |= {"stream": True}
     where = urlsplit(url)
     connection = http.client.HTTPConnection(where.hostname, where.port)
@@ -52,8 +56,7 @@ def http_run(url: str, model_id: str, tokens: int) -> tuple[float, float]:
             last = time.perf_counter()
             first = first or last
     connection.close()
-    chunks = tokens + 1  # the role chunk comes with the first token
-    return first - t0, (chunks - 2) / (last - first)
+    return first - t0, tokens / (last - t0)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,23 +71,18 @@ def main(argv: list[str] | None = None) -> None:
     model_args = ["--backend", args.backend] + (["--model", args.model] if args.model else [])
     with shaderbay.load(args.model, backend=args.backend) as model, tempfile.TemporaryDirectory() as tmp:
         with serve(*model_args, log=Path(tmp) / "serve.log") as url:
-            direct_run(model, 8), http_run(url, model.name, 8)  # warm both up
-            runs = {"direct": [], "http": [], "direct_ttft": [], "http_ttft": []}
-            for _ in range(args.runs):  # alternating, so that both see the same machine
-                runs["direct"].append(direct_run(model, args.tokens)[1])
-                runs["http"].append(http_run(url, model.name, args.tokens)[1])
-                for _ in range(3):  # time to first token of short requests (prefill, one token, two more)
-                    runs["direct_ttft"].append(direct_run(model, 3)[0])
-                    runs["http_ttft"].append(http_run(url, model.name, 3)[0])
-    m = {name: statistics.median(values) for name, values in runs.items()}
-    ratio = statistics.median(h / d for h, d in zip(runs["http"], runs["direct"], strict=True))
-    print(f"{model.name} on {args.backend}: medians of {args.runs} requests of {args.tokens} tokens, ", end="")
-    print(f"{3 * args.runs} of 3 tokens, each way")
-    print(f"  tokens/s      direct {m['direct']:8.1f}  HTTP stream {m['http']:8.1f}  ", end="")
-    print(f"ratio (median of pairs) {ratio:6.1%}")
-    added = m["http_ttft"] - m["direct_ttft"]
-    print(f"  first token   direct {m['direct_ttft'] * 1e3:6.2f} ms  HTTP {m['http_ttft'] * 1e3:6.2f} ms  ", end="")
-    print(f"added {added * 1e3:5.2f} ms")
+            direct_run(model, 8, -1), http_run(url, model.name, 8, -1)  # warm both up
+            direct, http = [], []
+            for run in range(args.runs):  # alternating, so that both see the same machine
+                direct.append(direct_run(model, args.tokens, run))
+                http.append(http_run(url, model.name, args.tokens, run))
+    ttft = [statistics.median(r[0] for r in runs) for runs in (direct, http)]
+    rate = [statistics.median(r[1] for r in runs) for runs in (direct, http)]
+    ratio = statistics.median(h[1] / d[1] for h, d in zip(http, direct, strict=True))
+    print(f"{model.name} on {args.backend}: medians of {args.runs} requests of {args.tokens} tokens each way")
+    print(f"  tokens/s      direct {rate[0]:8.1f}  HTTP stream {rate[1]:8.1f}  ratio (median of pairs) {ratio:6.1%}")
+    print(f"  first token   direct {ttft[0] * 1e3:6.2f} ms  HTTP {ttft[1] * 1e3:6.2f} ms  ", end="")
+    print(f"added {(ttft[1] - ttft[0]) * 1e3:5.2f} ms")
 
 
 if __name__ == "__main__":
