@@ -72,3 +72,13 @@ def test_cli_prompt_and_chat(options, direct):
     assert _llm("hello world", options=options) == answer + "\n"
     chat = _llm("chat", stdin="hello world\nquit\n", options=options)
     assert f"> {answer}\n" in chat
+
+
+@pytest.mark.slow
+def test_cli_default_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLM_USER_PATH", str(tmp_path))
+    question = "Why is the sky blue?"
+    with shaderbay.load(backend="numpy") as model:
+        expected = model.chat([{"role": "user", "content": question}], 24)
+    assert expected.strip()
+    assert _llm(question, options={"backend": "numpy", "max_tokens": 24, "temperature": 0}) == expected + "\n"
