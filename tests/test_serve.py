@@ -107,6 +107,10 @@ def test_n_choices(client, model_id):
     assert answer.usage.completion_tokens == 24
     # choice i samples with seed + i
     assert answer.choices[1].text == client.completions.create(**dict(options, seed=4)).choices[0].text
+    texts = ["", "", ""]
+    for chunk in client.completions.create(n=3, stream=True, **options):
+        texts[chunk.choices[0].index] += chunk.choices[0].text
+    assert texts == [c.text for c in answer.choices]
 
 
 def test_stop_string(client, model_id):
