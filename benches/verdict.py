@@ -20,7 +20,8 @@ fusion, fewer copies). GPU time is checked before API time: when the GPU is busy
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import Any
 
 GPU_BOUND_SHARE = 0.80  # GPU busy for more than this share of a token's wall time
 CPU_BOUND_SHARE = 0.20  # host time inside the API for more than this share
@@ -35,8 +36,9 @@ class Verdict:
     reason: str  # the figures that decided it
     suggestion: str  # what the decision tree says to do
 
-    def as_dict(self) -> dict[str, str]:
-        return asdict(self)
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"verdict kind {self.kind!r} is not one of {KINDS}")
 
 
 def _pct(x: float) -> str:
@@ -108,10 +110,10 @@ def verdict(
     )
 
 
-def bandwidth_utilisation(kernels: list[dict]) -> float | None:
-    """GPU-time-weighted mean of achieved/copy bandwidth over per-kernel rows with `ns` and `copy_bw_share`."""
-    rows = [k for k in kernels if k.get("copy_bw_share") is not None and k.get("ns")]
-    total = sum(k["ns"] for k in rows)
+def bandwidth_utilisation(kernels: list[Any]) -> float | None:
+    """GPU-time-weighted mean of achieved/copy bandwidth over per-kernel rows (`ns`, `copy_bw_share`)."""
+    rows = [k for k in kernels if k.copy_bw_share is not None and k.ns]
+    total = sum(k.ns for k in rows)
     if not total:
         return None
-    return sum(k["ns"] * k["copy_bw_share"] for k in rows) / total
+    return sum(k.ns * k.copy_bw_share for k in rows) / total

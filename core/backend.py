@@ -52,8 +52,11 @@ class Caps:
     max_workgroup_size: int
     max_workgroups: int  # per dimension
     offset_alignment: int  # a tensor bound to a kernel starts at a multiple of this
+    max_shared_memory: int  # bytes of workgroup shared memory a kernel may use
+    max_push_constants: int  # bytes of push constants: a kernel's parameters
+    max_storage_buffers: int  # storage buffers one kernel may bind
     copy_alignment: int = 4  # copy offsets and sizes are multiples of this
-    extras: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)  # informative only (drivers, versions): never branched on
 
     def summary(self) -> str:
         feats = [name for name, on in (("f16", self.f16), ("timestamps", self.timestamps)) if on]

@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import pytest
 from shaderbay.backend import Caps
-from shaderbay.backends.shaders import build, variants
+from shaderbay.backends.shaders import build, records, variants
 from shaderbay.kernels import CATALOGUE
 
 SPIRV_MAGIC = 0x07230203
@@ -35,7 +35,9 @@ def _caps(subgroups: bool = True, size: int = 32, **kw) -> Caps:
         max_workgroup_size=1024,
         max_workgroups=65535,
         offset_alignment=16,
-        extras={"max_shared_memory": 49152},
+        max_shared_memory=49152,
+        max_push_constants=128,
+        max_storage_buffers=8,
     )
     base.update(kw)
     return Caps(**base)
@@ -83,7 +85,7 @@ def test_shipped_spirv_validates():
 def test_every_kernel_and_constant_choice_has_a_variant_for_any_device():
     plain = _caps(subgroups=False)
     for name in CATALOGUE:
-        for consts in variants.combos(name):
+        for consts in records.combos(name):
             rows = variants.variants_for(name, consts)
             assert rows, f"no variant of {name}({consts})"
             # a fallback that runs everywhere and for any parameters
@@ -113,6 +115,15 @@ def test_selection_follows_capabilities_and_the_env(monkeypatch):
             if "subgroups" in v.needs:
                 assert not variants.usable(v, _caps(True)), v.name
     assert not variants.select("argmax", {}, {"rows": 1, "n": 10}, _caps(True)).needs
+    for no in ("off", "false", "0", "no", ""):  # "no" words leave subgroups on, as for every yes/no flag
+        monkeypatch.setenv(variants.ENV_NO_SUBGROUPS, no)
+        assert variants.select("rmsnorm", {}, params, _caps(True)).needs == {"subgroups"}, no
+
+
+def test_a_variant_needing_more_shared_memory_than_the_device_has_is_unusable():
+    rmsnorm = variants.by_name("rmsnorm")
+    assert variants.usable(rmsnorm, _caps(max_shared_memory=rmsnorm.shared_bytes))
+    assert not variants.usable(rmsnorm, _caps(max_shared_memory=rmsnorm.shared_bytes - 1))
 
 
 def test_a_required_subgroup_size_must_match():
@@ -157,7 +168,7 @@ def test_grids_stay_within_the_guaranteed_limits():
         params = {p.name: huge.get(p.name, 1) for p in CATALOGUE[v.kernel].params}
         if v.applies(params):
             grid = v.grid(params)
-            assert all(1 <= g <= variants.MAX_GROUPS for g in grid), (v.name, grid)
+            assert all(1 <= g <= records.MAX_GROUPS for g in grid), (v.name, grid)
 
 
 def test_wgpu_accepts_every_shipped_kernel():

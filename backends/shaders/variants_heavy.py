@@ -3,13 +3,13 @@
 OWNED BY THE HEAVY-KERNELS ENGINEER (glsl/matmul*.comp, glsl/attention*.comp,
 glsl/sample*.comp and this file). `heavy_variants()` returns their rows of the one
 variant table (`variants.table()` appends them after the simple kernels' rows); use the
-helpers in `variants.py` (`Variant`, `combos`, `stem`, `groups`, `ceil_div`, `SG_NEEDS`)
-and follow its conventions (generated header `kernel_<name>.glsl`, bindings, push
+helpers in `records.py` (`Variant`, `combos`, `stem`, `groups`, `ceil_div`, `SG_NEEDS`)
+and follow the conventions in `variants.py` (generated header `kernel_<name>.glsl`, bindings, push
 constants, packed 16-bit data). Give each variant a `when=` predicate over the params
 where it only applies to some (e.g. `lambda p: p["rows"] == 1` for matrix-vector) and a
 `priority` to order the applicable ones.
 
-Names are `variants.stem(kernel, constants, *tags)`; every constant combination has a
+Names are `records.stem(kernel, constants, *tags)`; every constant combination has a
 full set. 325 spv files in all with the simple kernels' (matmul 288, attention 12,
 decode_attention 8, sample 2).
 
@@ -68,7 +68,7 @@ from __future__ import annotations
 
 from shaderbay.kernels import DECODE_ATTENTION_SLICES
 
-from .variants import SG_NEEDS, Variant, combos, groups, stem
+from .records import SG_NEEDS, Variant, combos, groups, stem
 
 # --- matmul -----------------------------------------------------------------------------
 
