@@ -254,16 +254,3 @@ def write_tiny_gguf(
 @pytest.fixture(name="tiny_gguf")
 def fixture_tiny_gguf(tmp_path) -> Path:
     return write_tiny_gguf(tmp_path / "tiny.gguf")
-
-
-@pytest.fixture(scope="session", name="tiny_chat_checkpoint")
-def fixture_tiny_chat_checkpoint(tmp_path_factory) -> Path:
-    """A tiny random-weight checkpoint with a real tokenizer.json and chat template: text models in a
-    few ms. Its context is 4,096 positions, so that a long generation is there to be cut short."""
-    from shaderbay.models.gguf import convert_gguf
-
-    gguf_path = write_tiny_gguf(tmp_path_factory.mktemp("tiny-chat-gguf") / "tiny.gguf")
-    out = convert_gguf(gguf_path, tmp_path_factory.mktemp("tiny-chat") / "tiny-chat", dtype="float32")
-    config = json.loads((out / "config.json").read_text())
-    (out / "config.json").write_text(json.dumps(config | {"max_position_embeddings": 4096}))
-    return out

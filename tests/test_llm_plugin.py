@@ -12,22 +12,21 @@ import sys
 
 import pytest
 import shaderbay
-from fixtures_model import fixture_tiny_chat_checkpoint  # noqa: F401
 
 os.environ["LLM_LOAD_PLUGINS"] = "shaderbay"  # read when llm is first imported, below
 import llm  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def direct(tiny_chat_checkpoint):
-    with shaderbay.load(tiny_chat_checkpoint, backend="numpy") as model:
+def direct(text_model_dir):
+    with shaderbay.load(text_model_dir, backend="numpy") as model:
         yield model
 
 
 @pytest.fixture
-def options(tiny_chat_checkpoint, tmp_path, monkeypatch):
+def options(text_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("LLM_USER_PATH", str(tmp_path))
-    return {"checkpoint": str(tiny_chat_checkpoint), "backend": "numpy", "max_tokens": 8, "temperature": 0}
+    return {"checkpoint": str(text_model_dir), "backend": "numpy", "max_tokens": 8, "temperature": 0}
 
 
 def test_python_api(options, direct):

@@ -9,17 +9,28 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
 import urllib.request
 
 import openai
 import pytest
 import shaderbay
-from fixtures_model import fixture_tiny_chat_checkpoint  # noqa: F401
 from shaderbay.serving.process import serve
 
 KEY = "test-key"
 CONTEXT = 4096  # the tiny model's
 HELLO = [{"role": "user", "content": "hello world"}]
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_checkpoint(text_model_dir, tmp_path_factory):
+    """The tiny text model with a context of 4,096 positions, so that a long generation is there to
+    be cut short by a client leaving."""
+    out = tmp_path_factory.mktemp("tiny-chat") / "tiny-chat"
+    shutil.copytree(text_model_dir, out)
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps(config | {"max_position_embeddings": CONTEXT}))
+    return out
 
 
 @pytest.fixture(scope="module")
