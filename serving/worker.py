@@ -1,16 +1,15 @@
 """The thread that owns the model: requests wait in one queue and run one at a time, in arrival
 order, so none is lost or interleaved (until the batching engine runs many streams together).
 
-A request's items travel back to its asyncio task through the task's own queue, in batches: a task
-that falls behind the model gets all that is waiting at once, and may send it on as one piece. A
-task that stops listening (its client disconnected) sets `cancelled`: the worker closes that
-generation at the next token and moves on to the next request.
+A request's items travel back to its asyncio task in batches (see _Job): a task that falls behind
+the model gets all that is waiting at once, and sends it on as one piece. A task that stops
+listening (its client disconnected) sets `cancelled`: the worker closes that generation at the
+next token and moves on to the next request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import queue
 import threading
@@ -29,30 +28,46 @@ class ServerBusy(Exception):
 
 @dataclass
 class _Job:
+    """One request between the worker thread, which sends its items, and its task, which takes them.
+
+    The task takes everything sent since it last took; the worker wakes the event loop only when the
+    task is waiting, so a task busy sending (or a loop busy with others) costs the model no wake-ups
+    and no hand-overs of the interpreter lock, and catches up in one piece."""
+
     request: adapter.Request
     loop: asyncio.AbstractEventLoop
-    items: asyncio.Queue = field(default_factory=asyncio.Queue)  # lists of items, as handed over
     cancelled: threading.Event = field(default_factory=threading.Event)
-    # items sent but not yet handed to the event loop: one wake-up of the loop takes all of them,
-    # so a loop that falls behind the model catches up without a wake-up (and a GIL hand-over) a token
-    _pending: collections.deque = field(default_factory=collections.deque)
+    _pending: list = field(default_factory=list)
+    _waiting: asyncio.Future | None = None  # the task's, while it waits for items
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def send(self, item: Any) -> None:
+        """(worker thread)"""
         with self._lock:
             self._pending.append(item)
-            if len(self._pending) > 1:
-                return  # a hand-over is already scheduled
-        try:
-            self.loop.call_soon_threadsafe(self._hand_over)
-        except RuntimeError:  # the event loop has closed (shutdown): nobody is listening any more
-            self.cancelled.set()
+            waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            try:
+                self.loop.call_soon_threadsafe(_wake, waiting)
+            except RuntimeError:  # the event loop has closed (shutdown): nobody is listening any more
+                self.cancelled.set()
 
-    def _hand_over(self) -> None:
+    async def take(self) -> list[Any]:
+        """(event loop) Every item sent since the last take, waiting for one if there is none."""
+        waiting = None
         with self._lock:
-            batch = list(self._pending)
-            self._pending.clear()
-        self.items.put_nowait(batch)
+            if not self._pending:
+                self._waiting = waiting = self.loop.create_future()
+        if waiting is not None:
+            await waiting
+        with self._lock:
+            batch, self._pending = self._pending, []
+        return batch
+
+
+def _wake(waiting: asyncio.Future) -> None:
+    if not waiting.done():  # not given up on (a cancelled task)
+        waiting.set_result(None)
 
 
 _DONE = object()  # the last item of every job
@@ -86,7 +101,7 @@ class Worker:
         self._on_queue_change(self.waiting)
         try:
             while True:
-                batch = await job.items.get()
+                batch = await job.take()
                 items = [item for item in batch if item is not _DONE and not isinstance(item, BaseException)]
                 if items:
                     yield items
