@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "backends": ("shaderbay.cli_backends", "list discovered backends, their devices and availability"),
     "check": ("shaderbay.conformance.check", "run the conformance suite against a backend"),
     "bench": ("shaderbay.benches.cli", "compare backends: tokens/s, load time, memory, CPU overhead"),
+    "serve": ("shaderbay.serving.cli", "serve a model over an OpenAI-compatible HTTP API"),
 }
 
 
