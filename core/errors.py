@@ -101,6 +101,10 @@ class TokenizerError(ModelError):
     pass
 
 
+class InvalidOption(ModelError, ValueError):
+    """A generation option is unknown or out of range; the message names the allowed range."""
+
+
 class ContextLengthExceeded(ModelError):
     def __init__(self, needed: int, limit: int):
         self.needed = needed

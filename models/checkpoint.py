@@ -273,26 +273,3 @@ class MemoryCheckpoint(Checkpoint):
 
 def open_checkpoint(path: str | Path) -> SafetensorsCheckpoint:
     return SafetensorsCheckpoint(path)
-
-
-def write_safetensors(
-    path: str | Path, tensors: Mapping[str, tuple[np.ndarray, str]], metadata: dict[str, str] | None = None
-) -> None:
-    """Write {name: (array, dtype)} as one safetensors file, streaming (dtype f32/f16/bf16; bf16 as uint16 bits)."""
-    header: dict[str, object] = {"__metadata__": metadata or {"format": "pt"}}
-    offset = 0
-    for name, (array, dtype) in tensors.items():
-        nbytes = array.size * host_dtype(dtype).itemsize
-        header[name] = {
-            "dtype": MemoryCheckpoint._TAGS[dtype],
-            "shape": list(array.shape),
-            "data_offsets": [offset, offset + nbytes],
-        }
-        offset += nbytes
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-(len(blob) + 8) % 8)
-    with Path(path).open("wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for array, dtype in tensors.values():
-            f.write(np.ascontiguousarray(array, dtype=host_dtype(dtype)).data)

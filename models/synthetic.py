@@ -20,12 +20,13 @@ from typing import Any
 
 import numpy as np
 from shaderbay.backends.numpy.quants import quantize
-from shaderbay.dtypes import BLOCK_DTYPES, block_size, f32_to_bf16, host_shape
+from shaderbay.dtypes import BLOCK_DTYPES, block_size, from_f32, host_shape
 from shaderbay.errors import ModelError
 
-from .checkpoint import INDEX_NAME, MemoryCheckpoint, write_safetensors
+from .checkpoint import INDEX_NAME, MemoryCheckpoint
 from .config import ModelConfig
 from .llama import tensor_shapes
+from .safetensors_writer import write_safetensors
 
 _BASE: dict[str, Any] = {
     "hidden_act": "silu",
@@ -107,19 +108,14 @@ class _Filler:
         self._pool: np.ndarray | None = None
         self._cast: dict[tuple[float, str, float], np.ndarray] = {}
 
-    def _encode(self, x: np.ndarray, dtype: str) -> np.ndarray:
-        if dtype == "bf16":
-            return f32_to_bf16(x)
-        return x.astype(np.float16 if dtype == "f16" else np.float32)
-
     def normal(self, shape: tuple[int, ...], scale: float, dtype: str, shift: float = 0.0) -> np.ndarray:
         n = math.prod(shape)
         if n <= _DIRECT:
             x = self.rng.standard_normal(n, dtype=np.float32) * np.float32(scale) + np.float32(shift)
-            return self._encode(x, dtype).reshape(shape)
+            return from_f32(x, dtype).reshape(shape)
         key = (scale, dtype, shift)
         if key not in self._cast:
-            self._cast[key] = self._encode(self._base() * np.float32(scale) + np.float32(shift), dtype)
+            self._cast[key] = from_f32(self._base() * np.float32(scale) + np.float32(shift), dtype)
         return self._cut(self._cast[key], n, shape[-1], _CHUNK).reshape(shape)
 
     def blocks(self, shape: tuple[int, ...], scale: float, dtype: str) -> np.ndarray:
