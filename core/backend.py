@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .dtypes import dtype_of, host_dtype, itemsize
+from .dtypes import dtype_of, host_dtype, host_shape, nbytes, value_shape
 from .errors import BindingError, ClosedError, LimitExceeded, OutOfRange
 from .kernels import KernelSpec, kernel
 from .trace import Tracer
@@ -103,13 +103,13 @@ class Tensor:
 
     @property
     def nbytes(self) -> int:
-        return self.numel * itemsize(self.dtype)
+        return nbytes(self.dtype, self.shape)
 
     def view(self, dtype: str | None = None, shape: tuple[int, ...] | int | None = None, offset: int = 0) -> Tensor:
         """Another view of the same bytes, `offset` bytes further in."""
         dtype = dtype or self.dtype
         if shape is None:
-            shape = ((self.nbytes - offset) // itemsize(dtype),)
+            shape = value_shape(dtype, ((self.nbytes - offset) // host_dtype(dtype).itemsize,))
         return self.buffer.tensor(dtype, shape, self.offset + offset)
 
 
@@ -299,16 +299,16 @@ class Backend(ABC):
 
     def empty(self, shape: tuple[int, ...] | int, dtype: str = "f32", usage: Usage = Usage.DEVICE) -> Tensor:
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        nbytes = max(math.prod(shape) * itemsize(dtype), 4)
-        return self.buffer(nbytes, usage).tensor(dtype, shape)
+        return self.buffer(max(nbytes(dtype, shape), 4), usage).tensor(dtype, shape)
 
     def upload(self, array: np.ndarray, dtype: str | None = None, usage: Usage = Usage.DEVICE) -> Tensor:
-        """A new tensor holding `array` (uint16 arrays need dtype='bf16' to be read as bfloat16)."""
+        """A new tensor holding `array` (uint16 arrays need dtype='bf16' to be read as bfloat16; uint8
+        rows of GGUF blocks need their block dtype, e.g. 'q4_0')."""
         array = np.ascontiguousarray(array)
         dtype = dtype or dtype_of(array)
         if array.dtype != host_dtype(dtype):
             raise BindingError(f"a {array.dtype} array cannot be uploaded as {dtype}; convert it first")
-        t = self.empty(array.shape, dtype, usage)
+        t = self.empty(value_shape(dtype, array.shape), dtype, usage)
         if array.nbytes % 4:  # writes cover whole 4-byte words: pad an odd count of 16-bit elements
             self.write(t.buffer, array.tobytes() + bytes(-array.nbytes % 4), offset=t.offset)
         else:
@@ -342,7 +342,7 @@ class Backend(ABC):
         self.wait()
         data = np.frombuffer(bytes(self._read(buf, base + offset, size)), np.uint8)
         if isinstance(target, Tensor) and offset == 0 and size == target.nbytes:
-            return data.view(host_dtype(target.dtype)).reshape(target.shape)
+            return data.view(host_dtype(target.dtype)).reshape(host_shape(target.dtype, target.shape))
         return data
 
     def read_after(self, cmd: CommandList, target: Tensor) -> np.ndarray:
@@ -355,7 +355,7 @@ class Backend(ABC):
             raise BindingError("read_after needs a command list submitted on this backend")
         self.wait_for(cmd)
         data = np.frombuffer(bytes(self._read(target.buffer, target.offset, target.nbytes)), np.uint8)
-        return data.view(host_dtype(target.dtype)).reshape(target.shape)
+        return data.view(host_dtype(target.dtype)).reshape(host_shape(target.dtype, target.shape))
 
     def free(self, buffer: Buffer) -> None:
         self.check_owned(buffer)

@@ -1,9 +1,18 @@
 """Element types a buffer binding can hold, and their host (NumPy) representation.
 
 bfloat16 has no NumPy dtype: it travels as its raw 16-bit pattern in a uint16 array.
+
+The block dtypes are GGUF's quantization formats: a row of values is stored as blocks of
+`block` values in `nbytes` bytes each, the bytes exactly as in a GGUF file (their meaning:
+`shaderbay.backends.numpy.quants`). A tensor of a block dtype has the shape of its values
+([rows, cols], cols a multiple of the block); on the host it is a uint8 array of the same
+rows, `cols // block * nbytes` bytes wide.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,11 +28,65 @@ HOST_DTYPES: dict[str, np.dtype] = {
     "u8": np.dtype(np.uint8),
 }
 
+
+@dataclass(frozen=True)
+class BlockFormat:
+    block: int  # values per block
+    nbytes: int  # bytes per block
+
+
+BLOCK_DTYPES: dict[str, BlockFormat] = {
+    "q8_0": BlockFormat(32, 34),  # f16 scale, 32 int8
+    "q4_0": BlockFormat(32, 18),  # f16 scale, 32 4-bit values
+    "q4_1": BlockFormat(32, 20),  # f16 scale and minimum, 32 4-bit values
+    "q4_k": BlockFormat(256, 144),  # f16 scale and minimum, 8 x (6-bit scale, 6-bit minimum), 256 4-bit values
+    "q6_k": BlockFormat(256, 210),  # 256 6-bit values, 16 int8 scales, f16 scale
+}
+HOST_DTYPES.update(dict.fromkeys(BLOCK_DTYPES, np.dtype(np.uint8)))
+
 WEIGHT_DTYPES = ("f32", "f16", "bf16")
 
 
 def itemsize(dtype: str) -> int:
+    """Bytes per value of a plain dtype (block dtypes have none: see nbytes and bytes_per_value)."""
+    if dtype in BLOCK_DTYPES:
+        raise BindingError(f"{dtype} stores values in blocks, not one by one; use nbytes(dtype, shape)")
     return host_dtype(dtype).itemsize
+
+
+def block_size(dtype: str) -> int:
+    """Values per block: 1 for a plain dtype."""
+    fmt = BLOCK_DTYPES.get(dtype)
+    return fmt.block if fmt else 1
+
+
+def bytes_per_value(dtype: str) -> float:
+    fmt = BLOCK_DTYPES.get(dtype)
+    return fmt.nbytes / fmt.block if fmt else host_dtype(dtype).itemsize
+
+
+def host_shape(dtype: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of the host array holding a tensor of this shape (block rows as bytes)."""
+    fmt = BLOCK_DTYPES.get(dtype)
+    if fmt is None:
+        return tuple(shape)
+    if not shape or shape[-1] % fmt.block:
+        raise BindingError(f"a {dtype} tensor's rows hold whole blocks of {fmt.block} values; got shape {list(shape)}")
+    return (*shape[:-1], shape[-1] // fmt.block * fmt.nbytes)
+
+
+def value_shape(dtype: str, host: tuple[int, ...]) -> tuple[int, ...]:
+    """The tensor shape of a host array (the inverse of host_shape)."""
+    fmt = BLOCK_DTYPES.get(dtype)
+    if fmt is None:
+        return tuple(host)
+    if not host or host[-1] % fmt.nbytes:
+        raise BindingError(f"{dtype} rows are whole blocks of {fmt.nbytes} bytes; got a uint8 array of {list(host)}")
+    return (*host[:-1], host[-1] // fmt.nbytes * fmt.block)
+
+
+def nbytes(dtype: str, shape: tuple[int, ...]) -> int:
+    return math.prod(host_shape(dtype, shape)) * host_dtype(dtype).itemsize
 
 
 def host_dtype(dtype: str) -> np.dtype:
@@ -69,6 +132,8 @@ def from_f32(x: np.ndarray, dtype: str) -> np.ndarray:
 
 def to_f32(array: np.ndarray, dtype: str) -> np.ndarray:
     """Host values of a stored array as float32 (decoding bf16 bit patterns)."""
+    if dtype in BLOCK_DTYPES:
+        raise BindingError(f"{dtype} blocks decode with shaderbay.backends.numpy.quants.dequantize")
     if dtype == "bf16":
         return bf16_to_f32(array)
     return np.asarray(array).astype(np.float32)
