@@ -212,6 +212,7 @@ class _Uploader:
 def load_weights(ckpt: Checkpoint, backend: Backend, progress: ProgressFn | None = None) -> Weights:
     """Check every tensor (presence, shape, dtype) first, then upload them one by one."""
     c = ckpt.config
+    ckpt.prepare(backend)
     infos = {name: ckpt.expect(name, shape) for name, shape in tensor_shapes(c).items()}
     up = _Uploader(backend, ckpt, infos, progress)
     try:

@@ -98,4 +98,3 @@ def test_block_tensor_upload_and_read(numpy_backend, dtype: str) -> None:
     row = t.view(shape=(1, 2 * block), offset=raw.shape[1])
     np.testing.assert_array_equal(numpy_backend.read(row), raw[1:2])
     numpy_backend.free(t.buffer)
-
