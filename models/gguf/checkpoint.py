@@ -106,4 +106,6 @@ class GGUFCheckpoint(Checkpoint):
         return from_float32(unpermute_rotary(values, heads) if heads else values, info.upload)
 
     def close(self) -> None:
+        """Let the file's mapping go (the uploaded tensors do not need it)."""
+        self.file = None
         self.tensors = {}
