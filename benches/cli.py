@@ -37,7 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument(
         "--synthetic", metavar="NAME", help=f"random weights of a named shape: {', '.join(synthetic_names())}"
     )
-    parser.add_argument("--dtype", default="float16", help="weight dtype: float16 (default), bfloat16, float32")
+    parser.add_argument(
+        "--dtype",
+        default="float16",
+        help="weight dtype: float16 (default), bfloat16, float32, or a GGUF block format for synthetic weights "
+        "(q8_0, q4_0, q4_1, q4_k, q6_k: quantized by the reference, held in memory)",
+    )
     parser.add_argument("--prompt-tokens", type=int, default=16, help="prompt before decoding (default 16)")
     parser.add_argument("--new-tokens", type=int, default=128, help="tokens generated per decode run (default 128)")
     parser.add_argument("--prefill-tokens", type=int, default=512, help="prompt length of the prefill run (512)")

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from shaderbay.dtypes import host_dtype, itemsize
+from shaderbay.backends.numpy.quants import quantize
+from shaderbay.dtypes import BLOCK_DTYPES, bytes_per_value, host_dtype, nbytes
 from shaderbay.errors import LimitExceeded, ShaderbayError
 from shaderbay.rope import inverse_frequencies
 
@@ -173,6 +174,8 @@ _RNG_BLOCK = 1 << 20
 
 def _random(numel: int, dtype: str, scale: float, rng: np.random.Generator) -> np.ndarray:
     block = rng.standard_normal(min(numel, _RNG_BLOCK), dtype=np.float32) * scale
+    if dtype in BLOCK_DTYPES:  # blocks of the random values, repeated
+        return np.resize(quantize(block, dtype), nbytes(dtype, (numel,)))
     values = np.resize(block, numel)
     if dtype == "bf16":
         from shaderbay.dtypes import f32_to_bf16
@@ -205,18 +208,18 @@ def _fill(binding: str, dtype: str, numel: int, case: KernelCase, rng: np.random
     return _random(numel, dtype, 1.0, rng)
 
 
-def _split(case: KernelCase, wsize: int, max_binding: int) -> list[KernelCase]:
+def _split(case: KernelCase, wsize: float, max_binding: int) -> list[KernelCase]:
     """Cases whose weights exceed the device's largest binding, split as a model must split them."""
     p = case.params
     if case.kernel == "matmul" and p["n"] * p["k"] * wsize > max_binding:
-        per = max((max_binding // (p["k"] * wsize)) // 64 * 64, 1)
+        per = max(int(max_binding // (p["k"] * wsize)) // 64 * 64, 1)
         parts = []
         for start in range(0, p["n"], per):
             parts.append(KernelCase(case.name, case.phase, case.kernel, {**p, "n": min(per, p["n"] - start)},
                                     case.constants, case.context, case.positions))  # fmt: skip
         return parts
     if case.kernel == "embed" and p["vocab"] * p["dim"] * wsize > max_binding:
-        vocab = max_binding // (p["dim"] * wsize)
+        vocab = int(max_binding // (p["dim"] * wsize))
         return [KernelCase(case.name, case.phase, case.kernel, {**p, "vocab": vocab}, case.constants)]
     return [case]
 
@@ -226,7 +229,7 @@ def build(backend: Any, case: KernelCase, rng: np.random.Generator) -> tuple[lis
     pieces = []
     buffers = []
     wdtype = case.constants.get("wdtype", "f32")
-    for part in _split(case, itemsize(wdtype), backend.caps.max_binding_size):
+    for part in _split(case, bytes_per_value(wdtype), backend.caps.max_binding_size):
         pipe = backend.pipeline(part.kernel, **part.constants)
         scope = {**pipe.constants, **part.params}
         bindings = {}

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from shaderbay.dtypes import BLOCK_DTYPES
 
 from .kernels import device_bandwidth
 from .machine import PeakRss, rss_bytes
@@ -146,7 +147,7 @@ class Source:
             from shaderbay.models import synthetic
 
             wdtype = weight_dtype(s.dtype)
-            if s.in_memory:
+            if s.in_memory or wdtype in BLOCK_DTYPES:  # safetensors cannot hold GGUF blocks
                 self.checkpoint = synthetic.synthetic_checkpoint(s.synthetic, wdtype, seed=s.seed)
             else:
                 self.tmpdir = Path(tempfile.mkdtemp(prefix="shaderbay-bench-"))

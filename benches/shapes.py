@@ -14,18 +14,21 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from shaderbay.dtypes import itemsize
+from shaderbay.dtypes import BLOCK_DTYPES, bytes_per_value, itemsize
 from shaderbay.models.config import ModelConfig
 from shaderbay.models.synthetic import SHAPES, synthetic_config
 
 DTYPE_NAMES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16", "f32": "f32", "f16": "f16", "bf16": "bf16"}
+DTYPE_NAMES.update({name: name for name in BLOCK_DTYPES})
 
 
 def weight_dtype(name: str) -> str:
     try:
         return DTYPE_NAMES[name]
     except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; use float32, float16 or bfloat16") from None
+        raise ValueError(
+            f"unknown dtype {name!r}; use float32, float16, bfloat16 or {', '.join(BLOCK_DTYPES)}"
+        ) from None
 
 
 SHAPE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim", "vocab_size", "tie_word_embeddings")
@@ -43,12 +46,12 @@ class Shape:
 
     def weights_bytes(self, wdtype: str) -> int:
         """The weights' own size: matrices in `wdtype`; norm weights are counted in it too."""
-        return self.n_params * itemsize(wdtype)
+        return int(self.n_params * bytes_per_value(wdtype))
 
     def weight_bytes_per_token(self, wdtype: str) -> int:
         """Weight bytes one decode step must read: every matrix once; an untied embedding only one row."""
         table_unread = 0 if self.tie_word_embeddings else (self.vocab_size - 1) * self.dim
-        return (self.n_params - table_unread) * itemsize(wdtype)
+        return int((self.n_params - table_unread) * bytes_per_value(wdtype))
 
     def kv_cache_bytes(self, max_context: int, cache_dtype: str = "f32") -> int:
         return 2 * self.n_layers * max_context * self.kv_dim * itemsize(cache_dtype)
@@ -90,19 +93,19 @@ def kernel_bytes(kernel: str, params: dict[str, Any], dtypes: dict[str, str], co
     p = params
     f = 4  # activations are float32
 
-    def size(binding: str) -> int:
-        return itemsize(dtypes[binding])
+    def size(binding: str) -> float:
+        return bytes_per_value(dtypes[binding])
 
     rows = p.get("rows", 1)
     if kernel == "embed":
-        return rows * (p["dim"] * size("table") + 4 + p["dim"] * f)
+        return int(rows * (p["dim"] * size("table") + 4 + p["dim"] * f))
     if kernel == "rmsnorm":
         return rows * p["n"] * 2 * f + p["n"] * f
     if kernel == "matmul":
         n, k = p["n"], p["k"]
         x_width = 2 * k if constants.get("prologue") == "silu_mul" else k
         outputs = n // 2 if constants.get("epilogue") == "silu_mul" else n
-        total = n * k * size("w") + rows * x_width * f + rows * outputs * f
+        total = int(n * k * size("w")) + rows * x_width * f + rows * outputs * f
         if constants.get("accumulate"):
             total += rows * outputs * f
         if constants.get("prologue") == "rmsnorm":

@@ -44,7 +44,7 @@ BLOCK_DTYPES: dict[str, BlockFormat] = {
 }
 HOST_DTYPES.update(dict.fromkeys(BLOCK_DTYPES, np.dtype(np.uint8)))
 
-WEIGHT_DTYPES = ("f32", "f16", "bf16")
+WEIGHT_DTYPES = ("f32", "f16", "bf16", *BLOCK_DTYPES)
 
 
 def itemsize(dtype: str) -> int:

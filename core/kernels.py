@@ -7,7 +7,8 @@ pipeline is one kernel plus one choice of constants) and its constraints. The Nu
 backend's implementation in `shaderbay.backends.numpy.kernels` *is* each kernel's
 meaning; the docs here summarise it.
 
-Conventions: activations are float32; weights are f32, f16 or bf16, row-major
+Conventions: activations are float32; weights are f32, f16, bf16 or one of GGUF's block
+formats (q8_0, q4_0, q4_1, q4_k, q6_k: rows of whole blocks, `shaderbay.dtypes`), row-major
 [out, in]; token ids and positions are u32; buffers never alias within one dispatch.
 """
 
@@ -18,7 +19,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from .dtypes import WEIGHT_DTYPES
+from .dtypes import WEIGHT_DTYPES, block_size
 from .errors import BindingError, UnknownKernel
 
 PARAM_TYPES = {"u32": "I", "i32": "i", "f32": "f"}
@@ -123,7 +124,7 @@ class KernelSpec:
 
 
 def _evaluate(expr: str, scope: dict[str, Any]) -> Any:
-    return eval(expr, {"__builtins__": {}, "min": min, "max": max}, scope)  # noqa: S307 - catalogue text only
+    return eval(expr, {"__builtins__": {}, "min": min, "max": max, "block": block_size}, scope)  # noqa: S307 - catalogue text only
 
 
 # argmax splits a row over at most this many workgroups; each leaves its best (key, index) in
@@ -151,7 +152,7 @@ CATALOGUE: dict[str, KernelSpec] = {
             ),
             params=(Param("rows", "u32"), Param("dim", "u32"), Param("vocab", "u32")),
             constants=(W,),
-            constraints=("rows >= 1", "dim >= 1"),
+            constraints=("rows >= 1", "dim >= 1", "dim % block(wdtype) == 0"),
         ),
         KernelSpec(
             "rmsnorm",
@@ -186,7 +187,13 @@ CATALOGUE: dict[str, KernelSpec] = {
                 Constant("prologue", ("none", "rmsnorm", "silu_mul"), "none"),
                 Constant("epilogue", ("none", "silu_mul"), "none"),
             ),
-            constraints=("rows >= 1", "n >= 1", "k >= 1", "epilogue == 'none' or n % 2 == 0"),
+            constraints=(
+                "rows >= 1",
+                "n >= 1",
+                "k >= 1",
+                "k % block(wdtype) == 0",
+                "epilogue == 'none' or n % 2 == 0",
+            ),
         ),
         KernelSpec(
             "rope",

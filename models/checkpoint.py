@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from shaderbay.dtypes import host_dtype
+from shaderbay.dtypes import BLOCK_DTYPES, host_dtype, host_shape, nbytes, value_shape
 from shaderbay.errors import CheckpointError, MissingTensor, ShapeMismatch, UnsupportedDtype
 
 from .config import ModelConfig
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 #: safetensors dtype tag -> shaderbay dtype, for the dtypes weights may be stored in
 SAFETENSORS_DTYPES = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
+# GGUF block formats (tensors held in memory by synthetic checkpoints: safetensors has no such tags)
+BLOCK_TAGS = {name.upper(): name for name in BLOCK_DTYPES}
 _ALL_TAGS = {  # every tag the format defines, with its size, so that sizes can be checked
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4,
     "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
@@ -50,7 +52,7 @@ class TensorInfo:
     def dtype(self) -> str:
         """The shaderbay dtype (f32, f16, bf16); UnsupportedDtype for anything else."""
         try:
-            return SAFETENSORS_DTYPES[self.tag]
+            return SAFETENSORS_DTYPES.get(self.tag) or BLOCK_TAGS[self.tag]
         except KeyError:
             raise UnsupportedDtype(
                 f"{self.source}: tensor {self.name!r} is stored as {self.tag}, which is not supported; "
@@ -63,6 +65,8 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
+        if self.tag in BLOCK_TAGS:
+            return nbytes(BLOCK_TAGS[self.tag], self.shape)
         return self.numel * _ALL_TAGS.get(self.tag, 0)
 
 
@@ -181,7 +185,7 @@ class SafetensorsFile:
             if len(self._map) != self.size:
                 raise CheckpointError(f"{self.path}: the file changed size while loading")
         raw = self._map[self.data_start + begin : self.data_start + end]
-        return raw.view(host_dtype(info.dtype)).reshape(info.shape)
+        return raw.view(host_dtype(info.dtype)).reshape(host_shape(info.dtype, info.shape))
 
     def close(self) -> None:
         self._map = None
@@ -260,14 +264,15 @@ class SafetensorsCheckpoint(Checkpoint):
 class MemoryCheckpoint(Checkpoint):
     """Tensors held in host arrays (synthetic models); bf16 arrays are uint16 bit patterns."""
 
-    _TAGS = {"f32": "F32", "f16": "F16", "bf16": "BF16"}
+    _TAGS = {"f32": "F32", "f16": "F16", "bf16": "BF16", **{v: k for k, v in BLOCK_TAGS.items()}}
 
     def __init__(self, config: ModelConfig, arrays: dict[str, np.ndarray], dtypes: dict[str, str], name: str = ""):
         self.config = config
         self.arrays = arrays
         self.name = name
         self._infos = {
-            k: TensorInfo(k, self._TAGS[dtypes[k]], tuple(a.shape), name or "memory") for k, a in arrays.items()
+            k: TensorInfo(k, self._TAGS[dtypes[k]], value_shape(dtypes[k], a.shape), name or "memory")
+            for k, a in arrays.items()
         }
 
     def describe(self) -> str:

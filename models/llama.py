@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from shaderbay.backend import Backend, CommandList, Dispatch, Tensor, Usage
-from shaderbay.dtypes import itemsize, to_f32
+from shaderbay.backends.numpy.quants import values
+from shaderbay.dtypes import itemsize, nbytes, to_f32
 from shaderbay.errors import BindingError, ContextLengthExceeded, ModelError
 from shaderbay.kernels import ARGMAX_SCRATCH_ROW, DECODE_ATTENTION_SLICES
 from shaderbay.rope import inverse_frequencies
@@ -88,7 +89,7 @@ def row_parts(t: Tensor, max_bytes: int, alignment: int) -> list[tuple[int, Tens
     """Views of consecutive row blocks of a matrix, each at most max_bytes and starting at aligned
     offsets in the matrix and in a float32 vector of its rows (the logits)."""
     rows, cols = t.shape
-    row_bytes = cols * itemsize(t.dtype)
+    row_bytes = nbytes(t.dtype, (1, cols))
     if t.nbytes <= max_bytes:
         return [(0, t)]
     step = math.lcm(alignment // math.gcd(alignment, 4), alignment // math.gcd(alignment, row_bytes))
@@ -172,7 +173,7 @@ class _Uploader:
         arrays = [self._host(n) for n in names]
         dtypes = {self.infos[n].dtype for n in names}
         if not matrix or len(dtypes) > 1:
-            arrays = [to_f32(a, self.infos[n].dtype) for a, n in zip(arrays, names, strict=True)]
+            arrays = [values(a, self.infos[n].dtype) for a, n in zip(arrays, names, strict=True)]
             dtype = "f32"
         else:
             (dtype,) = dtypes
@@ -189,14 +190,14 @@ class _Uploader:
         shapes = [self.infos[n].shape for n in names]
         rows, cols = sum(s[0] for s in shapes), shapes[0][1]
         if len(dtypes) > 1:  # mixed precisions in one fused group: widen the group to float32
-            data = np.concatenate([to_f32(self._host(n), self.infos[n].dtype) for n in names])
+            data = np.concatenate([values(self._host(n), self.infos[n].dtype) for n in names])
             t = self.backend.upload(np.ascontiguousarray(data, dtype=np.float32))
             self.made.append(t)
         else:
             (dtype,) = dtypes
             t = self.backend.empty((rows, cols), dtype)
             self.made.append(t)
-            sizes = [s[0] * cols * itemsize(dtype) for s in shapes]
+            sizes = [nbytes(dtype, (s[0], cols)) for s in shapes]
             if any(s % 4 for s in sizes):
                 self.backend.write(t, np.concatenate([self._host(n) for n in names]))
             else:
@@ -593,7 +594,7 @@ class Llama:
 
     def _host_rows(self, ids: list[int]) -> np.ndarray:
         w = self.weights
-        return to_f32(np.asarray(w.host_embed[np.asarray(ids, np.int64)]), w.host_embed_dtype).astype(np.float32)
+        return values(np.asarray(w.host_embed[np.asarray(ids, np.int64)]), w.host_embed_dtype).astype(np.float32)
 
     def logits(self, ids: list[int], all_positions: bool = False) -> np.ndarray:
         """Next-token logits after every prefix of `ids` ([T, vocab]) or after the whole ([vocab])."""

@@ -1,7 +1,9 @@
 """Random-weight checkpoints of named shapes, for tests and benches (no download, no tokenizer).
 
 `synthetic_checkpoint(name)` builds one in memory (the 1B shape in a few seconds: large
-tensors are cut from a shared pool of random numbers rather than drawn one by one);
+tensors are cut from a shared pool of random numbers rather than drawn one by one); with a
+GGUF block dtype (q4_0, ...) its matrices are blocks quantized by the reference (the pool
+quantized once, tensors cut from it block by block) and its norms float32, as in a GGUF;
 `write_checkpoint(name, out_dir)` writes config.json and safetensors (single or sharded)
 for tests of the loader. The same (name, dtype, seed) gives the same weights either way.
 Weights are scaled (2/sqrt(fan-in)) so that greedy generation wanders over many tokens with
@@ -17,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from shaderbay.dtypes import from_f32
+from shaderbay.backends.numpy.quants import quantize
+from shaderbay.dtypes import BLOCK_DTYPES, block_size, from_f32, host_shape
 from shaderbay.errors import ModelError
 
 from .checkpoint import INDEX_NAME, MemoryCheckpoint
@@ -72,7 +75,11 @@ SHAPES: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 _DTYPES = {"f32": "f32", "float32": "f32", "f16": "f16", "float16": "f16", "bf16": "bf16", "bfloat16": "bf16"}
+_DTYPES.update({name: name for name in BLOCK_DTYPES})
 _TORCH = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
+# a matrix whose rows are not whole blocks of the asked format (k-quants on a 576-wide model)
+# takes this one, as llama.cpp's quantizer falls back to a 32-value format
+FALLBACK_BLOCK_DTYPE = "q8_0"
 _POOL = 1 << 22  # values in the shared pool large tensors are cut from
 _DIRECT = 1 << 16  # tensors up to this many values are drawn directly
 _CHUNK = 1 << 20  # larger ones are copied from the pool in slices this long, at random offsets
@@ -82,14 +89,14 @@ def normalize_dtype(dtype: str) -> str:
     try:
         return _DTYPES[str(dtype).lower()]
     except KeyError:
-        raise ModelError(f"unknown weight dtype {dtype!r}; use f32, f16 or bf16") from None
+        raise ModelError(f"unknown weight dtype {dtype!r}; use f32, f16, bf16 or {', '.join(BLOCK_DTYPES)}") from None
 
 
 def synthetic_config(name: str, dtype: str = "f32", **overrides: Any) -> dict[str, Any]:
     """The config.json dict of a named shape (overrides replace keys, e.g. num_hidden_layers=2)."""
     if name not in SHAPES:
         raise ModelError(f"no synthetic model named {name!r}; known: {', '.join(SHAPES)}")
-    config = {**_BASE, **SHAPES[name], "torch_dtype": _TORCH[normalize_dtype(dtype)], **overrides}
+    config = {**_BASE, **SHAPES[name], "torch_dtype": _TORCH.get(normalize_dtype(dtype), "float32"), **overrides}
     return json.loads(json.dumps(config))  # a deep copy
 
 
@@ -108,40 +115,72 @@ class _Filler:
             return from_f32(x, dtype).reshape(shape)
         key = (scale, dtype, shift)
         if key not in self._cast:
-            if self._pool is None:
-                self._pool = self.rng.standard_normal(_POOL + _CHUNK, dtype=np.float32)
-            self._cast[key] = from_f32(self._pool * np.float32(scale) + np.float32(shift), dtype)
-        pool = self._cast[key]
-        out = np.empty(n, pool.dtype)
-        # Slices start at random places, at distinct alignments to the rows (mod the row length),
-        # so that no two rows of the tensor are copies of one stretch of the pool.
-        k = shape[-1]
-        count = -(-n // _CHUNK)
+            self._cast[key] = from_f32(self._base() * np.float32(scale) + np.float32(shift), dtype)
+        return self._cut(self._cast[key], n, shape[-1], _CHUNK).reshape(shape)
+
+    def blocks(self, shape: tuple[int, ...], scale: float, dtype: str) -> np.ndarray:
+        """uint8 rows of `dtype` blocks of normal values (shape: the values'; its rows whole blocks)."""
+        block = block_size(dtype)
+        if math.prod(shape) <= _DIRECT:
+            return quantize(self.normal(shape, scale, "f32"), dtype)
+        key = (scale, dtype, 0.0)
+        if key not in self._cast:
+            self._cast[key] = quantize(self._base().reshape(-1, block) * np.float32(scale), dtype)
+        blocks = self._cut(self._cast[key], math.prod(shape) // block, shape[-1] // block, _CHUNK // block)
+        return blocks.reshape(host_shape(dtype, shape))
+
+    def _base(self) -> np.ndarray:
+        if self._pool is None:
+            self._pool = self.rng.standard_normal(_POOL + _CHUNK, dtype=np.float32)
+        return self._pool
+
+    def _cut(self, pool: np.ndarray, n: int, k: int, chunk: int) -> np.ndarray:
+        """n items (values, or rows of block bytes) of rows k long, in slices of `chunk` from the pool.
+
+        Slices start at random places, at distinct alignments to the rows (mod the row length),
+        so that no two rows of the tensor are copies of one stretch of the pool."""
+        out = np.empty((n, *pool.shape[1:]), pool.dtype)
+        size = len(pool) - chunk
+        count = -(-n // chunk)
         residues = self.rng.permutation(k)[:count] if count <= k else self.rng.integers(0, k, count)
-        bases = self.rng.integers(0, _POOL - k, size=count)
-        offsets = [int(b + (r + i * _CHUNK - b) % k) for i, (b, r) in enumerate(zip(bases, residues, strict=True))]
+        bases = self.rng.integers(0, size - k, size=count)
+        offsets = [int(b + (r + i * chunk - b) % k) for i, (b, r) in enumerate(zip(bases, residues, strict=True))]
         for i, off in enumerate(offsets):
-            start = i * _CHUNK
-            stop = min(n, start + _CHUNK)
+            start = i * chunk
+            stop = min(n, start + chunk)
             out[start:stop] = pool[off : off + stop - start]
-        return out.reshape(shape)
+        return out
+
+
+def stored_dtype(shape: tuple[int, ...], dtype: str) -> str:
+    """The dtype a tensor of this shape is stored in when a model's weights are `dtype`: with a block
+    dtype, vectors (norms, biases) are float32 and matrices whose rows are not whole blocks take
+    FALLBACK_BLOCK_DTYPE."""
+    if dtype not in BLOCK_DTYPES:
+        return dtype
+    if len(shape) == 1:
+        return "f32"
+    return dtype if shape[-1] % block_size(dtype) == 0 else FALLBACK_BLOCK_DTYPE
 
 
 def synthetic_arrays(config: dict[str, Any], dtype: str = "f32", seed: int = 0) -> dict[str, np.ndarray]:
-    """Random weights for a config dict, by Hugging Face name, stored as `dtype` (bf16 as uint16 bits)."""
+    """Random weights for a config dict, by Hugging Face name, stored as `dtype` (bf16 as uint16 bits,
+    blocks as uint8 rows; see stored_dtype)."""
     dtype = normalize_dtype(dtype)
     cfg = ModelConfig.from_dict(config, source="synthetic config")
     fill = _Filler(seed)
     arrays: dict[str, np.ndarray] = {}
     for name, shape in tensor_shapes(cfg).items():
+        stored = stored_dtype(shape, dtype)
         if name.endswith("norm.weight"):
-            arrays[name] = fill.normal(shape, 0.1, dtype, shift=1.0)
+            arrays[name] = fill.normal(shape, 0.1, stored, shift=1.0)
         elif name.endswith(".bias"):
-            arrays[name] = fill.normal(shape, 0.2, dtype)
-        elif name in ("model.embed_tokens.weight", "lm_head.weight"):
-            arrays[name] = fill.normal(shape, 2.0 / math.sqrt(cfg.dim), dtype)
+            arrays[name] = fill.normal(shape, 0.2, stored)
         else:
-            arrays[name] = fill.normal(shape, 2.0 / math.sqrt(shape[1]), dtype)
+            fan_in = cfg.dim if name in ("model.embed_tokens.weight", "lm_head.weight") else shape[1]
+            scale = 2.0 / math.sqrt(fan_in)
+            is_blocks = stored in BLOCK_DTYPES
+            arrays[name] = fill.blocks(shape, scale, stored) if is_blocks else fill.normal(shape, scale, stored)
     return arrays
 
 
@@ -151,7 +190,8 @@ def synthetic_checkpoint(name: str, dtype: str = "f16", seed: int = 0, **overrid
     raw = synthetic_config(name, dtype, **overrides)
     arrays = synthetic_arrays(raw, dtype, seed)
     config = ModelConfig.from_dict(raw, source=f"synthetic {name}")
-    return MemoryCheckpoint(config, arrays, dict.fromkeys(arrays, dtype), name=name)
+    dtypes = {n: stored_dtype(shape, dtype) for n, shape in tensor_shapes(config).items()}
+    return MemoryCheckpoint(config, arrays, dtypes, name=name)
 
 
 def write_checkpoint(
@@ -164,6 +204,8 @@ def write_checkpoint(
 ) -> Path:
     """Write config.json and model.safetensors (or `shards` files with their index) to `out_dir`."""
     dtype = normalize_dtype(dtype)
+    if dtype in BLOCK_DTYPES:
+        raise ModelError(f"safetensors cannot hold {dtype} blocks; use synthetic_checkpoint (in memory)")
     raw = synthetic_config(name, dtype) if isinstance(name, str) else dict(name)
     arrays = synthetic_arrays(raw, dtype, seed) if arrays is None else arrays
     out = Path(out_dir)

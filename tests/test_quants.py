@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import shaderbay
 from gguf import quants
-from shaderbay.backends.numpy.quants import GGML_TYPES, LAYOUTS, dequantize, quantize
+from shaderbay.backends.numpy.quants import GGML_TYPES, LAYOUTS, dequantize, quantize, values
 from shaderbay.dtypes import BLOCK_DTYPES, host_shape, nbytes, value_shape
 from shaderbay.errors import BindingError
+from shaderbay.models.checkpoint import MemoryCheckpoint
+from shaderbay.models.synthetic import FALLBACK_BLOCK_DTYPE, synthetic_checkpoint
 
 FORMATS = sorted(BLOCK_DTYPES)
 # f16 bit patterns of extreme, finite scales: the largest, the smallest normal and subnormal, zero
@@ -98,3 +101,76 @@ def test_block_tensor_upload_and_read(numpy_backend, dtype: str) -> None:
     row = t.view(shape=(1, 2 * block), offset=raw.shape[1])
     np.testing.assert_array_equal(numpy_backend.read(row), raw[1:2])
     numpy_backend.free(t.buffer)
+
+
+@pytest.mark.parametrize("dtype", FORMATS)
+@pytest.mark.parametrize("rows", [1, 6])
+def test_reference_kernels_read_blocks(numpy_backend, dtype: str, rows: int) -> None:
+    be, block = numpy_backend, BLOCK_DTYPES[dtype].block
+    n, k = 3, 2 * block
+    raw = random_blocks(dtype, 2 * n, seed=rows).reshape(n, -1)
+    values = dequantize(raw, dtype).astype(np.float64)
+    x = np.random.default_rng(0).standard_normal((rows, k)).astype(np.float32)
+    w, ids = be.upload(raw, dtype), be.upload(np.array([2, 0, 5], np.uint32))
+    out, emb = be.empty((rows, n)), be.empty((3, k))
+    cmd = be.command_list()
+    cmd.dispatch(
+        be.pipeline("matmul", wdtype=dtype), {"x": be.upload(x), "w": w, "out": out}, rows=rows, n=n, k=k, eps=0.0
+    )
+    cmd.dispatch(be.pipeline("embed", wdtype=dtype), {"table": w, "ids": ids, "out": emb}, rows=3, dim=k, vocab=n)
+    be.run(cmd)
+    np.testing.assert_array_equal(be.read(out), (x @ values.T).astype(np.float32))
+    np.testing.assert_array_equal(be.read(emb), np.stack([values[2], values[0], np.zeros(k)]).astype(np.float32))
+    with pytest.raises(BindingError, match="block"):
+        be.command_list().dispatch(
+            be.pipeline("matmul", wdtype=dtype),
+            {"x": be.upload(x), "w": w, "out": out},
+            rows=rows,
+            n=n,
+            k=k - 1,
+            eps=0.0,
+        )
+
+
+# --- models with block weights ----------------------------------------------------------------
+
+PROMPT = [3, 17, 42, 5, 99, 7, 1, 64, 200, 11]
+# (dtype, overrides): k-quants need rows of whole 256-value blocks
+MODELS = [("q4_0", {}), ("q4_1", {}), ("q8_0", {}), ("q4_k", {"hidden_size": 256, "intermediate_size": 256}),
+          ("q6_k", {"hidden_size": 256, "intermediate_size": 512})]  # fmt: skip
+
+
+def _dequantized(ckpt: MemoryCheckpoint) -> MemoryCheckpoint:
+    dtypes = {n: i.dtype for n, i in ckpt.infos().items()}
+    arrays = {n: values(a, dtypes[n]) for n, a in ckpt.arrays.items()}
+    return MemoryCheckpoint(ckpt.config, arrays, dict.fromkeys(arrays, "f32"))
+
+
+@pytest.mark.parametrize("dtype,overrides", MODELS, ids=[m[0] for m in MODELS])
+def test_a_block_model_is_its_dequantized_float32_model(numpy_backend, dtype, overrides):
+    ckpt = synthetic_checkpoint("tiny", dtype, seed=1, **overrides)
+    assert {i.dtype for i in ckpt.infos().values()} == {dtype, "f32"}
+    with shaderbay.load(ckpt, backend=numpy_backend, cache_dtype="f32") as q:
+        w = q.llama.weights
+        assert w.layers[0].wqkv.dtype == w.layers[0].wgu.dtype == w.embed.dtype == dtype
+        assert w.layers[0].attn_norm.dtype == "f32"
+        got = q.logits(PROMPT, all_positions=True)
+        tokens = list(q.tokens(PROMPT, 8))
+    with shaderbay.load(_dequantized(ckpt), backend=numpy_backend, cache_dtype="f32") as f:
+        np.testing.assert_array_equal(got, f.logits(PROMPT, all_positions=True))
+        assert list(f.tokens(PROMPT, 8)) == tokens
+
+
+@pytest.mark.parametrize("dtype,overrides", MODELS, ids=[m[0] for m in MODELS])
+def test_every_backend_generates_the_numpy_tokens_from_blocks(model_backend, numpy_backend, dtype, overrides):
+    ckpt = synthetic_checkpoint("tiny-qwen2", dtype, seed=2, **overrides)
+    with shaderbay.load(ckpt, backend=numpy_backend, cache_dtype="f32") as ref:
+        want = list(ref.tokens(PROMPT, 12))
+    with shaderbay.load(ckpt, backend=model_backend, cache_dtype="f32") as model:
+        assert model.llama.weights.lm_head.dtype == dtype
+        assert list(model.tokens(PROMPT, 12)) == want
+
+
+def test_k_quant_rows_that_are_not_whole_superblocks_fall_back(numpy_backend):
+    ckpt = synthetic_checkpoint("tiny", "q4_k")  # 64-wide rows
+    assert {i.dtype for i in ckpt.infos().values()} == {FALLBACK_BLOCK_DTYPE, "f32"}

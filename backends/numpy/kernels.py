@@ -11,19 +11,26 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from shaderbay.dtypes import bf16_to_f32, to_f32
+from shaderbay.dtypes import host_shape, nbytes
 from shaderbay.kernels import uniform
+
+from .quants import values
 
 Arrays = dict[str, np.ndarray]
 
 
+def _matrix(buffer: np.ndarray, dtype: str, rows: int, cols: int) -> np.ndarray:
+    """The first rows of a weight binding, as its host array (rows of blocks: uint8 bytes)."""
+    return buffer[: nbytes(dtype, (rows, cols)) // buffer.itemsize].reshape(host_shape(dtype, (rows, cols)))
+
+
 def embed(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
     rows, dim, vocab = p["rows"], p["dim"], p["vocab"]
-    table = b["table"][: vocab * dim].reshape(vocab, dim)
+    table = _matrix(b["table"], c["wdtype"], vocab, dim)
     ids = b["ids"][:rows].astype(np.int64)
     out = np.zeros((rows, dim), np.float32)
     valid = ids < vocab
-    out[valid] = to_f32(table[ids[valid]], c["wdtype"])
+    out[valid] = values(table[ids[valid]], c["wdtype"])
     b["out"][: rows * dim] = out.ravel()
 
 
@@ -44,7 +51,7 @@ def _silu(g: np.ndarray) -> np.ndarray:
 
 
 def _weights_f64(w: np.ndarray, wdtype: str) -> np.ndarray:
-    return (bf16_to_f32(w) if wdtype == "bf16" else w).astype(np.float64)
+    return (w if wdtype in ("f32", "f16") else values(w, wdtype)).astype(np.float64)
 
 
 _BLOCK = 1 << 18  # weight elements widened at a time for a few rows (a cache-sized block)
@@ -53,7 +60,7 @@ _BLOCK = 1 << 18  # weight elements widened at a time for a few rows (a cache-si
 def _times_weights(x64: np.ndarray, w: np.ndarray, wdtype: str) -> np.ndarray:
     """x64 @ w.T in float64. For a few rows (decode), w is widened block by block, never whole:
     the same products and sums, without a float64 copy of the matrix per call."""
-    rows, (n, k) = x64.shape[0], w.shape
+    rows, n, k = x64.shape[0], w.shape[0], x64.shape[1]
     if rows > 4:
         return x64 @ _weights_f64(w, wdtype).T
     step = max(1, _BLOCK // k)
@@ -72,7 +79,7 @@ def matmul(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
         x = b["x"][: rows * k].reshape(rows, k)
         if c["prologue"] == "rmsnorm":
             x = _rms_normalise(x, b["norm_weight"][:k], p["eps"])
-    y = _times_weights(x.astype(np.float64), b["w"][: n * k].reshape(n, k), c["wdtype"])
+    y = _times_weights(x.astype(np.float64), _matrix(b["w"], c["wdtype"], n, k), c["wdtype"])
     if c["bias"]:
         y += b["bias"][:n]
     if c["epilogue"] == "silu_mul":  # rows of w interleave gate and up

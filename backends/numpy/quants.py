@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 from gguf import GGMLQuantizationType, quants
-from shaderbay.dtypes import BLOCK_DTYPES, host_shape, value_shape
+from shaderbay.dtypes import BLOCK_DTYPES, host_shape, to_f32, value_shape
 from shaderbay.errors import BindingError
 
 F16 = "<f2"
@@ -111,6 +111,11 @@ def dequantize(data: np.ndarray, dtype: str) -> np.ndarray:
     data = np.ascontiguousarray(data, dtype=np.uint8)
     blocks = data.reshape(-1).view(LAYOUTS[dtype])
     return DEQUANTIZE[dtype](blocks).reshape(value_shape(dtype, data.shape))
+
+
+def values(array: np.ndarray, dtype: str) -> np.ndarray:
+    """float32 values of a host array of any weight dtype: blocks dequantized, bf16 decoded."""
+    return dequantize(array, dtype) if dtype in BLOCK_DTYPES else to_f32(array, dtype)
 
 
 # --- making blocks (synthetic weights) -------------------------------------------------------

@@ -22,6 +22,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from shaderbay.dtypes import BLOCK_DTYPES
 from shaderbay.kernels import CATALOGUE, KernelSpec
 
 from .variants import Variant, table
@@ -31,6 +32,7 @@ GLSL = HERE / "glsl"
 SPV = HERE / "spv"
 
 GLSL_TYPES = {"f32": "float", "u32": "uint", "i32": "int", "f16": "uint", "bf16": "uint", "u8": "uint"}
+GLSL_TYPES.update(dict.fromkeys(BLOCK_DTYPES, "uint"))
 PARAM_GLSL = {"u32": "uint", "i32": "int", "f32": "float"}
 # GLSL keywords a binding or parameter name might collide with; such names get a trailing underscore.
 RESERVED = {"out", "in", "inout", "sample", "patch", "input", "output", "buffer", "shared", "filter", "common"}
@@ -125,6 +127,8 @@ def _declare(ident: str, macro: str, dtype: str) -> list[str]:
             f"float load_{ident}(uint i) {{ return bf16_at({ident}[i >> 1], i); }}",
             f"vec2 load2_{ident}(uint pair) {{ return unpack_bf16x2({ident}[pair]); }}",
         ]
+    if dtype in BLOCK_DTYPES:
+        return [decl + "  // GGUF blocks in 32-bit words", f"#define QWORD(i) {ident}[i]", '#include "quant.glsl"']
     raise ValueError(f"no GLSL declaration for dtype {dtype}")
 
 

@@ -10,7 +10,7 @@ where it only applies to some (e.g. `lambda p: p["rows"] == 1` for matrix-vector
 `priority` to order the applicable ones.
 
 Names are `records.stem(kernel, constants, *tags)`; every constant combination has a
-full set. 325 spv files in all with the simple kernels' (matmul 288, attention 12,
+full set. 810 spv files in all with the simple kernels' (matmul 768, attention 12,
 decode_attention 8, sample 2).
 
 matmul (matmul_vec.comp, matmul_tiled.comp)
@@ -25,6 +25,10 @@ matmul (matmul_vec.comp, matmul_tiled.comp)
     or tied everywhere; the LM head of a Llama-3.2-1B shape (525 MB f16) streams at ~3.0
     TB/s, the copy bandwidth. A subgroup per output row instead of a workgroup per two was
     slower on every decode shape (1B down: 74% -> 51% of the copy bandwidth).
+    GGUF block weights (q8_0, q4_0, q4_1, q4_k, q6_k; glsl/quant.glsl): the same forms. `_vec`
+    steps over units of 32 values (VEC_WG_Q invocations: one unit each on a 2048-wide row),
+    read as 32-bit words (16-byte loads for q4_k's 16-byte-aligned blocks) and dequantized in
+    registers; the tiled forms dequantize 4 values at a time into the shared-memory tile.
     `matmul_<consts>_tiled`: 16 x 16 invocations, a 64 x 64 output tile (4 x 4 adjacent each,
     read from shared memory as two vec4s a k step), BK 16, one slice of register prefetch;
     grid (ceil(n / 64), ceil(rows / 64)). Everything else (prefill, odd k). ~21-23 TFLOP/s
@@ -66,6 +70,7 @@ keep per-invocation trip counts well under it at model sizes (the sampler's pass
 
 from __future__ import annotations
 
+from shaderbay.dtypes import BLOCK_DTYPES
 from shaderbay.kernels import DECODE_ATTENTION_SLICES
 
 from .records import SG_NEEDS, Variant, combos, groups, stem
@@ -76,6 +81,8 @@ VEC_WG = 128  # invocations of a matrix-vector workgroup
 VEC_ROWS = 2  # outputs per matrix-vector workgroup
 VEC_UNROLL = 2  # 16-byte chunks per invocation whose loads are issued together
 VEC_MAX_ROWS = 32  # it re-reads w for every x row, yet beat the tiled forms up to 32 rows on the H100
+VEC_UNIT_Q = 32  # GGUF block weights: values per unit of an invocation (glsl/quant.glsl's QUNIT)
+VEC_WG_Q = 64  # their workgroup: a 2048-wide row is 64 units
 TILED_TM = 4  # rows per invocation: a 64-row tile
 TILED_TN = 4  # columns per invocation: a 64-column tile
 TILED_BK = 16
@@ -84,7 +91,9 @@ SMALL_TILE_MAX_ROWS = 32  # up to here the 16-row tile (TM = 1) wastes less
 
 
 def _chunk(wdtype: str) -> int:
-    """Weights per 16-byte load in matmul_vec.comp."""
+    """Weights per step of an invocation in matmul_vec.comp: a 16-byte load, or a unit of blocks."""
+    if wdtype in BLOCK_DTYPES:
+        return VEC_UNIT_Q
     return 4 if wdtype == "f32" else 8
 
 
@@ -92,6 +101,7 @@ def _matmul() -> list[Variant]:
     rows: list[Variant] = []
     for c in combos("matmul"):
         epc = _chunk(c["wdtype"])
+        wg = VEC_WG_Q if c["wdtype"] in BLOCK_DTYPES else VEC_WG
         nsums = VEC_ROWS + (1 if c["prologue"] == "rmsnorm" else 0)
         for sg in (True, False):
             rows.append(
@@ -100,13 +110,13 @@ def _matmul() -> list[Variant]:
                     "matmul",
                     "matmul_vec.comp",
                     c,
-                    (VEC_WG, 1, 1),
+                    (wg, 1, 1),
                     lambda p: (groups(p["n"], VEC_ROWS), groups(p["rows"]), 1),
                     defines={"SUBGROUPS": sg, "ROWS": VEC_ROWS, "UNROLL": f"{VEC_UNROLL}u"},
                     needs=SG_NEEDS if sg else frozenset(),
                     when=lambda p, epc=epc: p["rows"] <= VEC_MAX_ROWS and p["k"] % epc == 0,
                     priority=20 if sg else 10,
-                    shared_bytes=4 * nsums * (VEC_WG // 4 if sg else VEC_WG),
+                    shared_bytes=4 * nsums * (wg // 4 if sg else wg),
                 )
             )
         for tm, tag in ((TILED_TM, "tiled"), (1, "tiled16")):

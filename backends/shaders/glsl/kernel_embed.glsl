@@ -25,6 +25,26 @@ vec2 load2_table(uint pair) { return unpackHalf2x16(table[pair]); }
 layout(std430, set = 0, binding = BINDING_TABLE) buffer Buffer_TABLE { uint table[]; };  // bf16 pairs packed in uint words
 float load_table(uint i) { return bf16_at(table[i >> 1], i); }
 vec2 load2_table(uint pair) { return unpack_bf16x2(table[pair]); }
+#elif defined(DTYPE_TABLE_Q8_0)
+layout(std430, set = 0, binding = BINDING_TABLE) buffer Buffer_TABLE { uint table[]; };  // GGUF blocks in 32-bit words
+#define QWORD(i) table[i]
+#include "quant.glsl"
+#elif defined(DTYPE_TABLE_Q4_0)
+layout(std430, set = 0, binding = BINDING_TABLE) buffer Buffer_TABLE { uint table[]; };  // GGUF blocks in 32-bit words
+#define QWORD(i) table[i]
+#include "quant.glsl"
+#elif defined(DTYPE_TABLE_Q4_1)
+layout(std430, set = 0, binding = BINDING_TABLE) buffer Buffer_TABLE { uint table[]; };  // GGUF blocks in 32-bit words
+#define QWORD(i) table[i]
+#include "quant.glsl"
+#elif defined(DTYPE_TABLE_Q4_K)
+layout(std430, set = 0, binding = BINDING_TABLE) buffer Buffer_TABLE { uint table[]; };  // GGUF blocks in 32-bit words
+#define QWORD(i) table[i]
+#include "quant.glsl"
+#elif defined(DTYPE_TABLE_Q6_K)
+layout(std430, set = 0, binding = BINDING_TABLE) buffer Buffer_TABLE { uint table[]; };  // GGUF blocks in 32-bit words
+#define QWORD(i) table[i]
+#include "quant.glsl"
 #endif
 
 // ids: u32 [rows] read

@@ -30,6 +30,26 @@ vec2 load2_w(uint pair) { return unpackHalf2x16(w[pair]); }
 layout(std430, set = 0, binding = BINDING_W) buffer Buffer_W { uint w[]; };  // bf16 pairs packed in uint words
 float load_w(uint i) { return bf16_at(w[i >> 1], i); }
 vec2 load2_w(uint pair) { return unpack_bf16x2(w[pair]); }
+#elif defined(DTYPE_W_Q8_0)
+layout(std430, set = 0, binding = BINDING_W) buffer Buffer_W { uint w[]; };  // GGUF blocks in 32-bit words
+#define QWORD(i) w[i]
+#include "quant.glsl"
+#elif defined(DTYPE_W_Q4_0)
+layout(std430, set = 0, binding = BINDING_W) buffer Buffer_W { uint w[]; };  // GGUF blocks in 32-bit words
+#define QWORD(i) w[i]
+#include "quant.glsl"
+#elif defined(DTYPE_W_Q4_1)
+layout(std430, set = 0, binding = BINDING_W) buffer Buffer_W { uint w[]; };  // GGUF blocks in 32-bit words
+#define QWORD(i) w[i]
+#include "quant.glsl"
+#elif defined(DTYPE_W_Q4_K)
+layout(std430, set = 0, binding = BINDING_W) buffer Buffer_W { uint w[]; };  // GGUF blocks in 32-bit words
+#define QWORD(i) w[i]
+#include "quant.glsl"
+#elif defined(DTYPE_W_Q6_K)
+layout(std430, set = 0, binding = BINDING_W) buffer Buffer_W { uint w[]; };  // GGUF blocks in 32-bit words
+#define QWORD(i) w[i]
+#include "quant.glsl"
 #endif
 
 // norm_weight: f32 [k] read when prologue == 'rmsnorm'

@@ -15,7 +15,8 @@
 // the prologue (silu(gate) * up; or x * norm_weight while keeping sum(x * x) of its row:
 // the row's loaders' sums give its rmsnorm scale at the end). 16-bit weights come in
 // packed words, two at a time when k is even; an odd k reads them one by one (a row then
-// starts mid-word) and never touches a word past the last element.
+// starts mid-word) and never touches a word past the last element. GGUF blocks are dequantized
+// 4 values at a time as they are loaded (quant.glsl), so shared memory holds float32 as always.
 //
 // The silu_mul epilogue (w's rows interleave gate and up) writes silu(gate) * up of each
 // invocation's adjacent column pairs.
@@ -83,9 +84,20 @@ void load_slice(uint k0, uint m0, uint j0, uint t) {
     // w: row wrow, k from wk
     uint wrow = j0 + (t * uint(WPT)) / BK;
     uint wk = k0 + (t * uint(WPT)) % BK;
+#if !defined(QBLOCK)
     uint e = wrow * k + wk;
+#endif
     bool row_ok = wrow < n;
-#if defined(WDTYPE_F32)
+#if defined(QBLOCK)
+    // GGUF blocks: 4 values of one block (k is whole blocks, so wk + 3 < k)
+    vec4 v = vec4(0.0);
+    if (row_ok) {
+        v = dequant4(wrow * (k / QBLOCK) * QBYTES, wk);
+    }
+    [[unroll]] for (uint i = 0u; i < 4u; ++i) {
+        wr[i] = v[i];
+    }
+#elif defined(WDTYPE_F32)
     [[unroll]] for (uint i = 0u; i < uint(WPT); ++i) {
         wr[i] = row_ok && wk + i < k ? w[e + i] : 0.0;
     }

@@ -17,6 +17,10 @@
 // interleave gate and up, so each workgroup's rows come in (gate, up) pairs and it writes
 // silu(gate) * up of each pair (n/2 outputs).
 //
+// GGUF block weights (quant.glsl): the invocations stride over units of 32 values instead of
+// chunks (a unit is read as its format's words, 16-byte loads for q4_k, dequantized in
+// registers); x is read as the unit's 8 vec4s, wherever in the row they lie.
+//
 // Own declarations instead of the generated header (vector element types), with the same
 // bindings and push-constant block: see kernel_matmul.glsl and variants.py.
 #extension GL_EXT_control_flow_attributes : enable
@@ -36,10 +40,19 @@ layout(std430, set = 0, binding = BINDING_X) readonly buffer Buffer_X { vec4 x4[
 layout(std430, set = 0, binding = BINDING_W) readonly buffer Buffer_W { vec4 w4[]; };
 #define EPC 4  // weights per 16-byte chunk
 #define W4 vec4
-#else
+#elif defined(WDTYPE_F16) || defined(WDTYPE_BF16)
 layout(std430, set = 0, binding = BINDING_W) readonly buffer Buffer_W { uvec4 w4[]; };
 #define EPC 8
 #define W4 uvec4
+#elif defined(WDTYPE_Q4_K)  // 144-byte blocks: 16-byte loads
+layout(std430, set = 0, binding = BINDING_W) readonly buffer Buffer_W { uvec4 w4[]; };
+#define QVEC4(i) w4[i]
+#define QWORD(i) w4[(i) >> 2][(i) & 3u]
+#include "quant.glsl"
+#else  // other GGUF blocks: 32-bit loads
+layout(std430, set = 0, binding = BINDING_W) readonly buffer Buffer_W { uint wq[]; };
+#define QWORD(i) wq[i]
+#include "quant.glsl"
 #endif
 #ifdef BINDING_NORM_WEIGHT
 layout(std430, set = 0, binding = BINDING_NORM_WEIGHT) readonly buffer Buffer_NORM_WEIGHT { vec4 nw4[]; };
@@ -55,7 +68,9 @@ layout(std430, set = 0, binding = BINDING_OUT) buffer Buffer_OUT { float out_[];
 #ifndef UNROLL
 #define UNROLL 2u  // chunks per invocation whose loads are issued together
 #endif
+#if !defined(QBLOCK)
 #define XV uint(EPC / 4)  // vec4s of x per chunk
+#endif
 #if defined(PROLOGUE_RMSNORM)
 #define NSUMS (ROWS + 1)  // the extra one: sum(x*x)
 #else
@@ -123,7 +138,12 @@ void main() {
     uint t = gl_LocalInvocationIndex;
     uint n = p.n;
     uint k = p.k;
+#if defined(QBLOCK)
+    uint nch = k / QUNIT;  // units per weight row
+    uint wstride = (k / QBLOCK) * QBYTES;  // bytes per weight row
+#else
     uint nch = k / uint(EPC);  // 16-byte chunks per weight row
+#endif
     uint nblocks = (n + ROWS - 1u) / ROWS;
 #if defined(PROLOGUE_SILU_MUL)
     uint xrow4 = 2u * (k / 4u);  // x row: [gate | up], 2k wide
@@ -139,7 +159,11 @@ void main() {
             uint wb[ROWS];
             [[unroll]] for (uint r = 0u; r < ROWS; ++r) {
                 acc[r] = 0.0;
+#if defined(QBLOCK)
+                wb[r] = min(j0 + r, n - 1u) * wstride;  // a byte offset
+#else
                 wb[r] = min(j0 + r, n - 1u) * nch;  // rows past n repeat the last (not written)
+#endif
             }
             float ss = 0.0;
 #if defined(EPILOGUE_SILU_MUL)
@@ -155,6 +179,31 @@ void main() {
             float prev = writes ? out_[o] : 0.0;
 #endif
 
+#if defined(QBLOCK)
+            for (uint u0 = t; u0 < nch; u0 += UNROLL * WG_SIZE) {
+                [[unroll]] for (uint q = 0u; q < UNROLL; ++q) {
+                    uint u = min(u0 + q * WG_SIZE, nch - 1u);  // past the row: unit repeated, x zeroed
+                    vec4 xv[8];
+                    [[unroll]] for (uint i = 0u; i < 8u; ++i) {
+                        uint xi = unit_x4(u, i);
+                        xv[i] = x4[xbase + xi];
+#if defined(PROLOGUE_SILU_MUL)
+                        xv[i] = silu_mul4(xv[i], x4[xbase + k / 4u + xi]);
+#endif
+                        if (u0 + q * WG_SIZE >= nch) {
+                            xv[i] = vec4(0.0);
+                        }
+#if defined(PROLOGUE_RMSNORM)
+                        ss += dot(xv[i], xv[i]);
+                        xv[i] *= nw4[xi];
+#endif
+                    }
+                    [[unroll]] for (uint r = 0u; r < ROWS; ++r) {
+                        acc[r] += unit_dot(wb[r], u, xv);
+                    }
+                }
+            }
+#else
             for (uint c0 = t; c0 < nch; c0 += UNROLL * WG_SIZE) {
                 // UNROLL chunks per invocation per round: all their loads first
                 W4 wv[UNROLL * ROWS];
@@ -202,6 +251,7 @@ void main() {
                     }
                 }
             }
+#endif
 
             // --- reduce the NSUMS partial sums across the workgroup -------------------
 #if SUBGROUPS

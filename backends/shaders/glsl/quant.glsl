@@ -1,0 +1,266 @@
+// GGUF block formats (wdtype q8_0, q4_0, q4_1, q4_k, q6_k): reading their blocks in place.
+// The meaning is the NumPy reference's (shaderbay/backends/numpy/quants.py: ggml's structs);
+// the arithmetic follows it (scale times value, minus the minimum) but may fuse multiply-adds.
+//
+// The including shader binds the blocks as 32-bit words and defines QWORD(i), the i-th word;
+// and QVEC4(i), the i-th 16 bytes (a wide load where the binding is a uvec4 array). Blocks of
+// 34, 18 and 210 bytes start at any even byte, so a run of words at an even offset is read as
+// the words around it, joined by 16-bit halves where it starts mid-word (qword*). Blocks of
+// 20 bytes (q4_1) start on a word, of 144 (q4_k) on 16 bytes (rows are whole blocks).
+//
+// Per format: QBLOCK values in QBYTES bytes; dequant4(rb, j) gives values j..j+3 (j % 4 == 0)
+// of the row whose blocks start at byte rb; the matrix-vector kernel's units are 32 values
+// each: unit_x4(u, i) is the index of the i-th of their 8 vec4s of x in the row, and
+// unit_dot(rb, u, xv) the dot product of unit u's weights with those vec4s.
+#ifndef QUANT_GLSL
+#define QUANT_GLSL
+
+#if defined(WDTYPE_Q8_0)
+#define QBLOCK 32u
+#define QBYTES 34u
+#elif defined(WDTYPE_Q4_0)
+#define QBLOCK 32u
+#define QBYTES 18u
+#elif defined(WDTYPE_Q4_1)
+#define QBLOCK 32u
+#define QBYTES 20u
+#elif defined(WDTYPE_Q4_K)
+#define QBLOCK 256u
+#define QBYTES 144u
+#elif defined(WDTYPE_Q6_K)
+#define QBLOCK 256u
+#define QBYTES 210u
+#endif
+#define QUNIT 32u  // values per unit of the matrix-vector kernel
+#ifndef QVEC4
+#define QVEC4(i) uvec4(QWORD(4u * (i)), QWORD(4u * (i) + 1u), QWORD(4u * (i) + 2u), QWORD(4u * (i) + 3u))
+#endif
+
+// --- bytes -------------------------------------------------------------------------------
+
+// words of bytes off.. (off even): where off is mid-word, each is the high half of one word and
+// the low half of the next; the word past the run is read only then (a branch, not a select: a
+// select would read it always, past the data at the end of a buffer)
+uint qword(uint off) {
+    uint i = off >> 2;
+    uint qw = QWORD(i);
+    if ((off & 2u) != 0u) {
+        qw = (qw >> 16) | (QWORD(i + 1u) << 16);
+    }
+    return qw;
+}
+
+uvec2 qwords2(uint off) {
+    uint i = off >> 2;
+    uvec2 qw = uvec2(QWORD(i), QWORD(i + 1u));
+    if ((off & 2u) != 0u) {
+        qw = (qw >> 16) | (uvec2(qw.y, QWORD(i + 2u)) << 16);
+    }
+    return qw;
+}
+
+uvec4 qwords4(uint off) {
+    uint i = off >> 2;
+    uvec4 qw = uvec4(QWORD(i), QWORD(i + 1u), QWORD(i + 2u), QWORD(i + 3u));
+    if ((off & 2u) != 0u) {
+        qw = (qw >> 16) | (uvec4(qw.yzw, QWORD(i + 4u)) << 16);
+    }
+    return qw;
+}
+
+float qhalf(uint off) {  // the f16 at an even offset
+    return unpackHalf2x16(QWORD(off >> 2) >> ((off & 2u) * 8u)).x;
+}
+
+vec4 lo_nibbles(uint qw) {  // the low 4 bits of each byte, as values
+    return vec4(uvec4(qw, qw >> 8, qw >> 16, qw >> 24) & 15u);
+}
+
+vec4 hi_nibbles(uint qw) {
+    return vec4(uvec4(qw >> 4, qw >> 12, qw >> 20, qw >> 28) & 15u);
+}
+
+vec4 s8x4(uint qw) {  // four int8
+    return vec4(ivec4(uvec4(qw << 24, qw << 16, qw << 8, qw)) >> 24);
+}
+
+uint qbyte(uvec4 v, uint i) {  // byte i of 16
+    return (v[i >> 2] >> ((i & 3u) * 8u)) & 255u;
+}
+
+// --- formats -----------------------------------------------------------------------------
+
+#if defined(WDTYPE_Q8_0)
+// block: f16 d, 32 int8; value = q * d
+
+vec4 dequant4(uint rb, uint j) {
+    uint base = rb + (j / 32u) * 34u;
+    return s8x4(qword(base + 2u + j % 32u)) * qhalf(base);
+}
+
+uint unit_x4(uint u, uint i) {
+    return 8u * u + i;
+}
+
+float unit_dot(uint rb, uint u, vec4 xv[8]) {
+    uint base = rb + u * 34u;
+    uvec4 a = qwords4(base + 2u);
+    uvec4 b = qwords4(base + 18u);
+    float s = dot(s8x4(a.x), xv[0]) + dot(s8x4(a.y), xv[1]) + dot(s8x4(a.z), xv[2]) + dot(s8x4(a.w), xv[3])
+            + dot(s8x4(b.x), xv[4]) + dot(s8x4(b.y), xv[5]) + dot(s8x4(b.z), xv[6]) + dot(s8x4(b.w), xv[7]);
+    return qhalf(base) * s;
+}
+
+#elif defined(WDTYPE_Q4_0) || defined(WDTYPE_Q4_1)
+// block: f16 d, (q4_1: f16 m,) 16 bytes: value i the low nibble of byte i, value 16 + i the
+// high one; value = d * (q - 8) (q4_0), d * q + m (q4_1)
+#if defined(WDTYPE_Q4_0)
+#define QS_AT 2u
+#else
+#define QS_AT 4u
+#endif
+
+vec4 dequant4(uint rb, uint j) {
+    uint base = rb + (j / 32u) * QBYTES;
+    uint i = j % 32u;
+    uint qw = qword(base + QS_AT + (i & 15u));
+    vec4 q = i < 16u ? lo_nibbles(qw) : hi_nibbles(qw);
+#if defined(WDTYPE_Q4_0)
+    return qhalf(base) * (q - 8.0);
+#else
+    vec2 dm = unpackHalf2x16(QWORD(base >> 2));
+    return dm.x * q + dm.y;
+#endif
+}
+
+uint unit_x4(uint u, uint i) {
+    return 8u * u + i;  // vec4s 0..3: the low nibbles of the 4 words, 4..7: the high ones
+}
+
+float unit_dot(uint rb, uint u, vec4 xv[8]) {
+    uint base = rb + u * QBYTES;
+#if defined(WDTYPE_Q4_0)
+    uvec4 qw = qwords4(base + 2u);
+#else
+    uint wi = base >> 2;
+    uvec4 qw = uvec4(QWORD(wi + 1u), QWORD(wi + 2u), QWORD(wi + 3u), QWORD(wi + 4u));
+#endif
+    float s = dot(lo_nibbles(qw.x), xv[0]) + dot(lo_nibbles(qw.y), xv[1]) + dot(lo_nibbles(qw.z), xv[2])
+            + dot(lo_nibbles(qw.w), xv[3]) + dot(hi_nibbles(qw.x), xv[4]) + dot(hi_nibbles(qw.y), xv[5])
+            + dot(hi_nibbles(qw.z), xv[6]) + dot(hi_nibbles(qw.w), xv[7]);
+    vec4 xs = xv[0] + xv[1] + xv[2] + xv[3] + xv[4] + xv[5] + xv[6] + xv[7];
+    float sx = xs.x + xs.y + xs.z + xs.w;
+#if defined(WDTYPE_Q4_0)
+    return qhalf(base) * (s - 8.0 * sx);
+#else
+    vec2 dm = unpackHalf2x16(QWORD(base >> 2));
+    return dm.x * s + dm.y * sx;
+#endif
+}
+
+#elif defined(WDTYPE_Q4_K)
+// superblock: f16 d, f16 dmin, 12 bytes of 6-bit scales and minimums of 8 sub-blocks of 32
+// (header: the first 16 bytes), 128 bytes: chunk c (64 values) is bytes 32c..32c+31, sub-block
+// 2c in their low nibbles, 2c + 1 in the high ones; value = (d * sc) * q - dmin * m
+
+// ggml's get_scale_min_k4 of sub-block j, the scale bytes being header bytes 4..15
+vec2 q4k_scale_min(uvec4 head, uint j) {
+    uint sc, m;
+    if (j < 4u) {
+        sc = qbyte(head, 4u + j) & 63u;
+        m = qbyte(head, 8u + j) & 63u;
+    } else {
+        sc = (qbyte(head, 8u + j) & 15u) | ((qbyte(head, j) >> 6) << 4);
+        m = (qbyte(head, 8u + j) >> 4) | ((qbyte(head, 4u + j) >> 6) << 4);
+    }
+    vec2 d = unpackHalf2x16(head.x);
+    return vec2(d.x * float(sc), d.y * float(m));
+}
+
+vec4 dequant4(uint rb, uint j) {
+    uint base = rb + (j / 256u) * 144u;
+    uint i = j % 256u;
+    uint c = i / 64u;
+    uint hi = (i / 32u) & 1u;
+    vec2 sm = q4k_scale_min(QVEC4(base >> 4), 2u * c + hi);
+    uint qw = QWORD((base + 16u + 32u * c + (i & 31u)) >> 2);
+    return sm.x * (hi != 0u ? hi_nibbles(qw) : lo_nibbles(qw)) - sm.y;
+}
+
+// unit u: the 16 bytes 16 h..16 h + 15 of chunk c (u = 8 superblock + 2 c + h): 16 values of
+// sub-block 2c from their low nibbles, 16 of 2c + 1 from the high ones
+uint unit_x4(uint u, uint i) {
+    uint v = u % 8u;
+    return 64u * (u / 8u) + 16u * (v / 2u) + 4u * (v & 1u) + (i < 4u ? i : 4u + i);
+}
+
+float unit_dot(uint rb, uint u, vec4 xv[8]) {
+    uint base = rb + (u / 8u) * 144u;
+    uint v = u % 8u;
+    uvec4 head = QVEC4(base >> 4);
+    uvec4 qw = QVEC4((base >> 4) + 1u + v);
+    vec2 lo = q4k_scale_min(head, v & ~1u);
+    vec2 hi = q4k_scale_min(head, v | 1u);
+    float sl = dot(lo_nibbles(qw.x), xv[0]) + dot(lo_nibbles(qw.y), xv[1]) + dot(lo_nibbles(qw.z), xv[2])
+             + dot(lo_nibbles(qw.w), xv[3]);
+    float sh = dot(hi_nibbles(qw.x), xv[4]) + dot(hi_nibbles(qw.y), xv[5]) + dot(hi_nibbles(qw.z), xv[6])
+             + dot(hi_nibbles(qw.w), xv[7]);
+    vec4 xl = xv[0] + xv[1] + xv[2] + xv[3];
+    vec4 xh = xv[4] + xv[5] + xv[6] + xv[7];
+    return lo.x * sl - lo.y * (xl.x + xl.y + xl.z + xl.w) + hi.x * sh - hi.y * (xh.x + xh.y + xh.z + xh.w);
+}
+
+#elif defined(WDTYPE_Q6_K)
+// superblock: 128 bytes ql, 64 bytes qh, 16 int8 scales, f16 d. Half h (128 values): value
+// 32 s + l (s = 0..3, l = 0..31) is the low (s < 2) or high nibble of ql[64 h + 32 (s & 1) + l]
+// with bits 2s, 2s+1 of qh[32 h + l] above them, minus 32; scale scales[value / 16];
+// value = (d * scale) * q
+
+float q6k_scale(uint base, uint sub) {  // d * scales[sub]
+    uint off = base + 192u + sub;
+    int sc = bitfieldExtract(int(QWORD(off >> 2)), int((off & 3u) * 8u), 8);
+    return qhalf(base + 208u) * float(sc);
+}
+
+vec4 q6k_values(uint ql, uint qh, uint s) {  // q - 32 of 4 values, from their ql and qh bytes
+    uvec4 low = (uvec4(ql, ql >> 8, ql >> 16, ql >> 24) >> ((s >> 1) * 4u)) & 15u;
+    uvec4 high = (uvec4(qh, qh >> 8, qh >> 16, qh >> 24) >> (2u * s)) & 3u;
+    return vec4(low | (high << 4)) - 32.0;
+}
+
+vec4 dequant4(uint rb, uint j) {
+    uint base = rb + (j / 256u) * 210u;
+    uint i = j % 256u;
+    uint h = i / 128u;
+    uint s = (i / 32u) & 3u;
+    uint l = i & 31u;
+    uint ql = qword(base + 64u * h + 32u * (s & 1u) + l);
+    uint qh = qword(base + 128u + 32u * h + l);
+    return q6k_scale(base, i / 16u) * q6k_values(ql, qh, s);
+}
+
+// unit u: l = 8 (u % 4) .. + 7 of half h = (u / 4) % 2 of superblock u / 8, for s = 0..3
+uint unit_x4(uint u, uint i) {
+    return 64u * (u / 8u) + 32u * ((u / 4u) & 1u) + 8u * (i / 2u) + 2u * (u % 4u) + (i & 1u);
+}
+
+float unit_dot(uint rb, uint u, vec4 xv[8]) {
+    uint base = rb + (u / 8u) * 210u;
+    uint h = (u / 4u) & 1u;
+    uint l = 8u * (u % 4u);
+    uvec2 ql0 = qwords2(base + 64u * h + l);
+    uvec2 ql1 = qwords2(base + 64u * h + 32u + l);
+    uvec2 qh = qwords2(base + 128u + 32u * h + l);
+    uvec2 sw = qwords2(base + 192u + 8u * h);  // scales 8h..8h+7: sub-block 8h + 2s + l / 16
+    uint sh = (l / 16u) * 8u;
+    vec4 sc = vec4(ivec4(uvec4(sw.x << (24u - sh), sw.x << (8u - sh), sw.y << (24u - sh), sw.y << (8u - sh))) >> 24);
+    float s0 = dot(q6k_values(ql0.x, qh.x, 0u), xv[0]) + dot(q6k_values(ql0.y, qh.y, 0u), xv[1]);
+    float s1 = dot(q6k_values(ql1.x, qh.x, 1u), xv[2]) + dot(q6k_values(ql1.y, qh.y, 1u), xv[3]);
+    float s2 = dot(q6k_values(ql0.x, qh.x, 2u), xv[4]) + dot(q6k_values(ql0.y, qh.y, 2u), xv[5]);
+    float s3 = dot(q6k_values(ql1.x, qh.x, 3u), xv[6]) + dot(q6k_values(ql1.y, qh.y, 3u), xv[7]);
+    return qhalf(base + 208u) * dot(sc, vec4(s0, s1, s2, s3));
+}
+
+#endif
+
+#endif  // QUANT_GLSL
