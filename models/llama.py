@@ -198,8 +198,9 @@ class _Uploader:
             t = self.backend.empty((rows, cols), dtype)
             self.made.append(t)
             sizes = [nbytes(dtype, (s[0], cols)) for s in shapes]
-            if any(s % 4 for s in sizes):
-                self.backend.write(t, np.concatenate([self._host(n) for n in names]))
+            if any(s % 4 for s in sizes):  # writes are whole 4-byte words: the buffer's padding takes the tail
+                data = np.concatenate([self._host(n) for n in names]).tobytes()
+                self.backend.write(t.buffer, data + bytes(-len(data) % 4), t.offset)
             else:
                 offset = 0
                 for n, size in zip(names, sizes, strict=True):
