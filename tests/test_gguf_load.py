@@ -34,11 +34,7 @@ BLOCKS_32 = {
 }
 # the 256-value ("K") formats need rows of 256: a one-layer model 256 wide
 K_DIMS = dict(hidden=256, heads=4, kv_heads=2, ffn=256, layers=1)
-K_QUANTS = {
-    "model.embed_tokens.weight": "Q6_K",
-    _L + "self_attn.v_proj.weight": "Q6_K",
-    _L + "mlp.down_proj.weight": "Q6_K",
-}
+K_QUANTS = {"model.embed_tokens.weight": "Q6_K", _L + "mlp.down_proj.weight": "Q6_K"}
 
 
 def _weights(dims: dict[str, int] = TINY) -> dict[str, np.ndarray]:
@@ -173,3 +169,22 @@ def test_the_default_model_runs_from_its_gguf(numpy_backend, tmp_path, monkeypat
             assert model.weight_bytes <= tensors and used <= 1.1 * (tensors + kv)
         assert model.generate("The capital of France is", max_tokens=3, ignore_eos=True)
     assert not os.path.exists(tmp_path / "cache")
+
+
+def test_matrices_fused_on_the_device_share_one_format(numpy_backend, tmp_path, capsys):
+    """q and k in q4_0 beside v in q8_0 (as Q4_K_M files mix q4_k and q6_k): the fused matrix is q8_0,
+    not float32; the other layer keeps its q4_1."""
+    types = {_L + "self_attn.q_proj.weight": "Q4_0", _L + "self_attn.k_proj.weight": "Q4_0"}
+    types[_L + "self_attn.v_proj.weight"] = "Q8_0"
+    src = write_tiny_gguf(tmp_path / "mixed.gguf", weights=_weights(), types=types, default_type="Q4_1")
+    want = _reference_logits(convert_gguf(src, tmp_path / "f32", dtype="float32"), numpy_backend)
+    capsys.readouterr()
+    ckpt = GGUFCheckpoint(src)
+    with _load(ckpt, numpy_backend) as model:
+        got = model.logits(PROMPT, True)
+        assert model.llama.weights.layers[0].wqkv.dtype == "q8_0"
+        assert model.llama.weights.layers[1].wqkv.dtype == "q4_1"
+    err = capsys.readouterr().err.splitlines()
+    line = "shaderbay: q4_0 shares a fused matrix with other formats: blk.0.attn_q.weight and 1 more converted to q8_0"
+    assert err == [line + " at load"]
+    np.testing.assert_allclose(got, want, atol=2e-2 * np.abs(want).max(), rtol=0)

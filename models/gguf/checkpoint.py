@@ -21,11 +21,12 @@ from shaderbay.backend import Backend
 from shaderbay.dtypes import host_dtype, host_shape, nbytes
 
 from ..checkpoint import Checkpoint, TensorInfo
+from ..llama import GATE_UP, QKV
 from ..tokenizer import Tokenizer
 from .config import model_metadata
 from .convert import OUTPUT_DTYPES, normalize_dtype
 from .dequant import check_supported, dequantize
-from .formats import STORED, from_float32, runnable_dtypes, upload_dtype
+from .formats import STORED, common_dtype, from_float32, runnable_dtypes, upload_dtype
 from .names import model_weights, rotary_heads, unpermute_rotary
 from .reader import GGUFFile
 
@@ -67,25 +68,39 @@ class GGUFCheckpoint(Checkpoint):
         return self._tokenizer
 
     def prepare(self, backend: Backend) -> None:
-        """Settle each tensor's upload dtype for ``backend`` and say which tensors are converted."""
-        self._infos = self._plan(runnable_dtypes(backend))
-        converted: dict[tuple[str, str], list[str]] = {}
-        for hf, t in self.tensors.items() if self.forced is None else ():  # asked for: nothing to say
-            if self._infos[hf].upload != STORED.get(t.ggml_type):
-                converted.setdefault((t.type_name, self._infos[hf].upload), []).append(t.name)
-        for (qtype, to), names in converted.items():
+        """Settle each tensor's upload dtype for ``backend``, saying on stderr which are converted and why."""
+        runnable = runnable_dtypes(backend)
+        self._infos = self._plan(runnable)
+        if self.forced is not None:
+            return  # converted as asked: nothing to say
+        why: dict[tuple[str, str], list[str]] = {}  # (reason, target) -> GGUF names
+        for hf, t in self.tensors.items():
+            to = self._infos[hf].upload
+            if to == STORED.get(t.ggml_type):
+                continue
+            alone = upload_dtype(t.ggml_type, runnable)
+            if alone != to:
+                reason = f"{t.type_name.lower()} shares a fused matrix with other formats"
+            else:
+                reason = f"{t.type_name.lower()} has no kernel on {backend.name}"
+            why.setdefault((reason, to), []).append(t.name)
+        for (reason, to), names in why.items():
             which = names[0] + (f" and {len(names) - 1} more" if len(names) > 1 else "")
-            what = f"{qtype.lower()} has no kernel on {backend.name}: {which} converted to {to} at load"
-            print(f"shaderbay: {what}", file=sys.stderr)
+            print(f"shaderbay: {reason}: {which} converted to {to} at load", file=sys.stderr)
 
     def _plan(self, runnable: frozenset[str]) -> dict[str, GGUFTensorInfo]:
-        infos = {}
-        for hf, t in self.tensors.items():
-            if self.forced is None or len(t.shape) == 1:  # norms and biases go up as float32 anyway
-                upload = upload_dtype(t.ggml_type, runnable)
-            else:
-                upload = self.forced
-            infos[hf] = GGUFTensorInfo(hf, t.type_name, t.shape, self.file.name, upload)
+        upload = {hf: upload_dtype(t.ggml_type, runnable) for hf, t in self.tensors.items()}
+        if self.forced is not None:  # norms and biases go up as float32 whatever is asked
+            upload.update({hf: self.forced for hf, t in self.tensors.items() if len(t.shape) > 1})
+        for i in range(self.config.n_layers):  # matrices uploaded as one share a dtype
+            for group in (QKV, GATE_UP):
+                names = [f"model.layers.{i}.{n}" for n in group]
+                dtypes = {upload[n] for n in names}
+                if len(dtypes) > 1:
+                    upload.update(dict.fromkeys(names, common_dtype(dtypes, runnable)))
+        infos = {
+            hf: GGUFTensorInfo(hf, t.type_name, t.shape, self.file.name, upload[hf]) for hf, t in self.tensors.items()
+        }
         for hf, shape in self.zeros.items():
             infos[hf] = GGUFTensorInfo(hf, "F32", shape, self.file.name, "f32")
         return infos

@@ -48,6 +48,14 @@ def upload_dtype(qtype: GGMLQuantizationType, runnable: frozenset[str]) -> str:
     return next(d for d in finer if d in runnable or d == "f32")
 
 
+def common_dtype(dtypes: set[str], runnable: frozenset[str]) -> str:
+    """One dtype for matrices of these dtypes uploaded as one: q8_0 for block formats alone, f16 for
+    those and f16, else f32 (the first of these the backend runs)."""
+    floats = dtypes - set(BLOCK_DTYPES)
+    nearest = _NEAREST if not floats else _NEAREST[1:] if floats == {"f16"} else _NEAREST[2:]
+    return next(d for d in nearest if d in runnable or d == "f32")
+
+
 def from_float32(values: np.ndarray, dtype: str) -> np.ndarray:
     """float32 values [rows, cols] as the host array of ``dtype`` (rows of blocks for q8_0)."""
     if dtype in BLOCK_DTYPES:
