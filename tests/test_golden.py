@@ -4,7 +4,7 @@ The default model runs from its GGUF, its Q4_1 and Q8_0 blocks as they are, on t
 backend with float32 activations and cache: for every golden case the prompt's token ids, the
 top-5 next-token ids and logits (within 1e-3), the per-position top-1 ids and the greedy
 continuation must match. The float16 conversion must reproduce the first case's continuation too;
-on the other backends (slow) the float32 conversion gives every case's ids and continuation.
+on the other backends (slow) the GGUF and its float32 conversion give every case's ids and continuation.
 """
 
 from __future__ import annotations
@@ -133,9 +133,12 @@ def test_generate_command_from_a_shell(default_cache):
 
 
 @pytest.mark.slow
-def test_golden_on_every_backend(model_backend, f32_dir, golden):
-    """Every backend reproduces the reference's per-position top-1 ids and every greedy continuation."""
-    with shaderbay.load(f32_dir, backend=model_backend, max_context=512, cache_dtype="f32") as model:
+@pytest.mark.parametrize("source", ["gguf", "float32"])
+def test_golden_on_every_backend(model_backend, source, request, golden):
+    """Every backend reproduces the reference's per-position top-1 ids and every greedy continuation,
+    running the GGUF's blocks as they are and running its float32 conversion."""
+    path = required_smollm2_gguf() if source == "gguf" else request.getfixturevalue("f32_dir")
+    with shaderbay.load(path, backend=model_backend, max_context=512, cache_dtype="f32") as model:
         for case in golden["cases"]:
             logits = model.logits(case["input_ids"], all_positions=True)
             assert logits.argmax(-1).tolist() == case["per_position_top1_ids"]
