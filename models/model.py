@@ -186,7 +186,7 @@ def _open(model: str | Path | Checkpoint | None, dtype: str | None) -> tuple[Che
         parts = text.split(":")
         return synthetic_checkpoint(parts[1], *(parts[2:3] or ["f16"])), parts[1]
     path = Path(model).expanduser()
-    if path.is_file() and path.suffix.lower() == ".gguf":
+    if path.is_file() or path.suffix.lower() == ".gguf" and not path.is_dir():  # a model in one file is a GGUF
         from .gguf.checkpoint import GGUFCheckpoint
 
         return GGUFCheckpoint(path, dtype), path.name

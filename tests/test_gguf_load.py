@@ -185,6 +185,17 @@ def test_generate_runs_a_gguf_from_the_command_line(written):
     assert done.stdout.strip() and "4 new tokens" in done.stderr and src.name in done.stderr
 
 
+def test_a_missing_or_foreign_file_is_reported_without_a_traceback(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"PK\x03\x04 not a gguf")
+    for model, message in (
+        (tmp_path / "missing.gguf", "GGUF file not found"),
+        (tmp_path / "weights.bin", "not a GGUF"),
+    ):
+        argv = [sys.executable, "-m", "shaderbay.cli", "generate", "hi", "--model", str(model), "--backend", "numpy"]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr
+
+
 def test_the_default_model_runs_from_its_gguf(numpy_backend, tmp_path, monkeypatch):
     """No conversion and nothing written to the cache; the blocks on the device take what the file's
     tensors take, plus float32 copies of the norms; memory stays within the issue's bound."""
