@@ -209,7 +209,7 @@ def load(
     a Checkpoint (e.g. `synthetic.synthetic_checkpoint("tiny")`), "synthetic:NAME[:dtype]", or None for the
     default model (its GGUF). backend: a name, a Backend, or None for the configured/best one.
     max_context: positions the KV cache holds (default: the model's, at most 4096).
-    cache_dtype: "f32" or "f16" (default: f16 for 16-bit weights where the device has f16).
+    cache_dtype: "f32" or "f16" (default: f16 for 16-bit and block weights where the device has f16).
     dtype: "float16", "float32" or "bfloat16" converts a GGUF's weights to it at load (default: each
     tensor's own format where the backend runs it).
     """

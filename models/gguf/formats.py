@@ -42,10 +42,7 @@ def runnable_dtypes(backend: Backend) -> frozenset[str]:
 def upload_dtype(qtype: GGMLQuantizationType, runnable: frozenset[str]) -> str:
     """The dtype a tensor of ggml type ``qtype`` is uploaded in, given the runnable dtypes."""
     stored = STORED.get(qtype)
-    if stored in runnable:
-        return stored
-    finer = _NEAREST if stored != "q8_0" else _NEAREST[1:]  # never "convert" q8_0 to itself
-    return next(d for d in finer if d in runnable or d == "f32")
+    return stored if stored in runnable else next(d for d in _NEAREST if d in runnable or d == "f32")
 
 
 def common_dtype(dtypes: set[str], runnable: frozenset[str]) -> str:
