@@ -26,7 +26,8 @@ matmul (matmul_vec.comp, matmul_tiled.comp)
     TB/s, the copy bandwidth. A subgroup per output row instead of a workgroup per two was
     slower on every decode shape (1B down: 74% -> 51% of the copy bandwidth).
     GGUF block weights (q8_0, q4_0, q4_1, q4_k, q6_k; glsl/quant.glsl): the same forms. `_vec`
-    steps over units of 32 values (VEC_WG_Q invocations: one unit each on a 2048-wide row),
+    steps over units of 32 values (VEC_WG_Q invocations: one unit each on a 2048-wide row; VEC_ROWS_Q
+    rows sharing the unit's x loads and sums),
     read as 32-bit words (16-byte loads for q4_k's 16-byte-aligned blocks) and dequantized in
     registers; the tiled forms dequantize 4 values at a time into the shared-memory tile.
     `matmul_<consts>_tiled`: 16 x 16 invocations, a 64 x 64 output tile (4 x 4 adjacent each,
@@ -83,6 +84,7 @@ VEC_UNROLL = 2  # 16-byte chunks per invocation whose loads are issued together
 VEC_MAX_ROWS = 32  # it re-reads w for every x row, yet beat the tiled forms up to 32 rows on the H100
 VEC_UNIT_Q = 32  # GGUF block weights: values per unit of an invocation (glsl/quant.glsl's QUNIT)
 VEC_WG_Q = 64  # their workgroup: a 2048-wide row is 64 units
+VEC_ROWS_Q = 4  # their outputs per workgroup (H200, first q4_0 kernel, 1B: 2 rows 1.75 ms a token, 4 rows 1.08)
 TILED_TM = 4  # rows per invocation: a 64-row tile
 TILED_TN = 4  # columns per invocation: a 64-column tile
 TILED_BK = 16
@@ -101,8 +103,9 @@ def _matmul() -> list[Variant]:
     rows: list[Variant] = []
     for c in combos("matmul"):
         epc = _chunk(c["wdtype"])
-        wg = VEC_WG_Q if c["wdtype"] in BLOCK_DTYPES else VEC_WG
-        nsums = VEC_ROWS + (1 if c["prologue"] == "rmsnorm" else 0)
+        blocks = c["wdtype"] in BLOCK_DTYPES
+        wg, vrows = (VEC_WG_Q, VEC_ROWS_Q) if blocks else (VEC_WG, VEC_ROWS)
+        nsums = vrows + (1 if c["prologue"] == "rmsnorm" else 0)
         for sg in (True, False):
             rows.append(
                 Variant(
@@ -111,8 +114,8 @@ def _matmul() -> list[Variant]:
                     "matmul_vec.comp",
                     c,
                     (wg, 1, 1),
-                    lambda p: (groups(p["n"], VEC_ROWS), groups(p["rows"]), 1),
-                    defines={"SUBGROUPS": sg, "ROWS": VEC_ROWS, "UNROLL": f"{VEC_UNROLL}u"},
+                    lambda p, vrows=vrows: (groups(p["n"], vrows), groups(p["rows"]), 1),
+                    defines={"SUBGROUPS": sg, "ROWS": vrows, "UNROLL": f"{VEC_UNROLL}u"},
                     needs=SG_NEEDS if sg else frozenset(),
                     when=lambda p, epc=epc: p["rows"] <= VEC_MAX_ROWS and p["k"] % epc == 0,
                     priority=20 if sg else 10,

@@ -198,8 +198,9 @@ void main() {
                         xv[i] *= nw4[xi];
 #endif
                     }
+                    vec4 xs = unit_xsums(xv);
                     [[unroll]] for (uint r = 0u; r < ROWS; ++r) {
-                        acc[r] += unit_dot(wb[r], u, xv);
+                        acc[r] += unit_dot(wb[r], u, xv, xs);
                     }
                 }
             }

@@ -10,8 +10,15 @@
 //
 // Per format: QBLOCK values in QBYTES bytes; dequant4(rb, j) gives values j..j+3 (j % 4 == 0)
 // of the row whose blocks start at byte rb; the matrix-vector kernel's units are 32 values
-// each: unit_x4(u, i) is the index of the i-th of their 8 vec4s of x in the row, and
-// unit_dot(rb, u, xv) the dot product of unit u's weights with those vec4s.
+// each: unit_x4(u, i) is the index of the i-th of their 8 vec4s of x in the row,
+// unit_xsums(xv) the sums of x over the unit's groups of one scale (once per unit, for every
+// row), and unit_dot(rb, u, xv, xs) the dot product of unit u's weights with those vec4s.
+//
+// unit_dot never converts an integer to a float (a quarter-rate instruction on NVIDIA: it
+// bounded the first version at ~0.4 TB/s): a small unsigned value u of n bits is placed in the
+// top mantissa bits of 1.0, f = 1 + u / 2^n (a shift and a mask per value), so that
+// sum(f x) = sum(x) + sum(u x) / 2^n and sum(u x) = 2^n (sum(f x) - sum(x)). int8 values are
+// taken as u = q + 128 (their top bit flipped), q - 8 and q - 32 as u minus the offset.
 #ifndef QUANT_GLSL
 #define QUANT_GLSL
 
@@ -84,6 +91,23 @@ vec4 s8x4(uint qw) {  // four int8
     return vec4(ivec4(uvec4(qw << 24, qw << 16, qw << 8, qw)) >> 24);
 }
 
+// 1 + u / 16 of the low (lo4) and high (hi4) nibbles of the 4 bytes, 1 + u / 256 of the bytes
+vec4 lo4(uint qw) {
+    return uintBitsToFloat((uvec4(qw << 19, qw << 11, qw << 3, qw >> 5) & 0x00780000u) | 0x3F800000u);
+}
+
+vec4 hi4(uint qw) {
+    return uintBitsToFloat((uvec4(qw << 15, qw << 7, qw >> 1, qw >> 9) & 0x00780000u) | 0x3F800000u);
+}
+
+vec4 u8x4(uint qw) {
+    return uintBitsToFloat((uvec4(qw << 15, qw << 7, qw >> 1, qw >> 9) & 0x007F8000u) | 0x3F800000u);
+}
+
+float hsum(vec4 v) {
+    return (v.x + v.y) + (v.z + v.w);
+}
+
 uint qbyte(uvec4 v, uint i) {  // byte i of 16
     return (v[i >> 2] >> ((i & 3u) * 8u)) & 255u;
 }
@@ -102,13 +126,17 @@ uint unit_x4(uint u, uint i) {
     return 8u * u + i;
 }
 
-float unit_dot(uint rb, uint u, vec4 xv[8]) {
+vec4 unit_xsums(vec4 xv[8]) {
+    return vec4(hsum(xv[0] + xv[1] + xv[2] + xv[3] + xv[4] + xv[5] + xv[6] + xv[7]));
+}
+
+float unit_dot(uint rb, uint u, vec4 xv[8], vec4 xs) {
     uint base = rb + u * 34u;
-    uvec4 a = qwords4(base + 2u);
-    uvec4 b = qwords4(base + 18u);
-    float s = dot(s8x4(a.x), xv[0]) + dot(s8x4(a.y), xv[1]) + dot(s8x4(a.z), xv[2]) + dot(s8x4(a.w), xv[3])
-            + dot(s8x4(b.x), xv[4]) + dot(s8x4(b.y), xv[5]) + dot(s8x4(b.z), xv[6]) + dot(s8x4(b.w), xv[7]);
-    return qhalf(base) * s;
+    uvec4 a = qwords4(base + 2u) ^ 0x80808080u;  // u = q + 128
+    uvec4 b = qwords4(base + 18u) ^ 0x80808080u;
+    float f = dot(u8x4(a.x), xv[0]) + dot(u8x4(a.y), xv[1]) + dot(u8x4(a.z), xv[2]) + dot(u8x4(a.w), xv[3])
+            + dot(u8x4(b.x), xv[4]) + dot(u8x4(b.y), xv[5]) + dot(u8x4(b.z), xv[6]) + dot(u8x4(b.w), xv[7]);
+    return qhalf(base) * (256.0 * f - 384.0 * xs.x);  // 256 (f - sum x) - 128 sum x
 }
 
 #elif defined(WDTYPE_Q4_0) || defined(WDTYPE_Q4_1)
@@ -137,7 +165,11 @@ uint unit_x4(uint u, uint i) {
     return 8u * u + i;  // vec4s 0..3: the low nibbles of the 4 words, 4..7: the high ones
 }
 
-float unit_dot(uint rb, uint u, vec4 xv[8]) {
+vec4 unit_xsums(vec4 xv[8]) {
+    return vec4(hsum(xv[0] + xv[1] + xv[2] + xv[3] + xv[4] + xv[5] + xv[6] + xv[7]));
+}
+
+float unit_dot(uint rb, uint u, vec4 xv[8], vec4 xs) {
     uint base = rb + u * QBYTES;
 #if defined(WDTYPE_Q4_0)
     uvec4 qw = qwords4(base + 2u);
@@ -145,16 +177,14 @@ float unit_dot(uint rb, uint u, vec4 xv[8]) {
     uint wi = base >> 2;
     uvec4 qw = uvec4(QWORD(wi + 1u), QWORD(wi + 2u), QWORD(wi + 3u), QWORD(wi + 4u));
 #endif
-    float s = dot(lo_nibbles(qw.x), xv[0]) + dot(lo_nibbles(qw.y), xv[1]) + dot(lo_nibbles(qw.z), xv[2])
-            + dot(lo_nibbles(qw.w), xv[3]) + dot(hi_nibbles(qw.x), xv[4]) + dot(hi_nibbles(qw.y), xv[5])
-            + dot(hi_nibbles(qw.z), xv[6]) + dot(hi_nibbles(qw.w), xv[7]);
-    vec4 xs = xv[0] + xv[1] + xv[2] + xv[3] + xv[4] + xv[5] + xv[6] + xv[7];
-    float sx = xs.x + xs.y + xs.z + xs.w;
+    float f = dot(lo4(qw.x), xv[0]) + dot(lo4(qw.y), xv[1]) + dot(lo4(qw.z), xv[2]) + dot(lo4(qw.w), xv[3])
+            + dot(hi4(qw.x), xv[4]) + dot(hi4(qw.y), xv[5]) + dot(hi4(qw.z), xv[6]) + dot(hi4(qw.w), xv[7]);
+    float qx = 16.0 * (f - xs.x);  // sum(q x)
 #if defined(WDTYPE_Q4_0)
-    return qhalf(base) * (s - 8.0 * sx);
+    return qhalf(base) * (qx - 8.0 * xs.x);
 #else
     vec2 dm = unpackHalf2x16(QWORD(base >> 2));
-    return dm.x * s + dm.y * sx;
+    return dm.x * qx + dm.y * xs.x;
 #endif
 }
 
@@ -194,20 +224,20 @@ uint unit_x4(uint u, uint i) {
     return 64u * (u / 8u) + 16u * (v / 2u) + 4u * (v & 1u) + (i < 4u ? i : 4u + i);
 }
 
-float unit_dot(uint rb, uint u, vec4 xv[8]) {
+vec4 unit_xsums(vec4 xv[8]) {  // the low nibbles' sub-block, the high ones'
+    return vec4(hsum(xv[0] + xv[1] + xv[2] + xv[3]), hsum(xv[4] + xv[5] + xv[6] + xv[7]), 0.0, 0.0);
+}
+
+float unit_dot(uint rb, uint u, vec4 xv[8], vec4 xs) {
     uint base = rb + (u / 8u) * 144u;
     uint v = u % 8u;
     uvec4 head = QVEC4(base >> 4);
     uvec4 qw = QVEC4((base >> 4) + 1u + v);
     vec2 lo = q4k_scale_min(head, v & ~1u);
     vec2 hi = q4k_scale_min(head, v | 1u);
-    float sl = dot(lo_nibbles(qw.x), xv[0]) + dot(lo_nibbles(qw.y), xv[1]) + dot(lo_nibbles(qw.z), xv[2])
-             + dot(lo_nibbles(qw.w), xv[3]);
-    float sh = dot(hi_nibbles(qw.x), xv[4]) + dot(hi_nibbles(qw.y), xv[5]) + dot(hi_nibbles(qw.z), xv[6])
-             + dot(hi_nibbles(qw.w), xv[7]);
-    vec4 xl = xv[0] + xv[1] + xv[2] + xv[3];
-    vec4 xh = xv[4] + xv[5] + xv[6] + xv[7];
-    return lo.x * sl - lo.y * (xl.x + xl.y + xl.z + xl.w) + hi.x * sh - hi.y * (xh.x + xh.y + xh.z + xh.w);
+    float fl = dot(lo4(qw.x), xv[0]) + dot(lo4(qw.y), xv[1]) + dot(lo4(qw.z), xv[2]) + dot(lo4(qw.w), xv[3]);
+    float fh = dot(hi4(qw.x), xv[4]) + dot(hi4(qw.y), xv[5]) + dot(hi4(qw.z), xv[6]) + dot(hi4(qw.w), xv[7]);
+    return lo.x * (16.0 * (fl - xs.x)) - lo.y * xs.x + hi.x * (16.0 * (fh - xs.y)) - hi.y * xs.y;
 }
 
 #elif defined(WDTYPE_Q6_K)
@@ -244,7 +274,20 @@ uint unit_x4(uint u, uint i) {
     return 64u * (u / 8u) + 32u * ((u / 4u) & 1u) + 8u * (i / 2u) + 2u * (u % 4u) + (i & 1u);
 }
 
-float unit_dot(uint rb, uint u, vec4 xv[8]) {
+vec4 unit_xsums(vec4 xv[8]) {  // per s: its 8 values
+    return vec4(hsum(xv[0] + xv[1]), hsum(xv[2] + xv[3]), hsum(xv[4] + xv[5]), hsum(xv[6] + xv[7]));
+}
+
+// 1 + u / 64 of the 4 values with the low (s < 2) or high nibbles of ql and bits 2s, 2s + 1 of qh
+vec4 q6k_f(uint ql, uint qh, uint s) {
+    uint lq = ql >> ((s >> 1) * 4u);  // each byte's nibble at its bottom
+    uint hq = qh >> (2u * s);
+    uvec4 low = uvec4(lq << 17, lq << 9, lq << 1, lq >> 7) & 0x001E0000u;
+    uvec4 high = uvec4(hq << 21, hq << 13, hq << 5, hq >> 3) & 0x00600000u;
+    return uintBitsToFloat(low | high | 0x3F800000u);
+}
+
+float unit_dot(uint rb, uint u, vec4 xv[8], vec4 xs) {
     uint base = rb + (u / 8u) * 210u;
     uint h = (u / 4u) & 1u;
     uint l = 8u * (u % 4u);
@@ -254,11 +297,11 @@ float unit_dot(uint rb, uint u, vec4 xv[8]) {
     uvec2 sw = qwords2(base + 192u + 8u * h);  // scales 8h..8h+7: sub-block 8h + 2s + l / 16
     uint sh = (l / 16u) * 8u;
     vec4 sc = vec4(ivec4(uvec4(sw.x << (24u - sh), sw.x << (8u - sh), sw.y << (24u - sh), sw.y << (8u - sh))) >> 24);
-    float s0 = dot(q6k_values(ql0.x, qh.x, 0u), xv[0]) + dot(q6k_values(ql0.y, qh.y, 0u), xv[1]);
-    float s1 = dot(q6k_values(ql1.x, qh.x, 1u), xv[2]) + dot(q6k_values(ql1.y, qh.y, 1u), xv[3]);
-    float s2 = dot(q6k_values(ql0.x, qh.x, 2u), xv[4]) + dot(q6k_values(ql0.y, qh.y, 2u), xv[5]);
-    float s3 = dot(q6k_values(ql1.x, qh.x, 3u), xv[6]) + dot(q6k_values(ql1.y, qh.y, 3u), xv[7]);
-    return qhalf(base + 208u) * dot(sc, vec4(s0, s1, s2, s3));
+    vec4 f = vec4(dot(q6k_f(ql0.x, qh.x, 0u), xv[0]) + dot(q6k_f(ql0.y, qh.y, 0u), xv[1]),
+                  dot(q6k_f(ql1.x, qh.x, 1u), xv[2]) + dot(q6k_f(ql1.y, qh.y, 1u), xv[3]),
+                  dot(q6k_f(ql0.x, qh.x, 2u), xv[4]) + dot(q6k_f(ql0.y, qh.y, 2u), xv[5]),
+                  dot(q6k_f(ql1.x, qh.x, 3u), xv[6]) + dot(q6k_f(ql1.y, qh.y, 3u), xv[7]));
+    return qhalf(base + 208u) * dot(sc, 64.0 * f - 96.0 * xs);  // 64 (f - sum x) - 32 sum x
 }
 
 #endif
