@@ -16,12 +16,18 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from shaderbay.dtypes import BLOCK_DTYPES, host_dtype, host_shape, nbytes, value_shape
 from shaderbay.errors import CheckpointError, MissingTensor, ShapeMismatch, UnsupportedDtype
 
 from .config import ModelConfig
+
+if TYPE_CHECKING:
+    from shaderbay.backend import Backend
+
+    from .tokenizer import Tokenizer
 
 #: safetensors dtype tag -> shaderbay dtype, for the dtypes weights may be stored in
 SAFETENSORS_DTYPES = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
@@ -78,6 +84,17 @@ class Checkpoint:
 
     def close(self) -> None:
         pass
+
+    def prepare(self, backend: Backend) -> None:
+        """Settle the dtypes the tensors go to ``backend`` in (a GGUF converts the formats it cannot run)."""
+
+    def tokenizer(self) -> Tokenizer | None:
+        """The model's tokenizer: tokenizer.json beside the weights, if there is one."""
+        if self.path is None or not (self.path / "tokenizer.json").is_file():
+            return None
+        from .tokenizer import Tokenizer
+
+        return Tokenizer.from_dir(self.path)
 
     # --- checks -----------------------------------------------------------------------------
     def __contains__(self, name: str) -> bool:

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if args.synthetic:
         from .synthetic import normalize_dtype, synthetic_checkpoint
 
-        source = synthetic_checkpoint(args.synthetic, normalize_dtype(args.dtype))
+        source = synthetic_checkpoint(args.synthetic, normalize_dtype(args.dtype or "float16"))
     model = load_model(args, source)
     try:
         if model.tokenizer is None:  # token ids in, token ids out

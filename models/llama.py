@@ -47,6 +47,9 @@ from .config import ModelConfig
 ProgressFn = Callable[[float, float, str], None]
 
 RUN_AHEAD = 2  # decode steps in flight: the host reads one step's token while the next runs
+# each layer's matrices uploaded as one (suffixes of "model.layers.{i}."); of mixed dtypes, one is float32
+QKV = ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight")
+GATE_UP = ("mlp.gate_proj.weight", "mlp.up_proj.weight")
 
 
 # --- weights --------------------------------------------------------------------------------
@@ -198,8 +201,9 @@ class _Uploader:
             t = self.backend.empty((rows, cols), dtype)
             self.made.append(t)
             sizes = [nbytes(dtype, (s[0], cols)) for s in shapes]
-            if any(s % 4 for s in sizes):
-                self.backend.write(t, np.concatenate([self._host(n) for n in names]))
+            if any(s % 4 for s in sizes):  # writes are whole 4-byte words: the buffer's padding takes the tail
+                data = np.concatenate([self._host(n) for n in names]).tobytes()
+                self.backend.write(t.buffer, data + bytes(-len(data) % 4), t.offset)
             else:
                 offset = 0
                 for n, size in zip(names, sizes, strict=True):
@@ -213,6 +217,7 @@ class _Uploader:
 def load_weights(ckpt: Checkpoint, backend: Backend, progress: ProgressFn | None = None) -> Weights:
     """Check every tensor (presence, shape, dtype) first, then upload them one by one."""
     c = ckpt.config
+    ckpt.prepare(backend)
     infos = {name: ckpt.expect(name, shape) for name, shape in tensor_shapes(c).items()}
     up = _Uploader(backend, ckpt, infos, progress)
     try:
@@ -238,12 +243,12 @@ def _upload(ckpt: Checkpoint, backend: Backend, c: ModelConfig, infos: dict[str,
         layers.append(
             LayerWeights(
                 attn_norm=up.f32(p + "input_layernorm.weight"),
-                wqkv=up.matrix(a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"),
+                wqkv=up.matrix(*(p + n for n in QKV)),
                 bqkv=up.f32(a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias") if c.qkv_bias else None,
                 wo=up.matrix(a + "o_proj.weight"),
                 bo=up.f32(a + "o_proj.bias") if c.o_bias else None,
                 ffn_norm=up.f32(p + "post_attention_layernorm.weight"),
-                wgu=up.interleaved(m + "gate_proj.weight", m + "up_proj.weight"),
+                wgu=up.interleaved(*(p + n for n in GATE_UP)),
                 bgu=up.interleaved(m + "gate_proj.bias", m + "up_proj.bias", matrix=False) if c.mlp_bias else None,
                 wdown=up.matrix(m + "down_proj.weight"),
                 bdown=up.f32(m + "down_proj.bias") if c.mlp_bias else None,
@@ -731,8 +736,8 @@ class Llama:
 
 
 def default_cache_dtype(backend: Backend, weights: Weights) -> str:
-    """f16 caches for 16-bit weights on devices with f16; f32 otherwise."""
-    return "f16" if backend.caps.f16 and weights.wdtype in ("f16", "bf16") else "f32"
+    """f16 caches for 16-bit and block (GGUF) weights on devices with f16; f32 otherwise."""
+    return "f16" if backend.caps.f16 and weights.wdtype != "f32" else "f32"
 
 
 def check_cache_dtype(backend: Backend, cache_dtype: str) -> str:

@@ -233,13 +233,14 @@ def generation_defaults(path: Path) -> GenerationSettings | None:
     return GenerationSettings.from_generation_config(config if isinstance(config, dict) else {})
 
 
-def _open(model: str | Path | Checkpoint | None, dtype: str) -> tuple[Checkpoint, str]:
+def _open(model: str | Path | Checkpoint | None, dtype: str | None) -> tuple[Checkpoint, str]:
     if isinstance(model, Checkpoint):
         return model, getattr(model, "name", "") or model.describe()
     if model is None:
-        from .default import DEFAULT_MODEL_NAME, default_model_dir
+        from .default import DEFAULT_MODEL_NAME, default_gguf_path
+        from .gguf.checkpoint import GGUFCheckpoint
 
-        return SafetensorsCheckpoint(default_model_dir(dtype)), DEFAULT_MODEL_NAME
+        return GGUFCheckpoint(default_gguf_path(), dtype), DEFAULT_MODEL_NAME
     text = str(model)
     if text.startswith("synthetic:") and not Path(text).exists():
         from .synthetic import synthetic_checkpoint
@@ -247,10 +248,10 @@ def _open(model: str | Path | Checkpoint | None, dtype: str) -> tuple[Checkpoint
         parts = text.split(":")
         return synthetic_checkpoint(parts[1], *(parts[2:3] or ["f16"])), parts[1]
     path = Path(model).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        raise ModelError(
-            f"{path} is a GGUF file; convert it first: shaderbay convert {path} OUT_DIR, then load OUT_DIR"
-        )
+    if path.is_file() or path.suffix.lower() == ".gguf" and not path.is_dir():  # a model in one file is a GGUF
+        from .gguf.checkpoint import GGUFCheckpoint
+
+        return GGUFCheckpoint(path, dtype), path.name
     return SafetensorsCheckpoint(path), path.name
 
 
@@ -260,17 +261,19 @@ def load(
     *,
     max_context: int | None = None,
     cache_dtype: str | None = None,
-    dtype: str = "float16",
+    dtype: str | None = None,
     prefill_chunk: int = 512,
     progress: bool | None = None,
 ) -> Model:
     """Load a checkpoint onto a backend.
 
-    model: a checkpoint directory (config.json + safetensors), a Checkpoint (e.g.
-    `synthetic.synthetic_checkpoint("tiny")`), "synthetic:NAME[:dtype]", or None for the default model
-    (converted to `dtype` on first use). backend: a name, a Backend, or None for the configured/best one.
+    model: a checkpoint directory (config.json + safetensors), a .gguf file (run as it is, memory-mapped),
+    a Checkpoint (e.g. `synthetic.synthetic_checkpoint("tiny")`), "synthetic:NAME[:dtype]", or None for the
+    default model (its GGUF). backend: a name, a Backend, or None for the configured/best one.
     max_context: positions the KV cache holds (default: the model's, at most 4096).
-    cache_dtype: "f32" or "f16" (default: f16 for 16-bit weights where the device has f16).
+    cache_dtype: "f32" or "f16" (default: f16 for 16-bit and block weights where the device has f16).
+    dtype: "float16", "float32" or "bfloat16" converts a GGUF's weights to it at load (default: each
+    tensor's own format where the backend runs it).
     """
     t0 = time.perf_counter()
     ckpt, name = _open(model, dtype)
@@ -297,13 +300,8 @@ def load(
             Llama.free_weights(dev, weights)
             raise
         llama = Llama(dev, config, weights, max_context, cache, prefill_chunk)  # frees everything if it fails
-        tokenizer, defaults = None, None
-        if ckpt.path is not None and (ckpt.path / "tokenizer.json").is_file():
-            from .tokenizer import Tokenizer
-
-            tokenizer = Tokenizer.from_dir(ckpt.path)
-        if ckpt.path is not None:
-            defaults = generation_defaults(ckpt.path)
+        tokenizer = ckpt.tokenizer()
+        defaults = generation_defaults(ckpt.path) if ckpt.path is not None else None
     except BaseException:
         if owns:
             dev.close()

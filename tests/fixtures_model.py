@@ -123,10 +123,10 @@ def llamacpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
 TINY = dict(hidden=64, heads=4, kv_heads=2, ffn=96, layers=2)
 
 
-def tiny_hf_weights(seed: int = 0, tied: bool = True) -> dict[str, np.ndarray]:
-    """Random float32 weights of a tiny Llama, in Hugging Face names and layout."""
+def tiny_hf_weights(seed: int = 0, tied: bool = True, dims: dict[str, int] = TINY) -> dict[str, np.ndarray]:
+    """Random float32 weights of a tiny Llama (of ``dims``, TINY's keys), in Hugging Face names and layout."""
     rng = np.random.default_rng(seed)
-    h, nh, nkv, f = TINY["hidden"], TINY["heads"], TINY["kv_heads"], TINY["ffn"]
+    h, nh, nkv, f = dims["hidden"], dims["heads"], dims["kv_heads"], dims["ffn"]
     hd = h // nh
     vocab = len(tiny_vocab()[0])
     w: dict[str, np.ndarray] = {
@@ -135,7 +135,7 @@ def tiny_hf_weights(seed: int = 0, tied: bool = True) -> dict[str, np.ndarray]:
     }
     if not tied:
         w["lm_head.weight"] = rng.standard_normal((vocab, h))
-    for i in range(TINY["layers"]):
+    for i in range(dims["layers"]):
         p = f"model.layers.{i}."
         w[p + "input_layernorm.weight"] = 1 + 0.1 * rng.standard_normal(h)
         w[p + "post_attention_layernorm.weight"] = 1 + 0.1 * rng.standard_normal(h)
@@ -176,8 +176,10 @@ def gguf_name(hf: str) -> str:
 
 
 def encode_tensor(x: np.ndarray, qtype_name: str) -> tuple[np.ndarray, object]:
-    """(array to hand to GGUFWriter.add_tensor, raw_dtype) storing float32 ``x`` as ``qtype_name``."""
+    """(array to hand to GGUFWriter.add_tensor, raw_dtype) storing float32 ``x`` as ``qtype_name``; the
+    block formats shaderbay runs are quantized by its reference quantizers, the others by gguf's."""
     import gguf
+    from shaderbay.backends.numpy import quants
 
     q = gguf.GGMLQuantizationType[qtype_name]
     if qtype_name == "F32":
@@ -187,6 +189,8 @@ def encode_tensor(x: np.ndarray, qtype_name: str) -> tuple[np.ndarray, object]:
     if qtype_name == "BF16":
         bits = (x.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)  # truncation: exact bf16 values
         return bits.view(np.uint8).reshape(*x.shape[:-1], x.shape[-1] * 2), q
+    if qtype_name.lower() in quants.LAYOUTS:
+        return quants.quantize(x, qtype_name.lower()), q
     return gguf.quants.quantize(x.astype(np.float32), q), q
 
 
@@ -202,19 +206,20 @@ def write_tiny_gguf(
     add_bos: bool = False,
     extra_tensors: dict[str, tuple[np.ndarray, object]] | None = None,
     permute_qk: bool | None = None,
+    dims: dict[str, int] = TINY,
 ) -> Path:
     """A small llama-style GGUF: ``weights`` (HF names, float32) stored as ``types[hf_name]`` (or
     ``default_type``; norms always F32), Q/K permuted the way llama.cpp does, plus a byte-level BPE tokenizer."""
     import gguf
 
-    weights = tiny_hf_weights() if weights is None else weights
+    weights = tiny_hf_weights(dims=dims) if weights is None else weights
     types = types or {}
     w = gguf.GGUFWriter(str(path), arch)
-    h, nh, nkv = TINY["hidden"], TINY["heads"], TINY["kv_heads"]
-    w.add_block_count(TINY["layers"])
+    h, nh, nkv = dims["hidden"], dims["heads"], dims["kv_heads"]
+    w.add_block_count(dims["layers"])
     w.add_context_length(256)
     w.add_embedding_length(h)
-    w.add_feed_forward_length(TINY["ffn"])
+    w.add_feed_forward_length(dims["ffn"])
     w.add_head_count(nh)
     w.add_head_count_kv(nkv)
     w.add_rope_freq_base(10000.0)

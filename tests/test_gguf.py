@@ -133,8 +133,8 @@ def test_dequantize_rejects_wrong_sizes_and_types():
         dequantize(np.zeros(34, np.uint8), "Q8_0", (64,))
     with pytest.raises(ConversionError, match="not a whole number of Q4_1 blocks"):
         dequantize(np.zeros(20, np.uint8), "Q4_1", (33,))
-    with pytest.raises(UnsupportedDtype, match="IQ4_NL is not supported.*llama-quantize"):
-        dequantize(np.zeros(18, np.uint8), "IQ4_NL", (32,))
+    with pytest.raises(UnsupportedDtype, match="Q8_1 is not supported.*llama-quantize"):
+        dequantize(np.zeros(40, np.uint8), "Q8_1", (32,))
 
 
 # --- rotary un-permutation -----------------------------------------------------------------------------
@@ -405,19 +405,19 @@ def test_unsupported_architecture(tmp_path):
 
 
 def test_unsupported_tensor_type(tmp_path):
-    iq4 = gguf.GGMLQuantizationType.IQ4_NL
+    q8_1 = gguf.GGMLQuantizationType.Q8_1  # ggml's intermediate format, which no file should hold
     src = write_tiny_gguf(
-        tmp_path / "iq.gguf", extra_tensors={"blk.0.attn_q.weight_fake": (np.zeros((64, 36), np.uint8), iq4)}
+        tmp_path / "q8_1.gguf", extra_tensors={"blk.0.attn_q.weight_fake": (np.zeros((64, 80), np.uint8), q8_1)}
     )
     # an unknown tensor name is refused first...
     with pytest.raises(ConversionError, match="has no Llama-family counterpart"):
         convert_gguf(src, tmp_path / "o1")
     # ...and a known tensor in an unsupported type says which and what to do
     w = tiny_hf_weights()
-    src = tmp_path / "iq2.gguf"
+    src = tmp_path / "q8_1b.gguf"
     write_tiny_gguf(src, weights={k: v for k, v in w.items() if k != "model.layers.0.mlp.up_proj.weight"},
-                    extra_tensors={"blk.0.ffn_up.weight": (np.zeros((96, 36), np.uint8), iq4)})  # fmt: skip
-    with pytest.raises(UnsupportedDtype, match=r"'blk.0.ffn_up.weight' is stored as IQ4_NL.*llama-quantize"):
+                    extra_tensors={"blk.0.ffn_up.weight": (np.zeros((96, 80), np.uint8), q8_1)})  # fmt: skip
+    with pytest.raises(UnsupportedDtype, match=r"'blk.0.ffn_up.weight' is stored as Q8_1.*llama-quantize"):
         convert_gguf(src, tmp_path / "o2")
 
 

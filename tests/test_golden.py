@@ -1,9 +1,10 @@
 """SmolLM2-135M-Instruct against the reference implementation's outputs (../shared/golden).
 
-The default model's GGUF is converted to float32 once per session and run on the NumPy
-backend: for every golden case the prompt's token ids, the top-5 next-token ids and logits
-(within 1e-3), the per-position top-1 ids and the greedy continuation must match. The
-float16 conversion must reproduce the first case's continuation too.
+The default model runs from its GGUF, its Q4_1 and Q8_0 blocks as they are, on the NumPy
+backend with float32 activations and cache: for every golden case the prompt's token ids, the
+top-5 next-token ids and logits (within 1e-3), the per-position top-1 ids and the greedy
+continuation must match. The float16 conversion must reproduce the first case's continuation too;
+on the other backends (slow) the GGUF and its float32 conversion give every case's ids and continuation.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ def f32_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def model_f32(f32_dir, numpy_backend):
-    model = shaderbay.load(f32_dir, backend=numpy_backend, max_context=512, cache_dtype="f32")
+def gguf_model(numpy_backend):
+    """The default model from its GGUF on NumPy (float32 activations and cache)."""
+    model = shaderbay.load(required_smollm2_gguf(), backend=numpy_backend, max_context=512, cache_dtype="f32")
     yield model
     model.close()
 
@@ -49,18 +51,18 @@ def _prompt_ids(model, case) -> list[int]:
 
 
 @pytest.mark.parametrize("i", CASES)
-def test_prompt_ids(model_f32, golden, i):
+def test_prompt_ids(gguf_model, golden, i):
     case = golden["cases"][i]
     prompt = case["prompt"]
     if not isinstance(prompt, str):
-        assert model_f32.tokenizer.apply_chat_template(prompt["messages"]) == case["text"]
-    assert _prompt_ids(model_f32, case) == case["input_ids"]
+        assert gguf_model.tokenizer.apply_chat_template(prompt["messages"]) == case["text"]
+    assert _prompt_ids(gguf_model, case) == case["input_ids"]
 
 
 @pytest.mark.parametrize("i", CASES)
-def test_logits(model_f32, golden, i):
+def test_logits(gguf_model, golden, i):
     case = golden["cases"][i]
-    logits = model_f32.logits(case["input_ids"], all_positions=True)
+    logits = gguf_model.logits(case["input_ids"], all_positions=True)
     last = logits[-1]
     top5 = np.argsort(-last, kind="stable")[:5].tolist()
     assert top5 == case["last_top5_ids"]
@@ -70,22 +72,22 @@ def test_logits(model_f32, golden, i):
 
 
 @pytest.mark.parametrize("i", CASES)
-def test_greedy_continuation(model_f32, golden, i):
+def test_greedy_continuation(gguf_model, golden, i):
     case = golden["cases"][i]
-    assert list(model_f32.tokens(case["input_ids"], 32)) == case["greedy_32_ids"]
-    assert model_f32.decode(case["greedy_32_ids"]) == case["greedy_32_text"]
+    assert list(gguf_model.tokens(case["input_ids"], 32)) == case["greedy_32_ids"]
+    assert gguf_model.decode(case["greedy_32_ids"]) == case["greedy_32_text"]
     eos = golden["eos_token_id"]
     if len(case["greedy_32_ids"]) < 32:  # stopped early, at EOS, as we do
         assert case["greedy_32_ids"][-1] in (eos if isinstance(eos, list) else [eos])
-        assert case["greedy_32_ids"][-1] in model_f32.eos_token_ids
+        assert case["greedy_32_ids"][-1] in gguf_model.eos_token_ids
 
 
-def test_chat_text(model_f32, golden):
+def test_chat_text(gguf_model, golden):
     """model.chat() renders the template, generates greedily and returns the text without the EOS token."""
     case = golden["cases"][2]
-    assert model_f32.decode(case["greedy_32_ids"]) == case["greedy_32_text"]
-    eos_text = model_f32.tokenizer.id_to_token(case["greedy_32_ids"][-1])
-    assert model_f32.chat(case["prompt"]["messages"], 32) == case["greedy_32_text"].removesuffix(eos_text)
+    assert gguf_model.decode(case["greedy_32_ids"]) == case["greedy_32_text"]
+    eos_text = gguf_model.tokenizer.id_to_token(case["greedy_32_ids"][-1])
+    assert gguf_model.chat(case["prompt"]["messages"], 32) == case["greedy_32_text"].removesuffix(eos_text)
 
 
 def test_float16_conversion_matches_the_first_case(default_cache, golden, numpy_backend):
@@ -118,9 +120,12 @@ def test_generate_command_from_a_shell(default_cache):
 
 
 @pytest.mark.slow
-def test_golden_on_every_backend(model_backend, f32_dir, golden):
-    """Every backend reproduces the reference's per-position top-1 ids and every greedy continuation."""
-    with shaderbay.load(f32_dir, backend=model_backend, max_context=512, cache_dtype="f32") as model:
+@pytest.mark.parametrize("source", ["gguf", "float32"])
+def test_golden_on_every_backend(model_backend, source, request, golden):
+    """Every backend reproduces the reference's per-position top-1 ids and every greedy continuation,
+    running the GGUF's blocks as they are and running its float32 conversion."""
+    path = required_smollm2_gguf() if source == "gguf" else request.getfixturevalue("f32_dir")
+    with shaderbay.load(path, backend=model_backend, max_context=512, cache_dtype="f32") as model:
         for case in golden["cases"]:
             logits = model.logits(case["input_ids"], all_positions=True)
             assert logits.argmax(-1).tolist() == case["per_position_top1_ids"]
