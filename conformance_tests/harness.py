@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 from shaderbay.backends.numpy.kernels import REFERENCE
-from shaderbay.dtypes import host_dtype, to_f32
+from shaderbay.dtypes import host_dtype, to_f32, value_shape
 
 CANARY = 0xA5
 POISON = 0xFF
@@ -103,7 +103,8 @@ def run_case(backend, case: Case) -> Outcome:
             buf = backend.buffer(total)
             placed.append((b.name, buf, bytes(content), len(raw)))
             backend.write(buf, bytes(content))
-            tensors[b.name] = buf.tensor(pipeline.dtypes[b.name], init[b.name].size, offset=guard)
+            dtype = pipeline.dtypes[b.name]
+            tensors[b.name] = buf.tensor(dtype, value_shape(dtype, (init[b.name].size,)), offset=guard)
         cmd = backend.command_list(case.kernel)
         cmd.dispatch(pipeline, tensors, **case.params)
         backend.run(cmd)

@@ -18,7 +18,7 @@ import numpy as np
 from shaderbay.backend import Copy
 from shaderbay.backends.numpy import kernels as ref
 from shaderbay.backends.numpy.backend import NumpyBackend
-from shaderbay.dtypes import bf16_to_f32
+from shaderbay.dtypes import BLOCK_DTYPES, bf16_to_f32, host_shape
 from shaderbay.plugins import BackendEntry, hookimpl, plugin_manager
 
 Arrays = dict[str, np.ndarray]
@@ -50,7 +50,8 @@ def matmul_dropping_partial_tile(b: Arrays, p: dict[str, Any], c: dict[str, Any]
     scratch["out"] = np.ascontiguousarray(out[:full_rows, :full_n]).reshape(-1)
     width = 2 * p["k"] if c["prologue"] == "silu_mul" else p["k"]
     scratch["x"] = b["x"][: rows * width].reshape(rows, width)[:full_rows].reshape(-1)
-    scratch["w"] = b["w"][: n * p["k"]].reshape(n, p["k"])[:full_n].reshape(-1)
+    w_row = host_shape(c["wdtype"], (p["k"],))[0]  # host elements of a weight row (bytes of a block row)
+    scratch["w"] = b["w"][: n * w_row].reshape(n, w_row)[:full_n].reshape(-1)
     if c["bias"]:
         scratch["bias"] = b["bias"][:full_n]
     ref.matmul(scratch, {**p, "rows": full_rows, "n": full_n}, c)
@@ -89,6 +90,27 @@ def embed_f16_read_as_bf16(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> N
     ok = ids < vocab
     out[ok] = bf16_to_f32(table[ids[ok]])
     b["out"][: rows * dim] = out.ravel()
+
+
+def _block_bytes(data: np.ndarray, dtype: str, first: int, stop: int, change) -> np.ndarray:
+    """A copy of block rows with bytes [first, stop) of every block replaced by change(those bytes)."""
+    blocks = data.copy().reshape(-1, BLOCK_DTYPES[dtype].nbytes)
+    blocks[:, first:stop] = change(blocks[:, first:stop])
+    return blocks.reshape(-1)
+
+
+def matmul_q4_1_without_min(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
+    # dequantizes q4_1 as d * q, dropping the block's minimum m (bytes 2..3 of its 20)
+    if c["wdtype"] == "q4_1":
+        b = {**b, "w": _block_bytes(b["w"], "q4_1", 2, 4, np.zeros_like)}
+    ref.matmul(b, p, c)
+
+
+def embed_q4_0_nibbles_swapped(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
+    # takes value i from the high nibble of qs[i] and value i + 16 from the low one
+    if c["wdtype"] == "q4_0":
+        b = {**b, "table": _block_bytes(b["table"], "q4_0", 2, 18, lambda qs: (qs << 4) | (qs >> 4))}
+    ref.embed(b, p, c)
 
 
 def silu_mul_swapped_halves(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
@@ -225,6 +247,20 @@ BUGS: list[Bug] = [
         "embed reads an f16 table as bf16",
         _planted("broken-half-table", {"embed": embed_f16_read_as_bf16}),
         "test_kernel and embed and not large",
+        "test_kernels",
+    ),
+    Bug(
+        "broken-block-min",
+        "matmul dequantizes q4_1 without the block's minimum",
+        _planted("broken-block-min", {"matmul": matmul_q4_1_without_min}),
+        "test_kernel and matmul and q4_1 and not large",
+        "test_kernels",
+    ),
+    Bug(
+        "broken-nibble-order",
+        "embed reads q4_0 nibbles in the wrong order",
+        _planted("broken-nibble-order", {"embed": embed_q4_0_nibbles_swapped}),
+        "test_kernel and embed and q4_0 and not large",
         "test_kernels",
     ),
     Bug(

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 from hypothesis import strategies as st
+from shaderbay.dtypes import BLOCK_DTYPES
 
 from ..harness import Case
+from .blocks import row_length, weights
 from .record import KernelCases, dim
 from .values import U32_MAX, Values
 
@@ -13,8 +15,8 @@ EPSILONS = (0.0, 1e-6, 1e-5, 1e-3, 0.1, 1.0, 4.0)
 
 
 def _embed(v: Values, c: dict, s: dict) -> Case:
-    rows, dim_, vocab = s["rows"], s["dim"], s["vocab"]
-    table = v.floats(vocab * dim_, -1000.0, 1000.0, c["wdtype"])
+    rows, dim_, vocab = s["rows"], row_length(s["dim"], c["wdtype"]), s["vocab"]
+    table = weights(v, vocab, dim_, -1000.0, 1000.0, c["wdtype"])
     ids = v.uints(rows, 0, vocab - 1)
     for _ in range(v.int(0, min(2, rows))):  # ids past the table give zero rows
         ids[v.int(0, rows - 1)] = v.pick([vocab, vocab + 1, U32_MAX])
@@ -68,7 +70,8 @@ CASES = (
         ),
         build=_embed,
         # a copy (f16/bf16 widen exactly) must be exact; 1e-6 only forgives flushing subnormals to zero
-        tolerance={"f32": 1e-6, "f16": 1e-6, "bf16": 1e-6},
+        # block formats: a small integer times an f16 scale (exact), plus a minimum (one rounding)
+        tolerance={"f32": 1e-6, "f16": 1e-6, "bf16": 1e-6, **dict.fromkeys(BLOCK_DTYPES, 1e-6)},
         cost=lambda s: s["vocab"] * s["dim"] + s["rows"] * s["dim"],
         examples=0.5,
     ),
