@@ -11,6 +11,9 @@ Running ahead: `submit` only queues, and `read_after(cmd, t)` reads a READBACK t
 `cmd` copied into once that list's last submit is done, whatever was queued after it. A
 model decodes with two recordings of its step that alternate, so the host reads token n
 while the device computes token n+1.
+
+Threads: every public call holds the backend's lock (see lifetime.py), so a backend may be used
+from several threads and their calls run one at a time; a backend's slots never run concurrently.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 from .dtypes import dtype_of, host_dtype, itemsize
 from .errors import BindingError, ClosedError, LimitExceeded, OutOfRange
 from .kernels import KernelSpec, kernel
+from .lifetime import Lifetime, serialised
 from .trace import Tracer
 
 
@@ -157,6 +161,8 @@ class CommandList:
         self.label = label
         self.ops: list[Dispatch | Copy] = []
         self.prepared: Any = None  # the backend's form, made once by Backend._prepare
+        self._buffers: tuple[Buffer, ...] = ()  # every buffer it uses, gathered at the first submit
+        self._checked_at = -1  # the backend's count of frees when they were last checked
 
     def __len__(self) -> int:
         return len(self.ops)
@@ -222,6 +228,23 @@ class CommandList:
             raise OutOfRange("copy source and destination overlap; copy through a second buffer")
         self.ops.append(Copy(src, dst, size, src_offset, dst_offset))
 
+    def check_live(self, frees: int) -> None:
+        """ClosedError if a buffer this list uses was freed (checked again only after a free)."""
+        if self._checked_at == frees:
+            return
+        if not self.sealed:
+            ops = self.ops
+            used = [t.buffer for op in ops if isinstance(op, Dispatch) for t in op.tensors]
+            used += [b for op in ops if isinstance(op, Copy) for b in (op.src, op.dst)]
+            self._buffers = tuple({id(b): b for b in used}.values())
+        for b in self._buffers:
+            if b.freed:
+                raise ClosedError(
+                    f"{self.label or 'a command list'} uses {b!r}, which was freed; record a new command list "
+                    "with live buffers"
+                )
+        self._checked_at = frees
+
     def _check_open(self) -> None:
         if self.sealed:
             raise BindingError("this command list was already submitted and is sealed; record a new one")
@@ -233,12 +256,26 @@ class Backend(ABC):
     name: str = "?"
     caps: Caps
 
+    # public methods a backend may override, serialised like the base class's own
+    _SERIALISED_OVERRIDES = ("gpu_timings",)
+
     def __init__(self) -> None:
+        self._life = Lifetime()
         self.tracer = Tracer()
-        self.closed = False
         self.bytes_allocated = 0
         self.peak_bytes_allocated = 0
+        self._frees = 0  # buffers freed so far: a command list re-checks its buffers when this moved
         self._pipelines: dict[tuple, Pipeline] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in cls._SERIALISED_OVERRIDES:
+            if name in cls.__dict__:
+                setattr(cls, name, serialised(cls.__dict__[name]))
+
+    @property
+    def closed(self) -> bool:
+        return self._life.closed
 
     # --- slots -----------------------------------------------------------------
     @abstractmethod
@@ -282,6 +319,7 @@ class Backend(ABC):
         return None
 
     # --- buffers -----------------------------------------------------------------
+    @serialised
     def buffer(self, size: int, usage: Usage = Usage.DEVICE) -> Buffer:
         self._check_alive()
         if not isinstance(size, int) or size <= 0:
@@ -315,6 +353,7 @@ class Backend(ABC):
             self.write(t, array)
         return t
 
+    @serialised
     def write(self, target: Buffer | Tensor, data: np.ndarray | bytes, offset: int = 0) -> None:
         """Host to device. `offset` is in bytes, from the start of the buffer or tensor."""
         buf, base = _buffer_and_offset(target)
@@ -331,6 +370,7 @@ class Backend(ABC):
             raise OutOfRange("writes must start at and cover a multiple of 4 bytes")
         self._write(buf, start, view)
 
+    @serialised
     def read(self, target: Buffer | Tensor, offset: int = 0, size: int | None = None) -> np.ndarray:
         """Device to host, after waiting for submitted work. A Tensor reads back with its dtype and shape."""
         buf, base = _buffer_and_offset(target)
@@ -345,6 +385,7 @@ class Backend(ABC):
             return data.view(host_dtype(target.dtype)).reshape(target.shape)
         return data
 
+    @serialised
     def read_after(self, cmd: CommandList, target: Tensor) -> np.ndarray:
         """Read a READBACK tensor that `cmd` fills, once the last submit of `cmd` is done, without waiting
         for anything submitted after it: the host reads step n's token while step n+1 runs."""
@@ -357,9 +398,11 @@ class Backend(ABC):
         data = np.frombuffer(bytes(self._read(target.buffer, target.offset, target.nbytes)), np.uint8)
         return data.view(host_dtype(target.dtype)).reshape(target.shape)
 
+    @serialised
     def free(self, buffer: Buffer) -> None:
         self.check_owned(buffer)
         self._free(buffer)
+        self._frees += 1
         buffer.freed = True
         self.bytes_allocated -= buffer.size
 
@@ -371,6 +414,7 @@ class Backend(ABC):
             raise ClosedError(f"{buffer!r} was freed; allocate a new buffer")
 
     # --- pipelines and command lists ------------------------------------------------
+    @serialised
     def pipeline(self, kernel_name: str, **constants: Any) -> Pipeline:
         """The compiled pipeline for a catalogue kernel and constants (cached)."""
         self._check_alive()
@@ -386,37 +430,46 @@ class Backend(ABC):
         self._check_alive()
         return CommandList(self, label)
 
+    @serialised
     def submit(self, cmd: CommandList) -> None:
         """Queue a command list; it runs after everything submitted before it."""
         self._check_alive()
         if cmd.backend is not self:
             raise BindingError("this command list was recorded on another backend")
+        cmd.check_live(self._frees)
         if cmd.prepared is None:
             with self.tracer.span("prepare", ops=len(cmd)):
                 cmd.prepared = self._prepare(cmd)
         with self.tracer.span("submit", label=cmd.label):
             self._submit(cmd)
 
+    @serialised
     def wait(self) -> None:
         """Block until all submitted work is done."""
         self._check_alive()
         with self.tracer.span("wait"):
             self._wait()
 
+    @serialised
     def wait_for(self, cmd: CommandList) -> None:
         """Block until the last submit of `cmd` (and everything submitted before it) is done."""
         self._check_alive()
         with self.tracer.span("wait"):
             self._wait_for(cmd)
 
+    @serialised
     def run(self, cmd: CommandList) -> None:
         self.submit(cmd)
         self.wait()
 
+    @serialised
     def close(self) -> None:
         if not self.closed:
-            self._close()
-            self.closed = True
+            self._life.deferred.clear()  # closing releases everything they would
+            try:
+                self._close()
+            finally:
+                self._life.closed = True
 
     def __enter__(self) -> Backend:
         return self

@@ -101,6 +101,10 @@ class TokenizerError(ModelError):
     pass
 
 
+class ModelBusy(ModelError):
+    """A model runs one generation at a time; another was asked for while one is unfinished."""
+
+
 class ContextLengthExceeded(ModelError):
     def __init__(self, needed: int, limit: int):
         self.needed = needed

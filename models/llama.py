@@ -26,8 +26,11 @@ step n+1 the host reads step n's token. Prefill is recorded per chunk length.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import os
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
@@ -36,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from shaderbay.backend import Backend, CommandList, Dispatch, Tensor, Usage
 from shaderbay.dtypes import itemsize, to_f32
-from shaderbay.errors import BindingError, ContextLengthExceeded, ModelError
+from shaderbay.errors import BindingError, ContextLengthExceeded, ModelBusy, ModelError
 from shaderbay.kernels import ARGMAX_SCRATCH_ROW, DECODE_ATTENTION_SLICES
 from shaderbay.rope import inverse_frequencies
 
@@ -319,6 +322,40 @@ class Stats:
 # --- the forward pass -------------------------------------------------------------------------
 
 
+def _one_at_a_time(method):
+    """A Llama method (or generator) that holds the model for its whole run: the scratch buffers, the KV
+    cache and the recorded steps serve one sequence, so a second caller gets ModelBusy at once."""
+
+    def claim(self):
+        if not self._in_use.acquire(blocking=False):
+            raise ModelBusy(
+                "this model runs one generation at a time and one is unfinished: finish or close() the other "
+                "generator first, or load another model for the other thread (models can share a backend)"
+            )
+
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def held_generator(self, *args, **kwargs):
+            claim(self)
+            try:
+                yield from method(self, *args, **kwargs)
+            finally:
+                self._in_use.release()
+
+        return held_generator
+
+    @functools.wraps(method)
+    def held(self, *args, **kwargs):
+        claim(self)
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._in_use.release()
+
+    return held
+
+
 @dataclass
 class _Scratch:
     x: Tensor
@@ -374,6 +411,7 @@ class Llama:
         widest = max(p.shape[0] for _, p in weights.lm_head_parts) * 4
         self.all_chunk = max(1, min(self.chunk, backend.caps.max_binding_size // widest))
         self.stats = Stats()
+        self._in_use = threading.Lock()  # held by the running generation (_one_at_a_time)
         self._lists: OrderedDict[tuple, CommandList] = OrderedDict()
         self._pipelines: dict[tuple, object] = {}
         # every buffer the model holds, its weights included, freed by close()
@@ -594,6 +632,7 @@ class Llama:
         w = self.weights
         return to_f32(np.asarray(w.host_embed[np.asarray(ids, np.int64)]), w.host_embed_dtype).astype(np.float32)
 
+    @_one_at_a_time
     def logits(self, ids: list[int], all_positions: bool = False) -> np.ndarray:
         """Next-token logits after every prefix of `ids` ([T, vocab]) or after the whole ([vocab])."""
         ids = [int(t) for t in ids]
@@ -607,6 +646,7 @@ class Llama:
         self._prefill(ids, ("argmax",))
         return self.backend.read(self.s.logits)[0].copy()
 
+    @_one_at_a_time
     def generate(
         self,
         ids: list[int],

@@ -81,7 +81,6 @@ class VulkanBackend(Backend):
 
     def _free(self, buffer: VulkanBuffer) -> None:
         self._queue.wait()  # submitted work may still use it
-        self._queue.frees += 1
         self._memory.destroy(buffer)
 
     def _create_pipeline(self, spec: KernelSpec, constants: dict[str, Any]) -> VulkanPipeline:
