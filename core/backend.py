@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -74,6 +75,7 @@ class Buffer:
         self.size = size
         self.usage = usage
         self.freed = False
+        self._collected: Any = None  # the finalizer that releases it if it is collected without free
 
     def tensor(self, dtype: str, shape: tuple[int, ...] | int, offset: int = 0) -> Tensor:
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
@@ -310,6 +312,18 @@ class Backend(ABC):
     @abstractmethod
     def _close(self) -> None: ...
 
+    def _release_on_collect(self, buffer: Buffer) -> Callable[[], None] | None:
+        """What releases `buffer`'s device memory once it is garbage-collected without free, run at the
+        next call into the backend; it must not refer to the buffer or the backend. None (the default)
+        when collecting the Buffer object releases everything itself (host memory, wgpu's objects)."""
+        return None
+
+    def _release_when_collected(self, release: Callable[[], None]) -> Callable[[], None]:
+        """Call `release` (which frees the device and must not refer to the backend) exactly once: when
+        the returned function is called (from `_close`), when the backend is garbage-collected or at
+        interpreter exit. Backends holding driver objects call this once they are made."""
+        return self._life.release_when_collected(self, release)
+
     def supports(self, kernel_name: str) -> bool:
         """Whether this backend implements a catalogue kernel (`shaderbay check` lists the rest)."""
         return True
@@ -331,6 +345,7 @@ class Backend(ABC):
             )
         size = -(-size // 4) * 4
         buf = self._create_buffer(size, usage)
+        buf._collected = self._life.collected(buf, size, self._release_on_collect(buf))
         self.bytes_allocated += size
         self.peak_bytes_allocated = max(self.peak_bytes_allocated, self.bytes_allocated)
         return buf
@@ -401,6 +416,8 @@ class Backend(ABC):
     @serialised
     def free(self, buffer: Buffer) -> None:
         self.check_owned(buffer)
+        if buffer._collected is not None:
+            buffer._collected.detach()
         self._free(buffer)
         self._frees += 1
         buffer.freed = True

@@ -3,10 +3,10 @@ and lets the garbage collector release one nobody closed.
 
 Every public call into a backend holds its lock (`serialised`), so calls from several threads run
 one at a time. A finalizer never calls into a driver from the thread the garbage collector
-happens to run on while the backend is live: it queues its release (`Lifetime.defer`), and the
-next call into the backend runs it, under the lock. The backend's own finalizer (`Lifetime.
-release_when_collected`) runs only once the backend is unreachable, when no thread can be inside
-its calls, or at interpreter exit, when it first takes the lock.
+happens to run on while the backend is live: a Buffer collected without `free` queues its release
+(`Lifetime.collected`), and the next call into the backend runs it, under the lock. The backend's
+own finalizer (`Lifetime.release_when_collected`) runs only once the backend is unreachable, when
+no thread can be inside its calls, or at interpreter exit, when it first takes the lock.
 """
 
 from __future__ import annotations
@@ -33,16 +33,22 @@ class Lifetime:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.closed = False
-        self.deferred: deque[Callable[[], None]] = deque()  # appends and pops are atomic
+        # (bytes, release or None) of buffers collected without free, queued by their finalizers on
+        # any thread (deque appends and pops are atomic); dropped at close, which releases everything
+        self.deferred: deque[tuple[int, Callable[[], None] | None]] = deque()
 
-    def defer(self, release: Callable[[], None]) -> None:
-        """Run `release` at the next call into the backend (dropped if the backend closes first,
-        since closing releases everything)."""
-        self.deferred.append(release)
+    def collected(self, buffer: object, size: int, release: Callable[[], None] | None) -> weakref.finalize:
+        """Queue `release` (which must not refer to `buffer` or its backend) when `buffer` is collected."""
+        fin = weakref.finalize(buffer, self.deferred.append, (size, release))
+        fin.atexit = False  # at exit the buffer may still be in use (a daemon thread); the device goes anyway
+        return fin
 
-    def run_deferred(self) -> None:
+    def run_deferred(self, backend: Any) -> None:
         while self.deferred:
-            self.deferred.popleft()()
+            size, release = self.deferred.popleft()
+            backend.bytes_allocated -= size
+            if release is not None:
+                release()
 
     def release_when_collected(self, owner: object, release: Callable[[], None]) -> weakref.finalize:
         """Call `release` (which must not refer to `owner`) once: when the returned finalizer is
@@ -70,7 +76,7 @@ def serialised(method: F) -> F:
         life = self._life
         with life.lock:
             if life.deferred and not life.closed:
-                life.run_deferred()
+                life.run_deferred(self)
             return method(self, *args, **kwargs)
 
     return locked  # type: ignore[return-value]

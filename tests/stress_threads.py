@@ -1,7 +1,8 @@
 """Two threads on one backend, run as a script so that a crash or a hang fails the test that runs it
 (tests/test_threads.py) instead of taking the test session down.
 
-    python stress_threads.py BACKEND
+    python stress_threads.py BACKEND          # the workloads below
+    python stress_threads.py BACKEND exit     # exit while a daemon thread is mid-generation
 
 Three workloads at once on one backend: two threads each generating with a model of their own,
 and a third recording small command lists and dropping them (their finalizers then run on that
@@ -15,6 +16,7 @@ import gc
 import json
 import sys
 import threading
+import time
 
 import numpy as np
 import shaderbay
@@ -68,5 +70,17 @@ def main(name: str) -> None:
     print(json.dumps(results))
 
 
+def exit_mid_run(name: str) -> None:
+    """The interpreter exits (releasing the backend nobody closed) while a daemon thread generates."""
+    model = shaderbay.load("synthetic:tiny:f32", backend=name, max_context=64)
+
+    def run() -> None:
+        while True:
+            list(model.tokens(PROMPTS[0], TOKENS, ignore_eos=True))
+
+    threading.Thread(target=run, daemon=True).start()
+    time.sleep(0.5)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    (exit_mid_run if sys.argv[2:] == ["exit"] else main)(sys.argv[1])

@@ -132,7 +132,8 @@ class CommandQueue:
             self.release(prep)
             raise
         self._preps.add(prep)
-        weakref.finalize(cmd, self._collected.append, prep)
+        # not at exit, when the list may still be in use (a daemon thread); closing releases it
+        weakref.finalize(cmd, self._collected.append, prep).atexit = False
         return prep
 
     def _record(self, prep: Prepared, plan: list[tuple], timestamps: bool) -> None:
