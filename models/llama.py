@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from shaderbay.backend import Backend, CommandList, Dispatch, Tensor, Usage
 from shaderbay.dtypes import itemsize, to_f32
-from shaderbay.errors import BindingError, ContextLengthExceeded, ModelBusy, ModelError
+from shaderbay.errors import BindingError, CheckpointError, ContextLengthExceeded, ModelBusy, ModelError
 from shaderbay.kernels import ARGMAX_SCRATCH_ROW, DECODE_ATTENTION_SLICES
 from shaderbay.rope import inverse_frequencies
 
@@ -148,10 +148,17 @@ class _Uploader:
                 self.backend.free(t.buffer)
 
     def _host(self, name: str) -> np.ndarray:
+        info = self.infos[name]
         try:
-            return self.ckpt.array(name)
+            array = self.ckpt.array(name)
         except (OSError, ValueError) as exc:
-            raise ModelError(f"{self.infos[name].source}: tensor {name!r} cannot be read ({exc})") from None
+            raise ModelError(f"{info.source}: tensor {name!r} cannot be read ({exc})") from None
+        if not _finite(array, info.dtype):
+            raise CheckpointError(
+                f"{info.source}: tensor {name!r} holds NaN or infinite values; the checkpoint is corrupt "
+                "(re-download or re-convert it)"
+            )
+        return array
 
     def _tick(self, names: list[str]) -> None:
         self.done += sum(self.infos[n].nbytes for n in names)
@@ -212,6 +219,14 @@ class _Uploader:
         return t
 
 
+def _finite(array: np.ndarray, dtype: str) -> bool:
+    """No NaN or infinity, in one pass: a float64 sum (finite weights cannot overflow it), or for bf16
+    bits the largest magnitude below the all-ones exponent."""
+    if dtype == "bf16":
+        return array.size == 0 or int(np.bitwise_and(array, 0x7FFF).max()) < 0x7F80
+    return bool(np.isfinite(np.sum(array, dtype=np.float64)))
+
+
 def load_weights(ckpt: Checkpoint, backend: Backend, progress: ProgressFn | None = None) -> Weights:
     """Check every tensor (presence, shape, dtype) first, then upload them one by one."""
     c = ckpt.config
@@ -231,7 +246,7 @@ def _upload(ckpt: Checkpoint, backend: Backend, c: ModelConfig, infos: dict[str,
     if embed_info.nbytes > caps.max_binding_size:
         # Larger than one binding: the host looks rows up (it reads every token id back anyway)
         # and the device holds the table only as the tied lm_head, bound in parts.
-        host_embed = ckpt.array("model.embed_tokens.weight")
+        host_embed = up._host("model.embed_tokens.weight")
     embed = up.matrix("model.embed_tokens.weight") if host_embed is None or c.tie_word_embeddings else None
     layers = []
     for i in range(c.n_layers):
