@@ -95,8 +95,10 @@ def read_json(path: Path, error: type[Exception] = CheckpointError) -> Any:
         raise error(f"{path}: larger than {JSON_LIMIT >> 20} MB, which no config or index is")
     try:
         return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise error(f"{path}: cannot be read as JSON ({show(str(exc))})") from None
+    except RecursionError:
+        raise error(f"{path}: its JSON is nested too deeply to be a config or an index") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise error(f"{path}: cannot be read as JSON ({exc})") from None
 
 
 def inside(folder: Path, name: Any, what: str, error: type[Exception] = CheckpointError) -> Path:
