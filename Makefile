@@ -11,8 +11,10 @@ VALIDATE ?= SHADERBAY_VULKAN_VALIDATE=1
 
 .PHONY: run test test-slow lint format system-deps install shaders bench
 
+# The default model chats with its own sampling defaults; at 135M parameters it repeats itself
+# without a repetition penalty (1.1, Ollama's default).
 run: system-deps install
-	$(PY) -m shaderbay.cli generate --chat --max-tokens 96 "$(PROMPT)"
+	$(PY) -m shaderbay.cli generate --max-tokens 96 --repetition-penalty 1.1 "$(PROMPT)"
 
 test: system-deps install lint
 	$(PY) -m pytest -q -m "not slow" tests

@@ -16,9 +16,19 @@ import shlex
 import sys
 from typing import Any
 
-from .shapes import synthetic_names
+from shaderbay.errors import ShaderbayError
+from shaderbay.plugins import discover
+from shaderbay.progress import Progress
 
-SCHEMA = "shaderbay-bench/1"
+from . import plots, report
+from .kernels import bench_kernel_backends, model_cases
+from .machine import machine_info
+from .model_bench import bench_model
+from .model_settings import Settings
+from .model_summary import model_info
+from .probe import Tracks
+from .results import SCHEMA, KernelsResult, ModelResult, Result, write_json
+from .shapes import checkpoint_shape, named_shape, synthetic_names, weight_dtype
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,8 +80,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def backend_names(spec: str) -> list[str]:
-    from shaderbay.plugins import discover
-
     if spec.strip().lower() == "all":
         return [e.name for e in sorted(discover().values(), key=lambda e: e.priority)]
     names = [n.strip() for n in spec.split(",") if n.strip()]
@@ -85,12 +93,9 @@ def _command(argv: list[str] | None) -> str:
     return " ".join(["shaderbay bench", *(shlex.quote(a) for a in args)])
 
 
-def _envelope(kind: str, settings: dict[str, Any], command: str) -> dict[str, Any]:
-    from .machine import machine_info
-
+def _envelope(settings: dict[str, Any], command: str) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
-        "kind": kind,
         "command": command,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
@@ -102,8 +107,6 @@ class Steps:
     """The progress bar (core's Progress: drawn on a terminal, or with SHADERBAY_PROGRESS=1) as a step counter."""
 
     def __init__(self, label: str, total: int):
-        from shaderbay.progress import Progress
-
         self.bar = Progress(label, total)
         self.bar.__enter__()
 
@@ -111,12 +114,10 @@ class Steps:
         self.bar.update(1, label)
 
     def close(self) -> None:
-        self.bar.close(success=True)
+        self.bar.close()
 
 
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
-    from .probe import Tracks
-
     names = backend_names(args.backend)
     if not names:
         print("shaderbay bench: no backends selected", file=sys.stderr)
@@ -138,30 +139,25 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         "temperature": args.temperature,
         "copy_bytes": args.copy_mib << 20,
     }
-    if args.what == "kernels":
-        result = _run_kernels(args, names, settings, tracks)
-    else:
-        result = _run_model(args, names, settings, tracks)
-    result = {**_envelope(args.what, settings, _command(argv)), **result}
-    from . import report
-
+    run_bench = _run_kernels if args.what == "kernels" else _run_model
+    result = run_bench(args, names, settings, tracks, _envelope(settings, _command(argv)))
     if not args.quiet:
-        print(report.kernels_report(result) if args.what == "kernels" else report.model_report(result))
+        print(report.text(result))
     if args.json:
-        report.write_json(result, args.json)
+        write_json(result, args.json)
     if args.plot:
-        (report.plot_kernels if args.what == "kernels" else report.plot_model)(result, args.plot)
+        plots.plot(result, args.plot)
     if args.trace:
         report.write_trace(tracks.chrome_trace(), args.trace)
     if args.markdown:
         with open(args.markdown, "a") as f:
             f.write("\n" + report.markdown(result, args.note))
-    return 0 if any(r.get("ok") for r in result["results"]) else 1
+    return 0 if any(r.ok for r in result.results) else 1
 
 
-def _run_model(args: argparse.Namespace, names: list[str], settings: dict[str, Any], tracks: Any) -> dict[str, Any]:
-    from .model_bench import Settings, bench_model
-
+def _run_model(
+    args: argparse.Namespace, names: list[str], settings: dict[str, Any], tracks: Tracks, envelope: dict[str, Any]
+) -> Result:
     s = Settings(
         backends=names,
         model=args.model,
@@ -184,15 +180,15 @@ def _run_model(args: argparse.Namespace, names: list[str], settings: dict[str, A
     )
     steps = Steps("bench", 2 + len(names) * (5 + args.repeats))
     try:
-        return bench_model(s, tracks, steps)
+        model, rows = bench_model(s, tracks, steps)
     finally:
         steps.close()
+    return ModelResult(**envelope, model=model, results=rows)
 
 
-def _run_kernels(args: argparse.Namespace, names: list[str], settings: dict[str, Any], tracks: Any) -> dict[str, Any]:
-    from .kernels import bench_kernel_backends, model_cases
-    from .shapes import checkpoint_shape, named_shape, weight_dtype
-
+def _run_kernels(
+    args: argparse.Namespace, names: list[str], settings: dict[str, Any], tracks: Tracks, envelope: dict[str, Any]
+) -> Result:
     if args.model:
         shape, wdtype = checkpoint_shape(args.model, args.model)
     else:  # the default model has the smollm2-135m shape
@@ -211,19 +207,10 @@ def _run_kernels(args: argparse.Namespace, names: list[str], settings: dict[str,
         )
     finally:
         steps.close()
-    model = {
-        "name": shape.name,
-        "dtype": wdtype,
-        "shape": shape.as_dict(),
-        "weights_bytes": shape.weights_bytes(wdtype),
-        "weight_bytes_per_token": shape.weight_bytes_per_token(wdtype),
-    }
-    return {"model": model, "results": rows}
+    return KernelsResult(**envelope, model=model_info(shape, shape.name, wdtype), results=rows)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from shaderbay.errors import ShaderbayError
-
     parser = argparse.ArgumentParser(prog="shaderbay bench")
     add_arguments(parser)
     args = parser.parse_args(argv)

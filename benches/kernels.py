@@ -17,14 +17,16 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from shaderbay.dtypes import host_dtype, itemsize
+from shaderbay.dtypes import f32_to_bf16, host_dtype, itemsize
 from shaderbay.errors import LimitExceeded, ShaderbayError
+from shaderbay.plugins import create_backend
 from shaderbay.rope import inverse_frequencies
 
+from .results import Bandwidth, Copy, Device, KernelsRow, MicroKernel, StreamError
 from .shapes import Shape, kernel_bytes, kernel_flops
 
 
@@ -160,6 +162,7 @@ def model_cases(
                         "top_k": 40,
                         "top_p": 0.95,
                         "penalty": 1.1,
+                        "min_p": 0.05,
                     },
                 ),
             ]
@@ -168,6 +171,10 @@ def model_cases(
 
 # --- building the buffers of a case --------------------------------------------------------------
 
+# Dense float16 tensor-core rate (f32 accumulation, no sparsity), TFLOP/s, by Vulkan device name:
+# NVIDIA's H200 datasheet (the H100 SXM's 989.4). Matmul rows report their share of it.
+TENSOR_CORE_PEAK_TFLOPS = {"NVIDIA H200": 989.4}
+
 _RNG_BLOCK = 1 << 20
 
 
@@ -175,8 +182,6 @@ def _random(numel: int, dtype: str, scale: float, rng: np.random.Generator) -> n
     block = rng.standard_normal(min(numel, _RNG_BLOCK), dtype=np.float32) * scale
     values = np.resize(block, numel)
     if dtype == "bf16":
-        from shaderbay.dtypes import f32_to_bf16
-
         return f32_to_bf16(values)
     return values.astype(host_dtype(dtype))
 
@@ -291,7 +296,7 @@ def time_pieces(backend: Any, pieces: list, label: str, min_time: float = 0.1, m
     return float(statistics.median(samples)), "gpu" if timings else "wall"
 
 
-def copy_bandwidth(backend: Any, size: int = 512 << 20, copies: int = 4, runs: int = 5) -> dict[str, Any]:
+def copy_bandwidth(backend: Any, size: int = 512 << 20, copies: int = 4, runs: int = 5) -> Copy:
     """Device copy bandwidth in GB/s (bytes read + written per second) from a CommandList of copies between
     two buffers of `size` / 2 bytes each."""
     size = int(min(size // 2, backend.caps.max_buffer_size) // 256 * 256)
@@ -310,13 +315,13 @@ def copy_bandwidth(backend: Any, size: int = 512 << 20, copies: int = 4, runs: i
             ns, source = sum(t for _, t in timings), "gpu"
         else:
             ns, source = min(walls), "wall"
-        return {"gbs": moved / ns, "bytes": moved, "buffer_bytes": size, "ns": ns, "source": source}
+        return Copy(gbs=moved / ns, bytes=moved, buffer_bytes=size, ns=ns, source=source)
     finally:
         a.free()
         b.free()
 
 
-def stream_bandwidth(backend: Any, size: int = 512 << 20, pairs: int = 2, min_time: float = 0.05) -> dict[str, Any]:
+def stream_bandwidth(backend: Any, size: int = 512 << 20, pairs: int = 2, min_time: float = 0.05) -> Copy:
     """GB/s of the catalogue's `add` kernel (x += y: two reads and a write per element) streaming through
     `pairs` pairs of buffers holding `size` bytes in all (alternating pairs, so that a cache cannot hold them)."""
     per = int(min(size // (2 * pairs), backend.caps.max_binding_size) // 1024 * 1024)
@@ -332,7 +337,7 @@ def stream_bandwidth(backend: Any, size: int = 512 << 20, pairs: int = 2, min_ti
             pieces = [(pipe, {"x": tensors[2 * i], "y": tensors[2 * i + 1]}, {"n": n}) for i in range(pairs)]
             ns, source = time_pieces(backend, pieces, "stream_bandwidth", min_time)
             moved = 12 * n * pairs
-            return {"gbs": moved / ns, "bytes": moved, "buffer_bytes": 4 * n, "ns": ns, "source": source}
+            return Copy(gbs=moved / ns, bytes=moved, buffer_bytes=4 * n, ns=ns, source=source)
         except LimitExceeded:  # too many workgroups for one dispatch: smaller buffers
             if per <= 1 << 20:
                 raise
@@ -342,44 +347,38 @@ def stream_bandwidth(backend: Any, size: int = 512 << 20, pairs: int = 2, min_ti
                 t.buffer.free()
 
 
-def device_bandwidth(backend: Any, size: int = 512 << 20) -> dict[str, Any]:
+def device_bandwidth(backend: Any, size: int = 512 << 20) -> Bandwidth:
     """The reference bandwidth kernels are compared with: the better of a buffer copy in a CommandList and a
     streaming kernel. (A copy may run on a copy engine slower than the shader cores: on an H100 through
     Vulkan, vkCmdCopyBuffer reaches ~0.8 TB/s where kernels stream at over 2 TB/s.)"""
     copy = copy_bandwidth(backend, size)
     try:
-        stream = stream_bandwidth(backend, size)
+        stream: Copy | StreamError = stream_bandwidth(backend, size)
     except ShaderbayError as exc:
-        stream = {"error": f"{type(exc).__name__}: {exc}"}
-    best = copy if not stream.get("gbs") or copy["gbs"] >= stream["gbs"] else stream
-    return {**best, "method": "copy" if best is copy else "stream", "copy": copy, "stream": stream}
+        stream = StreamError(f"{type(exc).__name__}: {exc}")
+    best = stream if isinstance(stream, Copy) and stream.gbs > copy.gbs else copy
+    return Bandwidth(**asdict(best), method="copy" if best is copy else "stream", copy=copy, stream=stream)
 
 
-def run_case(backend: Any, case: KernelCase, rng: np.random.Generator, min_time: float) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "name": case.name,
-        "phase": case.phase,
-        "kernel": case.kernel,
-        "params": case.params,
-        "constants": case.constants,
-    }
+def run_case(backend: Any, case: KernelCase, rng: np.random.Generator, min_time: float) -> MicroKernel:
+    row = MicroKernel(case.name, case.phase, case.kernel, case.params, case.constants)
     if not backend.supports(case.kernel):
-        row["error"] = "unsupported by this backend"
+        row.error = "unsupported by this backend"
         return row
     buffers: list = []
     try:
         pieces, buffers = build(backend, case, rng)
-        row["dispatches"] = len(pieces)
-        row["bytes"] = sum(
+        row.dispatches = len(pieces)
+        row.bytes = sum(
             kernel_bytes(case.kernel, params, pipe.dtypes, pipe.constants, case.context) for pipe, _, params in pieces
         )
         flops = [kernel_flops(case.kernel, params, case.context) for _, _, params in pieces]
-        row["flops"] = sum(flops) if None not in flops else None
-        ns, source = time_pieces(backend, pieces, case.name, min_time)
-        row.update(ns=ns, source=source, gbs=row["bytes"] / ns if ns > 0 else None)
-        row["tflops"] = row["flops"] / ns / 1e3 if row["flops"] and ns > 0 else None
+        row.flops = sum(flops) if None not in flops else None
+        row.ns, row.source = time_pieces(backend, pieces, case.name, min_time)
+        row.gbs = row.bytes / row.ns if row.ns > 0 else None
+        row.tflops = row.flops / row.ns / 1e3 if row.flops and row.ns > 0 else None
     except ShaderbayError as exc:
-        row["error"] = f"{type(exc).__name__}: {exc}"
+        row.error = f"{type(exc).__name__}: {exc}"
     finally:
         for buf in buffers:
             if not buf.freed:
@@ -395,9 +394,11 @@ def bench_kernels(
     copy_bytes: int = 512 << 20,
     seed: int = 0,
     on_case: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Copy bandwidth, then every case; rows carry `copy_bw_share` = achieved GB/s / copy GB/s."""
+) -> tuple[Bandwidth, list[MicroKernel]]:
+    """Copy bandwidth, then every case; rows carry `copy_bw_share` = achieved GB/s / copy GB/s, and
+    `tensor_core_share` = achieved TFLOP/s / the device's tensor-core peak where it is known."""
     rng = np.random.default_rng(seed)
+    peak = TENSOR_CORE_PEAK_TFLOPS.get(backend.caps.device)
     if on_case:
         on_case("copy bandwidth")
     copy = device_bandwidth(backend, copy_bytes)
@@ -406,10 +407,12 @@ def bench_kernels(
         if on_case:
             on_case(f"{case.phase} {case.name}")
         row = run_case(backend, case, rng, min_time)
-        if row.get("gbs") is not None:
-            row["copy_bw_share"] = row["gbs"] / copy["gbs"]
+        if row.gbs is not None:
+            row.copy_bw_share = row.gbs / copy.gbs
+        if row.tflops and peak:
+            row.tensor_core_share = row.tflops / peak
         rows.append(row)
-    return {"copy": copy, "kernels": rows}
+    return copy, rows
 
 
 def bench_kernel_backends(
@@ -420,32 +423,28 @@ def bench_kernel_backends(
     copy_bytes: int = 512 << 20,
     tracks: Any = None,
     note: Callable[[str], None] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[KernelsRow]:
     """`bench_kernels` on each named backend in turn; a backend that fails gets an error row."""
-    from shaderbay.plugins import create_backend
-
     rows = []
     for name in names:
-        row: dict[str, Any] = {"backend": name, "ok": False, "error": None}
+        row = KernelsRow(backend=name, ok=False, error=None)
         backend = None
         try:
             backend = create_backend(name)
-            caps = backend.caps
-            row["device"] = {"name": caps.device, "type": caps.device_type, "features": caps.summary(),
-                             "timestamps": bool(caps.timestamps)}  # fmt: skip
+            row.device = Device.of(backend)
             backend.tracer.enabled = True  # also what makes a backend write timestamp queries
             if tracks is not None:
                 tracks.attach(name, backend.tracer)
-            got = bench_kernels(
+            row.copy_bandwidth, row.kernels = bench_kernels(
                 backend,
                 cases,
                 min_time=min_time,
                 copy_bytes=copy_bytes,
                 on_case=(lambda label, name=name: note(f"{name}: {label}")) if note else None,
             )
-            row.update(ok=True, copy_bandwidth=got["copy"], kernels=got["kernels"])
+            row.ok = True
         except Exception as exc:  # noqa: BLE001 - one backend's failure must not end the others
-            row["error"] = f"{type(exc).__name__}: {exc}"
+            row.error = f"{type(exc).__name__}: {exc}"
         finally:
             if backend is not None:
                 try:

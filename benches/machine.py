@@ -7,13 +7,14 @@ import platform
 import resource
 import socket
 import sys
-from typing import Any
+
+import numpy as np
+import shaderbay
+
+from .results import Machine
 
 
-def machine_info() -> dict[str, Any]:
-    import numpy as np
-    import shaderbay
-
+def machine_info() -> Machine:
     cpu = platform.processor() or ""
     try:
         with open("/proc/cpuinfo") as f:
@@ -24,17 +25,17 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     env = {k: os.environ[k] for k in ("LP_NUM_THREADS", "SHADERBAY_BACKEND", "VK_DRIVER_FILES") if k in os.environ}
-    return {
-        "hostname": socket.gethostname(),
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "memory_bytes": total_memory(),
-        "numpy": np.__version__,
-        "shaderbay": shaderbay.__version__,
-        "env": env,
-    }
+    return Machine(
+        hostname=socket.gethostname(),
+        platform=platform.platform(),
+        python=sys.version.split()[0],
+        cpu=cpu,
+        cpu_count=os.cpu_count(),
+        memory_bytes=total_memory(),
+        numpy=np.__version__,
+        shaderbay=shaderbay.__version__,
+        env=env,
+    )
 
 
 def total_memory() -> int | None:
@@ -61,7 +62,7 @@ def rss_bytes() -> int | None:
     if kib is not None:
         return kib * 1024
     try:
-        import psutil
+        import psutil  # lazily: an optional package, needed only where /proc is missing
 
         return psutil.Process().memory_info().rss
     except ImportError:

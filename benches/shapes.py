@@ -11,12 +11,15 @@ compared with the copy bandwidth (bytes read + bytes written per second by a buf
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from shaderbay.dtypes import itemsize
+from shaderbay.models.checkpoint import SafetensorsCheckpoint
 from shaderbay.models.config import ModelConfig
 from shaderbay.models.synthetic import SHAPES, synthetic_config
+
+from .results import ModelShape
 
 DTYPE_NAMES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16", "f32": "f32", "f16": "f16", "bf16": "bf16"}
 
@@ -26,9 +29,6 @@ def weight_dtype(name: str) -> str:
         return DTYPE_NAMES[name]
     except KeyError:
         raise ValueError(f"unknown dtype {name!r}; use float32, float16 or bfloat16") from None
-
-
-SHAPE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim", "vocab_size", "tie_word_embeddings")
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,9 @@ class Shape:
     def kv_cache_bytes(self, max_context: int, cache_dtype: str = "f32") -> int:
         return 2 * self.n_layers * max_context * self.kv_dim * itemsize(cache_dtype)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, **{f: getattr(self.config, f) for f in SHAPE_FIELDS}, "n_params": self.n_params}
+    def record(self) -> ModelShape:
+        """The shape as the bench results record it (its config's fields of the same names)."""
+        return ModelShape(**{f.name: getattr(self, f.name) for f in fields(ModelShape)})
 
 
 def synthetic_names() -> list[str]:
@@ -68,8 +69,6 @@ def named_shape(name: str) -> Shape:
 
 def checkpoint_shape(path: Any, name: str = "") -> tuple[Shape, str]:
     """The shape and weight dtype of a checkpoint directory (config.json and the safetensors header)."""
-    from shaderbay.models.checkpoint import SafetensorsCheckpoint
-
     ckpt = SafetensorsCheckpoint(path)
     try:
         return Shape(name or "model", ModelConfig.from_dir(path)), ckpt.infos()["model.embed_tokens.weight"].dtype

@@ -16,15 +16,25 @@ come to the copy bandwidth measured in the same run: a busy GPU whose kernels st
 that bandwidth cannot go faster with better arithmetic, only with fewer bytes (data layout,
 fusion, fewer copies). GPU time is checked before API time: when the GPU is busy more than
 80% of a token, host work overlaps it and cutting the API cost would not help.
+
+Where vulkan, in the same run, multiplies prefill on the tensor cores (cooperative matrices:
+a native-only feature, wgpu has none), each GPU backend's verdict names it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 GPU_BOUND_SHARE = 0.80  # GPU busy for more than this share of a token's wall time
 CPU_BOUND_SHARE = 0.20  # host time inside the API for more than this share
 MEMORY_BOUND_UTILISATION = 0.70  # time-weighted achieved GB/s / copy bandwidth at or above this
+
+# what each backend's verdict adds where vulkan, in the same run, uses cooperative matrices
+TENSOR_CORES = {
+    "vulkan": "prefill multiplies on the tensor cores (cooperative matrices, which wgpu cannot reach)",
+    "wgpu": "vulkan multiplies prefill on this device's tensor cores (cooperative matrices), which wgpu cannot reach",
+}
 
 KINDS = ("acceptable", "gpu-bound", "memory-bound", "cpu-bound", "host-bound", "reference", "unknown")
 
@@ -35,8 +45,9 @@ class Verdict:
     reason: str  # the figures that decided it
     suggestion: str  # what the decision tree says to do
 
-    def as_dict(self) -> dict[str, str]:
-        return asdict(self)
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"verdict kind {self.kind!r} is not one of {KINDS}")
 
 
 def _pct(x: float) -> str:
@@ -52,6 +63,7 @@ def verdict(
     bandwidth_utilisation: float | None = None,
     tok_s: float | None = None,
     target_tok_s: float | None = None,
+    tensor_cores: bool = False,
 ) -> Verdict:
     """Which branch of the decision tree a backend is on.
 
@@ -59,7 +71,22 @@ def verdict(
     api_share: host time inside the backend API (recording, encoding, submitting; not waiting) / token wall time.
     bandwidth_utilisation: GPU-time-weighted mean of each kernel's achieved GB/s / copy bandwidth.
     tok_s, target_tok_s: when both are given and tok_s reaches the target, performance is acceptable.
+    tensor_cores: vulkan, in the same run, uses cooperative matrices (the reason then says so).
     """
+    found = _branch(backend, device_type, gpu_share, api_share, bandwidth_utilisation, tok_s, target_tok_s)
+    note = TENSOR_CORES.get(backend) if tensor_cores and found.kind != "reference" else None
+    return replace(found, reason=f"{found.reason}; {note}") if note else found
+
+
+def _branch(
+    backend: str,
+    device_type: str,
+    gpu_share: float | None,
+    api_share: float | None,
+    bandwidth_utilisation: float | None,
+    tok_s: float | None,
+    target_tok_s: float | None,
+) -> Verdict:
     if tok_s is not None and target_tok_s is not None and tok_s >= target_tok_s:
         return Verdict("acceptable", f"{tok_s:.1f} tok/s reaches the target of {target_tok_s:.1f} tok/s", "no action")
     if device_type == "cpu":
@@ -108,10 +135,10 @@ def verdict(
     )
 
 
-def bandwidth_utilisation(kernels: list[dict]) -> float | None:
-    """GPU-time-weighted mean of achieved/copy bandwidth over per-kernel rows with `ns` and `copy_bw_share`."""
-    rows = [k for k in kernels if k.get("copy_bw_share") is not None and k.get("ns")]
-    total = sum(k["ns"] for k in rows)
+def bandwidth_utilisation(kernels: list[Any]) -> float | None:
+    """GPU-time-weighted mean of achieved/copy bandwidth over per-kernel rows (`ns`, `copy_bw_share`)."""
+    rows = [k for k in kernels if k.copy_bw_share is not None and k.ns]
+    total = sum(k.ns for k in rows)
     if not total:
         return None
-    return sum(k["ns"] * k["copy_bw_share"] for k in rows) / total
+    return sum(k.ns * k.copy_bw_share for k in rows) / total

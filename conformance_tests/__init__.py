@@ -7,9 +7,10 @@ Run it against any registered backend, either way:
 
 Modules: ``test_buffers`` (a stateful test of buffers against a bytearray model),
 ``test_kernels`` (every catalogue kernel and constant combination against the NumPy
-reference, tolerances in ``tolerances.py``), ``test_command_lists`` (ordering, replay,
-inputs written between replays, independence, copies) and ``test_errors`` (every typed
-error). ``plugin`` is the pytest plugin (``--backend``, the ``backend`` fixture, the ``ci``
-and ``thorough`` Hypothesis profiles); ``check`` is the ``shaderbay check`` command.
+reference; each kernel's cases and tolerance are one record in ``cases/``),
+``test_command_lists`` (ordering, replay, inputs written between replays, independence,
+copies) and ``test_errors`` (every typed error). ``plugin`` is the pytest plugin
+(``--backend``, the ``backend`` fixture, the ``ci`` and ``thorough`` Hypothesis profiles);
+``check`` is the ``shaderbay check`` command.
 Nothing in the suite knows a backend by name.
 """

@@ -17,6 +17,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shaderbay.config import cache_dir
+from shaderbay.errors import BackendUnavailable, UnknownBackend
+from shaderbay.plugins import discover, requested_backend
+
+from .report import STATS, clear
+
 GROUPS = {
     "test_buffers": "buffers",
     "test_kernels": "kernels",
@@ -128,9 +134,6 @@ class Collector:
 
 
 def _resolve_backend(name: str | None) -> tuple[str, str]:
-    from shaderbay.errors import BackendUnavailable, UnknownBackend
-    from shaderbay.plugins import discover, requested_backend
-
     wanted, source = requested_backend(name)
     if wanted:
         known = discover()
@@ -164,8 +167,6 @@ def _format_share(ratio: float) -> str:
 
 
 def print_table(backend: str, collector: Collector, out=sys.stdout) -> None:
-    from shaderbay.conformance.report import STATS
-
     header = ("group", "result", "tests", "worst rel. error", "of tolerance", "largest shape run")
     lines = [header]
     for row in collector.ordered_rows():
@@ -192,8 +193,7 @@ def print_table(backend: str, collector: Collector, out=sys.stdout) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import pytest
-    from shaderbay.conformance import report
+    import pytest  # lazily: the optional `conformance` extra; `shaderbay check --help` works without it
 
     name, source = _resolve_backend(args.backend)
     package = Path(__file__).resolve().parent
@@ -208,10 +208,9 @@ def run(args: argparse.Namespace) -> int:
         pytest_args.append("-x")
     pytest_args += ["-v"] if args.verbose else ["-q", "--tb=short", "--no-header"]
     # Hypothesis keeps a small cache; keep it out of the user's working directory
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shaderbay" / "hypothesis"
-    os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(cache))
+    os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(cache_dir() / "hypothesis"))
     print(f"checking backend {name!r} (selected by {source})", flush=True)
-    report.clear()
+    clear()
     collector = Collector()
     code = pytest.main(pytest_args, plugins=[collector])
     if code in (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.INTERNAL_ERROR, pytest.ExitCode.INTERRUPTED):

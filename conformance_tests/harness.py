@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from shaderbay.backends.numpy.kernels import REFERENCE
 from shaderbay.dtypes import host_dtype, to_f32
 
 CANARY = 0xA5
@@ -81,8 +82,6 @@ def initial_arrays(case: Case, pipeline) -> dict[str, np.ndarray]:
 
 
 def run_reference(case: Case, init: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from shaderbay.backends.numpy.kernels import REFERENCE
-
     arrays = {name: arr.copy() for name, arr in init.items()}
     REFERENCE[case.kernel](arrays, dict(case.params), dict(case.constants))
     return arrays

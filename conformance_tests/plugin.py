@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, Phase, settings
+from shaderbay.errors import BackendUnavailable, ShaderbayError
+from shaderbay.plugins import create_backend, discover
 
 ENV_REQUIRE = "SHADERBAY_REQUIRE_BACKENDS"
 ENV_PROFILE = "SHADERBAY_HYPOTHESIS_PROFILE"
@@ -109,8 +111,6 @@ def selected_backends(option: str | None) -> list[str]:
     value = option or os.environ.get(ENV_BACKEND) or "numpy"
     names = [n.strip() for n in value.split(",") if n.strip()]
     if "all" in names:
-        from shaderbay.plugins import discover
-
         discovered = sorted(discover(), key=lambda n: (n != "numpy", n))
         names = [n for n in names if n != "all"] + discovered
     return list(dict.fromkeys(names))
@@ -137,11 +137,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("backend", names, ids=names, indirect=True, scope="session")
 
 
-def _get_backend(config: pytest.Config, name: str):
-    """The session's backend `name`, created once; skips or fails the test when it cannot run here."""
-    from shaderbay.errors import BackendUnavailable, ShaderbayError
-    from shaderbay.plugins import create_backend
-
+def session_backend(config: pytest.Config, name: str):
+    """The session's backend `name`, created once (closed at the end of the session); skips the
+    test when it is unavailable here (fails it when $SHADERBAY_REQUIRE_BACKENDS names it), and
+    fails it when creating it raises anything else."""
     made = config.stash[_BACKENDS]
     if name not in made:
         try:
@@ -167,14 +166,12 @@ def _get_backend(config: pytest.Config, name: str):
 def backend(request: pytest.FixtureRequest):
     """A live backend of the suite's selection (one per name, shared by the whole session)."""
     name = getattr(request, "param", None) or request.config.stash[_NAMES][0]
-    return _get_backend(request.config, name)
+    return session_backend(request.config, name)
 
 
 @pytest.fixture
 def fresh_backend(backend, request: pytest.FixtureRequest):
     """A new, separate instance of the backend under test, closed after the test."""
-    from shaderbay.plugins import create_backend
-
     made = create_backend(_entry_name(backend, request))
     yield made
     made.close()

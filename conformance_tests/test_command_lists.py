@@ -17,6 +17,7 @@ from shaderbay.backends.numpy.kernels import REFERENCE
 from shaderbay.conformance.harness import relative_error
 from shaderbay.conformance.plugin import require_kernels
 from shaderbay.conformance.tolerances import tolerance
+from shaderbay.rope import inverse_frequencies
 
 TOL = 1e-4  # programs chain a few float32 kernels; each is held to its own budget in test_kernels
 
@@ -204,8 +205,6 @@ def test_replay_identical_results(backend) -> None:
 def test_position_from_buffer_replay(backend) -> None:
     """rope, kv_write and attention read positions from a buffer: one recorded list serves every position."""
     require_kernels(backend, "rope", "kv_write", "attention")
-    from shaderbay.rope import inverse_frequencies
-
     rng = np.random.default_rng(9)
     nh, nkv, hd, max_seq = 4, 2, 8, 12
     width = (nh + 2 * nkv) * hd  # a fused q|k|v row

@@ -2,7 +2,7 @@
 
 Like ggml's test-backend-ops: the same inputs go to the backend under test and to the
 reference (``shaderbay.backends.numpy.kernels.REFERENCE``), and the outputs are compared by
-normalised error against the budgets in ``tolerances.py``. Outputs start as NaN poison,
+normalised error against the budgets of its record in ``cases/``. Outputs start as NaN poison,
 every buffer is fenced by canary bytes, read-only inputs must come back untouched, and
 elements a kernel must not write must keep their bytes. A kernel the backend declares
 unsupported is reported as such (a skip whose reason starts with "unsupported"), never as
@@ -15,21 +15,16 @@ import itertools
 import os
 import time
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
-from shaderbay.conformance.cases import LADDERS, RngValues, build, case_strategy, sample_candidates, shape_cost
-from shaderbay.conformance.harness import ConformanceFailure, compare_outputs, explain_error, run_case
+from shaderbay.conformance.cases import CASES, RngValues, kernel_cases, sample_candidates
+from shaderbay.conformance.harness import ConformanceFailure, Outcome, compare_outputs, explain_error, run_case
 from shaderbay.conformance.plugin import UNSUPPORTED, require_kernels
 from shaderbay.conformance.report import record_error, record_largest
 from shaderbay.conformance.tolerances import SAMPLE_MARGIN, tolerance
 from shaderbay.errors import UnsupportedFeature, UnsupportedKernel
 from shaderbay.kernels import CATALOGUE
 
-# Examples per constant combination, as a share of the profile's max_examples: kernels with
-# many combinations get fewer each (matmul has 36); the sampler's cases are cheap and its
-# outcomes discrete, so it gets more.
-_SHARE = {"matmul": 0.25, "embed": 0.5, "kv_write": 0.75, "attention": 0.75, "sample": 3.0}
 LARGE_BUDGET_ENV = "SHADERBAY_LARGE_BUDGET_S"
 LARGE_BYTES_CAP = 256 << 20  # no single binding of the size ladder is larger than this
 
@@ -93,8 +88,6 @@ def _check_sample(case, outcome, dtypes) -> float:
 
 
 def _without(outcome, name: str):
-    from shaderbay.conformance.harness import Outcome
-
     return Outcome(
         {k: v for k, v in outcome.outputs.items() if k != name},
         outcome.reference,
@@ -106,11 +99,12 @@ def _without(outcome, name: str):
 def test_kernel(backend, kernel: str, constants: dict) -> None:
     """Generated shapes (awkward sizes, size 1) and values, against the reference."""
     _pipeline_or_skip(backend, kernel, constants)
+    cases = kernel_cases(kernel)
     base = settings.default
-    examples = max(3, round(base.max_examples * _SHARE.get(kernel, 1.0)))
+    examples = max(3, round(base.max_examples * cases.examples))
 
     @settings(base, max_examples=examples)
-    @given(case=case_strategy(kernel, constants))
+    @given(case=cases.strategy(constants))
     def conforms(case) -> None:
         check_case(backend, case)
 
@@ -137,38 +131,33 @@ def test_kernel_large(backend, kernel: str) -> None:
     _pipeline_or_skip(backend, kernel, constants)
     budget = _large_budget()
     limit = min(backend.caps.max_binding_size, backend.caps.max_buffer_size - 4096, LARGE_BYTES_CAP)
-    if kernel not in LADDERS:
-        raise LookupError(f"the conformance suite has no size ladder for kernel {kernel!r}: add one to cases.py")
+    cases = kernel_cases(kernel)
     spent, last = 0.0, None
     largest = None
-    for step, shape in enumerate(LADDERS[kernel]):
+    for step, shape in enumerate(cases.ladder):
         if last is not None:
             last_cost, last_time = last
-            predicted = last_time * shape_cost(kernel, shape) / last_cost
+            predicted = last_time * cases.cost(shape) / last_cost
             if spent + predicted > budget:
                 break
-        case = build(kernel, RngValues(1000 + step), constants, shape)
+        case = cases.case(RngValues(1000 + step), constants, shape)
         if _binding_bytes(case) > limit:
             break
         start = time.perf_counter()
         check_case(backend, case)
         elapsed = time.perf_counter() - start
         spent += elapsed
-        last = (shape_cost(kernel, shape), elapsed)
+        last = (cases.cost(shape), elapsed)
         largest = " ".join(f"{k}={v}" for k, v in shape.items() if k != "extra")
     assert largest is not None, "not even the smallest ladder step fits this device"
     record_largest(backend.name, kernel, largest)
 
 
 def test_every_kernel_has_cases() -> None:
-    """A kernel added to the catalogue must come with conformance cases and tolerances."""
-    from shaderbay.conformance.cases import _BUILDERS
-    from shaderbay.conformance.tolerances import TOLERANCES
-
+    """Every catalogue kernel has a KernelCases record with a tolerance for each of its storage
+    dtypes and a ladder; no record names a kernel the catalogue lacks."""
+    assert set(CASES) == set(CATALOGUE), "conformance_tests/cases/ and the catalogue name different kernels"
     for name, spec in CATALOGUE.items():
-        assert name in _BUILDERS, f"no case builder for {name} in conformance_tests/cases.py"
-        assert name in LADDERS, f"no size ladder for {name} in conformance_tests/cases.py"
+        assert kernel_cases(name).ladder, f"the KernelCases record of {name} has an empty ladder"
         for combo in _combinations(spec):
-            tolerance(name, combo)
-    assert set(TOLERANCES) <= set(CATALOGUE)
-    np.testing.assert_equal(len(KERNEL_COMBOS), sum(len(_combinations(s)) for s in CATALOGUE.values()))
+            assert tolerance(name, combo) >= 0.0

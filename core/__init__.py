@@ -33,6 +33,6 @@ __all__ = [
 
 def load(model: str | None = None, backend: str | Backend | None = None, **options: Any) -> Model:
     """Load a checkpoint directory (or the default model when None) onto a backend."""
-    from .models.model import load as load_model
+    from .models.model import load as load_model  # on use: the models pull in tokenizers, safetensors, gguf
 
     return load_model(model, backend=backend, **options)

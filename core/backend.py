@@ -43,6 +43,24 @@ class Usage(Enum):
 
 
 @dataclass(frozen=True)
+class CoopMatrixShape:
+    """A cooperative-matrix (tensor core) product a device runs: result[m, n] = a[m, k] @ b[k, n] + c.
+
+    Types are shaderbay dtype names ("f16", "bf16", "f32", "i8", ...); scope is the set of
+    invocations that hold one matrix together ("subgroup", "workgroup", ...).
+    """
+
+    m: int
+    n: int
+    k: int
+    a: str
+    b: str
+    c: str
+    result: str
+    scope: str
+
+
+@dataclass(frozen=True)
 class Caps:
     """What a device can do; kernel variants are picked from this, never from a backend's name."""
 
@@ -57,13 +75,19 @@ class Caps:
     max_workgroup_size: int
     max_workgroups: int  # per dimension
     offset_alignment: int  # a tensor bound to a kernel starts at a multiple of this
+    max_shared_memory: int  # bytes of workgroup shared memory a kernel may use
+    max_push_constants: int  # bytes of push constants: a kernel's parameters
+    max_storage_buffers: int  # storage buffers one kernel may bind
     copy_alignment: int = 4  # copy offsets and sizes are multiples of this
-    extras: dict[str, Any] = field(default_factory=dict)
+    cooperative_matrix: tuple[CoopMatrixShape, ...] = ()  # tensor-core products in shaders (Vulkan)
+    extras: dict[str, Any] = field(default_factory=dict)  # informative only (drivers, versions): never branched on
 
     def summary(self) -> str:
         feats = [name for name, on in (("f16", self.f16), ("timestamps", self.timestamps)) if on]
         if self.subgroups:
             feats.append(f"subgroups({self.subgroup_size})")
+        if self.cooperative_matrix:
+            feats.append("cooperative matrices")
         return ", ".join(feats) or "-"
 
 

@@ -7,16 +7,19 @@ import argparse
 import importlib
 import sys
 
+from . import __version__
 from .errors import ShaderbayError
 
 DESCRIPTION = "Llama-family language models on pluggable GPU compute backends."
 
 SUBCOMMANDS = {
     "generate": ("shaderbay.models.cli_generate", "generate text (the default model unless --model)"),
+    "chat": ("shaderbay.models.cli_chat", "chat with a model interactively"),
     "convert": ("shaderbay.models.cli_convert", "convert a Llama-family GGUF to a checkpoint directory"),
     "backends": ("shaderbay.cli_backends", "list discovered backends, their devices and availability"),
     "check": ("shaderbay.conformance.check", "run the conformance suite against a backend"),
     "bench": ("shaderbay.benches.cli", "compare backends: tokens/s, load time, memory, CPU overhead"),
+    "serve": ("shaderbay.serving.cli", "serve a model over an OpenAI-compatible HTTP API"),
 }
 
 
@@ -25,6 +28,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shaderbay", description="Llama-family language models on pluggable GPU backends."
     )
+    parser.add_argument("--version", action="version", version=f"shaderbay {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -1,4 +1,8 @@
-"""The configuration file: `shaderbay.toml` in the working directory, else in the user config dir."""
+"""Settings from outside the code: the configuration file, yes/no environment flags, the cache folder.
+
+The configuration file is `shaderbay.toml` in the working directory, else in the user config dir.
+Every SHADERBAY_* environment variable is listed in the README's "Environment" table.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,27 @@ from typing import Any
 from .errors import ConfigError
 
 CONFIG_NAME = "shaderbay.toml"
+ENV_CACHE = "SHADERBAY_CACHE"
+NO_WORDS = ("", "0", "false", "no", "off")  # what a yes/no flag reads as "no" (any case, spaces ignored)
+
+
+def env_flag(name: str, default: bool | None = False) -> bool | None:
+    """A yes/no environment flag: `default` when unset, no for "", 0, false, no or off, else yes."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() not in NO_WORDS
+
+
+def cache_dir() -> Path:
+    """Where shaderbay keeps what it makes once (converted models, pipeline caches, verdicts).
+
+    `$SHADERBAY_CACHE`, else `$XDG_CACHE_HOME/shaderbay`, else `~/.cache/shaderbay`.
+    """
+    env = os.environ.get(ENV_CACHE)
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shaderbay"
 
 
 def config_paths() -> list[Path]:

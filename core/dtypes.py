@@ -49,10 +49,22 @@ def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
 
 
 def f32_to_bf16(x: np.ndarray) -> np.ndarray:
-    """Round float32 to bfloat16 bit patterns, to nearest even (NaN stays NaN)."""
+    """Round float32 to bfloat16 bit patterns, to nearest even; a NaN keeps its sign and top payload
+    bits, made quiet (rounding could otherwise carry a NaN's payload into infinity)."""
     u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-    return np.where(np.isnan(x), np.uint16(0x7FC0), rounded)
+    rounded = ((u + np.uint32(0x7FFF) + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(u.view(np.float32))
+    if nan.any():
+        rounded[nan] = ((u[nan] >> 16) | 0x0040).astype(np.uint16)
+    return rounded
+
+
+def from_f32(x: np.ndarray, dtype: str) -> np.ndarray:
+    """float32 values in the host form of ``dtype`` (bf16 as bit patterns; f16 overflows to infinity)."""
+    if dtype == "bf16":
+        return f32_to_bf16(x)
+    with np.errstate(over="ignore"):
+        return np.asarray(x).astype(host_dtype(dtype))
 
 
 def to_f32(array: np.ndarray, dtype: str) -> np.ndarray:

@@ -105,6 +105,10 @@ class ModelBusy(ModelError):
     """A model runs one generation at a time; another was asked for while one is unfinished."""
 
 
+class InvalidOption(ModelError, ValueError):
+    """A generation option is unknown or out of range; the message names the allowed range."""
+
+
 class ContextLengthExceeded(ModelError):
     def __init__(self, needed: int, limit: int):
         self.needed = needed

@@ -347,9 +347,9 @@ CATALOGUE: dict[str, KernelSpec] = {
             "each distinct id in history[:hist_len] (l/penalty if l > 0 else l*penalty); "
             "temperature <= 0 means greedy (argmax); otherwise softmax(l / temperature), keep "
             "p >= the top_k-th largest p (top_k 0: all) and p >= the smallest p of the shortest "
-            "descending prefix whose mass reaches top_p, then walk the kept ids in index order to "
-            "u * kept mass, u = uniform(seed, step). Writes out[0] and history[hist_len] "
-            "(if hist_len < hist_cap).",
+            "descending prefix whose mass reaches top_p, and p >= min_p * max p (min_p 0: all), then "
+            "walk the kept ids in index order to u * kept mass, u = uniform(seed, step). Writes out[0] "
+            "and history[hist_len] (if hist_len < hist_cap).",
             bindings=(
                 Binding("logits", "f32", ("n",)),
                 Binding("history", "u32", ("hist_cap",), "readwrite"),
@@ -363,8 +363,9 @@ CATALOGUE: dict[str, KernelSpec] = {
                 Param("top_k", "u32"),
                 Param("top_p", "f32"),
                 Param("penalty", "f32"),
+                Param("min_p", "f32"),
             ),
-            constraints=("n >= 1", "hist_cap >= 1", "0 < top_p <= 1", "penalty > 0"),
+            constraints=("n >= 1", "hist_cap >= 1", "0 < top_p <= 1", "penalty > 0", "0 <= min_p < 1"),
         ),
         KernelSpec(
             "advance",

@@ -1,7 +1,6 @@
-"""A tiny progress bar for long operations (conversion, downloads, loading).
+"""The progress bar of long operations (conversion, loading, benches): tqdm, behind the callable
+``progress(done, total, label)`` that those operations report to (``convert_gguf(..., progress=p)``).
 
-``Progress`` is a context manager and a callable ``progress(done, total, label)``, so it can be
-handed to any function that reports progress that way (``convert_gguf(..., progress=p)``).
 It draws on stderr only when the operation has run for more than ``delay`` seconds and stderr is
 a terminal, or when ``SHADERBAY_PROGRESS=1`` forces it on (``SHADERBAY_PROGRESS=0`` forces it
 off). Otherwise it is silent, so piped output and test logs stay clean.
@@ -9,21 +8,23 @@ off). Otherwise it is silent, so piped output and test logs stay clean.
 
 from __future__ import annotations
 
-import os
 import sys
-import time
 from typing import TextIO
 
+from tqdm import tqdm
+
+from .config import env_flag
+
 __all__ = ["Progress", "progress_enabled"]
+
+BAR_FORMAT = "{desc} {percentage:5.1f}% |{bar:28}| {elapsed}{postfix}"
 
 
 def progress_enabled(stream: TextIO | None = None) -> bool:
     """Whether a progress bar may be drawn on ``stream`` (default: stderr)."""
-    env = os.environ.get("SHADERBAY_PROGRESS", "").strip().lower()
-    if env in ("1", "true", "yes", "on"):
-        return True
-    if env in ("0", "false", "no", "off"):
-        return False
+    forced = env_flag("SHADERBAY_PROGRESS", default=None)
+    if forced is not None:
+        return forced
     stream = sys.stderr if stream is None else stream
     try:
         return bool(stream.isatty())
@@ -45,102 +46,45 @@ class Progress:
         *,
         stream: TextIO | None = None,
         delay: float = 1.0,
-        interval: float = 0.1,
-        width: int = 28,
         enabled: bool | None = None,
     ):
         self.label = label
-        self.item = ""
         self.total = total
-        self.done = 0.0
         self._stream = stream
         self._delay = delay
-        self._interval = interval
-        self._width = width
         self._enabled = enabled
-        self._start: float | None = None
-        self._last_draw = 0.0
-        self._drawn = False
-        self._last_len = 0
-
-    # -- context manager -------------------------------------------------------------------
+        self._bar: tqdm | None = None
 
     def __enter__(self) -> Progress:
-        self._start = time.monotonic()
-        if self._enabled is None:
-            self._enabled = progress_enabled(self._out)
+        out = sys.stderr if self._stream is None else self._stream
+        enabled = progress_enabled(out) if self._enabled is None else self._enabled
+        self._bar = tqdm(
+            desc=self.label, total=self.total, file=out, delay=self._delay, disable=not enabled,
+            bar_format=BAR_FORMAT, mininterval=0.1, dynamic_ncols=False,
+        )  # fmt: skip
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.close(success=exc_type is None)
+        self.close()
 
     @property
-    def _out(self) -> TextIO:
-        return sys.stderr if self._stream is None else self._stream
-
-    # -- reporting ---------------------------------------------------------------------------
+    def done(self) -> float:
+        return self._bar.n if self._bar is not None else 0.0
 
     def __call__(self, done: float, total: float | None = None, label: str | None = None) -> None:
         """Report absolute progress: ``done`` out of ``total`` units, working on ``label``."""
-        self.done = float(done)
-        if total is not None:
-            self.total = total
+        if self._bar is None:  # used without `with`: start at the first report
+            self.__enter__()
+        if total is not None and total != self._bar.total:
+            self.total = self._bar.total = total
         if label is not None:
-            self.item = label
-        self._maybe_draw()
+            self._bar.set_postfix_str(label, refresh=False)
+        self._bar.update(done - self._bar.n)
 
     def update(self, n: float = 1, label: str | None = None) -> None:
         """Report ``n`` more units done."""
         self(self.done + n, None, label)
 
-    def close(self, success: bool = True) -> None:
-        if self._drawn:
-            if success and self.total:
-                self.done = float(self.total)
-                self._draw(final=True)
-            try:
-                self._out.write("\n")
-                self._out.flush()
-            except (OSError, ValueError):
-                pass
-            self._drawn = False
-
-    # -- drawing -----------------------------------------------------------------------------
-
-    def _maybe_draw(self) -> None:
-        if self._start is None:  # used without `with`: start the clock at the first report
-            self.__enter__()
-        if not self._enabled:
-            return
-        now = time.monotonic()
-        if now - self._start < self._delay:
-            return
-        if self._drawn and now - self._last_draw < self._interval:
-            return
-        self._last_draw = now
-        self._draw()
-
-    def _draw(self, final: bool = False) -> None:
-        elapsed = time.monotonic() - (self._start or time.monotonic())
-        parts = [self.label] if self.label else []
-        if self.total:
-            frac = min(max(self.done / self.total, 0.0), 1.0)
-            filled = int(round(frac * self._width))
-            parts.append("[" + "#" * filled + "-" * (self._width - filled) + f"] {frac * 100:5.1f}%")
-        else:
-            parts.append(f"{self.done:g}")
-        parts.append(f"{elapsed:5.1f}s")
-        if self.item and not final:
-            parts.append(self.item)
-        line = " ".join(parts)
-        if len(line) > 100:
-            line = line[:97] + "..."
-        pad = " " * max(0, self._last_len - len(line))
-        self._last_len = len(line)
-        try:
-            self._out.write("\r" + line + pad)
-            self._out.flush()
-        except (OSError, ValueError):
-            self._enabled = False
-            return
-        self._drawn = True
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import UnsupportedArchitecture
+
 
 def inverse_frequencies(head_dim: int, theta: float, scaling: dict[str, Any] | None = None) -> np.ndarray:
     """inv_freq[i] = theta ** (-2i / head_dim), then llama3 scaling as Hugging Face applies it."""
@@ -16,8 +18,6 @@ def inverse_frequencies(head_dim: int, theta: float, scaling: dict[str, Any] | N
         return inv
     kind = scaling.get("rope_type", scaling.get("type"))
     if kind != "llama3":
-        from .errors import UnsupportedArchitecture
-
         raise UnsupportedArchitecture(f"rope_scaling type {kind!r} is not supported; supported: llama3")
     factor = float(scaling["factor"])
     low = float(scaling.get("low_freq_factor", 1.0))

@@ -137,11 +137,13 @@ class SafetensorsFile:
         self.entries: dict[str, tuple[TensorInfo, int, int]] = {}
         for name, entry in header.items():
             try:
-                tag = V.string(entry["dtype"], "dtype")
-                shape = tuple(V.integer(s, "a dimension", 0, 1 << 62) for s in entry["shape"])
-                begin, end = (V.integer(v, "an offset", 0, 1 << 62) for v in entry["data_offsets"])
+                tag = V.check_str(entry["dtype"], "dtype")
+                shape = tuple(V.check_int(s, "a dimension", lo=0, hi=1 << 62) for s in entry["shape"])
+                begin, end = (V.check_int(v, "an offset", lo=0, hi=1 << 62) for v in entry["data_offsets"])
             except (KeyError, TypeError, ValueError, CheckpointError):
-                raise CheckpointError(f"{path}: corrupt safetensors header entry for tensor {V.show(name)}") from None
+                raise CheckpointError(
+                    f"{path}: corrupt safetensors header entry for tensor {V.short_repr(name)}"
+                ) from None
             info = TensorInfo(name, tag, shape, str(path))
             if tag in _ALL_TAGS and end - begin != info.nbytes or begin < 0 or end < begin:
                 raise CheckpointError(
@@ -213,8 +215,8 @@ class SafetensorsCheckpoint(Checkpoint):
             raise CheckpointError(f"{index_path}: corrupt index (expected JSON with a weight_map object)")
         opened: dict[str, SafetensorsFile] = {}
         for name, filename in weight_map.items():
-            V.string(name, f"{index_path}: a tensor name")
-            shard = V.inside(self.path, filename, f"{index_path}: the shard of tensor {V.show(name)}")
+            V.check_str(name, f"{index_path}: a tensor name")
+            shard = V.inside(self.path, filename, f"{index_path}: the shard of tensor {V.short_repr(name)}")
             if filename not in opened:
                 if not shard.exists():
                     raise CheckpointError(f"{index_path}: shard {filename!r} (holding tensor {name!r}) is missing")
@@ -268,26 +270,3 @@ class MemoryCheckpoint(Checkpoint):
 
 def open_checkpoint(path: str | Path) -> SafetensorsCheckpoint:
     return SafetensorsCheckpoint(path)
-
-
-def write_safetensors(
-    path: str | Path, tensors: Mapping[str, tuple[np.ndarray, str]], metadata: dict[str, str] | None = None
-) -> None:
-    """Write {name: (array, dtype)} as one safetensors file, streaming (dtype f32/f16/bf16; bf16 as uint16 bits)."""
-    header: dict[str, object] = {"__metadata__": metadata or {"format": "pt"}}
-    offset = 0
-    for name, (array, dtype) in tensors.items():
-        nbytes = array.size * host_dtype(dtype).itemsize
-        header[name] = {
-            "dtype": MemoryCheckpoint._TAGS[dtype],
-            "shape": list(array.shape),
-            "data_offsets": [offset, offset + nbytes],
-        }
-        offset += nbytes
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-(len(blob) + 8) % 8)
-    with Path(path).open("wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for array, dtype in tensors.values():
-            f.write(np.ascontiguousarray(array, dtype=host_dtype(dtype)).data)

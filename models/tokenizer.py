@@ -229,7 +229,10 @@ class Tokenizer:
             raise TokenizerError(
                 f"token id {bad[0]} is outside the vocabulary (0..{n - 1}); the ids are not this model's"
             )
-        text = self._tk.decode(id_list, skip_special_tokens=skip_special_tokens)
+        return self.clean_up(self._tk.decode(id_list, skip_special_tokens=skip_special_tokens))
+
+    def clean_up(self, text: str) -> str:
+        """transformers' clean_up_tokenization (" ." -> "."...), where the tokenizer config asks for it."""
         if self.clean_up_tokenization_spaces:
             for a, b in _CLEANUPS:
                 text = text.replace(a, b)
@@ -306,6 +309,22 @@ class Tokenizer:
         except jinja2.TemplateError as e:
             raise ChatTemplateError(f"the chat template failed: {e}; check the messages' roles and order") from e
 
+    def turn_end_ids(self) -> tuple[int, ...]:
+        """The special token the chat template closes an assistant's message with (<|im_end|>,
+        <|eot_id|>, <end_of_turn>...), found by rendering one: generation ends there too."""
+        if not self.chat_template:
+            return ()
+        mark = "Shaderbay"
+        messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": mark}]
+        try:
+            text = self.apply_chat_template(messages, add_generation_prompt=False)
+        except ChatTemplateError:
+            return ()
+        after = text.split(mark, 1)[1] if mark in text else ""
+        ids = self._tk.encode(after, add_special_tokens=False).ids
+        added = self._tk.get_added_tokens_decoder()
+        return (ids[0],) if ids and ids[0] in added and added[ids[0]].special else ()
+
     def encode_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> list[int]:
         """``encode(apply_chat_template(messages))``, with no special tokens added (the template has them)."""
         return self.encode(self.apply_chat_template(messages, add_generation_prompt), add_special_tokens=False)
@@ -351,41 +370,34 @@ def _compile_template(source: str):
 
 
 class StreamDecoder:
-    """Turns token ids arriving one by one into text pieces, never splitting a UTF-8 character.
-
-    Each ``push`` decodes a short window of recent tokens and returns only the text that became
-    final; while the window ends in an incomplete character (U+FFFD) it returns ``""`` and waits.
-    ``flush()`` returns whatever is left at the end of generation. The concatenated pieces equal
-    ``tokenizer.decode(all_ids)``.
+    """Turns token ids arriving one by one into text pieces, never splitting a UTF-8 character:
+    `tokenizers.decoders.DecodeStream` (a piece is held back while it ends in an unfinished
+    character), plus ``flush()`` for what is still held at the end (an unfinished character
+    becomes U+FFFD, as ``decode`` makes it) and ``text``, everything emitted so far. The
+    concatenated pieces equal ``tokenizer.decode(all_ids)`` (checked on the golden continuations
+    and random ids); where the tokenizer cleans up spaces, each piece is cleaned on its own.
     """
 
-    # A byte-level token carries at most 4 bytes of an unfinished character; past this many
-    # waiting tokens the bytes are really invalid and are emitted as U+FFFD.
-    MAX_PENDING = 8
-
     def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = False):
+        from tokenizers.decoders import DecodeStream
+
         self._tok = tokenizer
         self._skip = skip_special_tokens
+        self._stream = DecodeStream(skip_special_tokens=skip_special_tokens)
         self.ids: list[int] = []
-        self._prefix = 0  # window start: context so leading-space handling matches a full decode
-        self._read = 0  # tokens before this index have been emitted
+        self._emitted = 0  # the ids whose text has been emitted
         self.text = ""  # everything emitted so far
-
-    def _decode(self, ids: list[int]) -> str:
-        return self._tok.decode(ids, skip_special_tokens=self._skip)
 
     def push(self, token_id: int) -> str:
         """Add one token id; return the newly completed text (possibly empty)."""
         self.ids.append(int(token_id))
-        prefix_text = self._decode(self.ids[self._prefix : self._read])
-        new_text = self._decode(self.ids[self._prefix :])
-        pending = len(self.ids) - self._read
-        if len(new_text) > len(prefix_text) and (not new_text.endswith("\ufffd") or pending >= self.MAX_PENDING):
-            piece = new_text[len(prefix_text) :]
-            self._prefix, self._read = self._read, len(self.ids)
-            self.text += piece
-            return piece
-        return ""
+        piece = self._stream.step(self._tok.backend, int(token_id))
+        if not piece:
+            return ""
+        self._emitted = len(self.ids)
+        piece = self._tok.clean_up(piece)
+        self.text += piece
+        return piece
 
     def feed(self, ids: Iterable[int]) -> Iterator[str]:
         """Push each id, yielding the non-empty pieces; call ``flush()`` at the end."""
@@ -396,9 +408,10 @@ class StreamDecoder:
 
     def flush(self) -> str:
         """Return the text still held back (an unfinished character becomes U+FFFD)."""
-        prefix_text = self._decode(self.ids[self._prefix : self._read])
-        new_text = self._decode(self.ids[self._prefix :])
-        piece = new_text[len(prefix_text) :] if len(new_text) > len(prefix_text) else ""
-        self._prefix = self._read = len(self.ids)
+        if self._emitted == len(self.ids):
+            return ""
+        full = self._tok.decode(self.ids, skip_special_tokens=self._skip)
+        piece = full[len(self.text) :] if full.startswith(self.text) else "\ufffd"
+        self._emitted = len(self.ids)
         self.text += piece
         return piece

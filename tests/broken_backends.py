@@ -19,7 +19,7 @@ from shaderbay.backend import Copy
 from shaderbay.backends.numpy import kernels as ref
 from shaderbay.backends.numpy.backend import NumpyBackend
 from shaderbay.dtypes import bf16_to_f32
-from shaderbay.plugins import BackendEntry, hookimpl
+from shaderbay.plugins import BackendEntry, hookimpl, plugin_manager
 
 Arrays = dict[str, np.ndarray]
 
@@ -281,16 +281,12 @@ PLUGIN = _Plugin()
 
 def register() -> None:
     """Make the broken backends discoverable in this process (idempotent)."""
-    from shaderbay.plugins import plugin_manager
-
     pm = plugin_manager()
     if not pm.is_registered(PLUGIN):
         pm.register(PLUGIN, name="shaderbay-broken-backends")
 
 
 def unregister() -> None:
-    from shaderbay.plugins import plugin_manager
-
     pm = plugin_manager()
     if pm.is_registered(PLUGIN):
         pm.unregister(PLUGIN)

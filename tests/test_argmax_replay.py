@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import get_backend
+from shaderbay.conformance.plugin import session_backend
 from shaderbay.kernels import ARGMAX_SCRATCH_ROW
 
 ROWS, N, REPLAYS = 3, 49152, 24
 
 
 @pytest.mark.parametrize("backend_name", ["vulkan", "wgpu"])
-def test_replayed_argmax_agrees_and_leaves_scratch_zeroed(backend_name):
-    b = get_backend(backend_name)
+def test_replayed_argmax_agrees_and_leaves_scratch_zeroed(backend_name, pytestconfig):
+    b = session_backend(pytestconfig, backend_name)
     rng = np.random.default_rng(7)
     x = b.empty((ROWS, N))
     scratch = b.upload(np.zeros((ROWS, ARGMAX_SCRATCH_ROW), np.uint32))

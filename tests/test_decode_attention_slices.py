@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import get_backend
 from shaderbay.backends.numpy.kernels import REFERENCE
 from shaderbay.conformance.harness import relative_error
+from shaderbay.conformance.plugin import session_backend
 from shaderbay.conformance.tolerances import tolerance
 from shaderbay.kernels import DECODE_ATTENTION_SLICES
 from shaderbay.rope import inverse_frequencies
@@ -25,8 +25,8 @@ CACHES = {"f16": np.float16, "f32": np.float32}
 # head_dim 256 with an f32 cache: more slices than the merge holds at once (it takes them in batches)
 @pytest.mark.parametrize(("cache_dtype", "HD"), [("f16", 64), ("f32", 256)])
 @pytest.mark.parametrize("backend_name", ["vulkan", "wgpu"])
-def test_replays_across_the_split_agree_with_numpy(backend_name, cache_dtype, HD):
-    b = get_backend(backend_name)
+def test_replays_across_the_split_agree_with_numpy(backend_name, cache_dtype, HD, pytestconfig):
+    b = session_backend(pytestconfig, backend_name)
     CONSTANTS = {"cache_dtype": cache_dtype}
     bits = np.uint16 if cache_dtype == "f16" else np.uint32
     tol = tolerance("decode_attention", CONSTANTS)

@@ -591,7 +591,7 @@ def test_llama_biases_are_unpermuted_and_completed(tmp_path):
 
 @pytest.mark.parametrize("factor,original", [(8.0, 8192), (32.0, 8192)])
 def test_llama3_rope_frequency_factors_become_rope_scaling(factor, original):
-    from shaderbay.models.gguf import _llama3_rope_scaling
+    from shaderbay.models.gguf.config import llama3_rope_scaling
 
     theta, hd, low, high = 500000.0, 128, 1.0, 4.0
     freqs = 1.0 / theta ** (np.arange(0, hd, 2) / hd)
@@ -605,7 +605,7 @@ def test_llama3_rope_frequency_factors_become_rope_scaling(factor, original):
         else:
             smooth = (original / wavelen - low) / (high - low)
             factors.append(1 / ((1 - smooth) / factor + smooth))
-    scaling = _llama3_rope_scaling(np.array(factors, np.float32), theta, hd)
+    scaling = llama3_rope_scaling(np.array(factors, np.float32), theta, hd)
     assert scaling == {
         "rope_type": "llama3",
         "factor": factor,
@@ -614,4 +614,4 @@ def test_llama3_rope_frequency_factors_become_rope_scaling(factor, original):
         "original_max_position_embeddings": original,
     }
     with pytest.raises(ConversionError, match="match no known Llama 3 rope scaling"):
-        _llama3_rope_scaling(np.linspace(1, 3, hd // 2), theta, hd)
+        llama3_rope_scaling(np.linspace(1, 3, hd // 2), theta, hd)

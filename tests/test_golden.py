@@ -35,19 +35,6 @@ def f32_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def default_cache(tmp_path_factory):
-    """SHADERBAY_CACHE pointed at a temporary directory for the session's default-model tests."""
-    required_smollm2_gguf()
-    old = os.environ.get("SHADERBAY_CACHE")
-    os.environ["SHADERBAY_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    yield os.environ["SHADERBAY_CACHE"]
-    if old is None:
-        os.environ.pop("SHADERBAY_CACHE", None)
-    else:
-        os.environ["SHADERBAY_CACHE"] = old
-
-
-@pytest.fixture(scope="session")
 def model_f32(f32_dir, numpy_backend):
     model = shaderbay.load(f32_dir, backend=numpy_backend, max_context=512, cache_dtype="f32")
     yield model

@@ -12,7 +12,7 @@ import shaderbay
 from fixtures_model import write_tiny_gguf
 from shaderbay.backends.numpy.kernels import sample_token
 from shaderbay.dtypes import to_f32
-from shaderbay.errors import ContextLengthExceeded, ModelError, UnsupportedArchitecture
+from shaderbay.errors import ContextLengthExceeded, InvalidOption, ModelError, UnsupportedArchitecture
 from shaderbay.models.checkpoint import SafetensorsCheckpoint
 from shaderbay.models.config import ModelConfig
 from shaderbay.models.model import Model
@@ -266,7 +266,8 @@ def test_stop_tokens_end_generation(tiny_model):
     first = free.index(stop)
     got = list(tiny_model.tokens(PROMPT, 10, stop=[stop]))
     assert got == free[: first + 1]
-    assert list(tiny_model.tokens(PROMPT, 0)) == []
+    with pytest.raises(InvalidOption, match="max_tokens must be an integer >= 1"):
+        tiny_model.tokens(PROMPT, 0)
     assert list(tiny_model.tokens(PROMPT, 1)) == free[:1]
 
 
@@ -341,14 +342,6 @@ def test_close_frees_the_model_buffers(numpy_backend):
 
 
 # --- text: a tiny model with a real tokenizer (converted from a GGUF) ------------------------
-
-
-@pytest.fixture(scope="module")
-def text_model_dir(tmp_path_factory):
-    from shaderbay.models.gguf import convert_gguf
-
-    d = tmp_path_factory.mktemp("tiny-text")
-    return convert_gguf(write_tiny_gguf(d / "tiny.gguf"), d / "model", dtype="float32")
 
 
 def test_text_generation_stream_and_chat(numpy_backend, text_model_dir):

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from shaderbay.cli import main
 from shaderbay.errors import ConfigError, UnknownBackend
+from shaderbay.plugins import create_backend, requested_backend
 
 PLUGIN_SOURCE = Path(__file__).parent / "plugin_pkg"
 
@@ -209,8 +211,6 @@ def test_unavailable_backend_is_skipped_unless_required(toy: ToyEnv) -> None:
 
 
 def test_unknown_backend(toy: ToyEnv, monkeypatch, tmp_path) -> None:
-    from shaderbay.plugins import create_backend
-
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     monkeypatch.delenv("SHADERBAY_BACKEND", raising=False)
@@ -232,8 +232,6 @@ def test_unknown_backend(toy: ToyEnv, monkeypatch, tmp_path) -> None:
     [("backend = \n", "not valid TOML"), ("[backend\n", "not valid TOML"), ("backend = 3\n", "must be a string")],
 )
 def test_config_errors(monkeypatch, tmp_path, text: str, match: str) -> None:
-    from shaderbay.plugins import create_backend, requested_backend
-
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.delenv("SHADERBAY_BACKEND", raising=False)
@@ -246,8 +244,6 @@ def test_config_errors(monkeypatch, tmp_path, text: str, match: str) -> None:
 
 
 def test_config_error_in_cli(monkeypatch, tmp_path, capsys) -> None:
-    from shaderbay.cli import main
-
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.delenv("SHADERBAY_BACKEND", raising=False)

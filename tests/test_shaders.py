@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import pytest
 from shaderbay.backend import Caps
-from shaderbay.backends.shaders import build, variants
+from shaderbay.backends.shaders import build, records, variants
 from shaderbay.kernels import CATALOGUE
 
 SPIRV_MAGIC = 0x07230203
@@ -35,7 +35,9 @@ def _caps(subgroups: bool = True, size: int = 32, **kw) -> Caps:
         max_workgroup_size=1024,
         max_workgroups=65535,
         offset_alignment=16,
-        extras={"max_shared_memory": 49152},
+        max_shared_memory=49152,
+        max_push_constants=128,
+        max_storage_buffers=8,
     )
     base.update(kw)
     return Caps(**base)
@@ -74,7 +76,8 @@ def test_shipped_spirv_validates():
     bad = []
     for v in variants.table():
         path = build.SPV / f"{v.name}.spv"
-        res = subprocess.run(["spirv-val", "--target-env", "vulkan1.2", str(path)], capture_output=True, text=True)
+        cmd, env = build.validator(v)  # the pinned spirv-val for cooperative-matrix sources
+        res = subprocess.run([*cmd, str(path)], capture_output=True, text=True, env=env)
         if res.returncode:
             bad.append(f"{v.name}: {res.stderr or res.stdout}")
     assert not bad, "\n".join(bad)
@@ -83,7 +86,7 @@ def test_shipped_spirv_validates():
 def test_every_kernel_and_constant_choice_has_a_variant_for_any_device():
     plain = _caps(subgroups=False)
     for name in CATALOGUE:
-        for consts in variants.combos(name):
+        for consts in records.combos(name):
             rows = variants.variants_for(name, consts)
             assert rows, f"no variant of {name}({consts})"
             # a fallback that runs everywhere and for any parameters
@@ -113,6 +116,15 @@ def test_selection_follows_capabilities_and_the_env(monkeypatch):
             if "subgroups" in v.needs:
                 assert not variants.usable(v, _caps(True)), v.name
     assert not variants.select("argmax", {}, {"rows": 1, "n": 10}, _caps(True)).needs
+    for no in ("off", "false", "0", "no", ""):  # "no" words leave subgroups on, as for every yes/no flag
+        monkeypatch.setenv(variants.ENV_NO_SUBGROUPS, no)
+        assert variants.select("rmsnorm", {}, params, _caps(True)).needs == {"subgroups"}, no
+
+
+def test_a_variant_needing_more_shared_memory_than_the_device_has_is_unusable():
+    rmsnorm = variants.by_name("rmsnorm")
+    assert variants.usable(rmsnorm, _caps(max_shared_memory=rmsnorm.shared_bytes))
+    assert not variants.usable(rmsnorm, _caps(max_shared_memory=rmsnorm.shared_bytes - 1))
 
 
 def test_a_required_subgroup_size_must_match():
@@ -157,7 +169,7 @@ def test_grids_stay_within_the_guaranteed_limits():
         params = {p.name: huge.get(p.name, 1) for p in CATALOGUE[v.kernel].params}
         if v.applies(params):
             grid = v.grid(params)
-            assert all(1 <= g <= variants.MAX_GROUPS for g in grid), (v.name, grid)
+            assert all(1 <= g <= records.MAX_GROUPS for g in grid), (v.name, grid)
 
 
 def test_wgpu_accepts_every_shipped_kernel():
@@ -168,7 +180,7 @@ def test_wgpu_accepts_every_shipped_kernel():
         import os, sys, tempfile
         os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp())
         import wgpu
-        from shaderbay.backends.shaders import variants
+        from shaderbay.backends.shaders import records, variants
         adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
         if adapter is None or adapter.info["backend_type"] != "Vulkan":
             print("SKIP no Vulkan adapter"); sys.exit(0)
@@ -178,6 +190,8 @@ def test_wgpu_accepts_every_shipped_kernel():
         for v in variants.table():
             if "subgroups" in v.needs and "subgroup" not in feats:
                 continue
+            if any(n.startswith(records.COOPMAT) for n in v.needs):
+                continue  # cooperative matrices: Vulkan only, wgpu has none
             print("trying", v.name, flush=True)
             m = dev.create_shader_module(code=variants.spirv(v))
             dev.create_compute_pipeline(layout="auto", compute={"module": m, "entry_point": "main"})
@@ -189,3 +203,20 @@ def test_wgpu_accepts_every_shipped_kernel():
         pytest.skip(res.stdout.strip())
     tried = [line for line in res.stdout.splitlines() if line.startswith("trying")]
     assert "ALL OK" in res.stdout, f"wgpu failed on {tried[-1:]}:\n{res.stderr[-3000:]}"
+
+
+def test_cooperative_matrix_variant_only_with_the_shape():
+    from shaderbay.backends.shaders.variants_heavy import COOP_SHAPE
+
+    params = {"rows": 512, "n": 2048, "k": 2048, "eps": 1e-5}
+    f16 = {"wdtype": "f16"}
+    coop = _caps(cooperative_matrix=(COOP_SHAPE,))
+    assert variants.select("matmul", f16, params, coop).source == "matmul_coop.comp"
+    assert variants.select("matmul", {"wdtype": "bf16"}, params, coop).source == "matmul_coop.comp"
+    assert variants.select("matmul", f16, params, _caps()).source == "matmul_tiled.comp"  # no shape listed
+    assert variants.select("matmul", {"wdtype": "f32"}, params, coop).source == "matmul_tiled.comp"
+    assert variants.select("matmul", f16, {**params, "rows": 1}, coop).source == "matmul_vec.comp"
+    assert variants.select("matmul", f16, {**params, "k": 2044}, coop).source == "matmul_tiled.comp"  # k % 8
+    assert variants.select("matmul", f16, params, _caps(cooperative_matrix=(COOP_SHAPE,), size=64)).source == (
+        "matmul_tiled.comp"  # written for subgroups of 32
+    )

@@ -226,3 +226,13 @@ def test_decode_rejects_foreign_ids(tmp_path):
     t = Tokenizer.from_dir(_tiny_dir(tmp_path))
     with pytest.raises(TokenizerError, match="outside the vocabulary"):
         t.decode([10**6])
+
+
+def test_the_templates_turn_end_token_ends_generation(tmp_path):
+    """The special token the template closes an assistant's message with is an end token too (Llama 3's
+    <|eot_id|> is not its EOS); a template closing turns with plain text adds none."""
+    d = _tiny_dir(tmp_path)
+    assert Tokenizer.from_dir(d).turn_end_ids() == (2,)  # ChatML: <|im_end|>
+    ends_with_start = "{% for m in messages %}{{ m.content }}<|im_start|>{% endfor %}"
+    assert _with_template(d, ends_with_start).turn_end_ids() == (1,)
+    assert _with_template(d, "{% for m in messages %}{{ m.content }}\n{% endfor %}").turn_end_ids() == ()

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 from shaderbay.backend import Usage
 from shaderbay.backends.numpy.kernels import REFERENCE
+from shaderbay.conformance.plugin import required_backends
 from shaderbay.errors import BackendUnavailable, ClosedError
 from shaderbay.kernels import ARGMAX_SCRATCH_ROW
+from shaderbay.models.model import load
 
 pytest.importorskip("vulkan")
 
@@ -24,7 +26,7 @@ from shaderbay.backends.vulkan import loader, memory  # noqa: E402
 
 
 def _required() -> bool:
-    return "vulkan" in os.environ.get("SHADERBAY_REQUIRE_BACKENDS", "").split(",")
+    return "vulkan" in required_backends()
 
 
 def _make(**kw) -> vb.VulkanBackend:
@@ -159,12 +161,13 @@ def test_gpu_timings_per_dispatch():
 
 
 def test_tracer_gets_gpu_spans(be):
+    if not be.caps.timestamps:
+        pytest.skip("this device has no timestamps")
     be.tracer.enabled = True
     cmd, *_ = _chain(be)
     be.run(cmd)
     gpu = [e for e in be.tracer.events if e["cat"] == "gpu"]
-    if be.caps.timestamps:
-        assert [e["name"] for e in gpu] == ["embed", "add", "argmax"]
+    assert [e["name"] for e in gpu] == ["embed", "add", "argmax"]
 
 
 # --- memory ---------------------------------------------------------------------------------
@@ -233,8 +236,6 @@ def test_validation_layers_report_nothing():
 def test_validation_layers_report_nothing_for_a_model():
     """Run-ahead decoding (two recordings in flight, token copies to READBACK buffers, advance) and
     the stage-precise barriers between dispatches and copies, greedy and sampled."""
-    from shaderbay.models.model import load
-
     be = _make(validate=True)
     if not be.validation:
         be.close()

@@ -19,6 +19,7 @@ from shaderbay.errors import BackendUnavailable, BindingError, ClosedError, Limi
 
 pytest.importorskip("wgpu")
 
+from shaderbay.backends.wgpu import adapter, commands, pipelines  # noqa: E402
 from shaderbay.backends.wgpu import backend as wb  # noqa: E402
 
 
@@ -59,16 +60,16 @@ def fake(device: str, backend_type: str = "Vulkan", adapter_type: str = "Discret
 def test_opengl_only_is_refused_with_what_to_do():
     gl = fake("llvmpipe (LLVM 15.0.6, 256 bits)", "OpenGL", "CPU")
     with pytest.raises(BackendUnavailable) as err:
-        wb.choose_adapter([gl])
+        adapter.choose_adapter([gl])
     msg = str(err.value)
     assert "no Vulkan adapter" in msg and "OpenGL" in msg
-    assert "mesa-vulkan-drivers" in msg and wb.ENV_ALLOW_ANY in msg
-    assert wb.choose_adapter([gl], allow_any=True) is gl
+    assert "mesa-vulkan-drivers" in msg and adapter.ENV_ALLOW_ANY in msg
+    assert adapter.choose_adapter([gl], allow_any=True) is gl
 
 
 def test_no_adapter_at_all():
     with pytest.raises(BackendUnavailable, match="no adapter"):
-        wb.choose_adapter([])
+        adapter.choose_adapter([])
 
 
 def test_prefers_discrete_vulkan_and_ignores_others():
@@ -76,18 +77,18 @@ def test_prefers_discrete_vulkan_and_ignores_others():
     igpu = fake("Intel UHD", adapter_type="IntegratedGPU")
     dgpu_gl = fake("NVIDIA H100 (GL)", "OpenGL", "DiscreteGPU")
     dgpu = fake("NVIDIA H100 80GB HBM3", adapter_type="DiscreteGPU")
-    assert wb.choose_adapter([cpu, dgpu_gl, igpu, dgpu]) is dgpu
-    assert wb.choose_adapter([cpu, dgpu_gl, igpu]) is igpu
-    assert wb.choose_adapter([cpu, dgpu_gl]) is cpu
+    assert adapter.choose_adapter([cpu, dgpu_gl, igpu, dgpu]) is dgpu
+    assert adapter.choose_adapter([cpu, dgpu_gl, igpu]) is igpu
+    assert adapter.choose_adapter([cpu, dgpu_gl]) is cpu
 
 
 def test_adapter_by_name():
     cpu = fake("llvmpipe (LLVM 15)", adapter_type="CPU", vendor="llvmpipe")
     dgpu = fake("NVIDIA H100 80GB HBM3")
-    assert wb.choose_adapter([cpu, dgpu], name="LLVMPIPE") is cpu
-    assert wb.choose_adapter([cpu, dgpu], name="h100") is dgpu
+    assert adapter.choose_adapter([cpu, dgpu], name="LLVMPIPE") is cpu
+    assert adapter.choose_adapter([cpu, dgpu], name="h100") is dgpu
     with pytest.raises(BackendUnavailable, match="matches no usable adapter") as err:
-        wb.choose_adapter([cpu, dgpu], name="radeon")
+        adapter.choose_adapter([cpu, dgpu], name="radeon")
     assert "llvmpipe" in str(err.value) and "H100" in str(err.value)
 
 
@@ -97,15 +98,19 @@ def test_create_refuses_an_opengl_fallback(monkeypatch):
 
     gl = fake("llvmpipe (LLVM 15.0.6, 256 bits)", "OpenGL", "CPU")
     monkeypatch.setattr(wgpu.gpu, "enumerate_adapters_sync", lambda: [gl])
-    monkeypatch.delenv(wb.ENV_ALLOW_ANY, raising=False)
+    monkeypatch.delenv(adapter.ENV_ALLOW_ANY, raising=False)
     with pytest.raises(BackendUnavailable, match="no Vulkan adapter"):
         wb.create()
 
 
 def test_create_with_a_missing_wgpu_says_what_to_install(monkeypatch):
+    from shaderbay.backends.wgpu import plugin
+
+    for name in [m for m in sys.modules if m.startswith("shaderbay.backends.wgpu.") and m != plugin.__name__]:
+        monkeypatch.delitem(sys.modules, name)  # imported afresh below, and put back afterwards
     monkeypatch.setitem(sys.modules, "wgpu", None)  # makes `import wgpu` raise ImportError
     with pytest.raises(BackendUnavailable, match="pip install wgpu"):
-        wb.create()
+        plugin._create()
 
 
 # --- the device -------------------------------------------------------------------------
@@ -170,10 +175,10 @@ def test_copies_between_dispatches(be):
 def test_encoders_and_shader_checks_agree(monkeypatch, checks):
     """The ffi and python encoders, with and without wgpu's shader runtime checks, compute the same
     bits, and a run-ahead read (read_after) works with both."""
-    monkeypatch.setenv(wb.ENV_CHECKS, checks)
+    monkeypatch.setenv(pipelines.ENV_CHECKS, checks)
     results = []
     for encoder in ("ffi", "python"):
-        monkeypatch.setenv(wb.ENV_ENCODER, encoder)
+        monkeypatch.setenv(commands.ENV_ENCODER, encoder)
         with _make() as backend:
             assert backend.caps.extras["encoder"] == encoder
             assert backend.caps.extras["shader_runtime_checks"] is (checks == "1")
@@ -291,14 +296,14 @@ def test_tracer_gets_gpu_spans(be):
 def test_many_timestamps_span_several_query_sets(be):
     if not be.caps.timestamps:
         pytest.skip("no timestamp queries on this device")
-    cmd, x, _ = _add_list(be, n=64, repeat=wb.MAX_QUERIES // 2 + 10)
+    cmd, x, _ = _add_list(be, n=64, repeat=commands.MAX_QUERIES // 2 + 10)
     be.gpu_timestamps = True
     try:
         be.run(cmd)
     finally:
         be.gpu_timestamps = False
     timings = be.gpu_timings(cmd)
-    assert len(timings) == wb.MAX_QUERIES // 2 + 10 and all(ns >= 0 for _, ns in timings)
+    assert len(timings) == commands.MAX_QUERIES // 2 + 10 and all(ns >= 0 for _, ns in timings)
 
 
 def test_closed_backend():
@@ -343,16 +348,16 @@ def test_preflight_turns_a_translator_abort_into_an_error(be, tmp_path, monkeypa
     from shaderbay.backends.wgpu.preflight import Preflight
     from shaderbay.errors import KernelCompileError
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("SHADERBAY_CACHE", str(tmp_path))
     monkeypatch.setattr(Preflight, "child", (sys.executable, "-c", FAKE_CHILD))
-    adapter = SimpleNamespace(info={"device": "x", "backend_type": "Vulkan"})
-    fake_backend = SimpleNamespace(adapter=adapter, caps=be.caps)
-    pre = Preflight(fake_backend, "test")
+    info = {"device": "x", "backend_type": "Vulkan"}
+    pre = Preflight(info, be.caps, "test")
+    assert pre.path.parent == tmp_path
     add, rope, silu = (variants.by_name(n) for n in ("add", "rope", "silu_mul"))
     pre.run([add, rope, silu])  # the child dies on rope; a second child builds silu_mul
     pre.check(add)
     pre.check(silu)
     with pytest.raises(KernelCompileError, match="rope.*panicked at naga"):
         pre.check(rope)
-    again = Preflight(fake_backend, "test")  # verdicts persist on disk
+    again = Preflight(info, be.caps, "test")  # verdicts persist on disk
     assert again.verdicts == pre.verdicts and len(again.verdicts) == 3

@@ -11,6 +11,8 @@ from shaderbay.kernels import KernelSpec
 
 from .kernels import REFERENCE
 
+UNLIMITED = 1 << 40  # limits a GPU has and the host does not (shared memory, push constants, bindings)
+
 
 class NumpyBuffer(Buffer):
     def __init__(self, backend: Backend, size: int, usage: Usage):
@@ -35,6 +37,9 @@ class NumpyBackend(Backend):
             max_workgroup_size=1,
             max_workgroups=1 << 31,
             offset_alignment=4,
+            max_shared_memory=UNLIMITED,
+            max_push_constants=UNLIMITED,
+            max_storage_buffers=UNLIMITED,
         )
 
     def _create_buffer(self, size: int, usage: Usage) -> Buffer:

@@ -189,6 +189,7 @@ def sample_token(
     top_k: int,
     top_p: float,
     penalty: float,
+    min_p: float = 0.0,
 ) -> int:
     """The sampler, as a plain function (the `sample` kernel and host code share it)."""
     n = len(logits)
@@ -207,6 +208,8 @@ def sample_token(
         ordered = np.sort(probs)[::-1]
         cut = int(np.searchsorted(np.cumsum(ordered), top_p))
         keep &= probs >= ordered[min(cut, n - 1)]
+    if min_p > 0:
+        keep &= probs >= min_p * probs.max()
     kept = np.flatnonzero(keep)
     target = uniform(seed, step) * probs[kept].sum()
     chosen = int(np.searchsorted(np.cumsum(probs[kept]), target, side="right"))
@@ -225,6 +228,7 @@ def sample(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
         p["top_k"],
         p["top_p"],
         p["penalty"],
+        p["min_p"],
     )
     b["out"][0] = token
     if hist_len < p["hist_cap"]:

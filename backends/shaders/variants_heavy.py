@@ -3,13 +3,13 @@
 OWNED BY THE HEAVY-KERNELS ENGINEER (glsl/matmul*.comp, glsl/attention*.comp,
 glsl/sample*.comp and this file). `heavy_variants()` returns their rows of the one
 variant table (`variants.table()` appends them after the simple kernels' rows); use the
-helpers in `variants.py` (`Variant`, `combos`, `stem`, `groups`, `ceil_div`, `SG_NEEDS`)
-and follow its conventions (generated header `kernel_<name>.glsl`, bindings, push
+helpers in `records.py` (`Variant`, `combos`, `stem`, `groups`, `ceil_div`, `SG_NEEDS`)
+and follow the conventions in `variants.py` (generated header `kernel_<name>.glsl`, bindings, push
 constants, packed 16-bit data). Give each variant a `when=` predicate over the params
 where it only applies to some (e.g. `lambda p: p["rows"] == 1` for matrix-vector) and a
 `priority` to order the applicable ones.
 
-Names are `variants.stem(kernel, constants, *tags)`; every constant combination has a
+Names are `records.stem(kernel, constants, *tags)`; every constant combination has a
 full set. 325 spv files in all with the simple kernels' (matmul 288, attention 12,
 decode_attention 8, sample 2).
 
@@ -66,9 +66,10 @@ keep per-invocation trip counts well under it at model sizes (the sampler's pass
 
 from __future__ import annotations
 
+from shaderbay.backend import CoopMatrixShape
 from shaderbay.kernels import DECODE_ATTENTION_SLICES
 
-from .variants import SG_NEEDS, Variant, combos, groups, stem
+from .records import SG_NEEDS, Variant, combos, coopmat_need, groups, stem
 
 # --- matmul -----------------------------------------------------------------------------
 
@@ -81,6 +82,35 @@ TILED_TN = 4  # columns per invocation: a 64-column tile
 TILED_BK = 16
 TILED_PAD = 4
 SMALL_TILE_MAX_ROWS = 32  # up to here the 16-row tile (TM = 1) wastes less
+COOP_SHAPE = CoopMatrixShape(16, 16, 16, "f16", "f16", "f32", "f32", "subgroup")  # what matmul_coop.comp multiplies
+COOP_NEEDS = frozenset({"f16", coopmat_need(COOP_SHAPE)})
+COOP_WARPS = (2, 4)  # subgroups of 32 of a workgroup, along rows and columns
+COOP_FRAGS = (2, 2)  # 16 x 16 accumulators of a subgroup, along rows and columns: a 64 x 128 tile
+COOP_BK = 32  # depth of a staged slice of k (a multiple of 16)
+
+
+def _coop(c: dict) -> Variant:
+    """matmul_coop.comp: f16/bf16 weights, more rows than the matrix-vector form takes, k % 8 == 0."""
+    (wm, wn), (fm, fn) = COOP_WARPS, COOP_FRAGS
+    bm, bn = 16 * wm * fm, 16 * wn * fn
+    # two slices of x's hi and lo rows and w's rows, then the output tile over them (uvec4, padded rows)
+    staged = 16 * max(2 * (2 * bm + bn) * (COOP_BK // 8 + 1), bm * (bn // 4 + 1))
+    if c["prologue"] == "rmsnorm":
+        staged += 4 * bm * COOP_BK // 8
+    return Variant(
+        stem("matmul", c, "coop"),
+        "matmul",
+        "matmul_coop.comp",
+        c,
+        (32 * wm * wn, 1, 1),
+        lambda p: (groups(p["rows"], bm), groups(p["n"], bn), 1),
+        defines={"WARPS_M": wm, "WARPS_N": wn, "FM": fm, "FN": fn, "BK": COOP_BK},
+        needs=COOP_NEEDS,
+        subgroup_size=32,
+        when=lambda p: p["rows"] > VEC_MAX_ROWS and p["k"] % 8 == 0,
+        priority=30,
+        shared_bytes=staged,
+    )
 
 
 def _chunk(wdtype: str) -> int:
@@ -128,6 +158,8 @@ def _matmul() -> list[Variant]:
                     shared_bytes=shared,
                 )
             )
+        if c["wdtype"] in ("f16", "bf16"):
+            rows.append(_coop(c))
     return rows
 
 

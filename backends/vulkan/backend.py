@@ -20,7 +20,7 @@ Environment:
                                validation) and collect its messages in
                                `backend.validation_messages`
   SHADERBAY_VULKAN_TIMESTAMPS=1 time every dispatch on the GPU (also on while the tracer is)
-  SHADERBAY_CACHE              directory of the pipeline cache (default ~/.cache/shaderbay)
+  SHADERBAY_CACHE              directory of the pipeline cache (see shaderbay.config.cache_dir)
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from shaderbay.backend import Backend, Buffer, CommandList, Usage
+from shaderbay.config import env_flag
 from shaderbay.errors import BackendUnavailable, ShaderbayError
 from shaderbay.kernels import KernelSpec
 
@@ -48,10 +49,10 @@ class VulkanBackend(Backend):
 
     def __init__(self, device: str | int | None = None, validate: bool | None = None, timestamps: bool | None = None):
         super().__init__()
-        self.timestamps = _env_flag(ENV_TIMESTAMPS) if timestamps is None else timestamps
+        self.timestamps = env_flag(ENV_TIMESTAMPS) if timestamps is None else timestamps
         self.gpu = Device(
             os.environ.get(ENV_DEVICE) if device is None else device,
-            _env_flag(ENV_VALIDATE) if validate is None else validate,
+            env_flag(ENV_VALIDATE) if validate is None else validate,
         )
         try:
             self._pipes = Pipelines(self.gpu, self.tracer)
@@ -161,10 +162,6 @@ class VulkanBackend(Backend):
             "variants": list(prep.variants),
             "timestamps": prep.query_pool is not None,
         }
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 class _Release:

@@ -25,19 +25,6 @@ from shaderbay.trace import Tracer
 from ..shaders import variants as V
 from .device import Device
 from .loader import (
-    HOST_READ,
-    HOST_WRITE,
-    MEMORY_READ,
-    MEMORY_WRITE,
-    SHADER_READ,
-    SHADER_WRITE,
-    STAGE_ALL,
-    STAGE_BOTTOM,
-    STAGE_COMPUTE,
-    STAGE_HOST,
-    STAGE_TRANSFER,
-    TRANSFER_READ,
-    TRANSFER_WRITE,
     check,
     ffi,
     lib,
@@ -99,7 +86,7 @@ class CommandQueue:
         self._inflight: list[Prepared] = []
         self._collected: deque[Prepared] = deque()  # queued by finalizers (any thread), released by sweep
         self._preps: set[Prepared] = set()
-        written = SHADER_WRITE | TRANSFER_WRITE
+        written = vk.VK_ACCESS_SHADER_WRITE_BIT | vk.VK_ACCESS_TRANSFER_WRITE_BIT
         # between dependent ops of a list, on the stages the two sides run in (a transfer stage in a
         # barrier between two dispatches would make the device wait for copies there are none of)
         self._barriers = {
@@ -109,8 +96,10 @@ class CommandQueue:
             for dst_copy in (False, True)
             if src_compute or src_copy
         }
-        self._barrier_in = memory_barrier(MEMORY_WRITE, MEMORY_READ | MEMORY_WRITE)  # from earlier submits
-        self._barrier_out = memory_barrier(written, HOST_READ | HOST_WRITE)  # to the host and later submits
+        # from earlier submits, and to the host and later submits
+        memory = vk.VK_ACCESS_MEMORY_READ_BIT | vk.VK_ACCESS_MEMORY_WRITE_BIT
+        self._barrier_in = memory_barrier(vk.VK_ACCESS_MEMORY_WRITE_BIT, memory)
+        self._barrier_out = memory_barrier(written, vk.VK_ACCESS_HOST_READ_BIT | vk.VK_ACCESS_HOST_WRITE_BIT)
 
     # --- recording --------------------------------------------------------------------------------
     def prepare(self, cmd: CommandList, timestamps: bool) -> Prepared:
@@ -162,11 +151,13 @@ class CommandQueue:
         qp = prep.query_pool
         if qp is not None:
             lib.vkCmdResetQueryPool(cb, qp, 0, n_ops + 1)
-        stages = STAGE_COMPUTE | STAGE_TRANSFER
+        stages = vk.VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | vk.VK_PIPELINE_STAGE_TRANSFER_BIT
         # earlier submits' writes (any stage) become visible to this list
-        lib.vkCmdPipelineBarrier(cb, STAGE_ALL, stages, 0, 1, self._barrier_in, 0, ffi.NULL, 0, ffi.NULL)
+        lib.vkCmdPipelineBarrier(
+            cb, vk.VK_PIPELINE_STAGE_ALL_COMMANDS_BIT, stages, 0, 1, self._barrier_in, 0, ffi.NULL, 0, ffi.NULL
+        )
         if qp is not None:
-            lib.vkCmdWriteTimestamp(cb, STAGE_BOTTOM, qp, 0)
+            lib.vkCmdWriteTimestamp(cb, vk.VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, qp, 0)
         barriers = self._barriers
         bind_pipeline = lib.vkCmdBindPipeline
         bind_sets = lib.vkCmdBindDescriptorSets
@@ -197,11 +188,11 @@ class CommandQueue:
             if variant is not None:
                 pipe = op.pipeline
                 if handle != current:
-                    bind_pipeline(cb, 1, handle)  # VK_PIPELINE_BIND_POINT_COMPUTE
+                    bind_pipeline(cb, vk.VK_PIPELINE_BIND_POINT_COMPUTE, handle)
                     current = handle
-                bind_sets(cb, 1, pipe.layout, 0, 1, sets + j, 0, ffi.NULL)
+                bind_sets(cb, vk.VK_PIPELINE_BIND_POINT_COMPUTE, pipe.layout, 0, 1, sets + j, 0, ffi.NULL)
                 if pipe.push_size:
-                    push_constants(cb, pipe.layout, 0x20, 0, pipe.push_size, push + pc_off)  # COMPUTE stage
+                    push_constants(cb, pipe.layout, vk.VK_SHADER_STAGE_COMPUTE_BIT, 0, pipe.push_size, push + pc_off)
                     pc_off += pipe.push_size
                 dispatch(cb, grid[0], grid[1], grid[2])
                 j += 1
@@ -211,9 +202,10 @@ class CommandQueue:
                 lib.vkCmdCopyBuffer(cb, op.src.handle, op.dst.handle, 1, region)
                 labels.append("copy")
             if qp is not None:
-                lib.vkCmdWriteTimestamp(cb, STAGE_BOTTOM, qp, i + 1)
+                lib.vkCmdWriteTimestamp(cb, vk.VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, qp, i + 1)
         # make every write available to the host (and to later submits)
-        lib.vkCmdPipelineBarrier(cb, stages, STAGE_HOST | STAGE_ALL, 0, 1, self._barrier_out, 0, ffi.NULL, 0, ffi.NULL)
+        after = vk.VK_PIPELINE_STAGE_HOST_BIT | vk.VK_PIPELINE_STAGE_ALL_COMMANDS_BIT
+        lib.vkCmdPipelineBarrier(cb, stages, after, 0, 1, self._barrier_out, 0, ffi.NULL, 0, ffi.NULL)
         check(lib.vkEndCommandBuffer(cb), "vkEndCommandBuffer")
         prep.submit_info = new(
             "VkSubmitInfo",
@@ -302,7 +294,7 @@ class CommandQueue:
             return
         status, dev, fence, now = lib.vkGetFenceStatus, self._dev, prep.fence, time.perf_counter_ns
         deadline = now() + SPIN_NS
-        while status(dev, fence) and now() < deadline:  # VK_NOT_READY (1) until signalled (0)
+        while status(dev, fence) and now() < deadline:  # VK_NOT_READY until signalled (VK_SUCCESS, 0)
             pass
         self._gpu.wait_fences(1, prep.fence_p)  # at once when signalled; errors and timeouts raise here
         at = self._inflight.index(prep) + 1
@@ -325,7 +317,8 @@ class CommandQueue:
         """(label, GPU ns) per op of the last completed submit of a timed list."""
         n = len(prep.labels) + 1
         data = ffi.new("uint64_t[]", n)
-        r = lib.vkGetQueryPoolResults(self._dev, prep.query_pool, 0, n, 8 * n, data, 8, 0x1 | 0x2)  # 64 | WAIT
+        flags = vk.VK_QUERY_RESULT_64_BIT | vk.VK_QUERY_RESULT_WAIT_BIT
+        r = lib.vkGetQueryPoolResults(self._dev, prep.query_pool, 0, n, 8 * n, data, 8, flags)
         check(r, "vkGetQueryPoolResults")
         bits, period = self._gpu.ts_bits, self._gpu.ts_period
         mask = (1 << bits) - 1 if bits < 64 else (1 << 64) - 1
@@ -393,11 +386,16 @@ class _Pending:
 def _barrier(src_compute: bool, src_copy: bool, dst_copy: bool) -> tuple[int, int, Any]:
     """(source stages, destination stages, VkMemoryBarrier) from earlier dispatches and/or copies to a
     dispatch or a copy."""
-    src_stage = (STAGE_COMPUTE if src_compute else 0) | (STAGE_TRANSFER if src_copy else 0)
-    src_access = (SHADER_WRITE if src_compute else 0) | (TRANSFER_WRITE if src_copy else 0)
+    compute, transfer = vk.VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, vk.VK_PIPELINE_STAGE_TRANSFER_BIT
+    src_stage = (compute if src_compute else 0) | (transfer if src_copy else 0)
+    src_access = (vk.VK_ACCESS_SHADER_WRITE_BIT if src_compute else 0) | (
+        vk.VK_ACCESS_TRANSFER_WRITE_BIT if src_copy else 0
+    )
     if dst_copy:
-        return src_stage, STAGE_TRANSFER, memory_barrier(src_access, TRANSFER_READ | TRANSFER_WRITE)
-    return src_stage, STAGE_COMPUTE, memory_barrier(src_access, SHADER_READ | SHADER_WRITE)
+        dst_access = vk.VK_ACCESS_TRANSFER_READ_BIT | vk.VK_ACCESS_TRANSFER_WRITE_BIT
+        return src_stage, transfer, memory_barrier(src_access, dst_access)
+    dst_access = vk.VK_ACCESS_SHADER_READ_BIT | vk.VK_ACCESS_SHADER_WRITE_BIT
+    return src_stage, compute, memory_barrier(src_access, dst_access)
 
 
 def _ranges(op: Dispatch) -> tuple[list[Range], list[Range]]:

@@ -14,10 +14,8 @@ from typing import Any
 from shaderbay.backend import Caps
 from shaderbay.errors import BackendUnavailable, ShaderbayError
 
+from .coopmat import CoopMatrix
 from .loader import (
-    MEM_DEVICE_LOCAL,
-    MEM_HOST_VISIBLE,
-    VK_TIMEOUT,
     check,
     ffi,
     lib,
@@ -35,18 +33,38 @@ VALIDATION_LAYER = "VK_LAYER_KHRONOS_validation"
 WAIT_TIMEOUT_NS = 600 * 10**9
 
 SUBGROUP_OPS = {
-    1: "basic",
-    2: "vote",
-    4: "arithmetic",
-    8: "ballot",
-    16: "shuffle",
-    32: "shuffle_relative",
-    64: "clustered",
-    128: "quad",
+    vk.VK_SUBGROUP_FEATURE_BASIC_BIT: "basic",
+    vk.VK_SUBGROUP_FEATURE_VOTE_BIT: "vote",
+    vk.VK_SUBGROUP_FEATURE_ARITHMETIC_BIT: "arithmetic",
+    vk.VK_SUBGROUP_FEATURE_BALLOT_BIT: "ballot",
+    vk.VK_SUBGROUP_FEATURE_SHUFFLE_BIT: "shuffle",
+    vk.VK_SUBGROUP_FEATURE_SHUFFLE_RELATIVE_BIT: "shuffle_relative",
+    vk.VK_SUBGROUP_FEATURE_CLUSTERED_BIT: "clustered",
+    vk.VK_SUBGROUP_FEATURE_QUAD_BIT: "quad",
 }
-SUBGROUP_NEEDED = 1 | 2 | 4 | 8 | 16  # basic, vote, arithmetic, ballot, shuffle: what the _sg kernels use
-DEVICE_TYPES = {0: "other", 1: "integrated", 2: "discrete", 3: "other", 4: "software"}
-TYPE_RANK = {2: 0, 1: 1, 3: 2, 4: 3, 0: 4}  # discrete first
+SUBGROUP_NEEDED = (  # what the _sg kernels use
+    vk.VK_SUBGROUP_FEATURE_BASIC_BIT
+    | vk.VK_SUBGROUP_FEATURE_VOTE_BIT
+    | vk.VK_SUBGROUP_FEATURE_ARITHMETIC_BIT
+    | vk.VK_SUBGROUP_FEATURE_BALLOT_BIT
+    | vk.VK_SUBGROUP_FEATURE_SHUFFLE_BIT
+)
+DEVICE_TYPES = {
+    vk.VK_PHYSICAL_DEVICE_TYPE_OTHER: "other",
+    vk.VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU: "integrated",
+    vk.VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU: "discrete",
+    vk.VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU: "other",
+    vk.VK_PHYSICAL_DEVICE_TYPE_CPU: "software",
+}
+TYPE_RANK = {  # discrete first
+    vk.VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU: 0,
+    vk.VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU: 1,
+    vk.VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU: 2,
+    vk.VK_PHYSICAL_DEVICE_TYPE_CPU: 3,
+    vk.VK_PHYSICAL_DEVICE_TYPE_OTHER: 4,
+}
+SEVERITY_ERROR = vk.VK_DEBUG_UTILS_MESSAGE_SEVERITY_ERROR_BIT_EXT
+SEVERITY_WARNING = vk.VK_DEBUG_UTILS_MESSAGE_SEVERITY_WARNING_BIT_EXT
 NO_DRIVER = "no Vulkan driver found: install a GPU driver, or mesa-vulkan-drivers for a software one"
 
 
@@ -59,7 +77,7 @@ def _messenger_callback() -> Any:
 def _on_message(severity: int, types: int, data: Any, user: Any) -> int:
     try:
         text = string(data.pMessage) if data.pMessage != ffi.NULL else "?"
-        level = "error" if severity >= 0x1000 else "warning" if severity >= 0x100 else "info"
+        level = "error" if severity >= SEVERITY_ERROR else "warning" if severity >= SEVERITY_WARNING else "info"
         ffi.from_handle(user).append(f"[{level}] {text}")
     except Exception:  # noqa: BLE001 - never raise into the driver
         pass
@@ -105,7 +123,7 @@ class Device:
         flags = 0
         if "VK_KHR_portability_enumeration" in available:
             want_ext.append("VK_KHR_portability_enumeration")
-            flags |= 1  # VK_INSTANCE_CREATE_ENUMERATE_PORTABILITY_BIT_KHR
+            flags |= vk.VK_INSTANCE_CREATE_ENUMERATE_PORTABILITY_BIT_KHR
         pnext = ffi.NULL  # every struct of the chain stays in a local until vkCreateInstance returns
         messenger_info = None
         if validate:
@@ -125,15 +143,20 @@ class Device:
                     messenger_info = new(
                         "VkDebugUtilsMessengerCreateInfoEXT",
                         sType=vk.VK_STRUCTURE_TYPE_DEBUG_UTILS_MESSENGER_CREATE_INFO_EXT,
-                        messageSeverity=0x100 | 0x1000,  # WARNING | ERROR
-                        messageType=0x1 | 0x2 | 0x4,  # GENERAL | VALIDATION | PERFORMANCE
+                        messageSeverity=SEVERITY_WARNING | SEVERITY_ERROR,
+                        messageType=vk.VK_DEBUG_UTILS_MESSAGE_TYPE_GENERAL_BIT_EXT
+                        | vk.VK_DEBUG_UTILS_MESSAGE_TYPE_VALIDATION_BIT_EXT
+                        | vk.VK_DEBUG_UTILS_MESSAGE_TYPE_PERFORMANCE_BIT_EXT,
                         pfnUserCallback=_messenger_callback(),
                         pUserData=self._sink,
                     )
                     pnext = messenger_info
                 if "VK_EXT_validation_features" in layer_ext:
                     want_ext.append("VK_EXT_validation_features")
-                    enables = ffi.new("VkValidationFeatureEnableEXT[]", [4])  # SYNCHRONIZATION_VALIDATION
+                    enables = ffi.new(
+                        "VkValidationFeatureEnableEXT[]",
+                        [vk.VK_VALIDATION_FEATURE_ENABLE_SYNCHRONIZATION_VALIDATION_EXT],
+                    )
                     features = new(
                         "VkValidationFeaturesEXT",
                         sType=vk.VK_STRUCTURE_TYPE_VALIDATION_FEATURES_EXT,
@@ -174,7 +197,7 @@ class Device:
         )
         out = ffi.new("VkInstance*")
         r = lib.vkCreateInstance(info, ffi.NULL, out)
-        if r == -9:  # VK_ERROR_INCOMPATIBLE_DRIVER
+        if r == vk.VK_ERROR_INCOMPATIBLE_DRIVER:
             raise BackendUnavailable("vulkan", NO_DRIVER)
         if r < 0:
             raise BackendUnavailable("vulkan", f"vkCreateInstance failed ({result_name(r)}); check the Vulkan driver")
@@ -241,11 +264,15 @@ class Device:
         f13.robustImageAccess = 0
         self.subgroup_size_control = bool(f13.subgroupSizeControl)
         self.full_subgroups = bool(f13.computeFullSubgroups)
+        coop = CoopMatrix(self.instance, pd)
+        coop.chain(f2)
         _, p11, p12, p13 = _query(pd, "Properties", api13)
         mem = ffi.new("VkPhysicalDeviceMemoryProperties*")
         lib.vkGetPhysicalDeviceMemoryProperties(pd, mem)
         self.memory_types = [int(mem.memoryTypes[i].propertyFlags) for i in range(mem.memoryTypeCount)]
 
+        ext_c = [ffi.new("char[]", e.encode()) for e in coop.extensions]
+        ext_arr = ffi.new("char*[]", ext_c) if ext_c else ffi.NULL
         priority = ffi.new("float[]", [1.0])
         queue_info = new(
             "VkDeviceQueueCreateInfo",
@@ -260,6 +287,8 @@ class Device:
             pNext=f2,
             queueCreateInfoCount=1,
             pQueueCreateInfos=queue_info,
+            enabledExtensionCount=len(ext_c),
+            ppEnabledExtensionNames=ext_arr,
         )
         out = ffi.new("VkDevice*")
         check(lib.vkCreateDevice(pd, dev_info, ffi.NULL, out), "vkCreateDevice")
@@ -270,7 +299,7 @@ class Device:
         pool_info = new(
             "VkCommandPoolCreateInfo",
             sType=vk.VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO,
-            flags=2,  # RESET_COMMAND_BUFFER: the staging command buffer is re-recorded
+            flags=vk.VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT,  # the staging command buffer is re-recorded
             queueFamilyIndex=self.family,
         )
         pool = ffi.new("VkCommandPool*")
@@ -279,10 +308,9 @@ class Device:
 
         limits = self.props.limits
         self.ts_period = float(limits.timestampPeriod)
-        self.max_push = int(limits.maxPushConstantsSize)
         self.max_groups = tuple(int(limits.maxComputeWorkGroupCount[i]) for i in range(3))
         sg_ops = p11.subgroupSupportedOperations
-        sg_compute = bool(p11.subgroupSupportedStages & 0x20)  # VK_SHADER_STAGE_COMPUTE_BIT
+        sg_compute = bool(p11.subgroupSupportedStages & vk.VK_SHADER_STAGE_COMPUTE_BIT)
         subgroups = sg_compute and (sg_ops & SUBGROUP_NEEDED) == SUBGROUP_NEEDED and p11.subgroupSize > 0
         max_alloc = int(p11.maxMemoryAllocationSize)
         if api13 and p13.maxBufferSize:
@@ -300,6 +328,11 @@ class Device:
             max_workgroup_size=int(min(limits.maxComputeWorkGroupInvocations, limits.maxComputeWorkGroupSize[0])),
             max_workgroups=min(self.max_groups),
             offset_alignment=max(4, int(limits.minStorageBufferOffsetAlignment)),
+            max_shared_memory=int(limits.maxComputeSharedMemorySize),
+            max_push_constants=int(limits.maxPushConstantsSize),
+            max_storage_buffers=int(limits.maxPerStageDescriptorStorageBuffers),
+            # the shaders that use them need the Vulkan memory model too (GL_KHR_memory_scope_semantics)
+            cooperative_matrix=coop.shapes if f12.vulkanMemoryModel else (),
             extras={
                 "api_version": version_str(self.props.apiVersion),
                 "driver": f"{string(p12.driverName)} {string(p12.driverInfo)}".strip(),
@@ -310,13 +343,12 @@ class Device:
                 "min_subgroup_size": int(sg_range[0]),
                 "max_subgroup_size": int(sg_range[1]),
                 "timestamp_period_ns": self.ts_period,
-                "max_shared_memory": int(limits.maxComputeSharedMemorySize),
-                "max_push_constants": self.max_push,
                 "max_workgroup_count": self.max_groups,
                 "storage_16bit": bool(f11.storageBuffer16BitAccess),
                 # every device-local type is host-visible (UMA, lavapipe): buffers are written in place
                 "device_local_host_visible": not any(
-                    f & MEM_DEVICE_LOCAL and not f & MEM_HOST_VISIBLE for f in self.memory_types
+                    f & vk.VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT and not f & vk.VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT
+                    for f in self.memory_types
                 ),
                 "validation": self.validation,
             },
@@ -329,7 +361,7 @@ class Device:
             "VkCommandBufferAllocateInfo",
             sType=vk.VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
             commandPool=self.cmd_pool,
-            level=0,  # PRIMARY
+            level=vk.VK_COMMAND_BUFFER_LEVEL_PRIMARY,
             commandBufferCount=1,
         )
         out = ffi.new("VkCommandBuffer[1]")
@@ -345,7 +377,7 @@ class Device:
 
     def wait_fences(self, n: int, fences: Any) -> None:
         r = lib.vkWaitForFences(self.handle, n, fences, 1, WAIT_TIMEOUT_NS)
-        if r == VK_TIMEOUT:
+        if r == vk.VK_TIMEOUT:
             raise ShaderbayError(
                 f"GPU work did not finish within {WAIT_TIMEOUT_NS // 10**9} s on {self.name}; "
                 "the device may be hung or the workload far too large for it"
@@ -378,10 +410,10 @@ def _compute_family(pd: Any) -> tuple[int, int] | None:
     best = None
     for i in range(n[0]):
         f = fams[i]
-        if not f.queueFlags & 2:  # VK_QUEUE_COMPUTE_BIT
+        if not f.queueFlags & vk.VK_QUEUE_COMPUTE_BIT:
             continue
         # prefer timestamps, then a compute queue without graphics (dedicated compute)
-        rank = (f.timestampValidBits == 0, bool(f.queueFlags & 1), i)
+        rank = (f.timestampValidBits == 0, bool(f.queueFlags & vk.VK_QUEUE_GRAPHICS_BIT), i)
         if best is None or rank < best[0]:
             best = (rank, i, f.timestampValidBits)
     return None if best is None else (best[1], best[2])

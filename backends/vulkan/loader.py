@@ -28,13 +28,6 @@ except OSError:
 ffi: Any = vk.ffi
 lib: Any = vk.lib
 
-# Fixed values of the API under short names (the package's are long, and barriers combine several).
-VK_TIMEOUT = 2
-STAGE_COMPUTE, STAGE_TRANSFER, STAGE_BOTTOM, STAGE_HOST, STAGE_ALL = 0x800, 0x1000, 0x2000, 0x4000, 0x10000
-SHADER_READ, SHADER_WRITE, TRANSFER_READ, TRANSFER_WRITE = 0x20, 0x40, 0x800, 0x1000
-HOST_READ, HOST_WRITE, MEMORY_READ, MEMORY_WRITE = 0x2000, 0x4000, 0x8000, 0x10000
-MEM_DEVICE_LOCAL, MEM_HOST_VISIBLE, MEM_HOST_COHERENT, MEM_HOST_CACHED = 1, 2, 4, 8
-
 
 def new(ctype: str, **fields: Any) -> Any:
     """A zeroed C struct (a pointer to it); pass sType where the struct has one."""
@@ -77,9 +70,9 @@ def check(r: int, what: str) -> None:
     """Raise the typed error, saying what to do, for a failed call's VkResult."""
     if r >= 0:
         return
-    if r in (-1, -2):  # VK_ERROR_OUT_OF_HOST_MEMORY, VK_ERROR_OUT_OF_DEVICE_MEMORY
+    if r in (vk.VK_ERROR_OUT_OF_HOST_MEMORY, vk.VK_ERROR_OUT_OF_DEVICE_MEMORY):
         raise OutOfMemory(f"{what}: {result_name(r)}; free buffers, shorten the context or pick a smaller model")
-    if r == -4:  # VK_ERROR_DEVICE_LOST
+    if r == vk.VK_ERROR_DEVICE_LOST:
         raise ShaderbayError(
             f"{what}: the Vulkan device was lost (a driver reset or a kernel fault); close this backend and "
             "create a new one (SHADERBAY_VULKAN_VALIDATE=1 may say why)"

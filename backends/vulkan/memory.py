@@ -21,17 +21,6 @@ from shaderbay.errors import OutOfMemory
 
 from .device import Device
 from .loader import (
-    HOST_READ,
-    MEM_DEVICE_LOCAL,
-    MEM_HOST_CACHED,
-    MEM_HOST_COHERENT,
-    MEM_HOST_VISIBLE,
-    MEMORY_READ,
-    MEMORY_WRITE,
-    STAGE_ALL,
-    STAGE_HOST,
-    STAGE_TRANSFER,
-    TRANSFER_WRITE,
     check,
     ffi,
     lib,
@@ -43,6 +32,9 @@ from .loader import (
 DEVICE_BLOCK = 64 << 20  # sub-allocation block for device memory
 HOST_BLOCK = 4 << 20  # ... and for upload / read-back memory
 STAGING_SIZE = 32 << 20  # staging buffer for device memory that is not host-visible
+USAGE = (
+    vk.VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | vk.VK_BUFFER_USAGE_TRANSFER_SRC_BIT | vk.VK_BUFFER_USAGE_TRANSFER_DST_BIT
+)
 
 
 class Block:
@@ -112,8 +104,13 @@ class Memory:
         self._staging: VulkanBuffer | None = None
         self._transfer: tuple[Any, Any] | None = None  # (command buffer, fence) of staging copies
         # a staging copy sees earlier submits' writes, and the host and later submits see it
-        self._before = memory_barrier(MEMORY_WRITE, MEMORY_READ | MEMORY_WRITE)
-        self._after = memory_barrier(TRANSFER_WRITE, MEMORY_READ | MEMORY_WRITE | HOST_READ)
+        self._before = memory_barrier(
+            vk.VK_ACCESS_MEMORY_WRITE_BIT, vk.VK_ACCESS_MEMORY_READ_BIT | vk.VK_ACCESS_MEMORY_WRITE_BIT
+        )
+        self._after = memory_barrier(
+            vk.VK_ACCESS_TRANSFER_WRITE_BIT,
+            vk.VK_ACCESS_MEMORY_READ_BIT | vk.VK_ACCESS_MEMORY_WRITE_BIT | vk.VK_ACCESS_HOST_READ_BIT,
+        )
 
     def create(self, size: int, usage: Usage, owner: Backend | None) -> VulkanBuffer:
         buf = VulkanBuffer(owner, size, usage)
@@ -121,8 +118,8 @@ class Memory:
             "VkBufferCreateInfo",
             sType=vk.VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO,
             size=size,
-            usage=0x20 | 0x1 | 0x2,  # STORAGE_BUFFER | TRANSFER_SRC | TRANSFER_DST
-            sharingMode=0,
+            usage=USAGE,
+            sharingMode=vk.VK_SHARING_MODE_EXCLUSIVE,
         )
         out = ffi.new("VkBuffer*")
         check(lib.vkCreateBuffer(self._dev, info, ffi.NULL, out), "vkCreateBuffer")
@@ -241,7 +238,7 @@ class Memory:
 
     def _memory_type(self, bits: int, usage: Usage, excluded: set[int]) -> int:
         types = [(i, f) for i, f in enumerate(self._gpu.memory_types) if bits >> i & 1 and i not in excluded]
-        host = MEM_HOST_VISIBLE | MEM_HOST_COHERENT
+        host = vk.VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | vk.VK_MEMORY_PROPERTY_HOST_COHERENT_BIT
 
         def pick(required: int, score) -> int | None:
             ok = [(score(flags), i) for i, flags in types if flags & required == required]
@@ -251,15 +248,31 @@ class Memory:
             # device-local and not host-visible where the device has such memory (staging uploads),
             # else device-local and host-visible (UMA, lavapipe: written in place)
             choice = pick(
-                MEM_DEVICE_LOCAL,
-                lambda f: (not f & MEM_HOST_VISIBLE, bool(f & MEM_HOST_COHERENT), -bin(f).count("1")),
+                vk.VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT,
+                lambda f: (
+                    not f & vk.VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT,
+                    bool(f & vk.VK_MEMORY_PROPERTY_HOST_COHERENT_BIT),
+                    -bin(f).count("1"),
+                ),
             )
             if choice is None:
                 choice = pick(0, lambda f: 0)
         elif usage is Usage.UPLOAD:
-            choice = pick(host, lambda f: (bool(f & MEM_DEVICE_LOCAL), not f & MEM_HOST_CACHED))
+            choice = pick(
+                host,
+                lambda f: (
+                    bool(f & vk.VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT),
+                    not f & vk.VK_MEMORY_PROPERTY_HOST_CACHED_BIT,
+                ),
+            )
         else:
-            choice = pick(host, lambda f: (bool(f & MEM_HOST_CACHED), not f & MEM_DEVICE_LOCAL))
+            choice = pick(
+                host,
+                lambda f: (
+                    bool(f & vk.VK_MEMORY_PROPERTY_HOST_CACHED_BIT),
+                    not f & vk.VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT,
+                ),
+            )
         if choice is None:
             raise OutOfMemory(f"{self._gpu.name} has no memory type for {usage.value} buffers")
         return choice
@@ -291,12 +304,14 @@ class Memory:
         )
         out = ffi.new("VkDeviceMemory*")
         r = lib.vkAllocateMemory(self._dev, info, ffi.NULL, out)
-        if r in (-1, -2):
+        if r in (vk.VK_ERROR_OUT_OF_HOST_MEMORY, vk.VK_ERROR_OUT_OF_DEVICE_MEMORY):
             raise OutOfMemory(f"vkAllocateMemory of {size} bytes failed")
         check(r, "vkAllocateMemory")
         mapped = None
         flags = self._gpu.memory_types[type_index]
-        if flags & MEM_HOST_VISIBLE and flags & MEM_HOST_COHERENT:  # written and read in place, no flushes
+        if (
+            flags & vk.VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT and flags & vk.VK_MEMORY_PROPERTY_HOST_COHERENT_BIT
+        ):  # written and read in place, no flushes
             ptr = ffi.new("void**")
             check(lib.vkMapMemory(self._dev, out[0], 0, size, 0, ptr), "vkMapMemory")
             mapped = np.frombuffer(ffi.buffer(ptr[0], size), np.uint8)
@@ -313,14 +328,37 @@ class Memory:
         """A synchronous buffer-to-buffer copy, ordered after earlier submits and seen by later ones."""
         cmdbuf, fence = self._transfer
         cb = cmdbuf[0]
-        # ONE_TIME_SUBMIT: this command buffer is re-recorded for every copy
-        begin = new("VkCommandBufferBeginInfo", sType=vk.VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO, flags=1)
+        begin = new(  # one time: this command buffer is re-recorded for every copy
+            "VkCommandBufferBeginInfo",
+            sType=vk.VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
+            flags=vk.VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT,
+        )
         check(lib.vkBeginCommandBuffer(cb, begin), "vkBeginCommandBuffer")
-        lib.vkCmdPipelineBarrier(cb, STAGE_ALL, STAGE_TRANSFER, 0, 1, self._before, 0, ffi.NULL, 0, ffi.NULL)
+        lib.vkCmdPipelineBarrier(
+            cb,
+            vk.VK_PIPELINE_STAGE_ALL_COMMANDS_BIT,
+            vk.VK_PIPELINE_STAGE_TRANSFER_BIT,
+            0,
+            1,
+            self._before,
+            0,
+            ffi.NULL,
+            0,
+            ffi.NULL,
+        )
         region = new("VkBufferCopy", srcOffset=src_off, dstOffset=dst_off, size=size)
         lib.vkCmdCopyBuffer(cb, src.handle, dst.handle, 1, region)
         lib.vkCmdPipelineBarrier(
-            cb, STAGE_TRANSFER, STAGE_ALL | STAGE_HOST, 0, 1, self._after, 0, ffi.NULL, 0, ffi.NULL
+            cb,
+            vk.VK_PIPELINE_STAGE_TRANSFER_BIT,
+            vk.VK_PIPELINE_STAGE_ALL_COMMANDS_BIT | vk.VK_PIPELINE_STAGE_HOST_BIT,
+            0,
+            1,
+            self._after,
+            0,
+            ffi.NULL,
+            0,
+            ffi.NULL,
         )
         check(lib.vkEndCommandBuffer(cb), "vkEndCommandBuffer")
         submit = new(

@@ -16,17 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from shaderbay.backend import Dispatch, Pipeline
+from shaderbay.config import cache_dir
 from shaderbay.errors import KernelCompileError, LimitExceeded, UnsupportedKernel
 from shaderbay.kernels import KernelSpec
 from shaderbay.trace import Tracer
 
 from ..shaders import variants as V
+from ..shaders.records import Variant
 from .device import Device
 from .loader import check, ffi, lib, new, result_name, vk
 
-ENV_CACHE = "SHADERBAY_CACHE"
-
-Choice = tuple[V.Variant, Any, tuple[int, int, int]]  # (variant, its VkPipeline, workgroup counts)
+Choice = tuple[Variant, Any, tuple[int, int, int]]  # (variant, its VkPipeline, workgroup counts)
 
 
 class VulkanPipeline(Pipeline):
@@ -54,9 +54,7 @@ class Pipelines:
         self._dirty = False  # pipelines were created since the cache was read or saved
         slug = re.sub(r"[^A-Za-z0-9]+", "-", gpu.name).strip("-").lower()
         uuid = bytes(ffi.buffer(gpu.props.pipelineCacheUUID, 16)).hex()[:12]
-        env = os.environ.get(ENV_CACHE)
-        cache_dir = Path(env) if env else Path.home() / ".cache" / "shaderbay"
-        self.cache_path = cache_dir / f"vulkan-pipelines-{slug}-{uuid}.bin"
+        self.cache_path = cache_dir() / f"vulkan-pipelines-{slug}-{uuid}.bin"
         self._cache, self.cache_loaded = self._open_cache()
 
     def create(self, spec: KernelSpec, constants: dict[str, Any]) -> VulkanPipeline:
@@ -70,9 +68,9 @@ class Pipelines:
                 f"(capabilities: {', '.join(sorted(V.capabilities(caps))) or 'none'})"
             )
         push = 4 * len(spec.params)
-        if push > self._gpu.max_push:
+        if push > caps.max_push_constants:
             raise LimitExceeded(
-                f"{spec.name} needs {push} bytes of push constants; {self._gpu.name} has {self._gpu.max_push}"
+                f"{spec.name} needs {push} bytes of push constants; {self._gpu.name} has {caps.max_push_constants}"
             )
         set_layout, layout = self._layout(len(spec.bindings_for(constants)), push)
         return VulkanPipeline(spec, constants, set_layout, layout)
@@ -190,7 +188,7 @@ class Pipelines:
             self._layouts[key] = (set_layout[0], layout[0])
         return self._layouts[key]
 
-    def _module(self, variant: V.Variant) -> Any:
+    def _module(self, variant: Variant) -> Any:
         if variant.name not in self._modules:
             code = V.spirv(variant)
             words = ffi.new("uint32_t[]", len(code) // 4)
@@ -208,7 +206,7 @@ class Pipelines:
             self._modules[variant.name] = out[0]
         return self._modules[variant.name]
 
-    def _handle(self, pipe: VulkanPipeline, variant: V.Variant) -> Any:
+    def _handle(self, pipe: VulkanPipeline, variant: Variant) -> Any:
         """The VkPipeline of one variant of `pipe`, created on first use."""
         handle = pipe.handles.get(variant.name)
         if handle is not None:
@@ -224,7 +222,9 @@ class Pipelines:
             )
             pnext = sg_info
             if self._gpu.full_subgroups:
-                flags = 0x2  # REQUIRE_FULL_SUBGROUPS
+                # VK_PIPELINE_SHADER_STAGE_CREATE_REQUIRE_FULL_SUBGROUPS_BIT: the vulkan package
+                # (1.3.275.1) exports it as None
+                flags = 0x2
         stage = new(
             "VkPipelineShaderStageCreateInfo",
             sType=vk.VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO,

@@ -4,7 +4,7 @@ from shaderbay.plugins import BackendEntry, hookimpl
 
 
 def _create():
-    from .backend import create
+    from .backend import create  # on demand: it loads the GPU library, which `import shaderbay` must not
 
     return create()
 

@@ -27,8 +27,10 @@ import statistics
 import time
 
 import numpy as np
+import shaderbay
 
-from .backend import ENV_ENCODER, create
+from .backend import create
+from .commands import ENV_ENCODER, encode
 
 
 def _timed(fn, reps: int) -> list[float]:
@@ -69,33 +71,17 @@ def encode_cost(backend, n: int, reps: int = 30) -> dict:
 
 def split_cost(backend, cmd, reps: int = 20) -> dict | None:
     """Where encode+submit time goes (ffi encoder): the recording calls, finish, and submit."""
-    native = backend._native
-    if native is None:
+    native = backend.encoder
+    if native.name != "ffi":
         return None
-    lib, null, libf = native.lib, native.null, native.libf
     rec, fin, sub = [], [], []
     for _ in range(reps):
         t0 = time.perf_counter()
-        enc = lib.wgpuDeviceCreateCommandEncoder(native.device, native.enc_desc)
-        for kind, items in cmd.prepared.segments:
-            if kind == "pass":
-                h = lib.wgpuCommandEncoderBeginComputePass(enc, native.pass_desc)
-                for pipe, group, data, n, x, y, z in items:
-                    lib.wgpuComputePassEncoderSetPipeline(h, pipe)
-                    lib.wgpuComputePassEncoderSetBindGroup(h, 0, group, 0, null)
-                    lib.wgpuComputePassEncoderSetImmediates(h, 0, data, n)
-                    lib.wgpuComputePassEncoderDispatchWorkgroups(h, x, y, z)
-                lib.wgpuComputePassEncoderEnd(h)
-                lib.wgpuComputePassEncoderRelease(h)
-            else:
-                lib.wgpuCommandEncoderCopyBufferToBuffer(enc, *items[1])
+        enc = encode(native, cmd.prepared.steps)
         t1 = time.perf_counter()
-        cb = libf.wgpuCommandEncoderFinish(enc, native.cb_desc)
-        lib.wgpuCommandEncoderRelease(enc)
+        cb = native.finish(enc)
         t2 = time.perf_counter()
-        native.cbs[0] = cb
-        libf.wgpuQueueSubmit(native.queue, 1, native.cbs)
-        lib.wgpuCommandBufferRelease(cb)
+        native.submit_finished(cb)
         t3 = time.perf_counter()
         backend.wait()
         rec.append(t1 - t0)
@@ -110,8 +96,6 @@ def split_cost(backend, cmd, reps: int = 20) -> dict | None:
 
 
 def decode_cost(backend, shape: str, tokens: int) -> dict:
-    import shaderbay
-
     model = shaderbay.load(f"synthetic:{shape}:float16", backend=backend, max_context=512, progress=False)
     llama = model.llama
     cmd = llama.decode_list()

@@ -9,9 +9,10 @@ the variant and the panic. One child checks every variant usable on the device a
 and the verdicts are cached on disk, keyed by the SPIR-V's hash and the wgpu version, so
 this costs about a second per install and shader change.
 
-    python -m shaderbay.backends.wgpu.preflight [VARIANT ...]   # the child; also a manual check
+    python -m shaderbay.backends.wgpu.preflight_child [VARIANT ...]   # the child; also a manual check
 
 SHADERBAY_WGPU_PREFLIGHT=0 turns the check off (then a translator panic aborts the process).
+The verdicts live in the cache folder (shaderbay.config.cache_dir) as wgpu-translate.json.
 """
 
 from __future__ import annotations
@@ -22,27 +23,33 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
+from shaderbay.backend import Caps
+from shaderbay.config import cache_dir
 from shaderbay.errors import KernelCompileError
 
+from ..shaders import variants
+from ..shaders.records import Variant
+from .adapter import pin_adapter_env
+
 ENV_PREFLIGHT = "SHADERBAY_WGPU_PREFLIGHT"
+CHILD = "shaderbay.backends.wgpu.preflight_child"  # run by name: it imports the backend, which imports this
 OK = "ok"
 TIMEOUT_S = 600
 
 
 def cache_path() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "shaderbay" / "wgpu-translate.json"
+    return cache_dir() / "wgpu-translate.json"
 
 
 class Preflight:
     """Verdicts on variants' SPIR-V ("ok" or the child's panic), asked for in batches."""
 
-    child = (sys.executable, "-m", __name__)  # the child's command line, before the variant names
+    child = (sys.executable, "-m", CHILD)  # the child's command line, before the variant names
 
-    def __init__(self, backend: Any, wgpu_version: str):
-        self.backend = backend
+    def __init__(self, adapter_info: dict, caps: Caps, wgpu_version: str):
+        self.adapter_info = adapter_info
+        self.caps = caps
         self.version = wgpu_version
         self.path = cache_path()
         self.verdicts: dict[str, str] = {}
@@ -52,13 +59,11 @@ class Preflight:
         except (OSError, ValueError):
             pass
 
-    def key(self, variant: Any) -> str:
-        from shaderbay.backends.shaders import variants
-
+    def key(self, variant: Variant) -> str:
         digest = hashlib.sha256(variants.spirv(variant)).hexdigest()[:32]
         return f"{self.version}:{digest}"
 
-    def check(self, variant: Any) -> None:
+    def check(self, variant: Variant) -> None:
         """Raise KernelCompileError if the variant's SPIR-V kills wgpu's translator."""
         key = self.key(variant)
         if key not in self.verdicts and not self.broken:
@@ -71,27 +76,19 @@ class Preflight:
                 "construct (see shaderbay.backends.shaders.build.naga_traps), or use another backend"
             )
 
-    def _usable(self) -> list:
-        from shaderbay.backends.shaders import variants
-
+    def _usable(self) -> list[Variant]:
         out = []
         for v in variants.table():
             try:
-                if variants.usable(v, self.backend.caps) and self.key(v) not in self.verdicts:
+                if variants.usable(v, self.caps) and self.key(v) not in self.verdicts:
                     out.append(v)
             except KernelCompileError:  # its SPIR-V is not shipped; it will say so when used
                 pass
         return out
 
-    def run(self, todo: list) -> None:
+    def run(self, todo: list[Variant]) -> None:
         """Build `todo` in children, one child after another until each variant has a verdict."""
-        from .backend import describe_adapter
-
-        env = dict(os.environ)
-        env[ENV_PREFLIGHT] = "0"
-        env["SHADERBAY_WGPU_ADAPTER"] = describe_adapter(self.backend.adapter.info)  # exactly this one
-        if self.backend.adapter.info.get("backend_type") != "Vulkan":
-            env["SHADERBAY_WGPU_ALLOW_ANY"] = "1"
+        env = {**os.environ, ENV_PREFLIGHT: "0", **pin_adapter_env(self.adapter_info)}  # exactly this adapter
         names = [v.name for v in todo]
         keys = {v.name: self.key(v) for v in todo}
         while names:
@@ -140,24 +137,3 @@ def _panic_line(stderr: str, code: int) -> str:
             detail = lines[i + 1] if i + 1 < len(lines) else ""
             return f"{line} {detail}".strip()
     return f"exit status {code}: " + (lines[-1] if lines else "no message")
-
-
-def main(argv: list[str]) -> int:
-    """The child: build the named variants (all usable ones if none), printing `built NAME` after each."""
-    from shaderbay.backends.shaders import variants
-
-    from .backend import create
-
-    backend = create()
-    todo = [variants.by_name(n) for n in argv] or [v for v in variants.table() if variants.usable(v, backend.caps)]
-    for v in todo:
-        try:
-            backend._build(v)
-        except Exception as exc:  # a plain error: the backend raises it itself, in process
-            print(f"error {v.name}: {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr, flush=True)
-        print(f"built {v.name}", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -30,6 +30,10 @@
 //    before using them: the loads are latency-bound otherwise.
 //    The walk: the first kept id (in index order) whose cumulative mass exceeds
 //    u * (kept mass), u = uniform(seed, step); the last kept id if rounding leaves none.
+//    min_p > 0 raises the kept set's floor to t_m = M + T * ln(min_p) (p >= min_p * max p):
+//    pass 2 takes a threshold at or below t_m as a lower bound too, the compact path raises
+//    T* to t_m, and the search path, where t_m is above its T*, sums the kept mass in one
+//    more pass.
 // 5. out[0] = the token; history[hist_len] = the token if hist_len < hist_cap.
 #extension GL_EXT_control_flow_attributes : enable
 #include "kernel_sample.glsl"
@@ -308,6 +312,9 @@ void main() {
         uint kk = (p.top_k > 0u && p.top_k < n) ? p.top_k : n;
         bool topp = p.top_p < 1.0;
         bool filtering = kk < n || topp;
+        bool minp = p.min_p > 0.0;
+        float tm = M + T * log(max(p.min_p, 1.0e-30));  // the min_p floor in logit space
+        uint mkey = minp ? order_key(tm) : 0u;
         float u = float(hash32(seed ^ hash32(step)) >> 8) / 16777216.0;
 
         // --- pass 2: a lower bound of T* with few elements above it ------------------------
@@ -316,7 +323,7 @@ void main() {
         uint search_lo = 0u;  // the key search's bracket: pred(search_lo), T* < search_hi
         uint search_hi = 0xFFFFFFFFu;
         float lo_mass = 1.0;  // mass(l >= search_lo): all of it (S / S) to begin with
-        if (!compact && filtering) {
+        if (!compact && (filtering || minp)) {
             vec4 ta = M - vec4(0.5, 1.0, 1.5, 2.0) * T;
             vec4 tb = M - vec4(3.0, 4.0, 5.0, 6.0) * T;
             vec4 tc = M - vec4(8.0, 10.0, 12.0, 16.0) * T;
@@ -373,8 +380,13 @@ void main() {
                 vec4 mv = j < 4 ? ma : j < 8 ? mb : j < 12 ? mc : md;
                 vec4 tv = j < 4 ? ta : j < 8 ? tb : j < 12 ? tc : td;
                 float cnt = cv[j & 3];
+                bool by_min = minp && tv[j & 3] <= tm;  // at or below the min_p floor
+                if (by_min && !compact && cnt <= float(CAP)) {
+                    compact = true;
+                    theta = tv[j & 3];
+                }
                 if (cnt >= float(kk) || (topp && mv[j & 3] >= p.top_p)) {
-                    if (cnt <= float(CAP)) {
+                    if (!compact && cnt <= float(CAP)) {
                         compact = true;
                         theta = tv[j & 3];
                     }
@@ -443,6 +455,7 @@ void main() {
                 uint low = ~wg_best(~lowest, 0u).x;
                 tkey = found != 0u ? found - 1u : low;
             }
+            tkey = max(tkey, mkey);
 
             // the walk, in index order, over the kept candidates
             float part = 0.0;
@@ -546,6 +559,21 @@ void main() {
                 }
             }
             uint tkey = lo;
+            if (mkey > tkey) {  // the min_p floor is higher: the mass above it, in one more pass
+                tkey = mkey;
+                float part = 0.0;
+                for (uint w0 = 0u; w0 < n; w0 += g_win) {
+                    if (g_multiwin) {
+                        load_window(w0);
+                    }
+                    uint w1 = min(n, w0 + g_win);
+                    for (uint e = w0 + t; e < w1; e += WG_SIZE) {
+                        float l = penalise(logits[e], e, w0);
+                        part += l >= tm ? exp((l - M) / T) / S : 0.0;
+                    }
+                }
+                kept_mass = wg_sum4(vec4(part, 0.0, 0.0, 0.0)).x;
+            }
 
             // the walk over the whole vocabulary, tile by tile: invocation t owns ids
             // tb + 8t .. tb + 8t + 7; P is the kept mass of the tiles before

@@ -1,0 +1,251 @@
+#version 450
+// matmul, cooperative-matrix (tensor core) form for prefill: out[r] (+)= prologue(x[r]) @ w.T
+// (+ bias), f16 or bf16 weights, on devices reporting the subgroup-scope 16 x 16 x 16 product
+// f16 x f16 + f32 -> f32 (VK_KHR_cooperative_matrix). Compiled by the pinned glslangValidator
+// (build.py: Debian 12's glslc predates GL_KHR_cooperative_matrix); never given to wgpu.
+//
+// A workgroup of WARPS_M x WARPS_N subgroups of 32 computes a BM x BN tile of out, each
+// subgroup FM x FN 16 x 16 accumulators (f32). k is walked in BK-deep slices staged in shared
+// memory as f16: x by the loaders, which apply the prologue in f32 (silu(gate) * up; or
+// x * norm_weight while keeping sum(x * x) of the row, whose rmsnorm scale multiplies the row's
+// results at the end) and then split each value in two f16 parts, hi = f16(x) and
+// lo = f16(x - hi), both multiplied into the same accumulators: x keeps about 22 bits (with f16
+// alone, 11, the error compounded over a model's layers to ~4x its logits budget), so the
+// product's error is that of its f16 weights. (lo is an f16 subnormal where |x| < 0.125: the
+// device must keep f16 subnormals, as NVIDIA's do.) w is copied as it is (f16) or converted (bf16 -> f16: exact
+// for every bf16 value in f16's range). Two slices of shared memory alternate, and the next
+// slice's global loads are issued into registers before the current one is multiplied, so one
+// barrier a slice suffices and load latency overlaps the math. Staged rows are padded by 16
+// bytes so the 8 rows a matrix load reads at once fall in different banks.
+//
+// Loaders: the slice of x is BM rows of BK/8 chunks of 8 elements (two vec4 loads, a uvec4
+// store to each of the hi and lo rows), chunk q = t + WG_SIZE i being row q / (BK/8); w's
+// likewise (one uvec4 load). k is a multiple of 8 (the variant's `when`), so chunks are whole
+// and rows start on 16 bytes.
+//
+// The accumulators are stored to shared memory (over the slices) and the epilogue (rmsnorm
+// scale, bias, silu_mul pairs, accumulate) runs from there, 4 adjacent columns an invocation.
+//
+// Grid: x over row tiles (consecutive workgroups share a tile of w, read once from memory),
+// y over column tiles (both grid-stride).
+#extension GL_GOOGLE_include_directive : require  // glslc implies it; glslangValidator does not
+#extension GL_EXT_control_flow_attributes : enable
+#extension GL_KHR_cooperative_matrix : require
+#extension GL_KHR_memory_scope_semantics : require
+#extension GL_KHR_shader_subgroup_basic : require
+#extension GL_EXT_shader_explicit_arithmetic_types_float16 : require
+#include "kernel_matmul.glsl"
+
+// x and w seen 16 bytes at a time (rows start on 16-byte boundaries: k % 8 == 0)
+layout(std430, set = 0, binding = BINDING_X) readonly buffer X4 { vec4 x4[]; };
+layout(std430, set = 0, binding = BINDING_W) readonly buffer W4 { uvec4 w4[]; };
+
+#define BM (uint(WARPS_M) * uint(FM) * 16u)
+#define BN (uint(WARPS_N) * uint(FN) * 16u)
+#define CHUNKS_PER_ROW (uint(BK) / 8u)
+#define RS (CHUNKS_PER_ROW + 1u)  // uvec4 per staged row: BK halves and 16 bytes of padding
+#define A_PER (BM * CHUNKS_PER_ROW / uint(WG_SIZE))  // chunks of x per invocation and slice
+#define B_PER (BN * CHUNKS_PER_ROW / uint(WG_SIZE))
+#define STAGE ((2u * BM + BN) * RS)  // uvec4 of one staged slice: x's hi rows, x's lo rows, w rows
+#define LO (BM * RS)  // where a slice's x lo rows start
+#define WS (2u * BM * RS)  // where a slice's w rows start
+#define OS (BN / 4u + 1u)  // uvec4 per row of the staged output tile (4 floats each, one of padding)
+
+#if (WARPS_M * FM * 2 * BK) % WG_SIZE != 0 || (WARPS_N * FN * 2 * BK) % WG_SIZE != 0
+#error "matmul_coop.comp: every invocation loads whole chunks of both slices"
+#endif
+
+shared uvec4 smem[max(2u * STAGE, BM * OS)];  // two slices; after the k loop, the output tile
+#if defined(PROLOGUE_RMSNORM)
+shared float chunk_ss[BM * CHUNKS_PER_ROW];  // sum(x * x) of each loader's chunks of a row
+#endif
+
+#define ACC coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>
+
+// the slice being prefetched
+uvec4 xr_hi[A_PER];
+uvec4 xr_lo[A_PER];
+uvec4 wr[B_PER];
+float ss[A_PER];
+
+uvec4 pack8(vec4 a, vec4 b) {
+    return uvec4(packHalf2x16(a.xy), packHalf2x16(a.zw), packHalf2x16(b.xy), packHalf2x16(b.zw));
+}
+
+// x's 8 values (a, b) as f16 parts hi + lo: x - hi is exact in f32, and its f16 rounding is lo
+void split8(vec4 a, vec4 b, out uvec4 hi, out uvec4 lo) {
+    hi = pack8(a, b);
+    a -= vec4(unpackHalf2x16(hi.x), unpackHalf2x16(hi.y));
+    b -= vec4(unpackHalf2x16(hi.z), unpackHalf2x16(hi.w));
+    lo = pack8(a, b);
+}
+
+void load_slice(uint k0, uint m0, uint j0, uint t) {
+    uint k = p.k;
+    [[unroll]] for (uint i = 0u; i < A_PER; ++i) {
+        uint q = t + uint(WG_SIZE) * i;
+        uint row = m0 + q / CHUNKS_PER_ROW;
+        uint kk = k0 + (q % CHUNKS_PER_ROW) * 8u;
+        vec4 a = vec4(0.0);  // the chunk's first 4 values
+        vec4 b = vec4(0.0);  // and its last 4
+        if (row < p.rows && kk < k) {
+#if defined(PROLOGUE_SILU_MUL)
+            uint at = (row * 2u * k + kk) / 4u;
+            vec4 g0 = x4[at];
+            vec4 g1 = x4[at + 1u];
+            a = g0 / (1.0 + exp(-g0)) * x4[at + k / 4u];
+            b = g1 / (1.0 + exp(-g1)) * x4[at + k / 4u + 1u];
+#else
+            uint at = (row * k + kk) / 4u;
+            a = x4[at];
+            b = x4[at + 1u];
+#endif
+#if defined(PROLOGUE_RMSNORM)
+            ss[i] += dot(a, a) + dot(b, b);
+            a *= vec4(norm_weight[kk], norm_weight[kk + 1u], norm_weight[kk + 2u], norm_weight[kk + 3u]);
+            b *= vec4(norm_weight[kk + 4u], norm_weight[kk + 5u], norm_weight[kk + 6u], norm_weight[kk + 7u]);
+#endif
+        }
+        split8(a, b, xr_hi[i], xr_lo[i]);
+    }
+    [[unroll]] for (uint i = 0u; i < B_PER; ++i) {
+        uint q = t + uint(WG_SIZE) * i;
+        uint row = j0 + q / CHUNKS_PER_ROW;
+        uint kk = k0 + (q % CHUNKS_PER_ROW) * 8u;
+        uvec4 v = uvec4(0u);
+        if (row < p.n && kk < k) {
+            v = w4[(row * k + kk) / 8u];
+#if defined(WDTYPE_BF16)
+            v = pack8(vec4(unpack_bf16x2(v.x), unpack_bf16x2(v.y)), vec4(unpack_bf16x2(v.z), unpack_bf16x2(v.w)));
+#endif
+        }
+        wr[i] = v;
+    }
+}
+
+void store_slice(uint base, uint t) {
+    [[unroll]] for (uint i = 0u; i < A_PER; ++i) {
+        uint q = t + uint(WG_SIZE) * i;
+        uint at = base + (q / CHUNKS_PER_ROW) * RS + q % CHUNKS_PER_ROW;
+        smem[at] = xr_hi[i];
+        smem[at + LO] = xr_lo[i];
+    }
+    [[unroll]] for (uint i = 0u; i < B_PER; ++i) {
+        uint q = t + uint(WG_SIZE) * i;
+        smem[base + WS + (q / CHUNKS_PER_ROW) * RS + q % CHUNKS_PER_ROW] = wr[i];
+    }
+}
+
+void main() {
+    uint t = gl_LocalInvocationIndex;
+    uint wm = gl_SubgroupID / uint(WARPS_N);
+    uint wn = gl_SubgroupID % uint(WARPS_N);
+    uint rows = p.rows;
+    uint n = p.n;
+    uint k = p.k;
+    uint ntm = (rows + BM - 1u) / BM;
+    uint ntn = (n + BN - 1u) / BN;
+
+    for (uint tn = gl_WorkGroupID.y; tn < ntn; tn += gl_NumWorkGroups.y) {
+        for (uint tm = gl_WorkGroupID.x; tm < ntm; tm += gl_NumWorkGroups.x) {
+            uint m0 = tm * BM;
+            uint j0 = tn * BN;
+            ACC acc[FM * FN];
+            [[unroll]] for (uint i = 0u; i < uint(FM * FN); ++i) {
+                acc[i] = ACC(0.0);
+            }
+            [[unroll]] for (uint i = 0u; i < A_PER; ++i) {
+                ss[i] = 0.0;
+            }
+            load_slice(0u, m0, j0, t);
+
+            uint stage = 0u;
+            for (uint k0 = 0u; k0 < k; k0 += uint(BK)) {
+                store_slice(stage, t);
+                barrier();
+                if (k0 + uint(BK) < k) {
+                    load_slice(k0 + uint(BK), m0, j0, t);  // in flight during the math below
+                }
+                [[unroll]] for (uint kk = 0u; kk < CHUNKS_PER_ROW; kk += 2u) {  // 16 deep, in uvec4 columns
+                    coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> a_hi[FM];
+                    coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> a_lo[FM];
+                    coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> b[FN];
+                    [[unroll]] for (uint i = 0u; i < uint(FM); ++i) {
+                        uint at = stage + (wm * uint(FM) + i) * 16u * RS + kk;
+                        coopMatLoad(a_hi[i], smem, at, RS, gl_CooperativeMatrixLayoutRowMajor);
+                        coopMatLoad(a_lo[i], smem, at + LO, RS, gl_CooperativeMatrixLayoutRowMajor);
+                    }
+                    [[unroll]] for (uint j = 0u; j < uint(FN); ++j) {
+                        uint at = stage + WS + (wn * uint(FN) + j) * 16u * RS + kk;
+                        coopMatLoad(b[j], smem, at, RS, gl_CooperativeMatrixLayoutColumnMajor);
+                    }
+                    // all hi products, then all lo: consecutive products go to different accumulators
+                    [[unroll]] for (uint i = 0u; i < uint(FM); ++i) {
+                        [[unroll]] for (uint j = 0u; j < uint(FN); ++j) {
+                            acc[i * uint(FN) + j] = coopMatMulAdd(a_hi[i], b[j], acc[i * uint(FN) + j]);
+                        }
+                    }
+                    [[unroll]] for (uint i = 0u; i < uint(FM); ++i) {
+                        [[unroll]] for (uint j = 0u; j < uint(FN); ++j) {
+                            acc[i * uint(FN) + j] = coopMatMulAdd(a_lo[i], b[j], acc[i * uint(FN) + j]);
+                        }
+                    }
+                }
+                stage = STAGE - stage;
+            }
+
+            barrier();  // every subgroup is done reading the slices: the output tile goes over them
+            [[unroll]] for (uint i = 0u; i < uint(FM); ++i) {
+                [[unroll]] for (uint j = 0u; j < uint(FN); ++j) {
+                    uint at = (wm * uint(FM) + i) * 16u * OS + (wn * uint(FN) + j) * 4u;
+                    coopMatStore(acc[i * uint(FN) + j], smem, at, OS, gl_CooperativeMatrixLayoutRowMajor);
+                }
+            }
+#if defined(PROLOGUE_RMSNORM)
+            [[unroll]] for (uint i = 0u; i < A_PER; ++i) {
+                chunk_ss[t + uint(WG_SIZE) * i] = ss[i];
+            }
+#endif
+            barrier();
+
+            for (uint e = t; e < BM * (BN / 4u); e += uint(WG_SIZE)) {
+                uint r = e / (BN / 4u);
+                uint m = m0 + r;
+                uint col = j0 + 4u * (e % (BN / 4u));
+                if (m >= rows || col >= n) {
+                    continue;
+                }
+                vec4 y = uintBitsToFloat(smem[r * OS + e % (BN / 4u)]);
+#if defined(PROLOGUE_RMSNORM)
+                float sq = 0.0;
+                [[unroll]] for (uint q = 0u; q < CHUNKS_PER_ROW; ++q) {
+                    sq += chunk_ss[r * CHUNKS_PER_ROW + q];
+                }
+                y *= 1.0 / sqrt(sq / float(k) + p.eps);
+#endif
+#if BIAS
+                y += vec4(bias[col], bias[min(col + 1u, n - 1u)], bias[min(col + 2u, n - 1u)], bias[min(col + 3u, n - 1u)]);
+#endif
+#if defined(EPILOGUE_SILU_MUL)
+                // (gate, up) column pairs: n is even and col a multiple of 4
+                [[unroll]] for (uint h = 0u; h < 4u; h += 2u) {
+                    if (col + h + 1u < n) {
+                        float v = y[h] / (1.0 + exp(-y[h])) * y[h + 1u];
+                        uint o = m * (n / 2u) + (col + h) / 2u;
+#else
+                [[unroll]] for (uint h = 0u; h < 4u; ++h) {
+                    if (col + h < n) {
+                        float v = y[h];
+                        uint o = m * n + col + h;
+#endif
+#if ACCUMULATE
+                        v += out_[o];
+#endif
+                        out_[o] = v;
+                    }
+                }
+            }
+            barrier();  // smem and chunk_ss are reused by the next tile
+        }
+    }
+}

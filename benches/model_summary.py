@@ -1,0 +1,192 @@
+"""The model bench's figures per backend, from what `model_measure` recorded (see model_bench's docstring)."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from shaderbay.backend import Copy, Dispatch
+
+from .model_measure import GpuTimings, Run, ms, seconds
+from .model_settings import Settings
+from .model_source import Source
+from .results import Ceiling, Cpu, Decode, Gpu, ModelInfo, ModelKernel, ModelRow, Prefill
+from .shapes import Shape, dispatch_bytes, dispatch_key, kernel_flops
+from .verdict import bandwidth_utilisation, verdict
+
+
+def model_info(shape: Shape | None, name: str, wdtype: str, **source: Any) -> ModelInfo:
+    """The model a bench ran: its shape and weight bytes (where known), and `source` fields."""
+    info = ModelInfo(name=name, dtype=wdtype, **source)
+    if shape:
+        info.shape = shape.record()
+        info.weights_bytes = shape.weights_bytes(wdtype)
+        info.weight_bytes_per_token = shape.weight_bytes_per_token(wdtype)
+    return info
+
+
+def source_info(source: Source, settings: Settings) -> ModelInfo:
+    return model_info(
+        source.shape,
+        source.name,
+        source.wdtype,
+        synthetic=settings.synthetic,
+        source="memory" if source.checkpoint is not None else "file",
+        checkpoint_bytes=source.file_bytes(),
+        build_s=source.generate_s,
+    )
+
+
+def kernel_rows(steps: list[list[GpuTimings]], phase: str, copy_gbs: float | None) -> list[ModelKernel]:
+    """Per-kernel GPU time, bytes and GB/s per step, from timings mapped onto each list's recorded ops.
+
+    A backend's timings cover either every op (copies included) or the dispatches only, in order;
+    when neither count matches, rows are keyed by label alone, without bytes.
+    """
+    agg: dict[str, dict[str, Any]] = {}
+    n_steps = max(len(steps), 1)
+    for step in steps:
+        for cmd, timings, context in step:
+            ops = list(cmd.ops)
+            if len(ops) != len(timings):
+                ops = [op for op in ops if isinstance(op, Dispatch)]
+            mapped = len(ops) == len(timings)
+            for i, (label, ns) in enumerate(timings):
+                op = ops[i] if mapped else None
+                flops = None
+                if isinstance(op, Copy):
+                    key, kernel, nbytes = "copy", "copy", 2 * op.size
+                elif op is not None:
+                    key, kernel, nbytes = dispatch_key(op), op.pipeline.spec.name, dispatch_bytes(op, context)
+                    flops = kernel_flops(kernel, op.params, context)
+                else:
+                    key, kernel, nbytes = str(label), str(label), None
+                row = agg.setdefault(key, {"key": key, "kernel": kernel, "count": 0, "ns": 0.0, "bytes": 0, "flops": 0})
+                row["count"] += 1
+                row["ns"] += float(ns)
+                row["bytes"] = None if nbytes is None or row["bytes"] is None else row["bytes"] + nbytes
+                row["flops"] = None if flops is None or row["flops"] is None else row["flops"] + flops
+    total = sum(r["ns"] for r in agg.values()) or 1.0
+    rows = []
+    for r in sorted(agg.values(), key=lambda r: -r["ns"]):
+        gbs = r["bytes"] / r["ns"] if r["bytes"] and r["ns"] > 0 else None
+        rows.append(
+            ModelKernel(
+                phase=phase,
+                key=r["key"],
+                kernel=r["kernel"],
+                dispatches=r["count"] / n_steps,
+                ns=r["ns"] / n_steps,
+                bytes=r["bytes"] / n_steps if r["bytes"] is not None else None,
+                gbs=gbs,
+                copy_bw_share=gbs / copy_gbs if gbs and copy_gbs else None,
+                flops=r["flops"] / n_steps if r["flops"] is not None else None,
+                tflops=r["flops"] / r["ns"] / 1e3 if r["flops"] and r["ns"] > 0 else None,
+                gpu_time_share=r["ns"] / total,
+            )
+        )
+    return rows
+
+
+def _median(values: list[float]) -> float | None:
+    return float(statistics.median(values)) if values else None
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _gpu_ns(step: list[GpuTimings]) -> float:
+    return sum(sum(ns for _, ns in timings) for _, timings, _ in step)
+
+
+def summarise(run: Run, source: Source, settings: Settings, tensor_cores: bool = False) -> ModelRow:
+    """One backend's row; `tensor_cores`: a backend of the same run uses cooperative matrices (vulkan)."""
+    row = ModelRow(
+        backend=run.name,
+        ok=run.error is None,
+        error=run.error,
+        device=run.device,
+        load=run.starts,
+        memory=run.memory,
+        copy_bandwidth=run.copy,
+    )
+    if not run.decode_runs:
+        return row
+    rates, walls_all, cpu, api_wall, waits = [], [], [], [], []
+    for d in run.decode_runs:
+        total = sum(d.wall_ns)
+        if d.steps and total:
+            rates.append(d.steps / seconds(total))
+        walls_all += d.wall_ns
+        cpu += d.api_cpu_ns
+        api_wall += d.api_wall_ns
+        waits += d.wait_ns
+    tok_s = _median(rates)
+    mean_wall = _mean(walls_all)
+    row.decode = Decode(
+        tokens=run.decode_runs[0].steps,
+        tok_s=tok_s,
+        tok_s_runs=rates,
+        ms_per_token=1e3 / tok_s if tok_s else None,
+        ms_per_token_median=ms(statistics.median(walls_all) if walls_all else 0),
+    )
+    prefill_rates = [settings.prefill_tokens / s for s in run.prefill_runs if s > 0]
+    row.prefill = Prefill(
+        tokens=settings.prefill_tokens,
+        tok_s=_median(prefill_rates),
+        tok_s_runs=prefill_rates,
+        ms=_median(run.prefill_runs) * 1e3 if run.prefill_runs else None,
+    )
+    other = mean_wall - _mean(api_wall) - _mean(waits)
+    last = run.decode_runs[-1]
+    row.cpu = Cpu(
+        api_cpu_ms_per_token=ms(_mean(cpu)),
+        api_wall_ms_per_token=ms(_mean(api_wall)),
+        wait_ms_per_token=ms(_mean(waits)),
+        other_ms_per_token=ms(max(other, 0.0)),
+        api_share=_mean(cpu) / mean_wall if mean_wall else None,
+        api_wall_share=_mean(api_wall) / mean_wall if mean_wall else None,
+        wait_share=_mean(waits) / mean_wall if mean_wall else None,
+        calls_per_token=last.calls_per_step,
+        us_per_call=last.call_wall_us,
+    )
+    copy_gbs = run.copy.gbs if run.copy else None
+    profile = run.profile_decode
+    steps = [s for s in profile.gpu_steps if s] if profile else []
+    gpu = Gpu(timestamps=bool(steps), complete=bool(profile and profile.gpu_complete))
+    kernels: list[ModelKernel] = []
+    if steps:
+        gpu_ns = _mean([_gpu_ns(step) for step in steps])
+        gpu.gpu_ms_per_token = ms(gpu_ns)
+        # Per-dispatch timestamps inflate short dispatches (the sum can exceed a clean step's wall time),
+        # and in a step that submits and then waits the device works alone only while the host is not
+        # busy: the share used for the verdict is capped at that.
+        host_busy = (_mean(api_wall) + max(other, 0.0)) / mean_wall if mean_wall else 1.0
+        gpu.gpu_share_raw = gpu_ns / mean_wall if mean_wall else None
+        gpu.gpu_share = min(gpu.gpu_share_raw, max(1.0 - host_busy, 0.0)) if mean_wall else None
+        profile_wall = _mean(profile.wall_ns)
+        gpu.profile_ms_per_token = ms(profile_wall)
+        gpu.gpu_share_profile = gpu_ns / profile_wall if profile_wall else None
+        gpu.dispatches_per_token = sum(len(t) for _, t, _ in steps[0])
+        kernels = kernel_rows(steps, "decode", copy_gbs)
+    if run.profile_prefill:
+        gpu.prefill_gpu_ms = ms(_gpu_ns(run.profile_prefill))
+        kernels += kernel_rows([run.profile_prefill], "prefill", copy_gbs)
+    gpu.bandwidth_utilisation = bandwidth_utilisation([k for k in kernels if k.phase == "decode"])
+    row.gpu, row.kernels = gpu, kernels
+    if copy_gbs and source.shape:
+        per_token = source.shape.weight_bytes_per_token(source.wdtype)
+        ceiling_tok_s = copy_gbs * 1e9 / per_token
+        row.ceiling = Ceiling(ceiling_tok_s, per_token, tok_s / ceiling_tok_s if tok_s else None)
+    row.verdict = verdict(
+        backend=run.name,
+        device_type=run.device.type if run.device else "other",
+        gpu_share=gpu.gpu_share,
+        api_share=row.cpu.api_share,
+        bandwidth_utilisation=gpu.bandwidth_utilisation,
+        tok_s=tok_s,
+        target_tok_s=settings.target_tok_s,
+        tensor_cores=tensor_cores,
+    )
+    return row

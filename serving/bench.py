@@ -1,0 +1,89 @@
+"""What the server adds to one request: streamed tokens/s through HTTP against the model directly,
+and the time to first token the server adds (medians over alternating runs).
+
+    python -m shaderbay.serving.bench --model CHECKPOINT --backend numpy --tokens 200 --runs 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from . import adapter
+from .process import serve
+
+
+def messages(run: int) -> list[dict]:
+    """A prompt of its own for each run (the same both ways), so that no run is the cached one before it."""
+    return [{"role": "user", "content": f"hello world, run {run}"}]
+
+
+def direct_run(model, tokens: int, run: int) -> tuple[float, float]:
+    """(time to first token, tokens/s from the request to the last token) of one generation through
+    the model's events."""
+    request = adapter.Request(messages(run), tokens, {"temperature": 0, "ignore_eos": True})
+    t0 = time.perf_counter()
+    first = last = None
+    count = 0
+    for item in adapter.events(model, request):
+        if isinstance(item, adapter.TextEvent):
+            last = time.perf_counter()
+            first = first or last
+            count += len(item.token_ids)
+    return first - t0, count / (last - t0)
+
+
+def http_run(url: str, model_id: str, tokens: int, run: int) -> tuple[float, float]:
+    """The same through a streamed chat completion."""
+    body = {"model": model_id, "messages": messages(run), "max_tokens": tokens, "temperature": 0, "ignore_eos": True}
+    body |= {"stream": True}
+    where = urlsplit(url)
+    connection = http.client.HTTPConnection(where.hostname, where.port)
+    t0 = time.perf_counter()
+    first = last = None
+    connection.request("POST", where.path + "/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    if response.status != 200:
+        raise RuntimeError(f"the server answered {response.status}: {response.read().decode()}")
+    for line in response:
+        if line.startswith(b"data: {"):
+            last = time.perf_counter()
+            first = first or last
+    connection.close()
+    return first - t0, tokens / (last - t0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import shaderbay
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="checkpoint directory (default: the default model)")
+    parser.add_argument("--backend", default="numpy")
+    parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=15)
+    args = parser.parse_args(argv)
+    model_args = ["--backend", args.backend] + (["--model", args.model] if args.model else [])
+    with shaderbay.load(args.model, backend=args.backend) as model, tempfile.TemporaryDirectory() as tmp:
+        with serve(*model_args, log=Path(tmp) / "serve.log") as url:
+            direct_run(model, 8, -1), http_run(url, model.name, 8, -1)  # warm both up
+            direct, http = [], []
+            for run in range(args.runs):  # alternating, so that both see the same machine
+                direct.append(direct_run(model, args.tokens, run))
+                http.append(http_run(url, model.name, args.tokens, run))
+    ttft = [statistics.median(r[0] for r in runs) for runs in (direct, http)]
+    rate = [statistics.median(r[1] for r in runs) for runs in (direct, http)]
+    ratio = statistics.median(h[1] / d[1] for h, d in zip(http, direct, strict=True))
+    print(f"{model.name} on {args.backend}: medians of {args.runs} requests of {args.tokens} tokens each way")
+    print(f"  tokens/s      direct {rate[0]:8.1f}  HTTP stream {rate[1]:8.1f}  ratio (median of pairs) {ratio:6.1%}")
+    print(f"  first token   direct {ttft[0] * 1e3:6.2f} ms  HTTP {ttft[1] * 1e3:6.2f} ms  ", end="")
+    print(f"added {(ttft[1] - ttft[0]) * 1e3:5.2f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""`shaderbay serve`: the model behind an OpenAI-compatible HTTP API (see serving.app)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="a checkpoint directory (default: SmolLM2-135M-Instruct, converted once)")
+    parser.add_argument("--backend", help="numpy, wgpu, vulkan, ... (default: SHADERBAY_BACKEND, config, best)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s; 0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (%(default)s; 0 picks a free one)")
+    parser.add_argument(
+        "--max-streams",
+        type=int,
+        default=64,
+        help="requests admitted at once, running or waiting their turn; more get HTTP 429 (%(default)s)",
+    )
+    parser.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1/ (default: no key)")
+    parser.add_argument("--max-context", type=int, help="KV-cache positions (default: the model's, at most 4096)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import shaderbay
+    import uvicorn
+    from shaderbay.errors import ConfigError
+
+    from .app import create_app
+
+    if args.max_streams < 1:
+        raise ConfigError(f"--max-streams must be at least 1, got {args.max_streams}")
+    sock = _listen(args.host, args.port)
+    model = shaderbay.load(args.model, backend=args.backend, max_context=args.max_context)
+    try:
+        app = create_app(model, max_streams=args.max_streams, api_key=args.api_key)
+        host, port = sock.getsockname()[:2]
+        print(
+            f"serving {model.name} on {model.backend.name} ({model.backend.caps.device}) at http://{host}:{port}/v1",
+            file=sys.stderr,
+            flush=True,
+        )
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        model.close()
+        sock.close()
+    return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the model loads so that a taken port fails at once."""
+    from shaderbay.errors import ConfigError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}): pick another --port or --host") from None
+    sock.listen(2048)
+    return sock

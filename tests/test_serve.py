@@ -1,0 +1,289 @@
+"""`shaderbay serve` as a real process on localhost, spoken to with the official `openai` client.
+
+The model is a tiny random-weight checkpoint with a real tokenizer (a few ms a request on numpy);
+`test_default_model` repeats the essentials on the default model (slow).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import urllib.request
+
+import openai
+import pytest
+import shaderbay
+from shaderbay.serving.process import serve
+
+KEY = "test-key"
+CONTEXT = 4096  # the tiny model's
+HELLO = [{"role": "user", "content": "hello world"}]
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_checkpoint(text_model_dir, tmp_path_factory):
+    """The tiny text model with a context of 4,096 positions, so that a long generation is there to
+    be cut short by a client leaving."""
+    out = tmp_path_factory.mktemp("tiny-chat") / "tiny-chat"
+    shutil.copytree(text_model_dir, out)
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps(config | {"max_position_embeddings": CONTEXT}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def base_url(tiny_chat_checkpoint, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    args = ("--backend", "numpy", "--api-key", KEY, "--max-streams", "40")
+    with serve("--model", str(tiny_chat_checkpoint), *args, log=log) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(base_url):
+    return openai.OpenAI(base_url=base_url, api_key=KEY, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def model_id(client):
+    return client.models.list().data[0].id
+
+
+@pytest.fixture(scope="module")
+def direct(tiny_chat_checkpoint):
+    """The same checkpoint loaded in this process: what the server must answer."""
+    with shaderbay.load(tiny_chat_checkpoint, backend="numpy") as model:
+        yield model
+
+
+def test_chat_and_completion_equal_the_model(client, model_id, direct):
+    chat = client.chat.completions.create(model=model_id, messages=HELLO, max_tokens=12, temperature=0)
+    choice = chat.choices[0]
+    assert choice.message.content == direct.chat(HELLO, 12)
+    assert choice.finish_reason == "length" and choice.message.role == "assistant"
+    assert chat.usage.prompt_tokens == len(direct.encode_chat(HELLO))
+    assert chat.usage.completion_tokens == 12
+    assert chat.usage.total_tokens == chat.usage.prompt_tokens + 12
+
+    text = client.completions.create(model=model_id, prompt="hello world", max_tokens=10, temperature=0)
+    assert text.choices[0].text == direct.generate("hello world", 10)
+    assert text.usage.prompt_tokens == len(direct.encode("hello world"))
+
+    ids = direct.encode("hello")
+    by_ids = client.completions.create(model=model_id, prompt=ids, max_tokens=6, temperature=0)
+    assert by_ids.choices[0].text == direct.generate(ids, 6)
+
+
+def test_streams_equal_whole_answers(client, model_id):
+    whole = client.chat.completions.create(model=model_id, messages=HELLO, max_tokens=20, temperature=0)
+    chunks = list(
+        client.chat.completions.create(
+            model=model_id,
+            messages=HELLO,
+            max_tokens=20,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == 20 and chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens
+
+    whole = client.completions.create(model=model_id, prompt="hello", max_tokens=15, temperature=0)
+    stream = client.completions.create(model=model_id, prompt="hello", max_tokens=15, temperature=0, stream=True)
+    pieces = list(stream)
+    assert "".join(c.choices[0].text for c in pieces) == whole.choices[0].text
+    assert pieces[-1].choices[0].finish_reason == "length"
+
+
+def test_seed_reproduces_a_sampled_answer(client, model_id):
+    def sample(seed: int) -> str:
+        options = dict(model=model_id, messages=HELLO, max_tokens=24, temperature=1.0, seed=seed)
+        return client.chat.completions.create(**options).choices[0].message.content
+
+    first = sample(7)
+    assert sample(7) == first
+    assert sample(8) != first
+
+
+def test_n_choices(client, model_id):
+    options = dict(model=model_id, prompt="hello", max_tokens=8, temperature=1.0, seed=3)
+    answer = client.completions.create(n=3, **options)
+    assert [c.index for c in answer.choices] == [0, 1, 2]
+    assert answer.usage.completion_tokens == 24
+    # choice i samples with seed + i
+    assert answer.choices[1].text == client.completions.create(**dict(options, seed=4)).choices[0].text
+    texts = ["", "", ""]
+    for chunk in client.completions.create(n=3, stream=True, **options):
+        texts[chunk.choices[0].index] += chunk.choices[0].text
+    assert texts == [c.text for c in answer.choices]
+
+
+def test_stop_string(client, model_id):
+    free = client.completions.create(model=model_id, prompt="hello", max_tokens=30, temperature=0).choices[0].text
+    stop = free[10:12]
+    cut = client.completions.create(model=model_id, prompt="hello", max_tokens=30, temperature=0, stop=[stop])
+    assert cut.choices[0].text == free[: free.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+def test_logprobs(client, model_id, direct):
+    chat = client.chat.completions.create(
+        model=model_id, messages=HELLO, max_tokens=8, temperature=0, logprobs=True, top_logprobs=3
+    )
+    content = chat.choices[0].logprobs.content
+    greedy = list(direct.tokens(direct.encode_chat(HELLO), 8))
+    assert [t.token for t in content] == [direct.decode([i]) for i in greedy]
+    for t in content:
+        assert len(t.top_logprobs) == 3
+        assert t.logprob <= 0
+        # greedy: the chosen token is the most likely one
+        assert t.logprob == pytest.approx(t.top_logprobs[0].logprob)
+        assert t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob >= t.top_logprobs[2].logprob
+
+    text = client.completions.create(model=model_id, prompt="hello", max_tokens=5, temperature=0, logprobs=2)
+    lp = text.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 5
+    assert all(len(top) <= 2 for top in lp.top_logprobs)
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "message"),
+    [
+        ({"temperature": "hot"}, "temperature", "valid number"),
+        ({"max_tokens": 1.5}, "max_tokens", "valid integer"),
+        ({"top_p": 7}, None, "top_p"),
+        ({"max_tokens": CONTEXT}, None, "context"),
+        ({"presence_penalty": 0.5}, "presence_penalty", "repetition_penalty"),
+        ({"n": 0}, "n", "greater than or equal to 1"),
+        ({"messages": []}, "messages", "at least 1"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, "messages.0.role", "user"),
+    ],
+)
+def test_bad_requests_get_400(client, model_id, body, param, message):
+    request = {"model": model_id, "messages": HELLO, "max_tokens": 4, **body}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(**request)
+    error = caught.value.body
+    assert caught.value.status_code == 400 and error["type"] == "invalid_request_error"
+    assert message in error["message"]
+    if param:
+        assert error["param"] == param
+
+
+def test_bad_completion_prompts_get_400(client, model_id):
+    for prompt, message in [([10**6], "vocab"), ("", "empty"), (["a", "b"], "one prompt")]:
+        with pytest.raises(openai.BadRequestError, match=message):
+            client.completions.create(model=model_id, prompt=prompt, max_tokens=2)
+
+
+def test_unknown_model_and_missing_key(client, base_url):
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="gpt-4o", messages=HELLO, max_tokens=2)
+    assert caught.value.body["code"] == "model_not_found"
+    keyless = openai.OpenAI(base_url=base_url, api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        keyless.models.list()
+
+
+def test_health_and_metrics(client, model_id, base_url):
+    client.chat.completions.create(model=model_id, messages=HELLO, max_tokens=3)
+    root = base_url.removesuffix("/v1")
+    health = json.load(urllib.request.urlopen(root + "/health"))
+    assert health["status"] == "ok" and health["model"] == model_id and health["backend"] == "numpy"
+    text = urllib.request.urlopen(root + "/metrics").read().decode()
+    assert re.search(r'shaderbay_requests_total\{endpoint="/v1/chat/completions",status="200"\} [1-9]', text)
+    assert _metric(text, "shaderbay_completion_tokens_total") >= 3
+    assert _metric(text, "shaderbay_time_to_first_token_seconds_count") >= 1
+    assert _metric(text, "shaderbay_queue_length") == 0
+
+
+def _metric(text: str, name: str) -> float:
+    return float(re.search(rf"^{name} (\S+)$", text, re.MULTILINE).group(1))
+
+
+def _completion_tokens(base_url: str) -> float:
+    text = urllib.request.urlopen(base_url.removesuffix("/v1") + "/metrics").read().decode()
+    return _metric(text, "shaderbay_completion_tokens_total")
+
+
+def test_32_streams_at_once(client, model_id, base_url):
+    """32 concurrent streaming clients each get their whole greedy answer, equal to the answer alone;
+    a client that disconnects early and bad requests among them disturb nobody."""
+    prompts = [[{"role": "user", "content": f"hello {i}"}] for i in range(32)]
+    alone = [client.chat.completions.create(model=model_id, messages=p, max_tokens=24, temperature=0) for p in prompts]
+    before = _completion_tokens(base_url)
+    aclient = openai.AsyncOpenAI(base_url=base_url, api_key=KEY, max_retries=0)
+
+    async def streamed(messages):
+        stream = await aclient.chat.completions.create(
+            model=model_id, messages=messages, max_tokens=24, temperature=0, stream=True
+        )
+        pieces, finish = [], None
+        async for chunk in stream:
+            pieces.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+        return "".join(pieces), finish
+
+    async def leaver():
+        stream = await aclient.chat.completions.create(
+            model=model_id, messages=HELLO, max_tokens=CONTEXT - 64, stream=True, extra_body={"ignore_eos": True}
+        )
+        async for _ in stream:
+            break
+        await stream.close()
+
+    async def refused():
+        with pytest.raises(openai.BadRequestError):
+            await aclient.chat.completions.create(
+                model=model_id, messages=HELLO, max_tokens=4, stream=True, extra_body={"top_k": -1}
+            )
+
+    async def everyone():
+        jobs = [streamed(p) for p in prompts[:16]] + [leaver(), refused()] + [streamed(p) for p in prompts[16:]]
+        jobs += [refused() for _ in range(3)]
+        return await asyncio.gather(*jobs)
+
+    results = asyncio.run(everyone())
+    answers = results[:16] + results[18:34]
+    assert answers == [(a.choices[0].message.content, a.choices[0].finish_reason) for a in alone]
+    # the leaver asked for 4,032 tokens and left after its first: the server stopped generating for it
+    others = sum(c.usage.completion_tokens for c in alone)
+    assert _completion_tokens(base_url) - before - others < 1000
+    # and the server serves on
+    after = client.chat.completions.create(model=model_id, messages=prompts[0], max_tokens=24, temperature=0)
+    assert after.choices[0].message.content == alone[0].choices[0].message.content
+
+
+def test_more_requests_than_max_streams_get_429(tiny_chat_checkpoint, tmp_path):
+    args = ("--model", str(tiny_chat_checkpoint), "--backend", "numpy", "--max-streams", "1")
+    with serve(*args, log=tmp_path / "serve.log") as url:
+        client = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
+        model_id = client.models.list().data[0].id
+        long = dict(model=model_id, messages=HELLO, max_tokens=CONTEXT - 64, extra_body={"ignore_eos": True})
+        with client.chat.completions.create(stream=True, **long) as running:
+            next(iter(running))
+            with pytest.raises(openai.RateLimitError, match="max-streams"):
+                client.chat.completions.create(**long)
+        # the first one's client has gone: the server takes the next request
+        assert client.chat.completions.create(model=model_id, messages=HELLO, max_tokens=2).usage.completion_tokens == 2
+
+
+@pytest.mark.slow
+def test_default_model(tmp_path):
+    """The default model through the server equals the model directly (greedy)."""
+    question = [{"role": "user", "content": "Why is the sky blue?"}]
+    with shaderbay.load(backend="numpy") as model:
+        expected = model.chat(question, 24)
+        name = model.name
+    with serve("--backend", "numpy", log=tmp_path / "serve.log") as url:
+        client = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
+        model_id = client.models.list().data[0].id
+        answer = client.chat.completions.create(model=model_id, messages=question, max_tokens=24, temperature=0)
+        assert answer.choices[0].message.content == expected
+        assert expected.strip() and name
