@@ -1,4 +1,5 @@
-"""The backend interface: buffers, pipelines, command lists, capabilities.
+"""The backend interface and its capabilities (Caps); what it allocates and binds is in resources.py,
+command lists are in commands.py.
 
 A backend implements a handful of underscore slots (`_create_buffer`, `_write`, `_read`,
 `_free`, `_create_pipeline`, `_prepare`, `_submit`, `_wait`, `_close`, and optionally
@@ -22,24 +23,17 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 import numpy as np
 
+from .commands import CommandList
 from .dtypes import dtype_of, host_dtype, itemsize
 from .errors import BindingError, ClosedError, LimitExceeded, OutOfRange
 from .kernels import KernelSpec, kernel
 from .lifetime import Lifetime, serialised
+from .resources import Buffer, Pipeline, Tensor, Usage
 from .trace import Tracer
-
-
-class Usage(Enum):
-    """Where a buffer should live. Backends with one kind of memory may ignore it."""
-
-    DEVICE = "device"  # written rarely (weights, caches, activations)
-    UPLOAD = "upload"  # written by the host every step (positions, sampler state)
-    READBACK = "readback"  # read by the host every step; filled by copies, never bound to a kernel
 
 
 @dataclass(frozen=True)
@@ -89,191 +83,6 @@ class Caps:
         if self.cooperative_matrix:
             feats.append("cooperative matrices")
         return ", ".join(feats) or "-"
-
-
-class Buffer:
-    """A device allocation of `size` bytes. Backends subclass it to hold their handles."""
-
-    def __init__(self, backend: Backend, size: int, usage: Usage):
-        self.backend = backend
-        self.size = size
-        self.usage = usage
-        self.freed = False
-        self._collected: Any = None  # the finalizer that releases it if it is collected without free
-
-    def tensor(self, dtype: str, shape: tuple[int, ...] | int, offset: int = 0) -> Tensor:
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        t = Tensor(self, offset, dtype, shape)
-        if offset < 0 or offset + t.nbytes > self.size:
-            raise OutOfRange(
-                f"a {dtype}{list(shape)} view at offset {offset} needs {t.nbytes} bytes but the buffer "
-                f"has {self.size - max(offset, 0)} from there"
-            )
-        return t
-
-    def free(self) -> None:
-        self.backend.free(self)
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.size} bytes {self.usage.value}{' freed' if self.freed else ''}>"
-
-
-@dataclass(frozen=True)
-class Tensor:
-    """A typed view of a buffer: what a kernel binding receives."""
-
-    buffer: Buffer
-    offset: int
-    dtype: str
-    shape: tuple[int, ...]
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * itemsize(self.dtype)
-
-    def view(self, dtype: str | None = None, shape: tuple[int, ...] | int | None = None, offset: int = 0) -> Tensor:
-        """Another view of the same bytes, `offset` bytes further in."""
-        dtype = dtype or self.dtype
-        if shape is None:
-            shape = ((self.nbytes - offset) // itemsize(dtype),)
-        return self.buffer.tensor(dtype, shape, self.offset + offset)
-
-
-class Pipeline:
-    """A catalogue kernel compiled with one choice of constants. Backends subclass it."""
-
-    def __init__(self, spec: KernelSpec, constants: dict[str, Any]):
-        self.spec = spec
-        self.constants = constants
-        self.bindings = spec.bindings_for(constants)
-        self.dtypes = {b.name: b.resolved_dtype(constants) for b in self.bindings}
-
-    def __repr__(self) -> str:
-        consts = ", ".join(f"{k}={v}" for k, v in self.constants.items())
-        return f"<Pipeline {self.spec.name}({consts})>"
-
-
-@dataclass(frozen=True)
-class Dispatch:
-    pipeline: Pipeline
-    tensors: tuple[Tensor, ...]  # in the pipeline's binding order
-    params: dict[str, Any]
-    param_bytes: bytes
-    label: str
-
-
-@dataclass(frozen=True)
-class Copy:
-    src: Buffer
-    dst: Buffer
-    size: int
-    src_offset: int
-    dst_offset: int
-
-
-class CommandList:
-    """Recorded dispatches and copies, in order; submit it as many times as you like.
-
-    Each dispatch sees the writes of every earlier one. Recording validates everything;
-    the first submit seals the list and lets the backend prepare its own form of it.
-    """
-
-    def __init__(self, backend: Backend, label: str = ""):
-        self.backend = backend
-        self.label = label
-        self.ops: list[Dispatch | Copy] = []
-        self.prepared: Any = None  # the backend's form, made once by Backend._prepare
-        self._buffers: tuple[Buffer, ...] = ()  # every buffer it uses, gathered at the first submit
-        self._checked_at = -1  # the backend's count of frees when they were last checked
-
-    def __len__(self) -> int:
-        return len(self.ops)
-
-    @property
-    def sealed(self) -> bool:
-        return self.prepared is not None
-
-    def dispatch(self, pipeline: Pipeline, bindings: dict[str, Tensor], label: str = "", **params: Any) -> None:
-        self._check_open()
-        spec, constants = pipeline.spec, pipeline.constants
-        values = spec.check_params(params, constants)
-        expected = [b.name for b in pipeline.bindings]
-        if sorted(bindings) != sorted(expected):
-            raise BindingError(f"{spec.name} binds ({', '.join(expected)}); got ({', '.join(bindings)})")
-        scope = {**constants, **values}
-        caps = self.backend.caps
-        tensors = []
-        for b in pipeline.bindings:
-            t = bindings[b.name]
-            if not isinstance(t, Tensor):
-                raise BindingError(f"{spec.name}.{b.name}: expected a Tensor, got {type(t).__name__}")
-            self.backend.check_owned(t.buffer)
-            if t.buffer.usage is Usage.READBACK:
-                raise BindingError(
-                    f"{spec.name}.{b.name}: a READBACK buffer cannot be bound to a kernel; bind a DEVICE "
-                    "buffer and copy the result into the READBACK one (CommandList.copy)"
-                )
-            want = pipeline.dtypes[b.name]
-            if t.dtype != want:
-                raise BindingError(f"{spec.name}.{b.name} holds {want}, got a {t.dtype} tensor")
-            need = b.numel(scope)
-            if t.numel < need:
-                raise BindingError(
-                    f"{spec.name}.{b.name} needs {need} {want} elements for {values}, the tensor has {t.numel}"
-                )
-            if t.offset % caps.offset_alignment:
-                raise OutOfRange(
-                    f"{spec.name}.{b.name}: tensor offset {t.offset} is not a multiple of the device's "
-                    f"offset alignment {caps.offset_alignment}; copy the data to an aligned place first"
-                )
-            if t.nbytes > caps.max_binding_size:
-                raise LimitExceeded(
-                    f"{spec.name}.{b.name}: {t.nbytes} bytes exceed the device's largest binding "
-                    f"({caps.max_binding_size}); split the tensor"
-                )
-            tensors.append(t)
-        self.ops.append(Dispatch(pipeline, tuple(tensors), values, spec.pack_params(values), label or spec.name))
-
-    def copy(self, src: Buffer, dst: Buffer, size: int, src_offset: int = 0, dst_offset: int = 0) -> None:
-        self._check_open()
-        for buf in (src, dst):
-            self.backend.check_owned(buf)
-        if src.usage is Usage.READBACK:
-            raise BindingError("a READBACK buffer is only copied into; copy from the DEVICE buffer it was filled from")
-        align = self.backend.caps.copy_alignment
-        if size <= 0 or (size | src_offset | dst_offset) % align:
-            raise OutOfRange(f"copy size and offsets must be positive multiples of {align} bytes")
-        for buf, off, what in ((src, src_offset, "source"), (dst, dst_offset, "destination")):
-            if off < 0 or off + size > buf.size:
-                raise OutOfRange(f"copy of {size} bytes at {off} overruns the {what} ({buf.size} bytes)")
-        if src is dst and abs(src_offset - dst_offset) < size:
-            raise OutOfRange("copy source and destination overlap; copy through a second buffer")
-        self.ops.append(Copy(src, dst, size, src_offset, dst_offset))
-
-    def check_live(self, frees: int) -> None:
-        """ClosedError if a buffer this list uses was freed (checked again only after a free)."""
-        if self._checked_at == frees:
-            return
-        if not self.sealed:
-            ops = self.ops
-            used = [t.buffer for op in ops if isinstance(op, Dispatch) for t in op.tensors]
-            used += [b for op in ops if isinstance(op, Copy) for b in (op.src, op.dst)]
-            self._buffers = tuple({id(b): b for b in used}.values())
-        for b in self._buffers:
-            if b.freed:
-                raise ClosedError(
-                    f"{self.label or 'a command list'} uses {b!r}, which was freed; record a new command list "
-                    "with live buffers"
-                )
-        self._checked_at = frees
-
-    def _check_open(self) -> None:
-        if self.sealed:
-            raise BindingError("this command list was already submitted and is sealed; record a new one")
 
 
 class Backend(ABC):

@@ -37,10 +37,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-from shaderbay.backend import Backend, CommandList, Dispatch, Tensor, Usage
+from shaderbay.backend import Backend
+from shaderbay.commands import CommandList, Dispatch
 from shaderbay.dtypes import itemsize, to_f32
 from shaderbay.errors import BindingError, CheckpointError, ContextLengthExceeded, ModelBusy, ModelError
 from shaderbay.kernels import ARGMAX_SCRATCH_ROW, DECODE_ATTENTION_SLICES
+from shaderbay.resources import Tensor, Usage
 from shaderbay.rope import inverse_frequencies
 
 from .checkpoint import Checkpoint, TensorInfo

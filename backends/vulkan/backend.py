@@ -30,10 +30,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from shaderbay.backend import Backend, Buffer, CommandList, Usage
+from shaderbay.backend import Backend
+from shaderbay.commands import CommandList
 from shaderbay.config import env_flag
 from shaderbay.errors import BackendUnavailable, ShaderbayError
 from shaderbay.kernels import KernelSpec
+from shaderbay.resources import Buffer, Usage
 
 from ..shaders import variants as V
 from .commands import CommandQueue, Prepared

@@ -19,7 +19,7 @@ import weakref
 from collections import deque
 from typing import Any
 
-from shaderbay.backend import CommandList, Dispatch
+from shaderbay.commands import CommandList, Dispatch
 from shaderbay.trace import Tracer
 
 from ..shaders import variants as V

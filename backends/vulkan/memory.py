@@ -16,8 +16,9 @@ import weakref
 from typing import Any
 
 import numpy as np
-from shaderbay.backend import Backend, Buffer, Usage
+from shaderbay.backend import Backend
 from shaderbay.errors import OutOfMemory
+from shaderbay.resources import Buffer, Usage
 
 from .device import Device
 from .loader import (

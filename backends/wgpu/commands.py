@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
-from shaderbay.backend import CommandList, Copy, Dispatch
+from shaderbay.commands import CommandList, Copy, Dispatch
 from shaderbay.errors import BindingError, LimitExceeded
 from shaderbay.trace import Tracer
 
