@@ -6,6 +6,8 @@ PROMPT ?= Write a haiku about graphics cards.
 BACKENDS ?= numpy,wgpu,vulkan
 # the GPU kernels again without subgroup operations (the variant devices without them get)
 GPU_BACKENDS ?= wgpu,vulkan
+# the conformance runs under the Vulkan validation layer: a test fails on any message it reports
+VALIDATE ?= SHADERBAY_VULKAN_VALIDATE=1
 
 .PHONY: run test test-slow lint format system-deps install shaders bench
 
@@ -16,8 +18,8 @@ run: system-deps install
 
 test: system-deps install lint
 	$(PY) -m pytest -q -m "not slow" tests
-	$(PY) -m pytest -q -p no:cacheprovider --pyargs shaderbay.conformance --backend $(BACKENDS)
-	SHADERBAY_NO_SUBGROUPS=1 $(PY) -m pytest -q -p no:cacheprovider --pyargs shaderbay.conformance --backend $(GPU_BACKENDS)
+	$(VALIDATE) $(PY) -m pytest -q -p no:cacheprovider --pyargs shaderbay.conformance --backend $(BACKENDS)
+	$(VALIDATE) SHADERBAY_NO_SUBGROUPS=1 $(PY) -m pytest -q -p no:cacheprovider --pyargs shaderbay.conformance --backend $(GPU_BACKENDS)
 
 # Long checks on the real default model (every golden prompt on every backend): run before resolving.
 test-slow: install

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from shaderbay.backend import Copy, Dispatch
+from shaderbay.commands import Copy, Dispatch
 
 from .model_measure import GpuTimings, Run, ms, seconds
 from .model_settings import Settings

@@ -155,7 +155,7 @@ def kernel_flops(kernel: str, params: dict[str, Any], context: int | None = None
 
 
 def dispatch_bytes(dispatch: Any, context: int | None = None) -> int:
-    """`kernel_bytes` of a recorded `shaderbay.backend.Dispatch`."""
+    """`kernel_bytes` of a recorded `shaderbay.commands.Dispatch`."""
     pipe = dispatch.pipeline
     return kernel_bytes(pipe.spec.name, dispatch.params, pipe.dtypes, pipe.constants, context)
 

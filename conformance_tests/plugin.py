@@ -177,6 +177,21 @@ def fresh_backend(backend, request: pytest.FixtureRequest):
     made.close()
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """A test fails if a backend it used reported driver validation messages meanwhile (a backend that
+    collects them, such as vulkan with SHADERBAY_VULKAN_VALIDATE=1, lists them in `validation_messages`)."""
+    funcargs = getattr(item, "funcargs", {})
+    watched = [funcargs.get(n) for n in ("backend", "fresh_backend")]
+    seen = [(b, len(b.validation_messages)) for b in watched if getattr(b, "validation_messages", None) is not None]
+    result = yield
+    for b, count in seen:
+        new = b.validation_messages[count:]
+        if new:
+            pytest.fail(f"{b.name}: {len(new)} validation message(s):\n" + "\n".join(new[:5]), pytrace=False)
+    return result
+
+
 def _entry_name(backend, request: pytest.FixtureRequest) -> str:
     param = getattr(request.node, "callspec", None)
     if param is not None and "backend" in param.params:

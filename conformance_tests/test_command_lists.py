@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
-from shaderbay.backend import Usage
 from shaderbay.backends.numpy.kernels import REFERENCE
 from shaderbay.conformance.harness import relative_error
 from shaderbay.conformance.plugin import require_kernels
 from shaderbay.conformance.tolerances import tolerance
+from shaderbay.resources import Usage
 from shaderbay.rope import inverse_frequencies
 
 TOL = 1e-4  # programs chain a few float32 kernels; each is held to its own budget in test_kernels

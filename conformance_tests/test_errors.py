@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from shaderbay.backend import Usage
 from shaderbay.conformance.plugin import require_kernels
 from shaderbay.errors import (
     BindingError,
@@ -18,6 +17,7 @@ from shaderbay.errors import (
     ShaderbayError,
     UnknownKernel,
 )
+from shaderbay.resources import Usage
 
 
 @pytest.fixture

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .backend import Backend, Buffer, Caps, CommandList, Pipeline, Tensor, Usage
+from .backend import Backend, Caps
+from .commands import CommandList
 from .errors import ShaderbayError
 from .kernels import CATALOGUE, KernelSpec
 from .plugins import create_backend, discover
+from .resources import Buffer, Pipeline, Tensor, Usage
 
 if TYPE_CHECKING:
     from .models.model import Model

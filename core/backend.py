@@ -1,4 +1,5 @@
-"""The backend interface: buffers, pipelines, command lists, capabilities.
+"""The backend interface and its capabilities (Caps); what it allocates and binds is in resources.py,
+command lists are in commands.py.
 
 A backend implements a handful of underscore slots (`_create_buffer`, `_write`, `_read`,
 `_free`, `_create_pipeline`, `_prepare`, `_submit`, `_wait`, `_close`, and optionally
@@ -11,30 +12,27 @@ Running ahead: `submit` only queues, and `read_after(cmd, t)` reads a READBACK t
 `cmd` copied into once that list's last submit is done, whatever was queued after it. A
 model decodes with two recordings of its step that alternate, so the host reads token n
 while the device computes token n+1.
+
+Threads: every public call holds the backend's lock (see lifetime.py), so a backend may be used
+from several threads and their calls run one at a time; a backend's slots never run concurrently.
 """
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 import numpy as np
 
+from .commands import CommandList
 from .dtypes import dtype_of, host_dtype, host_shape, nbytes, value_shape
 from .errors import BindingError, ClosedError, LimitExceeded, OutOfRange
 from .kernels import KernelSpec, kernel
+from .lifetime import Lifetime, serialised
+from .resources import Buffer, Pipeline, Tensor, Usage
 from .trace import Tracer
-
-
-class Usage(Enum):
-    """Where a buffer should live. Backends with one kind of memory may ignore it."""
-
-    DEVICE = "device"  # written rarely (weights, caches, activations)
-    UPLOAD = "upload"  # written by the host every step (positions, sampler state)
-    READBACK = "readback"  # read by the host every step; filled by copies, never bound to a kernel
 
 
 @dataclass(frozen=True)
@@ -86,183 +84,32 @@ class Caps:
         return ", ".join(feats) or "-"
 
 
-class Buffer:
-    """A device allocation of `size` bytes. Backends subclass it to hold their handles."""
-
-    def __init__(self, backend: Backend, size: int, usage: Usage):
-        self.backend = backend
-        self.size = size
-        self.usage = usage
-        self.freed = False
-
-    def tensor(self, dtype: str, shape: tuple[int, ...] | int, offset: int = 0) -> Tensor:
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        t = Tensor(self, offset, dtype, shape)
-        if offset < 0 or offset + t.nbytes > self.size:
-            raise OutOfRange(
-                f"a {dtype}{list(shape)} view at offset {offset} needs {t.nbytes} bytes but the buffer "
-                f"has {self.size - max(offset, 0)} from there"
-            )
-        return t
-
-    def free(self) -> None:
-        self.backend.free(self)
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.size} bytes {self.usage.value}{' freed' if self.freed else ''}>"
-
-
-@dataclass(frozen=True)
-class Tensor:
-    """A typed view of a buffer: what a kernel binding receives."""
-
-    buffer: Buffer
-    offset: int
-    dtype: str
-    shape: tuple[int, ...]
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return nbytes(self.dtype, self.shape)
-
-    def view(self, dtype: str | None = None, shape: tuple[int, ...] | int | None = None, offset: int = 0) -> Tensor:
-        """Another view of the same bytes, `offset` bytes further in."""
-        dtype = dtype or self.dtype
-        if shape is None:
-            shape = value_shape(dtype, ((self.nbytes - offset) // host_dtype(dtype).itemsize,))
-        return self.buffer.tensor(dtype, shape, self.offset + offset)
-
-
-class Pipeline:
-    """A catalogue kernel compiled with one choice of constants. Backends subclass it."""
-
-    def __init__(self, spec: KernelSpec, constants: dict[str, Any]):
-        self.spec = spec
-        self.constants = constants
-        self.bindings = spec.bindings_for(constants)
-        self.dtypes = {b.name: b.resolved_dtype(constants) for b in self.bindings}
-
-    def __repr__(self) -> str:
-        consts = ", ".join(f"{k}={v}" for k, v in self.constants.items())
-        return f"<Pipeline {self.spec.name}({consts})>"
-
-
-@dataclass(frozen=True)
-class Dispatch:
-    pipeline: Pipeline
-    tensors: tuple[Tensor, ...]  # in the pipeline's binding order
-    params: dict[str, Any]
-    param_bytes: bytes
-    label: str
-
-
-@dataclass(frozen=True)
-class Copy:
-    src: Buffer
-    dst: Buffer
-    size: int
-    src_offset: int
-    dst_offset: int
-
-
-class CommandList:
-    """Recorded dispatches and copies, in order; submit it as many times as you like.
-
-    Each dispatch sees the writes of every earlier one. Recording validates everything;
-    the first submit seals the list and lets the backend prepare its own form of it.
-    """
-
-    def __init__(self, backend: Backend, label: str = ""):
-        self.backend = backend
-        self.label = label
-        self.ops: list[Dispatch | Copy] = []
-        self.prepared: Any = None  # the backend's form, made once by Backend._prepare
-
-    def __len__(self) -> int:
-        return len(self.ops)
-
-    @property
-    def sealed(self) -> bool:
-        return self.prepared is not None
-
-    def dispatch(self, pipeline: Pipeline, bindings: dict[str, Tensor], label: str = "", **params: Any) -> None:
-        self._check_open()
-        spec, constants = pipeline.spec, pipeline.constants
-        values = spec.check_params(params, constants)
-        expected = [b.name for b in pipeline.bindings]
-        if sorted(bindings) != sorted(expected):
-            raise BindingError(f"{spec.name} binds ({', '.join(expected)}); got ({', '.join(bindings)})")
-        scope = {**constants, **values}
-        caps = self.backend.caps
-        tensors = []
-        for b in pipeline.bindings:
-            t = bindings[b.name]
-            if not isinstance(t, Tensor):
-                raise BindingError(f"{spec.name}.{b.name}: expected a Tensor, got {type(t).__name__}")
-            self.backend.check_owned(t.buffer)
-            if t.buffer.usage is Usage.READBACK:
-                raise BindingError(
-                    f"{spec.name}.{b.name}: a READBACK buffer cannot be bound to a kernel; bind a DEVICE "
-                    "buffer and copy the result into the READBACK one (CommandList.copy)"
-                )
-            want = pipeline.dtypes[b.name]
-            if t.dtype != want:
-                raise BindingError(f"{spec.name}.{b.name} holds {want}, got a {t.dtype} tensor")
-            need = b.numel(scope)
-            if t.numel < need:
-                raise BindingError(
-                    f"{spec.name}.{b.name} needs {need} {want} elements for {values}, the tensor has {t.numel}"
-                )
-            if t.offset % caps.offset_alignment:
-                raise OutOfRange(
-                    f"{spec.name}.{b.name}: tensor offset {t.offset} is not a multiple of the device's "
-                    f"offset alignment {caps.offset_alignment}; copy the data to an aligned place first"
-                )
-            if t.nbytes > caps.max_binding_size:
-                raise LimitExceeded(
-                    f"{spec.name}.{b.name}: {t.nbytes} bytes exceed the device's largest binding "
-                    f"({caps.max_binding_size}); split the tensor"
-                )
-            tensors.append(t)
-        self.ops.append(Dispatch(pipeline, tuple(tensors), values, spec.pack_params(values), label or spec.name))
-
-    def copy(self, src: Buffer, dst: Buffer, size: int, src_offset: int = 0, dst_offset: int = 0) -> None:
-        self._check_open()
-        for buf in (src, dst):
-            self.backend.check_owned(buf)
-        if src.usage is Usage.READBACK:
-            raise BindingError("a READBACK buffer is only copied into; copy from the DEVICE buffer it was filled from")
-        align = self.backend.caps.copy_alignment
-        if size <= 0 or (size | src_offset | dst_offset) % align:
-            raise OutOfRange(f"copy size and offsets must be positive multiples of {align} bytes")
-        for buf, off, what in ((src, src_offset, "source"), (dst, dst_offset, "destination")):
-            if off < 0 or off + size > buf.size:
-                raise OutOfRange(f"copy of {size} bytes at {off} overruns the {what} ({buf.size} bytes)")
-        if src is dst and abs(src_offset - dst_offset) < size:
-            raise OutOfRange("copy source and destination overlap; copy through a second buffer")
-        self.ops.append(Copy(src, dst, size, src_offset, dst_offset))
-
-    def _check_open(self) -> None:
-        if self.sealed:
-            raise BindingError("this command list was already submitted and is sealed; record a new one")
-
-
 class Backend(ABC):
     """A compute device. Subclasses fill in the underscore slots and set `caps`."""
 
     name: str = "?"
     caps: Caps
 
+    # public methods a backend may override, serialised like the base class's own
+    _SERIALISED_OVERRIDES = ("gpu_timings",)
+
     def __init__(self) -> None:
+        self._life = Lifetime()
         self.tracer = Tracer()
-        self.closed = False
         self.bytes_allocated = 0
         self.peak_bytes_allocated = 0
+        self._frees = 0  # buffers freed so far: a command list re-checks its buffers when this moved
         self._pipelines: dict[tuple, Pipeline] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in cls._SERIALISED_OVERRIDES:
+            if name in cls.__dict__:
+                setattr(cls, name, serialised(cls.__dict__[name]))
+
+    @property
+    def closed(self) -> bool:
+        return self._life.closed
 
     # --- slots -----------------------------------------------------------------
     @abstractmethod
@@ -297,6 +144,18 @@ class Backend(ABC):
     @abstractmethod
     def _close(self) -> None: ...
 
+    def _release_on_collect(self, buffer: Buffer) -> Callable[[], None] | None:
+        """What releases `buffer`'s device memory once it is garbage-collected without free, run at the
+        next call into the backend; it must not refer to the buffer or the backend. None (the default)
+        when collecting the Buffer object releases everything itself (host memory, wgpu's objects)."""
+        return None
+
+    def _release_when_collected(self, release: Callable[[], None]) -> Callable[[], None]:
+        """Call `release` (which frees the device and must not refer to the backend) exactly once: when
+        the returned function is called (from `_close`), when the backend is garbage-collected or at
+        interpreter exit. Backends holding driver objects call this once they are made."""
+        return self._life.release_when_collected(self, release)
+
     def supports(self, kernel_name: str) -> bool:
         """Whether this backend implements a catalogue kernel (`shaderbay check` lists the rest)."""
         return True
@@ -306,6 +165,7 @@ class Backend(ABC):
         return None
 
     # --- buffers -----------------------------------------------------------------
+    @serialised
     def buffer(self, size: int, usage: Usage = Usage.DEVICE) -> Buffer:
         self._check_alive()
         if not isinstance(size, int) or size <= 0:
@@ -317,6 +177,7 @@ class Backend(ABC):
             )
         size = -(-size // 4) * 4
         buf = self._create_buffer(size, usage)
+        buf._collected = self._life.collected(buf, size, self._release_on_collect(buf))
         self.bytes_allocated += size
         self.peak_bytes_allocated = max(self.peak_bytes_allocated, self.bytes_allocated)
         return buf
@@ -339,6 +200,7 @@ class Backend(ABC):
             self.write(t, array)
         return t
 
+    @serialised
     def write(self, target: Buffer | Tensor, data: np.ndarray | bytes, offset: int = 0) -> None:
         """Host to device. `offset` is in bytes, from the start of the buffer or tensor."""
         buf, base = _buffer_and_offset(target)
@@ -355,6 +217,7 @@ class Backend(ABC):
             raise OutOfRange("writes must start at and cover a multiple of 4 bytes")
         self._write(buf, start, view)
 
+    @serialised
     def read(self, target: Buffer | Tensor, offset: int = 0, size: int | None = None) -> np.ndarray:
         """Device to host, after waiting for submitted work. A Tensor reads back with its dtype and shape."""
         buf, base = _buffer_and_offset(target)
@@ -369,6 +232,7 @@ class Backend(ABC):
             return data.view(host_dtype(target.dtype)).reshape(host_shape(target.dtype, target.shape))
         return data
 
+    @serialised
     def read_after(self, cmd: CommandList, target: Tensor) -> np.ndarray:
         """Read a READBACK tensor that `cmd` fills, once the last submit of `cmd` is done, without waiting
         for anything submitted after it: the host reads step n's token while step n+1 runs."""
@@ -381,9 +245,13 @@ class Backend(ABC):
         data = np.frombuffer(bytes(self._read(target.buffer, target.offset, target.nbytes)), np.uint8)
         return data.view(host_dtype(target.dtype)).reshape(host_shape(target.dtype, target.shape))
 
+    @serialised
     def free(self, buffer: Buffer) -> None:
         self.check_owned(buffer)
+        if buffer._collected is not None:
+            buffer._collected.detach()
         self._free(buffer)
+        self._frees += 1
         buffer.freed = True
         self.bytes_allocated -= buffer.size
 
@@ -395,6 +263,7 @@ class Backend(ABC):
             raise ClosedError(f"{buffer!r} was freed; allocate a new buffer")
 
     # --- pipelines and command lists ------------------------------------------------
+    @serialised
     def pipeline(self, kernel_name: str, **constants: Any) -> Pipeline:
         """The compiled pipeline for a catalogue kernel and constants (cached)."""
         self._check_alive()
@@ -410,37 +279,46 @@ class Backend(ABC):
         self._check_alive()
         return CommandList(self, label)
 
+    @serialised
     def submit(self, cmd: CommandList) -> None:
         """Queue a command list; it runs after everything submitted before it."""
         self._check_alive()
         if cmd.backend is not self:
             raise BindingError("this command list was recorded on another backend")
+        cmd.check_live(self._frees)
         if cmd.prepared is None:
             with self.tracer.span("prepare", ops=len(cmd)):
                 cmd.prepared = self._prepare(cmd)
         with self.tracer.span("submit", label=cmd.label):
             self._submit(cmd)
 
+    @serialised
     def wait(self) -> None:
         """Block until all submitted work is done."""
         self._check_alive()
         with self.tracer.span("wait"):
             self._wait()
 
+    @serialised
     def wait_for(self, cmd: CommandList) -> None:
         """Block until the last submit of `cmd` (and everything submitted before it) is done."""
         self._check_alive()
         with self.tracer.span("wait"):
             self._wait_for(cmd)
 
+    @serialised
     def run(self, cmd: CommandList) -> None:
         self.submit(cmd)
         self.wait()
 
+    @serialised
     def close(self) -> None:
         if not self.closed:
-            self._close()
-            self.closed = True
+            self._life.deferred.clear()  # closing releases everything they would
+            try:
+                self._close()
+            finally:
+                self._life.closed = True
 
     def __enter__(self) -> Backend:
         return self

@@ -101,6 +101,10 @@ class TokenizerError(ModelError):
     pass
 
 
+class ModelBusy(ModelError):
+    """A model runs one generation at a time; another was asked for while one is unfinished."""
+
+
 class InvalidOption(ModelError, ValueError):
     """A generation option is unknown or out of range; the message names the allowed range."""
 

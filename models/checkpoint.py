@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import numpy as np
 from shaderbay.dtypes import BLOCK_DTYPES, host_dtype, host_shape, nbytes, value_shape
 from shaderbay.errors import CheckpointError, MissingTensor, ShapeMismatch, UnsupportedDtype
 
+from . import validate as V
 from .config import ModelConfig
 
 if TYPE_CHECKING:
@@ -130,8 +132,8 @@ class SafetensorsFile:
     def __init__(self, path: Path):
         self.path = path
         try:
-            size = path.stat().st_size
-            with path.open("rb") as f:
+            with os.fdopen(V.open_regular(path), "rb") as f:
+                size = os.fstat(f.fileno()).st_size
                 head = f.read(8)
                 if len(head) < 8:
                     raise CheckpointError(f"{path}: truncated or not a safetensors file ({size} bytes, no header)")
@@ -148,7 +150,7 @@ class SafetensorsFile:
             header = json.loads(header_bytes.decode("utf-8"))
             if not isinstance(header, dict):
                 raise ValueError("the header is not a JSON object")
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise CheckpointError(f"{path}: corrupt safetensors header ({exc})") from None
         self.data_start = 8 + n
         self.size = size
@@ -156,11 +158,13 @@ class SafetensorsFile:
         self.entries: dict[str, tuple[TensorInfo, int, int]] = {}
         for name, entry in header.items():
             try:
-                tag = str(entry["dtype"])
-                shape = tuple(int(s) for s in entry["shape"])
-                begin, end = (int(v) for v in entry["data_offsets"])
-            except (KeyError, TypeError, ValueError):
-                raise CheckpointError(f"{path}: corrupt safetensors header entry for tensor {name!r}") from None
+                tag = V.check_str(entry["dtype"], "dtype")
+                shape = tuple(V.check_int(s, "a dimension", lo=0, hi=1 << 62) for s in entry["shape"])
+                begin, end = (V.check_int(v, "an offset", lo=0, hi=1 << 62) for v in entry["data_offsets"])
+            except (KeyError, TypeError, ValueError, CheckpointError):
+                raise CheckpointError(
+                    f"{path}: corrupt safetensors header entry for tensor {V.short_repr(name)}"
+                ) from None
             info = TensorInfo(name, tag, shape, str(path))
             if tag in _ALL_TAGS and end - begin != info.nbytes or begin < 0 or end < begin:
                 raise CheckpointError(
@@ -204,9 +208,9 @@ class SafetensorsCheckpoint(Checkpoint):
         self._where: dict[str, SafetensorsFile] = {}
         index_path = path / INDEX_NAME
         single = path / "model.safetensors"
-        if index_path.is_file():
+        if index_path.exists():
             self._open_index(index_path)
-        elif single.is_file():
+        elif single.exists():
             self._add(SafetensorsFile(single))
         else:
             shards = sorted(path.glob("*.safetensors"))
@@ -226,18 +230,16 @@ class SafetensorsCheckpoint(Checkpoint):
         return str(index if index.is_file() else self.path)
 
     def _open_index(self, index_path: Path) -> None:
-        try:
-            index = json.loads(index_path.read_text(encoding="utf-8"))
-            weight_map = index["weight_map"]
-            if not isinstance(weight_map, dict):
-                raise TypeError
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
-            raise CheckpointError(f"{index_path}: corrupt index (expected JSON with a weight_map object)") from None
+        index = V.read_json(index_path)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index_path}: corrupt index (expected JSON with a weight_map object)")
         opened: dict[str, SafetensorsFile] = {}
         for name, filename in weight_map.items():
+            V.check_str(name, f"{index_path}: a tensor name")
+            shard = V.inside(self.path, filename, f"{index_path}: the shard of tensor {V.short_repr(name)}")
             if filename not in opened:
-                shard = self.path / filename
-                if not shard.is_file():
+                if not shard.exists():
                     raise CheckpointError(f"{index_path}: shard {filename!r} (holding tensor {name!r}) is missing")
                 opened[filename] = SafetensorsFile(shard)
                 self.files.append(opened[filename])

@@ -26,19 +26,24 @@ step n+1 the host reads step n's token. Prefill is recorded per chunk length.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import os
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-from shaderbay.backend import Backend, CommandList, Dispatch, Tensor, Usage
+from shaderbay.backend import Backend
 from shaderbay.backends.numpy.quants import values
+from shaderbay.commands import CommandList, Dispatch
 from shaderbay.dtypes import itemsize, nbytes, to_f32
-from shaderbay.errors import BindingError, ContextLengthExceeded, ModelError
+from shaderbay.errors import BindingError, CheckpointError, ContextLengthExceeded, ModelBusy, ModelError
 from shaderbay.kernels import ARGMAX_SCRATCH_ROW, DECODE_ATTENTION_SLICES
+from shaderbay.resources import Tensor, Usage
 from shaderbay.rope import inverse_frequencies
 
 from .checkpoint import Checkpoint, TensorInfo
@@ -149,10 +154,17 @@ class _Uploader:
                 self.backend.free(t.buffer)
 
     def _host(self, name: str) -> np.ndarray:
+        info = self.infos[name]
         try:
-            return self.ckpt.array(name)
+            array = self.ckpt.array(name)
         except (OSError, ValueError) as exc:
-            raise ModelError(f"{self.infos[name].source}: tensor {name!r} cannot be read ({exc})") from None
+            raise ModelError(f"{info.source}: tensor {name!r} cannot be read ({exc})") from None
+        if not _finite(array, info.dtype):
+            raise CheckpointError(
+                f"{info.source}: tensor {name!r} holds NaN or infinite values; the checkpoint is corrupt "
+                "(re-download or re-convert it)"
+            )
+        return array
 
     def _tick(self, names: list[str]) -> None:
         self.done += sum(self.infos[n].nbytes for n in names)
@@ -214,6 +226,14 @@ class _Uploader:
         return t
 
 
+def _finite(array: np.ndarray, dtype: str) -> bool:
+    """No NaN or infinity, in one pass: a float64 sum (finite weights cannot overflow it), or for bf16
+    bits the largest magnitude below the all-ones exponent."""
+    if dtype == "bf16":
+        return array.size == 0 or int(np.bitwise_and(array, 0x7FFF).max()) < 0x7F80
+    return bool(np.isfinite(np.sum(array, dtype=np.float64)))
+
+
 def load_weights(ckpt: Checkpoint, backend: Backend, progress: ProgressFn | None = None) -> Weights:
     """Check every tensor (presence, shape, dtype) first, then upload them one by one."""
     c = ckpt.config
@@ -234,7 +254,7 @@ def _upload(ckpt: Checkpoint, backend: Backend, c: ModelConfig, infos: dict[str,
     if embed_info.nbytes > caps.max_binding_size:
         # Larger than one binding: the host looks rows up (it reads every token id back anyway)
         # and the device holds the table only as the tied lm_head, bound in parts.
-        host_embed = ckpt.array("model.embed_tokens.weight")
+        host_embed = up._host("model.embed_tokens.weight")
     embed = up.matrix("model.embed_tokens.weight") if host_embed is None or c.tie_word_embeddings else None
     layers = []
     for i in range(c.n_layers):
@@ -334,6 +354,40 @@ class Stats:
 # --- the forward pass -------------------------------------------------------------------------
 
 
+def _one_at_a_time(method):
+    """A Llama method (or generator) that holds the model for its whole run: the scratch buffers, the KV
+    cache and the recorded steps serve one sequence, so a second caller gets ModelBusy at once."""
+
+    def claim(self):
+        if not self._in_use.acquire(blocking=False):
+            raise ModelBusy(
+                "this model runs one generation at a time and one is unfinished: finish or close() the other "
+                "generator first, or load another model for the other thread (models can share a backend)"
+            )
+
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def held_generator(self, *args, **kwargs):
+            claim(self)
+            try:
+                yield from method(self, *args, **kwargs)
+            finally:
+                self._in_use.release()
+
+        return held_generator
+
+    @functools.wraps(method)
+    def held(self, *args, **kwargs):
+        claim(self)
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._in_use.release()
+
+    return held
+
+
 @dataclass
 class _Scratch:
     x: Tensor
@@ -389,6 +443,7 @@ class Llama:
         widest = max(p.shape[0] for _, p in weights.lm_head_parts) * 4
         self.all_chunk = max(1, min(self.chunk, backend.caps.max_binding_size // widest))
         self.stats = Stats()
+        self._in_use = threading.Lock()  # held by the running generation (_one_at_a_time)
         self.cached_ids: list[int] = []  # the ids whose KV entries the cache holds, from position 0
         self._lists: OrderedDict[tuple, CommandList] = OrderedDict()
         self._pipelines: dict[tuple, object] = {}
@@ -611,6 +666,7 @@ class Llama:
         w = self.weights
         return values(np.asarray(w.host_embed[np.asarray(ids, np.int64)]), w.host_embed_dtype).astype(np.float32)
 
+    @_one_at_a_time
     def logits(self, ids: list[int], all_positions: bool = False) -> np.ndarray:
         """Next-token logits after every prefix of `ids` ([T, vocab]) or after the whole ([vocab])."""
         ids = [int(t) for t in ids]
@@ -644,6 +700,7 @@ class Llama:
         if needed > self.max_context:
             raise ContextLengthExceeded(needed, self.max_context)
 
+    @_one_at_a_time
     def generate(
         self,
         ids: list[int],

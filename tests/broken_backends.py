@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from shaderbay.backend import Copy
 from shaderbay.backends.numpy import kernels as ref
 from shaderbay.backends.numpy.backend import NumpyBackend
+from shaderbay.commands import Copy
 from shaderbay.dtypes import BLOCK_DTYPES, bf16_to_f32, host_shape
 from shaderbay.plugins import BackendEntry, hookimpl, plugin_manager
 

@@ -135,7 +135,7 @@ def test_selected_by_environment(toy: ToyEnv) -> None:
     finally:
         (toy.cwd / "shaderbay.toml").unlink()
     done = toy.cli("backends", env={"SHADERBAY_BACKEND": "toy"})
-    assert "selected: toy (SHADERBAY_BACKEND)" in done.stdout
+    assert "chosen: toy (asked for by SHADERBAY_BACKEND)" in done.stdout
 
 
 def test_selected_by_config_file(toy: ToyEnv) -> None:
@@ -144,7 +144,7 @@ def test_selected_by_config_file(toy: ToyEnv) -> None:
     try:
         assert toy.selected(None).startswith("ToyBackend")
         done = toy.cli("backends")
-        assert f"selected: toy ({config})" in done.stdout
+        assert f"chosen: toy (asked for by {config})" in done.stdout
     finally:
         config.unlink()
     user_config = toy.config_home / "shaderbay" / "shaderbay.toml"  # the user config dir, when cwd has none

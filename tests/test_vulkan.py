@@ -12,12 +12,12 @@ import os
 
 import numpy as np
 import pytest
-from shaderbay.backend import Usage
 from shaderbay.backends.numpy.kernels import REFERENCE
 from shaderbay.conformance.plugin import required_backends
 from shaderbay.errors import BackendUnavailable, ClosedError
 from shaderbay.kernels import ARGMAX_SCRATCH_ROW
 from shaderbay.models.model import load
+from shaderbay.resources import Usage
 
 pytest.importorskip("vulkan")
 

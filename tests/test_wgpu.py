@@ -14,8 +14,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from shaderbay.backend import Usage
 from shaderbay.errors import BackendUnavailable, BindingError, ClosedError, LimitExceeded
+from shaderbay.resources import Usage
 
 pytest.importorskip("wgpu")
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from shaderbay.backend import Backend, Buffer, Caps, CommandList, Copy, Pipeline, Usage
+from shaderbay.backend import Backend, Caps
+from shaderbay.commands import CommandList, Copy
 from shaderbay.dtypes import host_dtype
 from shaderbay.kernels import KernelSpec
+from shaderbay.resources import Buffer, Pipeline, Usage
 
 from .kernels import REFERENCE
 

@@ -25,16 +25,17 @@ Environment:
 
 from __future__ import annotations
 
-import atexit
 import os
-import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from shaderbay.backend import Backend, CommandList, Usage
+from shaderbay.backend import Backend
+from shaderbay.commands import CommandList
 from shaderbay.config import env_flag
 from shaderbay.errors import BackendUnavailable, ShaderbayError
 from shaderbay.kernels import KernelSpec
+from shaderbay.resources import Buffer, Usage
 
 from ..shaders import variants as V
 from .commands import CommandQueue, Prepared
@@ -64,14 +65,15 @@ class VulkanBackend(Backend):
         self.device_index = self.gpu.index
         self.validation = self.gpu.validation
         self.validation_messages = self.gpu.messages
-        self._memory = Memory(self.gpu, self)
+        self._memory = Memory(self.gpu)
         self._queue = CommandQueue(self.gpu, self._pipes, self.tracer)
-        _LIVE.add(self)
+        # closed, collected or left at exit: the device is released (and the pipeline cache saved)
+        self._release = self._release_when_collected(_Release(self._queue, self._pipes, self._memory, self.gpu))
 
     # --- the core interface's slots -----------------------------------------------------------
     def _create_buffer(self, size: int, usage: Usage) -> VulkanBuffer:
         self._queue.sweep()  # collected command lists give their memory back first
-        return self._memory.create(size, usage)
+        return self._memory.create(size, usage, self)
 
     def _write(self, buffer: VulkanBuffer, offset: int, data: memoryview) -> None:
         self._queue.wait()  # submitted work may still read it
@@ -82,7 +84,6 @@ class VulkanBackend(Backend):
 
     def _free(self, buffer: VulkanBuffer) -> None:
         self._queue.wait()  # submitted work may still use it
-        self._queue.frees += 1
         self._memory.destroy(buffer)
 
     def _create_pipeline(self, spec: KernelSpec, constants: dict[str, Any]) -> VulkanPipeline:
@@ -101,11 +102,16 @@ class VulkanBackend(Backend):
         self._queue.wait_for(cmd.prepared)
 
     def _close(self) -> None:
-        self._queue.close()
-        self._pipes.close()
-        self._memory.close()
-        self.gpu.close()
-        _LIVE.discard(self)
+        self._release()
+
+    def _release_on_collect(self, buffer: Buffer) -> Callable[[], None]:
+        queue, destroy = self._queue, self._memory.destroyer(buffer)
+
+        def release() -> None:
+            queue.wait()  # work submitted before the buffer was dropped may still use it
+            destroy()
+
+        return release
 
     def supports(self, kernel_name: str) -> bool:
         return V.supported(kernel_name, self.caps)
@@ -160,17 +166,18 @@ class VulkanBackend(Backend):
         }
 
 
-_LIVE: weakref.WeakSet[VulkanBackend] = weakref.WeakSet()
+class _Release:
+    """Releases a backend's Vulkan objects; holds nothing that refers to the backend."""
 
+    def __init__(self, queue: CommandQueue, pipes: Pipelines, memory: Memory, gpu: Device):
+        self.parts = (queue, pipes, memory, gpu)
 
-@atexit.register
-def _close_all() -> None:
-    # save pipeline caches and release devices of backends nobody closed
-    for backend in list(_LIVE):
-        try:
-            backend.close()
-        except Exception:  # noqa: BLE001 - best effort at exit
-            pass
+    def __call__(self) -> None:
+        queue, pipes, memory, gpu = self.parts
+        queue.close()
+        pipes.close()
+        memory.close()
+        gpu.close()
 
 
 def create(**kwargs: Any) -> VulkanBackend:

@@ -7,17 +7,19 @@ tracker), on the pipeline stages of the ops on either side (compute, transfer), 
 barrier between two dispatches never waits for copies; with timestamps on, one after every
 op. Every later submit is one vkQueueSubmit with the list's own fence; `wait` waits for
 every fence in flight, `wait_for` for one list's. A list collected by the garbage
-collector while it runs is released once it is done.
+collector is released by the next call into the backend once it is done: its finalizer, which
+may run on any thread, only queues it (freeing a command buffer from one thread while another
+waits on the queue deadlocked lavapipe).
 """
 
 from __future__ import annotations
 
 import time
 import weakref
+from collections import deque
 from typing import Any
 
-from shaderbay.backend import CommandList, Dispatch
-from shaderbay.errors import ClosedError
+from shaderbay.commands import CommandList, Dispatch
 from shaderbay.trace import Tracer
 
 from ..shaders import variants as V
@@ -30,7 +32,6 @@ from .loader import (
     new,
     vk,
 )
-from .memory import VulkanBuffer
 from .pipelines import Pipelines
 
 Range = tuple[int, int, int]  # (id of the buffer, first byte, end byte)
@@ -51,8 +52,6 @@ class Prepared:
         "submit_info",
         "query_pool",
         "labels",
-        "buffers",
-        "generation",
         "pending",
         "completed",
         "barriers",
@@ -60,7 +59,7 @@ class Prepared:
         "variants",
     )
 
-    def __init__(self, buffers: tuple[VulkanBuffer, ...], generation: int, variants: list[str]):
+    def __init__(self, variants: list[str]):
         self.cmdbuf_p: Any = None  # the command buffer, as the 1-element array vkQueueSubmit takes
         self.pool: Any = None  # VkDescriptorPool
         self.fence: Any = None  # for vkQueueSubmit
@@ -68,8 +67,6 @@ class Prepared:
         self.submit_info: Any = None
         self.query_pool: Any = None  # with timestamps: one before the first op, one after each
         self.labels: list[str] = []  # per op, for the timings
-        self.buffers = buffers  # every buffer it uses, to refuse a submit after one was freed
-        self.generation = generation  # the queue's free count when the buffers were last checked
         self.pending = False
         self.completed = 0
         self.barriers = 0
@@ -87,9 +84,8 @@ class CommandQueue:
         self._pipes = pipes
         self._tracer = tracer
         self._inflight: list[Prepared] = []
-        self._deferred: list[Prepared] = []  # collected while pending: released after the next wait
+        self._collected: deque[Prepared] = deque()  # queued by finalizers (any thread), released by sweep
         self._preps: set[Prepared] = set()
-        self.frees = 0  # buffers freed so far: a list re-checks its buffers when this moved
         written = vk.VK_ACCESS_SHADER_WRITE_BIT | vk.VK_ACCESS_TRANSFER_WRITE_BIT
         # between dependent ops of a list, on the stages the two sides run in (a transfer stage in a
         # barrier between two dispatches would make the device wait for copies there are none of)
@@ -109,7 +105,6 @@ class CommandQueue:
     def prepare(self, cmd: CommandList, timestamps: bool) -> Prepared:
         self.sweep()
         plan: list[tuple] = []  # (op, variant, VkPipeline, grid); variant None for a copy
-        buffers: dict[int, Any] = {}
         variants: list[str] = []
         no_sg = V.subgroups_disabled()
         for op in cmd.ops:
@@ -117,20 +112,17 @@ class CommandQueue:
                 variant, handle, grid = self._pipes.choose(op.pipeline, op, no_sg)  # type: ignore[arg-type]
                 plan.append((op, variant, handle, grid))
                 variants.append(variant.name)
-                for t in op.tensors:
-                    buffers[id(t.buffer)] = t.buffer
             else:
                 plan.append((op, None, None, None))
-                buffers[id(op.src)] = op.src
-                buffers[id(op.dst)] = op.dst
-        prep = Prepared(tuple(buffers.values()), self.frees, variants)
+        prep = Prepared(variants)
         try:
             self._record(prep, plan, timestamps)
         except BaseException:
             self.release(prep)
             raise
         self._preps.add(prep)
-        weakref.finalize(cmd, self._release_later, prep)
+        # not at exit, when the list may still be in use (a daemon thread); closing releases it
+        weakref.finalize(cmd, self._collected.append, prep).atexit = False
         return prep
 
     def _record(self, prep: Prepared, plan: list[tuple], timestamps: bool) -> None:
@@ -273,12 +265,6 @@ class CommandQueue:
     def submit(self, prep: Prepared) -> None:
         if prep.pending:
             self.wait()  # a command buffer is not submitted again while it runs
-        if prep.generation != self.frees:
-            if any(b.freed for b in prep.buffers):
-                raise ClosedError(
-                    "a buffer this command list uses was freed; record a new command list with live buffers"
-                )
-            prep.generation = self.frees
         r = lib.vkResetFences(self._dev, 1, prep.fence_p)
         if r:
             check(r, "vkResetFences")
@@ -324,7 +310,7 @@ class CommandQueue:
             for p in done:
                 if p.query_pool is not None:
                     self._tracer.add_gpu(self.timings(p))
-        if self._deferred:
+        if self._collected:
             self.sweep()
 
     def timings(self, prep: Prepared) -> list[tuple[str, float]]:
@@ -340,22 +326,15 @@ class CommandQueue:
         return [(label, ((ts[i + 1] - ts[i]) & mask) * period) for i, label in enumerate(prep.labels)]
 
     # --- releasing --------------------------------------------------------------------------------
-    def _release_later(self, prep: Prepared) -> None:
-        """The command list was garbage-collected: release its Vulkan objects once it is idle."""
-        if prep.released:
-            return
-        if prep.pending:
-            self._deferred.append(prep)
-        else:
-            self.release(prep)
-
     def sweep(self) -> None:
-        """Release the collected lists that are no longer running."""
-        if self._deferred:
-            idle = [p for p in self._deferred if not p.pending]
-            self._deferred = [p for p in self._deferred if p.pending]
-            for p in idle:
-                self.release(p)
+        """Release the collected lists that are no longer running (called under the backend's lock)."""
+        collected = self._collected
+        for _ in range(len(collected)):
+            prep = collected.popleft()
+            if prep.pending:
+                collected.append(prep)
+            else:
+                self.release(prep)
 
     def release(self, prep: Prepared) -> None:
         if prep.released:
@@ -370,14 +349,13 @@ class CommandQueue:
             lib.vkDestroyQueryPool(dev, prep.query_pool, ffi.NULL)
         if prep.fence is not None:
             lib.vkDestroyFence(dev, prep.fence, ffi.NULL)
-        prep.buffers = ()
         self._preps.discard(prep)
 
     def close(self) -> None:
         """Wait for the device to idle and release every prepared list."""
         lib.vkDeviceWaitIdle(self._dev)
         self._inflight.clear()
-        self._deferred.clear()
+        self._collected.clear()
         for prep in list(self._preps):
             prep.pending = False
             self.release(prep)

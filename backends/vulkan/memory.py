@@ -11,11 +11,14 @@ host-cached), mapped once, so no flushes are needed.
 
 from __future__ import annotations
 
+import functools
+import weakref
 from typing import Any
 
 import numpy as np
-from shaderbay.backend import Backend, Buffer, Usage
+from shaderbay.backend import Backend
 from shaderbay.errors import OutOfMemory
+from shaderbay.resources import Buffer, Usage
 
 from .device import Device
 from .loader import (
@@ -92,12 +95,13 @@ class VulkanBuffer(Buffer):
 class Memory:
     """The blocks of every memory type and the buffers in them, for one backend."""
 
-    def __init__(self, gpu: Device, owner: Backend):
+    def __init__(self, gpu: Device):
         self._gpu = gpu
         self._dev = gpu.handle
-        self._owner = owner
         self._blocks: dict[int, list[Block]] = {}  # memory type index -> its blocks
-        self._live: set[VulkanBuffer] = set()
+        # VkBuffer -> its Buffer, weakly: what refers to a buffer refers to its backend, and the
+        # backend's finalizer holds this object
+        self._live: dict[Any, weakref.ref[VulkanBuffer]] = {}
         self._staging: VulkanBuffer | None = None
         self._transfer: tuple[Any, Any] | None = None  # (command buffer, fence) of staging copies
         # a staging copy sees earlier submits' writes, and the host and later submits see it
@@ -109,8 +113,8 @@ class Memory:
             vk.VK_ACCESS_MEMORY_READ_BIT | vk.VK_ACCESS_MEMORY_WRITE_BIT | vk.VK_ACCESS_HOST_READ_BIT,
         )
 
-    def create(self, size: int, usage: Usage) -> VulkanBuffer:
-        buf = VulkanBuffer(self._owner, size, usage)
+    def create(self, size: int, usage: Usage, owner: Backend | None) -> VulkanBuffer:
+        buf = VulkanBuffer(owner, size, usage)
         info = new(
             "VkBufferCreateInfo",
             sType=vk.VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO,
@@ -128,17 +132,24 @@ class Memory:
         except BaseException:
             lib.vkDestroyBuffer(self._dev, buf.handle, ffi.NULL)
             raise
-        self._live.add(buf)
+        self._live[buf.handle] = weakref.ref(buf)
         return buf
 
     def destroy(self, buf: VulkanBuffer) -> None:
-        lib.vkDestroyBuffer(self._dev, buf.handle, ffi.NULL)
+        self.destroyer(buf)()
         buf.handle = None
         buf.mapped = None
-        self._live.discard(buf)
-        block = buf.block
-        block.release(buf.block_offset, buf.block_size)
         buf.block = None
+
+    def destroyer(self, buf: VulkanBuffer) -> functools.partial[None]:
+        """What destroys the buffer, without referring to it (for its finalizer)."""
+        return functools.partial(self._destroy, buf.handle, buf.block, buf.block_offset, buf.block_size)
+
+    def _destroy(self, handle: Any, block: Block, offset: int, size: int) -> None:
+        if self._live.pop(handle, None) is None:  # closed meanwhile: already destroyed
+            return
+        lib.vkDestroyBuffer(self._dev, handle, ffi.NULL)
+        block.release(offset, size)
         if block.used == 0:
             blocks = self._blocks[block.type_index]
             # keep one empty shared block of each type for reuse, release the others
@@ -183,12 +194,14 @@ class Memory:
             lib.vkFreeCommandBuffers(self._dev, self._gpu.cmd_pool, 1, cmdbuf)
             lib.vkDestroyFence(self._dev, fence[0], ffi.NULL)
             self._transfer = None
-        for buf in self._live:
-            lib.vkDestroyBuffer(self._dev, buf.handle, ffi.NULL)
-            buf.handle = None
-            buf.mapped = None
-            buf.block = None
-            buf.freed = True
+        for handle, ref in self._live.items():
+            lib.vkDestroyBuffer(self._dev, handle, ffi.NULL)
+            buf = ref()
+            if buf is not None:
+                buf.handle = None
+                buf.mapped = None
+                buf.block = None
+                buf.freed = True
         self._live.clear()
         self._staging = None
         for blocks in self._blocks.values():
@@ -213,13 +226,16 @@ class Memory:
                 except OutOfMemory:
                     raise OutOfMemory(
                         f"{self._gpu.name}: out of memory allocating a {buf.usage.value} buffer of {size} bytes "
-                        f"({self._owner.bytes_allocated} bytes in use); free buffers, shorten the context or "
+                        f"({self._used()} bytes in use); free buffers, shorten the context or "
                         "pick a smaller model"
                     ) from None
         check(lib.vkBindBufferMemory(self._dev, buf.handle, block.memory, off), "vkBindBufferMemory")
         buf.block, buf.block_offset, buf.block_size = block, off, size
         if block.mapped is not None:
             buf.mapped = block.mapped[off : off + buf.size]
+
+    def _used(self) -> int:
+        return sum(b.used for blocks in self._blocks.values() for b in blocks)
 
     def _memory_type(self, bits: int, usage: Usage, excluded: set[int]) -> int:
         types = [(i, f) for i, f in enumerate(self._gpu.memory_types) if bits >> i & 1 and i not in excluded]
@@ -306,7 +322,7 @@ class Memory:
     def _staging_buffer(self) -> VulkanBuffer:
         if self._staging is None:  # made on first use: UMA devices never need it
             self._transfer = self._transfer or (self._gpu.alloc_cmdbuf(), self._gpu.create_fence())
-            self._staging = self.create(STAGING_SIZE, Usage.READBACK)
+            self._staging = self.create(STAGING_SIZE, Usage.READBACK, None)
         return self._staging
 
     def _copy(self, src: VulkanBuffer, dst: VulkanBuffer, size: int, src_off: int, dst_off: int) -> None:

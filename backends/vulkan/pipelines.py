@@ -15,10 +15,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from shaderbay.backend import Dispatch, Pipeline
+from shaderbay.commands import Dispatch
 from shaderbay.config import cache_dir
 from shaderbay.errors import KernelCompileError, LimitExceeded, UnsupportedKernel
 from shaderbay.kernels import KernelSpec
+from shaderbay.resources import Pipeline
 from shaderbay.trace import Tracer
 
 from ..shaders import variants as V

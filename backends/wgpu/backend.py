@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from shaderbay.backend import Backend, CommandList, Usage
+from shaderbay.backend import Backend
+from shaderbay.commands import CommandList
 from shaderbay.config import env_flag
 from shaderbay.kernels import KernelSpec
+from shaderbay.resources import Usage
 
 from ..shaders import variants
 from .adapter import find_adapter

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from shaderbay.backend import Backend, Buffer, Usage
+from shaderbay.backend import Backend
 from shaderbay.errors import LimitExceeded, OutOfMemory
+from shaderbay.resources import Buffer, Usage
 
 from .loader import wgpu
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
-from shaderbay.backend import Buffer, CommandList, Copy, Dispatch
-from shaderbay.errors import BindingError, ClosedError, LimitExceeded
+from shaderbay.commands import CommandList, Copy, Dispatch
+from shaderbay.errors import BindingError, LimitExceeded
 from shaderbay.trace import Tracer
 
 from .loader import extras, native, wait_idle, wgpu
@@ -72,7 +72,6 @@ class Timestamps:
 class Prepared:
     steps: list[ComputePass | CopyStep]
     labels: list[str]  # one per dispatch
-    buffers: tuple[Buffer, ...]  # every Buffer it touches, checked for being freed at submit
     keep: list  # wgpu objects (and C data) the steps' handles belong to
     timestamps: Timestamps | None = None
     timings: list[tuple[str, float]] | None = None
@@ -206,14 +205,13 @@ class CommandQueue:
         steps: list[ComputePass | CopyStep] = []
         labels: list[str] = []
         keep: list = []
-        buffers: dict[int, Buffer] = {}
         groups: dict[tuple, Any] = {}
         current: ComputePass | None = None
         encoder, max_groups = self.encoder, self.caps.max_workgroups
         for op in cmd.ops:
             if isinstance(op, Copy):
                 current = None
-                steps.extend(self._copy_steps(op, buffers, keep))
+                steps.extend(self._copy_steps(op, keep))
                 continue
             compiled = self.pipelines.compile(op.pipeline, op.params)
             grid = tuple(int(g) for g in compiled.variant.grid(op.params))
@@ -223,7 +221,7 @@ class CommandQueue:
                     f"{op.label}: variant {compiled.variant.name} asks for {grid} workgroups for {op.params}; "
                     f"{self.caps.device} allows {max_groups} per dimension"
                 )
-            group = self._bind_group(op, compiled, groups, buffers)
+            group = self._bind_group(op, compiled, groups)
             if current is None:
                 current = ComputePass()
                 steps.append(current)
@@ -240,11 +238,9 @@ class CommandQueue:
             keep.append(compiled.pipeline)
             labels.append(op.label)
         keep.extend(groups.values())
-        return Prepared(steps, labels, tuple(buffers.values()), keep)
+        return Prepared(steps, labels, keep)
 
-    def _copy_steps(self, op: Copy, buffers: dict[int, Buffer], keep: list) -> list[CopyStep]:
-        for b in (op.src, op.dst):
-            buffers[id(b)] = b
+    def _copy_steps(self, op: Copy, keep: list) -> list[CopyStep]:
         if op.src is not op.dst:
             return [CopyStep(op.src.gpu, op.src_offset, op.dst.gpu, op.dst_offset, op.size)]
         # wgpu refuses copies within one buffer: bounce through a scratch buffer
@@ -256,13 +252,12 @@ class CommandQueue:
             CopyStep(scratch, 0, op.dst.gpu, op.dst_offset, op.size),
         ]
 
-    def _bind_group(self, op: Dispatch, compiled: Compiled, cache: dict, buffers: dict) -> Any:
+    def _bind_group(self, op: Dispatch, compiled: Compiled, cache: dict) -> Any:
         """A bind group binding each tensor as a window [offset, offset + nbytes) of its buffer."""
         windows = []
         limit = self.caps.max_binding_size
         for t in op.tensors:
             buf = t.buffer
-            buffers[id(buf)] = buf
             size = min(max(4, -(-t.nbytes // 4) * 4), buf.size - t.offset)
             if size > limit:  # the command list checks this too; never hand wgpu an over-limit binding
                 raise LimitExceeded(f"{op.label}: a {size}-byte binding exceeds {limit}; split the tensor")
@@ -284,9 +279,6 @@ class CommandQueue:
     # --- submitting and waiting -----------------------------------------------------------------
     def submit(self, cmd: CommandList, timed: bool) -> None:
         prep: Prepared = cmd.prepared
-        for b in prep.buffers:
-            if b.freed:
-                raise ClosedError(f"{cmd.label or 'a command list'} uses {b!r}, which was freed; record it again")
         timed = timed and bool(prep.labels)
         timestamps = (prep.timestamps or self._make_timestamps(prep)) if timed else None
         try:

@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from shaderbay.backend import Caps, Pipeline
+from shaderbay.backend import Caps
 from shaderbay.errors import KernelCompileError, LimitExceeded
 from shaderbay.kernels import KernelSpec, kernel
+from shaderbay.resources import Pipeline
 from shaderbay.trace import Tracer
 
 from ..shaders import variants

@@ -8,11 +8,16 @@
 // subgroup FM x FN 16 x 16 accumulators (f32). k is walked in BK-deep slices staged in shared
 // memory as f16: x by the loaders, which apply the prologue in f32 (silu(gate) * up; or
 // x * norm_weight while keeping sum(x * x) of the row, whose rmsnorm scale multiplies the row's
-// results at the end) and then split each value in two f16 parts, hi = f16(x) and
-// lo = f16(x - hi), both multiplied into the same accumulators: x keeps about 22 bits (with f16
+// results at the end) and then split each value in two f16 parts: hi, x cut to f16's 11
+// significant bits (a mask, exact in f16 for |x| >= 2^-14), and lo = (x - hi) 2^10 (x - hi is
+// exact in f32; scaled, it is an f16 normal down to |x| ~ 2^-14, not a subnormal a device may
+// flush). hi products go to one set of accumulators, lo products to another, added as
+// acc + acc_lo 2^-10 at the end, so the small lo products are not truncated against the large
+// sums inside the matrix unit (NVIDIA's rounds toward zero there). x keeps about 22 bits (with f16
 // alone, 11, the error compounded over a model's layers to ~4x its logits budget), so the
-// product's error is that of its f16 weights. (lo is an f16 subnormal where |x| < 0.125: the
-// device must keep f16 subnormals, as NVIDIA's do.) w is copied as it is (f16) or converted (bf16 -> f16: exact
+// product's error is that of its f16 weights. hi is cut by a bit mask, not by an f16 round
+// trip x - f32(f16(x)), which a compiler may fold to 0: with it, the split changed nothing on
+// the H200, as if lo were 0. w is copied as it is (f16) or converted (bf16 -> f16: exact
 // for every bf16 value in f16's range). Two slices of shared memory alternate, and the next
 // slice's global loads are issued into registers before the current one is multiplied, so one
 // barrier a slice suffices and load latency overlaps the math. Staged rows are padded by 16
@@ -72,12 +77,17 @@ uvec4 pack8(vec4 a, vec4 b) {
     return uvec4(packHalf2x16(a.xy), packHalf2x16(a.zw), packHalf2x16(b.xy), packHalf2x16(b.zw));
 }
 
-// x's 8 values (a, b) as f16 parts hi + lo: x - hi is exact in f32, and its f16 rounding is lo
+#define HI_MASK 0xFFFFE000u  // f32 bits of x's 11 significant bits (f16's)
+#define LO_SCALE 1024.0  // lo's scale: |x - hi| < 2^-10 |x|, so |lo| < |x| never overflows f16
+
+// x's 8 values (a, b) as f16 parts hi and lo = (x - hi) LO_SCALE (see the header)
 void split8(vec4 a, vec4 b, out uvec4 hi, out uvec4 lo) {
-    hi = pack8(a, b);
-    a -= vec4(unpackHalf2x16(hi.x), unpackHalf2x16(hi.y));
-    b -= vec4(unpackHalf2x16(hi.z), unpackHalf2x16(hi.w));
-    lo = pack8(a, b);
+    precise vec4 ha = uintBitsToFloat(floatBitsToUint(a) & uvec4(HI_MASK));
+    precise vec4 hb = uintBitsToFloat(floatBitsToUint(b) & uvec4(HI_MASK));
+    precise vec4 la = (a - ha) * LO_SCALE;
+    precise vec4 lb = (b - hb) * LO_SCALE;
+    hi = pack8(ha, hb);
+    lo = pack8(la, lb);
 }
 
 void load_slice(uint k0, uint m0, uint j0, uint t) {
@@ -150,9 +160,11 @@ void main() {
         for (uint tm = gl_WorkGroupID.x; tm < ntm; tm += gl_NumWorkGroups.x) {
             uint m0 = tm * BM;
             uint j0 = tn * BN;
-            ACC acc[FM * FN];
+            ACC acc[FM * FN];  // hi products
+            ACC acc_lo[FM * FN];  // lo products
             [[unroll]] for (uint i = 0u; i < uint(FM * FN); ++i) {
                 acc[i] = ACC(0.0);
+                acc_lo[i] = ACC(0.0);
             }
             [[unroll]] for (uint i = 0u; i < A_PER; ++i) {
                 ss[i] = 0.0;
@@ -187,7 +199,7 @@ void main() {
                     }
                     [[unroll]] for (uint i = 0u; i < uint(FM); ++i) {
                         [[unroll]] for (uint j = 0u; j < uint(FN); ++j) {
-                            acc[i * uint(FN) + j] = coopMatMulAdd(a_lo[i], b[j], acc[i * uint(FN) + j]);
+                            acc_lo[i * uint(FN) + j] = coopMatMulAdd(a_lo[i], b[j], acc_lo[i * uint(FN) + j]);
                         }
                     }
                 }
@@ -198,7 +210,8 @@ void main() {
             [[unroll]] for (uint i = 0u; i < uint(FM); ++i) {
                 [[unroll]] for (uint j = 0u; j < uint(FN); ++j) {
                     uint at = (wm * uint(FM) + i) * 16u * OS + (wn * uint(FN) + j) * 4u;
-                    coopMatStore(acc[i * uint(FN) + j], smem, at, OS, gl_CooperativeMatrixLayoutRowMajor);
+                    ACC y = acc[i * uint(FN) + j] + acc_lo[i * uint(FN) + j] * float(1.0 / LO_SCALE);
+                    coopMatStore(y, smem, at, OS, gl_CooperativeMatrixLayoutRowMajor);
                 }
             }
 #if defined(PROLOGUE_RMSNORM)
