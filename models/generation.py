@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .llama import Llama, Sampling
+from .llama import Llama
+from .sampling import Sampling
 from .settings import GenerationSettings
 from .stop import StopMatcher
 

@@ -26,366 +26,31 @@ step n+1 the host reads step n's token. Prefill is recorded per chunk length.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import math
 import os
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 from shaderbay.backend import Backend
 from shaderbay.backends.numpy.quants import values
 from shaderbay.commands import CommandList, Dispatch
-from shaderbay.dtypes import itemsize, nbytes, to_f32
-from shaderbay.errors import BindingError, CheckpointError, ContextLengthExceeded, ModelBusy, ModelError
+from shaderbay.dtypes import itemsize
+from shaderbay.errors import ContextLengthExceeded, ModelError
 from shaderbay.kernels import ARGMAX_SCRATCH_ROW, DECODE_ATTENTION_SLICES
 from shaderbay.resources import Tensor, Usage
-from shaderbay.rope import inverse_frequencies
 
-from .checkpoint import Checkpoint, TensorInfo
+from .busy import one_at_a_time
 from .config import ModelConfig
-
-ProgressFn = Callable[[float, float, str], None]
+from .sampling import GREEDY, Sampling, Stats
+from .weights import Weights
 
 RUN_AHEAD = 2  # decode steps in flight: the host reads one step's token while the next runs
-# each layer's matrices uploaded as one (suffixes of "model.layers.{i}."); of mixed dtypes, one is float32
-QKV = ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight")
-GATE_UP = ("mlp.gate_proj.weight", "mlp.up_proj.weight")
-
-
-# --- weights --------------------------------------------------------------------------------
-
-
-@dataclass
-class LayerWeights:
-    attn_norm: Tensor
-    wqkv: Tensor
-    wo: Tensor
-    ffn_norm: Tensor
-    wgu: Tensor
-    wdown: Tensor
-    bqkv: Tensor | None = None
-    bo: Tensor | None = None
-    bgu: Tensor | None = None
-    bdown: Tensor | None = None
-
-
-@dataclass
-class Weights:
-    embed: Tensor | None  # None when the table is looked up on the host (see host_embed)
-    final_norm: Tensor
-    lm_head: Tensor
-    layers: list[LayerWeights]
-    inv_freq: Tensor
-    nbytes: int = 0
-    # lm_head as (first row, view) parts, each small enough to bind on this device
-    lm_head_parts: list[tuple[int, Tensor]] = field(default_factory=list)
-    # the embedding table on the host (memory-mapped), for tables larger than the device can bind
-    host_embed: np.ndarray | None = None
-    host_embed_dtype: str = "f32"
-
-    @property
-    def wdtype(self) -> str:
-        return self.lm_head.dtype
-
-
-def row_parts(t: Tensor, max_bytes: int, alignment: int) -> list[tuple[int, Tensor]]:
-    """Views of consecutive row blocks of a matrix, each at most max_bytes and starting at aligned
-    offsets in the matrix and in a float32 vector of its rows (the logits)."""
-    rows, cols = t.shape
-    row_bytes = nbytes(t.dtype, (1, cols))
-    if t.nbytes <= max_bytes:
-        return [(0, t)]
-    step = math.lcm(alignment // math.gcd(alignment, 4), alignment // math.gcd(alignment, row_bytes))
-    per = max_bytes // row_bytes // step * step
-    if per < 1:
-        raise ModelError(
-            f"a {t.dtype} matrix with rows of {row_bytes} bytes cannot be split into bindings of {max_bytes} bytes"
-        )
-    return [(r, t.view(shape=(min(per, rows - r), cols), offset=r * row_bytes)) for r in range(0, rows, per)]
-
-
-def tensor_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor the model reads, with the shape the config implies."""
-    c = config
-    shapes: dict[str, tuple[int, ...]] = {
-        "model.embed_tokens.weight": (c.vocab_size, c.dim),
-        "model.norm.weight": (c.dim,),
-    }
-    if not c.tie_word_embeddings:
-        shapes["lm_head.weight"] = (c.vocab_size, c.dim)
-    for i in range(c.n_layers):
-        p = f"model.layers.{i}."
-        shapes[p + "input_layernorm.weight"] = (c.dim,)
-        shapes[p + "post_attention_layernorm.weight"] = (c.dim,)
-        for proj, rows in (("q", c.q_dim), ("k", c.kv_dim), ("v", c.kv_dim)):
-            shapes[f"{p}self_attn.{proj}_proj.weight"] = (rows, c.dim)
-            if c.qkv_bias:
-                shapes[f"{p}self_attn.{proj}_proj.bias"] = (rows,)
-        shapes[p + "self_attn.o_proj.weight"] = (c.dim, c.q_dim)
-        if c.o_bias:
-            shapes[p + "self_attn.o_proj.bias"] = (c.dim,)
-        for proj, shape in (("gate", (c.ffn_dim, c.dim)), ("up", (c.ffn_dim, c.dim)), ("down", (c.dim, c.ffn_dim))):
-            shapes[f"{p}mlp.{proj}_proj.weight"] = shape
-            if c.mlp_bias:
-                shapes[f"{p}mlp.{proj}_proj.bias"] = shape[:1]
-    return shapes
-
-
-class _Uploader:
-    def __init__(self, backend: Backend, ckpt: Checkpoint, infos: dict[str, TensorInfo], progress: ProgressFn | None):
-        self.backend = backend
-        self.ckpt = ckpt
-        self.infos = infos
-        self.progress = progress
-        self.total = float(sum(i.nbytes for i in infos.values()))
-        self.done = 0.0
-        self.nbytes = 0
-        self.made: list[Tensor] = []
-
-    def free(self) -> None:
-        """Free what was uploaded (a load that failed half-way leaves nothing behind)."""
-        for t in self.made:
-            if not t.buffer.freed and not self.backend.closed:
-                self.backend.free(t.buffer)
-
-    def _host(self, name: str) -> np.ndarray:
-        info = self.infos[name]
-        try:
-            array = self.ckpt.array(name)
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"{info.source}: tensor {name!r} cannot be read ({exc})") from None
-        if not _finite(array, info.dtype):
-            raise CheckpointError(
-                f"{info.source}: tensor {name!r} holds NaN or infinite values; the checkpoint is corrupt "
-                "(re-download or re-convert it)"
-            )
-        return array
-
-    def _tick(self, names: list[str]) -> None:
-        self.done += sum(self.infos[n].nbytes for n in names)
-        if self.progress is not None:
-            self.progress(self.done, self.total, names[-1])
-
-    def f32(self, *names: str) -> Tensor:
-        """Small tensors (norms, biases), concatenated, as float32."""
-        arrays = [to_f32(self._host(n), self.infos[n].dtype).reshape(-1) for n in names]
-        t = self.backend.upload(np.concatenate(arrays) if len(arrays) > 1 else arrays[0])
-        self.made.append(t)
-        self.nbytes += t.nbytes
-        self._tick(list(names))
-        return t
-
-    def interleaved(self, first: str, second: str, matrix: bool = True) -> Tensor:
-        """Two same-shaped tensors with their rows (or, for vectors, elements) interleaved: first[0],
-        second[0], first[1], ... (gate and up for the matmul's silu_mul epilogue). Matrices keep
-        their stored dtype (float32 if the two differ), vectors become float32."""
-        names = [first, second]
-        arrays = [self._host(n) for n in names]
-        dtypes = {self.infos[n].dtype for n in names}
-        if not matrix or len(dtypes) > 1:
-            arrays = [values(a, self.infos[n].dtype) for a, n in zip(arrays, names, strict=True)]
-            dtype = "f32"
-        else:
-            (dtype,) = dtypes
-        data = np.stack(arrays, axis=1)
-        t = self.backend.upload(np.ascontiguousarray(data.reshape(-1, *arrays[0].shape[1:])), dtype)
-        self.made.append(t)
-        self.nbytes += t.nbytes
-        self._tick(names)
-        return t
-
-    def matrix(self, *names: str) -> Tensor:
-        """Row-concatenated matrices in their stored dtype, written part by part (no host copy)."""
-        dtypes = {self.infos[n].dtype for n in names}
-        shapes = [self.infos[n].shape for n in names]
-        rows, cols = sum(s[0] for s in shapes), shapes[0][1]
-        if len(dtypes) > 1:  # mixed precisions in one fused group: widen the group to float32
-            data = np.concatenate([values(self._host(n), self.infos[n].dtype) for n in names])
-            t = self.backend.upload(np.ascontiguousarray(data, dtype=np.float32))
-            self.made.append(t)
-        else:
-            (dtype,) = dtypes
-            t = self.backend.empty((rows, cols), dtype)
-            self.made.append(t)
-            sizes = [nbytes(dtype, (s[0], cols)) for s in shapes]
-            if any(s % 4 for s in sizes):  # writes are whole 4-byte words: the buffer's padding takes the tail
-                data = np.concatenate([self._host(n) for n in names]).tobytes()
-                self.backend.write(t.buffer, data + bytes(-len(data) % 4), t.offset)
-            else:
-                offset = 0
-                for n, size in zip(names, sizes, strict=True):
-                    self.backend.write(t, self._host(n), offset)
-                    offset += size
-        self.nbytes += t.nbytes
-        self._tick(list(names))
-        return t
-
-
-def _finite(array: np.ndarray, dtype: str) -> bool:
-    """No NaN or infinity, in one pass: a float64 sum (finite weights cannot overflow it), or for bf16
-    bits the largest magnitude below the all-ones exponent."""
-    if dtype == "bf16":
-        return array.size == 0 or int(np.bitwise_and(array, 0x7FFF).max()) < 0x7F80
-    return bool(np.isfinite(np.sum(array, dtype=np.float64)))
-
-
-def load_weights(ckpt: Checkpoint, backend: Backend, progress: ProgressFn | None = None) -> Weights:
-    """Check every tensor (presence, shape, dtype) first, then upload them one by one."""
-    c = ckpt.config
-    ckpt.prepare(backend)
-    infos = {name: ckpt.expect(name, shape) for name, shape in tensor_shapes(c).items()}
-    up = _Uploader(backend, ckpt, infos, progress)
-    try:
-        return _upload(ckpt, backend, c, infos, up)
-    except BaseException:
-        up.free()
-        raise
-
-
-def _upload(ckpt: Checkpoint, backend: Backend, c: ModelConfig, infos: dict[str, TensorInfo], up: _Uploader) -> Weights:
-    caps = backend.caps
-    embed_info = infos["model.embed_tokens.weight"]
-    host_embed = None
-    if embed_info.nbytes > caps.max_binding_size:
-        # Larger than one binding: the host looks rows up (it reads every token id back anyway)
-        # and the device holds the table only as the tied lm_head, bound in parts.
-        host_embed = up._host("model.embed_tokens.weight")
-    embed = up.matrix("model.embed_tokens.weight") if host_embed is None or c.tie_word_embeddings else None
-    layers = []
-    for i in range(c.n_layers):
-        p = f"model.layers.{i}."
-        a, m = p + "self_attn.", p + "mlp."
-        layers.append(
-            LayerWeights(
-                attn_norm=up.f32(p + "input_layernorm.weight"),
-                wqkv=up.matrix(*(p + n for n in QKV)),
-                bqkv=up.f32(a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias") if c.qkv_bias else None,
-                wo=up.matrix(a + "o_proj.weight"),
-                bo=up.f32(a + "o_proj.bias") if c.o_bias else None,
-                ffn_norm=up.f32(p + "post_attention_layernorm.weight"),
-                wgu=up.interleaved(*(p + n for n in GATE_UP)),
-                bgu=up.interleaved(m + "gate_proj.bias", m + "up_proj.bias", matrix=False) if c.mlp_bias else None,
-                wdown=up.matrix(m + "down_proj.weight"),
-                bdown=up.f32(m + "down_proj.bias") if c.mlp_bias else None,
-            )
-        )
-    final_norm = up.f32("model.norm.weight")
-    lm_head = embed if c.tie_word_embeddings else up.matrix("lm_head.weight")
-    inv_freq = backend.upload(inverse_frequencies(c.head_dim, c.rope_theta, c.rope_scaling))
-    up.made.append(inv_freq)
-    return Weights(
-        embed if host_embed is None else None,
-        final_norm,
-        lm_head,
-        layers,
-        inv_freq,
-        up.nbytes,
-        lm_head_parts=row_parts(lm_head, caps.max_binding_size, caps.offset_alignment),
-        host_embed=host_embed,
-        host_embed_dtype=embed_info.dtype,
-    )
-
-
-# --- sampling -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How the next token is chosen, on the device. temperature <= 0 is greedy. The ranges are
-    checked where a caller's options come in (settings.GenerationSettings); here only the key."""
-
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    min_p: float = 0.0
-
-    @property
-    def greedy(self) -> bool:
-        """Plain argmax: no temperature and no penalty (the history is then not needed)."""
-        return self.temperature <= 0 and self.repetition_penalty == 1.0
-
-    def key(self) -> tuple:
-        if self.greedy:
-            return ("argmax",)
-        if self.temperature <= 0:
-            return ("sample", 0.0, 0, 1.0, float(self.repetition_penalty), 0.0)
-        return (
-            "sample",
-            float(self.temperature),
-            int(self.top_k),
-            float(self.top_p),
-            float(self.repetition_penalty),
-            float(self.min_p),
-        )
-
-
-@dataclass
-class Stats:
-    prompt_tokens: int = 0
-    generated_tokens: int = 0
-    prefill_s: float = 0.0
-    decode_s: float = 0.0
-    first_token_s: float = 0.0
-    cached_tokens: int = 0  # prompt tokens whose KV entries were reused from the previous call
-    seed: int = 0
-    finish_reason: str | None = None  # "stop", "length" or "cancelled" (set by generation.run)
-
-    @property
-    def prefill_tokens(self) -> int:
-        """Prompt tokens computed by this call's prefill."""
-        return self.prompt_tokens - self.cached_tokens
-
-    @property
-    def decode_tokens_per_s(self) -> float:
-        n = self.generated_tokens - 1  # the first token comes from the prefill
-        return n / self.decode_s if n > 0 and self.decode_s > 0 else 0.0
-
-    @property
-    def prefill_tokens_per_s(self) -> float:
-        return self.prefill_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
-
 
 # --- the forward pass -------------------------------------------------------------------------
-
-
-def _one_at_a_time(method):
-    """A Llama method (or generator) that holds the model for its whole run: the scratch buffers, the KV
-    cache and the recorded steps serve one sequence, so a second caller gets ModelBusy at once."""
-
-    def claim(self):
-        if not self._in_use.acquire(blocking=False):
-            raise ModelBusy(
-                "this model runs one generation at a time and one is unfinished: finish or close() the other "
-                "generator first, or load another model for the other thread (models can share a backend)"
-            )
-
-    if inspect.isgeneratorfunction(method):
-
-        @functools.wraps(method)
-        def held_generator(self, *args, **kwargs):
-            claim(self)
-            try:
-                yield from method(self, *args, **kwargs)
-            finally:
-                self._in_use.release()
-
-        return held_generator
-
-    @functools.wraps(method)
-    def held(self, *args, **kwargs):
-        claim(self)
-        try:
-            return method(self, *args, **kwargs)
-        finally:
-            self._in_use.release()
-
-    return held
 
 
 @dataclass
@@ -443,7 +108,7 @@ class Llama:
         widest = max(p.shape[0] for _, p in weights.lm_head_parts) * 4
         self.all_chunk = max(1, min(self.chunk, backend.caps.max_binding_size // widest))
         self.stats = Stats()
-        self._in_use = threading.Lock()  # held by the running generation (_one_at_a_time)
+        self._in_use = threading.Lock()  # held by the running generation (one_at_a_time)
         self.cached_ids: list[int] = []  # the ids whose KV entries the cache holds, from position 0
         self._lists: OrderedDict[tuple, CommandList] = OrderedDict()
         self._pipelines: dict[tuple, object] = {}
@@ -624,7 +289,7 @@ class Llama:
             del self._lists[prefills[0]]
         return cmd
 
-    def decode_list(self, sampling: Sampling = Sampling(), slot: int = 0) -> CommandList:
+    def decode_list(self, sampling: Sampling = GREEDY, slot: int = 0) -> CommandList:
         """A recorded decode step for a sampling setting (recorded on first use); `slot` picks one of
         the RUN_AHEAD recordings, which differ only in the read-back buffer their token goes to."""
         return self._list("decode", 1, sampling.key(), slot)
@@ -666,7 +331,7 @@ class Llama:
         w = self.weights
         return values(np.asarray(w.host_embed[np.asarray(ids, np.int64)]), w.host_embed_dtype).astype(np.float32)
 
-    @_one_at_a_time
+    @one_at_a_time
     def logits(self, ids: list[int], all_positions: bool = False) -> np.ndarray:
         """Next-token logits after every prefix of `ids` ([T, vocab]) or after the whole ([vocab])."""
         ids = [int(t) for t in ids]
@@ -700,12 +365,12 @@ class Llama:
         if needed > self.max_context:
             raise ContextLengthExceeded(needed, self.max_context)
 
-    @_one_at_a_time
+    @one_at_a_time
     def generate(
         self,
         ids: list[int],
         max_tokens: int,
-        sampling: Sampling = Sampling(),
+        sampling: Sampling = GREEDY,
         seed: int | None = None,
         stop: set[int] | frozenset[int] = frozenset(),
     ) -> Iterator[int]:
@@ -790,16 +455,3 @@ class Llama:
             if not t.buffer.freed:
                 self.backend.free(t.buffer)
         self._owned.clear()
-
-
-def default_cache_dtype(backend: Backend, weights: Weights) -> str:
-    """f16 caches for 16-bit and block (GGUF) weights on devices with f16; f32 otherwise."""
-    return "f16" if backend.caps.f16 and weights.wdtype != "f32" else "f32"
-
-
-def check_cache_dtype(backend: Backend, cache_dtype: str) -> str:
-    if cache_dtype not in ("f32", "f16"):
-        raise ModelError(f"cache_dtype must be 'f32' or 'f16', got {cache_dtype!r}")
-    if cache_dtype == "f16" and not backend.caps.f16:
-        raise BindingError(f"{backend.caps.device} has no f16 support; use cache_dtype='f32'")
-    return cache_dtype

@@ -26,8 +26,10 @@ from . import generation
 from .checkpoint import Checkpoint, SafetensorsCheckpoint
 from .config import ModelConfig
 from .generation import Completion, TextEvent
-from .llama import Llama, Stats, check_cache_dtype, default_cache_dtype, load_weights
+from .llama import Llama
+from .sampling import Stats
 from .settings import DEFAULT_MAX_TOKENS, GenerationSettings
+from .weights import check_cache_dtype, default_cache_dtype, load_weights
 
 if TYPE_CHECKING:
     from .chat import Chat

@@ -25,8 +25,8 @@ from shaderbay.errors import ModelError
 
 from .checkpoint import INDEX_NAME, MemoryCheckpoint
 from .config import ModelConfig
-from .llama import tensor_shapes
 from .safetensors_writer import write_safetensors
+from .weights import tensor_shapes
 
 _BASE: dict[str, Any] = {
     "hidden_act": "silu",

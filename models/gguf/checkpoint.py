@@ -21,8 +21,8 @@ from shaderbay.backend import Backend
 from shaderbay.dtypes import host_dtype, host_shape, nbytes
 
 from ..checkpoint import Checkpoint, TensorInfo
-from ..llama import GATE_UP, QKV
 from ..tokenizer import Tokenizer
+from ..weights import GATE_UP, QKV
 from .config import model_metadata
 from .convert import OUTPUT_DTYPES, normalize_dtype
 from .dequant import check_supported, dequantize

@@ -9,7 +9,7 @@ import numpy as np
 from shaderbay.errors import ConversionError, MissingTensor, ShapeMismatch
 
 from ..config import ModelConfig
-from ..llama import tensor_shapes
+from ..weights import tensor_shapes
 from .errors import GGUFArchitectureError, GGUFFileError
 from .reader import GGUFFile, GGUFTensor
 
