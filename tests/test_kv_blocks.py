@@ -257,14 +257,15 @@ def test_a_pool_needs_a_block():
 
 
 class Sequences(RuleBasedStateMachine):
-    """Sequences start (reusing what the cache holds), decode and finish in any order; a model of
-    the device cache records which token's KV each row holds, so a shared block must hold
-    exactly the tokens of the prompt that shares it, and no shared block is ever written."""
+    """Sequences start (reusing what the cache holds), decode and finish in any order. A model of
+    the device cache records what each row's KV depends on (the tokens up to its position), so
+    a shared block must hold exactly what the prompt sharing it would compute, and no shared
+    block is ever written."""
 
     @initialize(n_blocks=st.integers(1, 12), block_size=st.integers(1, 4))
     def make_pool(self, n_blocks, block_size):
         self.pool = BlockPool(n_blocks, block_size)
-        self.kv = [[None] * block_size for _ in range(n_blocks)]  # the token whose KV each row holds
+        self.kv = [[None] * block_size for _ in range(n_blocks)]  # the tokens each row's KV was computed from
         self.live: list[tuple[BlockTable, list[int]]] = []
 
     def write(self, table: BlockTable, ids: list[int], start: int) -> None:
@@ -272,7 +273,7 @@ class Sequences(RuleBasedStateMachine):
         for p in range(start, len(ids)):
             block = table.blocks[p // size]
             assert self.pool.refcounts[block] == 1, "a shared block is written"
-            self.kv[block][p % size] = ids[p]
+            self.kv[block][p % size] = tuple(ids[: p + 1])
         table.commit(ids)
 
     def reserve_or_nothing(self, table: BlockTable, n: int) -> bool:
@@ -292,7 +293,7 @@ class Sequences(RuleBasedStateMachine):
         size = self.pool.block_size
         assert reused % size == 0 and reused < len(prompt) and len(table.blocks) * size == reused
         for p in range(reused):
-            assert self.kv[table.blocks[p // size]][p % size] == prompt[p]
+            assert self.kv[table.blocks[p // size]][p % size] == tuple(prompt[: p + 1])
         if self.reserve_or_nothing(table, len(prompt)):
             self.write(table, prompt, reused)
             self.live.append((table, prompt))
@@ -326,6 +327,12 @@ class Sequences(RuleBasedStateMachine):
         assert self.pool.refcounts == held  # never negative, never leaked
         assert self.pool.num_used == sum(1 for n in held if n)
         assert self.pool.num_cached <= self.pool.n_blocks
+
+    @invariant()
+    def rows_name_the_blocks(self):
+        for table, _ in getattr(self, "live", []):
+            row = table.row(len(table.blocks) + 1).tolist()
+            assert row == [*table.blocks, self.pool.n_blocks]
 
 
 TestSequences = Sequences.TestCase
