@@ -16,11 +16,18 @@ Reading order:
 - `pool_size` turns the user's settings (max_context, streams, a memory budget) into a block
   count; `blocks_for` is the one rounding of positions up to blocks.
 
+A sequence's life: `reused = table.match_prefix(prompt)`, `table.reserve(len(prompt))`, compute
+positions reused.. of the prompt, `table.commit(ids written so far)`; each decode step
+`reserve(position + 1)` then `commit`; `release()` when it finishes. Committing generated tokens
+too is what lets a chat's next turn reuse the KV of the earlier ones. KVCacheFull from
+`reserve` leaves the table as it was: the engine may release it and wait for blocks instead.
+
 Why it is shaped this way (vLLM's block manager and automatic prefix caching are the anchor):
 - Memory follows the live tokens: a sequence holds ceil(positions / block_size) blocks.
 - A full block is named by a hash chain, digest(parent digest, its block_size token ids), so a
-  digest stands for the whole prefix up to that block's end, and equal digests mean equal KV.
-  The hash is blake2b, stable across processes (Python's hash() is salted per process).
+  digest stands for the whole prefix up to that block's end: equal digests mean the same tokens
+  at the same positions, so the same KV. The hash is blake2b, stable across processes (Python's
+  hash() is salted per process).
 - A shared block is never written: only full blocks are shared, and `match_prefix` always
   leaves at least one prompt token to compute, so the first position a sequence writes lies
   past its shared blocks (the last prompt token's logits are needed to sample anyway).
