@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from shaderbay.dtypes import BLOCK_DTYPES, bytes_per_value, itemsize
+from shaderbay.dtypes import BLOCK_DTYPES, bytes_per_value
 from shaderbay.models.checkpoint import SafetensorsCheckpoint
 from shaderbay.models.config import ModelConfig, ModelShape
 from shaderbay.models.synthetic import SHAPES, synthetic_config
@@ -50,9 +50,6 @@ class Shape:
         """Weight bytes one decode step must read: every matrix once; an untied embedding only one row."""
         table_unread = 0 if self.tie_word_embeddings else (self.vocab_size - 1) * self.dim
         return int((self.n_params - table_unread) * bytes_per_value(wdtype))
-
-    def kv_cache_bytes(self, max_context: int, cache_dtype: str = "f32") -> int:
-        return 2 * self.n_layers * max_context * self.kv_dim * itemsize(cache_dtype)
 
     def record(self) -> ModelShape:
         """The shape as the bench results record it."""
