@@ -21,7 +21,8 @@ from shaderbay.plugins import discover
 from shaderbay.progress import Progress
 
 from . import plots, report
-from .kernels import bench_kernel_backends, model_cases
+from .kernel_cases import model_cases
+from .kernels import bench_kernel_backends
 from .machine import machine_info
 from .model_bench import bench_model
 from .model_settings import Settings

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import shaderbay
+from shaderbay.plugins import ENV_BACKEND
 
 from .results import Machine
 
@@ -24,7 +25,7 @@ def machine_info() -> Machine:
                     break
     except OSError:
         pass
-    env = {k: os.environ[k] for k in ("LP_NUM_THREADS", "SHADERBAY_BACKEND", "VK_DRIVER_FILES") if k in os.environ}
+    env = {k: os.environ[k] for k in ("LP_NUM_THREADS", ENV_BACKEND, "VK_DRIVER_FILES") if k in os.environ}
     return Machine(
         hostname=socket.gethostname(),
         platform=platform.platform(),

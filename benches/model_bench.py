@@ -10,7 +10,7 @@ Per backend, in this order:
    upload (inside buffer/write calls: for a memory-mapped checkpoint this includes paging the
    file in), pipelines (pipeline creation), prepare (a list's first submit: the backend's own
    compile/bind/record work), record (recording dispatches) and first token (the rest).
-2. the device's **bandwidth** with the model resident (benches.kernels.device_bandwidth: the
+2. the device's **bandwidth** with the model resident (benches.bandwidth.device_bandwidth: the
    better of a buffer copy in a CommandList and the `add` kernel streaming; the "copy bandwidth"
    every GB/s figure is compared with).
 3. **timed repetitions**, interleaved across backends (rotating the order each round) so that
@@ -43,7 +43,7 @@ from collections.abc import Callable
 import numpy as np
 from shaderbay.plugins import discover
 
-from .kernels import device_bandwidth
+from .bandwidth import device_bandwidth
 from .model_measure import Run, decode_once, memory, prefill_once, settle, start
 from .model_settings import Settings
 from .model_source import Source

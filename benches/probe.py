@@ -60,6 +60,12 @@ class Counters:
             by_call,
         )
 
+    def add_call(self, name: str, wall_ns: int, cpu_ns: int) -> None:
+        entry = self.by_call.setdefault(name, [0, 0, 0])
+        entry[0] += 1
+        entry[1] += wall_ns
+        entry[2] += cpu_ns
+
     def wall_ns(self, *names: str) -> int:
         return sum(self.by_call.get(n, (0, 0, 0))[1] for n in names)
 
@@ -101,10 +107,7 @@ class Probe:
                     self._depth = 0
                     counters.api_wall_ns += wall
                     counters.api_cpu_ns += used
-                    entry = counters.by_call.setdefault(name, [0, 0, 0])
-                    entry[0] += 1
-                    entry[1] += wall
-                    entry[2] += used
+                    counters.add_call(name, wall, used)
                     if name == "submit":
                         counters.submits += 1
                         self.submitted.append((args[0] if args else kwargs.get("cmd"), w0))
@@ -115,44 +118,37 @@ class Probe:
 
         return wrapper
 
+    def _timed(self, fn: Any, record: Any) -> Any:
+        """`fn` forwarded; while the probe is active its wall and thread-CPU time go to `record(wall, cpu)`."""
+        perf, cpu = time.perf_counter_ns, time.thread_time_ns
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if not self.active:
+                return fn(*args, **kwargs)
+            w0, c0 = perf(), cpu()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                record(perf() - w0, cpu() - c0)
+
+        return timed
+
     def _wrap_inner(self, name: str, fn: Any) -> Any:
         """A call nested inside another API call: counted in `by_call` only (its caller's time includes it)."""
         counters = self.counters
-        perf, cpu = time.perf_counter_ns, time.thread_time_ns
-
-        def inner(*args: Any, **kwargs: Any) -> Any:
-            if not self.active:
-                return fn(*args, **kwargs)
-            w0, c0 = perf(), cpu()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                entry = counters.by_call.setdefault(name, [0, 0, 0])
-                entry[0] += 1
-                entry[1] += perf() - w0
-                entry[2] += cpu() - c0
-
-        return inner
+        return self._timed(fn, lambda wall, used: counters.add_call(name, wall, used))
 
     def _wrap_wait(self, fn: Any) -> Any:
         counters = self.counters
-        perf, cpu = time.perf_counter_ns, time.thread_time_ns
 
-        def wait(*args: Any, **kwargs: Any) -> Any:
-            if not self.active:
-                return fn(*args, **kwargs)
-            w0, c0 = perf(), cpu()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                wall, used = perf() - w0, cpu() - c0
-                counters.wait_wall_ns += wall
-                counters.wait_cpu_ns += used
-                if self._depth:
-                    self._nested_wall += wall
-                    self._nested_cpu += used
+        def record(wall: int, used: int) -> None:
+            counters.wait_wall_ns += wall
+            counters.wait_cpu_ns += used
+            if self._depth:  # inside an API call: taken off that call's time
+                self._nested_wall += wall
+                self._nested_cpu += used
 
-        return wait
+        return self._timed(fn, record)
 
     # --- reading ----------------------------------------------------------------------------------
     def snapshot(self) -> Counters:

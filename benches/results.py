@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, TypeAdapter
 from shaderbay.errors import ShaderbayError
+from shaderbay.models.config import ModelShape
 
 from .verdict import Verdict
 
@@ -238,24 +239,10 @@ class KernelsRow:
 
 
 @dataclass
-class ModelShape:
-    name: str
-    dim: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    ffn_dim: int
-    vocab_size: int
-    tie_word_embeddings: bool
-    n_params: int
-
-
-@dataclass
 class ModelInfo:
     name: str
     dtype: str
-    shape: ModelShape | None = None
+    shape: ModelShape | None = None  # written without its derived sizes (n_params, ...)
     weights_bytes: int | None = None
     weight_bytes_per_token: int | None = None
     synthetic: str | None = None  # the model bench's source, from here on

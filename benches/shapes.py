@@ -11,15 +11,13 @@ compared with the copy bandwidth (bytes read + bytes written per second by a buf
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
-from shaderbay.dtypes import BLOCK_DTYPES, bytes_per_value, itemsize
+from shaderbay.dtypes import BLOCK_DTYPES, bytes_per_value
 from shaderbay.models.checkpoint import SafetensorsCheckpoint
-from shaderbay.models.config import ModelConfig
+from shaderbay.models.config import ModelConfig, ModelShape
 from shaderbay.models.synthetic import SHAPES, synthetic_config
-
-from .results import ModelShape
 
 DTYPE_NAMES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16", "f32": "f32", "f16": "f16", "bf16": "bf16"}
 DTYPE_NAMES.update({name: name for name in BLOCK_DTYPES})
@@ -53,12 +51,9 @@ class Shape:
         table_unread = 0 if self.tie_word_embeddings else (self.vocab_size - 1) * self.dim
         return int((self.n_params - table_unread) * bytes_per_value(wdtype))
 
-    def kv_cache_bytes(self, max_context: int, cache_dtype: str = "f32") -> int:
-        return 2 * self.n_layers * max_context * self.kv_dim * itemsize(cache_dtype)
-
     def record(self) -> ModelShape:
-        """The shape as the bench results record it (its config's fields of the same names)."""
-        return ModelShape(**{f.name: getattr(self, f.name) for f in fields(ModelShape)})
+        """The shape as the bench results record it."""
+        return self.config.shape
 
 
 def synthetic_names() -> list[str]:

@@ -24,11 +24,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, Phase, settings
 from shaderbay.errors import BackendUnavailable, ShaderbayError
-from shaderbay.plugins import create_backend, discover
+from shaderbay.plugins import ENV_BACKEND, create_backend, discover
 
 ENV_REQUIRE = "SHADERBAY_REQUIRE_BACKENDS"
 ENV_PROFILE = "SHADERBAY_HYPOTHESIS_PROFILE"
-ENV_BACKEND = "SHADERBAY_BACKEND"
 UNSUPPORTED = "unsupported"  # the prefix of every skip reason for a kernel a backend does not implement
 
 _SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]

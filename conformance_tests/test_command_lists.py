@@ -8,6 +8,9 @@ against the same program run through the reference kernels on the host.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 from hypothesis import given, note, settings
@@ -16,7 +19,7 @@ from shaderbay.backends.numpy.kernels import REFERENCE
 from shaderbay.conformance.harness import relative_error
 from shaderbay.conformance.plugin import require_kernels
 from shaderbay.conformance.tolerances import tolerance
-from shaderbay.resources import Usage
+from shaderbay.resources import Tensor, Usage
 from shaderbay.rope import inverse_frequencies
 
 TOL = 1e-4  # programs chain a few float32 kernels; each is held to its own budget in test_kernels
@@ -26,6 +29,16 @@ def _ref(kernel: str, arrays: dict, constants: dict | None = None, **params) -> 
     arrays = {k: np.array(v, copy=True).reshape(-1) for k, v in arrays.items()}
     REFERENCE[kernel](arrays, params, constants or {})
     return arrays
+
+
+@contextmanager
+def _freed(*tensors: Tensor) -> Iterator[None]:
+    """Frees the tensors' buffers when the block ends: the session's backend outlives each test."""
+    try:
+        yield
+    finally:
+        for t in tensors:
+            t.buffer.free()
 
 
 def _close(got: np.ndarray, want: np.ndarray, what: str, tol: float = TOL) -> None:
@@ -151,7 +164,7 @@ def test_replay_reads_inputs_written_between_submits(backend) -> None:
     ids = backend.empty(1, "u32")
     hidden, normed, logits = backend.empty(dim), backend.empty(dim), backend.empty(n)
     tensors = [t_table, t_norm, t_w, ids, hidden, normed, logits]
-    try:
+    with _freed(*tensors):
         cmd = backend.command_list("step")
         cmd.dispatch(
             backend.pipeline("embed"), {"table": t_table, "ids": ids, "out": hidden}, rows=1, dim=dim, vocab=vocab
@@ -176,9 +189,6 @@ def test_replay_reads_inputs_written_between_submits(backend) -> None:
                     got, results[token], err_msg=f"replaying token {token} changed the result"
                 )
             results[token] = got
-    finally:
-        for t in tensors:
-            t.buffer.free()
 
 
 def test_replay_identical_results(backend) -> None:
@@ -188,7 +198,7 @@ def test_replay_identical_results(backend) -> None:
     x = backend.upload(rng.uniform(-1, 1, (3, 65)).astype(np.float32))
     w = backend.upload(rng.uniform(-1, 1, (31, 65)).astype(np.float32))
     out = backend.empty((3, 31))
-    try:
+    with _freed(x, w, out):
         cmd = backend.command_list()
         cmd.dispatch(backend.pipeline("matmul"), {"x": x, "w": w, "out": out}, rows=3, n=31, k=65, eps=0.0)
         backend.run(cmd)
@@ -197,9 +207,6 @@ def test_replay_identical_results(backend) -> None:
             backend.write(out, np.full((3, 31), np.nan, np.float32))
             backend.run(cmd)
             np.testing.assert_array_equal(backend.read(out), first, err_msg="a replay gave a different result")
-    finally:
-        for t in (x, w, out):
-            t.buffer.free()
 
 
 def test_position_from_buffer_replay(backend) -> None:
@@ -208,47 +215,37 @@ def test_position_from_buffer_replay(backend) -> None:
     rng = np.random.default_rng(9)
     nh, nkv, hd, max_seq = 4, 2, 8, 12
     width = (nh + 2 * nkv) * hd  # a fused q|k|v row
+    # the same parameters for the device and the reference
+    rope_params = dict(rows=1, heads=nh + nkv, head_dim=hd, stride=width, offset=0)
+    kv_params = dict(rows=1, stride=width, k_offset=nh * hd, v_offset=(nh + nkv) * hd, kv_dim=nkv * hd, max_seq=max_seq)
+    attention_params = dict(
+        rows=1,
+        n_heads=nh,
+        n_kv_heads=nkv,
+        head_dim=hd,
+        q_stride=width,
+        max_seq=max_seq,
+        scale=float(np.float32(hd**-0.5)),
+    )
+    f32_cache = {"cache_dtype": "f32"}
     inv = inverse_frequencies(hd, 10000.0)
     pos = backend.empty(1, "u32")
     qkv = backend.empty(width)
     kc, vc = backend.empty((max_seq, nkv * hd)), backend.empty((max_seq, nkv * hd))
     out = backend.empty(nh * hd)
     t_inv = backend.upload(inv)
-    tensors = [pos, qkv, kc, vc, out, t_inv]
-    try:
+    with _freed(pos, qkv, kc, vc, out, t_inv):
         backend.write(kc, np.zeros((max_seq, nkv * hd), np.float32))
         backend.write(vc, np.zeros((max_seq, nkv * hd), np.float32))
         cmd = backend.command_list("decode")
-        rope = backend.pipeline("rope")
+        cmd.dispatch(backend.pipeline("rope"), {"x": qkv, "positions": pos, "inv_freq": t_inv}, **rope_params)
         cmd.dispatch(
-            rope,
-            {"x": qkv, "positions": pos, "inv_freq": t_inv},
-            rows=1,
-            heads=nh + nkv,
-            head_dim=hd,
-            stride=width,
-            offset=0,
-        )
-        cmd.dispatch(
-            backend.pipeline("kv_write"),
-            {"src": qkv, "positions": pos, "k_cache": kc, "v_cache": vc},
-            rows=1,
-            stride=width,
-            k_offset=nh * hd,
-            v_offset=(nh + nkv) * hd,
-            kv_dim=nkv * hd,
-            max_seq=max_seq,
+            backend.pipeline("kv_write"), {"src": qkv, "positions": pos, "k_cache": kc, "v_cache": vc}, **kv_params
         )
         cmd.dispatch(
             backend.pipeline("attention"),
             {"q": qkv, "k_cache": kc, "v_cache": vc, "positions": pos, "out": out},
-            rows=1,
-            n_heads=nh,
-            n_kv_heads=nkv,
-            head_dim=hd,
-            q_stride=width,
-            max_seq=max_seq,
-            scale=float(np.float32(hd**-0.5)),
+            **attention_params,
         )
         host = {
             "k_cache": np.zeros(max_seq * nkv * hd, np.float32),
@@ -260,44 +257,17 @@ def test_position_from_buffer_replay(backend) -> None:
             backend.write(pos, np.array([p], np.uint32))
             backend.submit(cmd)
             positions = np.array([p], np.uint32)
-            roped = _ref(
-                "rope",
-                {"x": row, "positions": positions, "inv_freq": inv},
-                rows=1,
-                heads=nh + nkv,
-                head_dim=hd,
-                stride=width,
-                offset=0,
-            )["x"]
-            host = _ref(
-                "kv_write",
-                {"src": roped, "positions": positions, **host},
-                {"cache_dtype": "f32"},
-                rows=1,
-                stride=width,
-                k_offset=nh * hd,
-                v_offset=(nh + nkv) * hd,
-                kv_dim=nkv * hd,
-                max_seq=max_seq,
-            )
+            roped = _ref("rope", {"x": row, "positions": positions, "inv_freq": inv}, **rope_params)["x"]
+            host = _ref("kv_write", {"src": roped, "positions": positions, **host}, f32_cache, **kv_params)
             host = {"k_cache": host["k_cache"], "v_cache": host["v_cache"]}
             want = _ref(
                 "attention",
                 {"q": roped, "positions": positions, "out": np.zeros(nh * hd, np.float32), **host},
-                {"cache_dtype": "f32"},
-                rows=1,
-                n_heads=nh,
-                n_kv_heads=nkv,
-                head_dim=hd,
-                q_stride=width,
-                max_seq=max_seq,
-                scale=float(np.float32(hd**-0.5)),
+                f32_cache,
+                **attention_params,
             )["out"]
             _close(backend.read(out), want, f"decode step at position {p}", 1e-3)
             _close(backend.read(kc).reshape(-1), host["k_cache"], f"k cache after position {p}", 1e-3)
-    finally:
-        for t in tensors:
-            t.buffer.free()
 
 
 def test_independent_lists_do_not_interfere(backend) -> None:
@@ -308,7 +278,7 @@ def test_independent_lists_do_not_interfere(backend) -> None:
     a_x, a_y = (rng.uniform(-1, 1, n).astype(np.float32) for _ in range(2))
     b_x, b_y = (rng.uniform(-1, 1, n).astype(np.float32) for _ in range(2))
     ta_x, ta_y, tb_x, tb_y = (backend.upload(v) for v in (a_x, a_y, b_x, b_y))
-    try:
+    with _freed(ta_x, ta_y, tb_x, tb_y):
         add = backend.pipeline("add")
         list_a, list_b = backend.command_list("a"), backend.command_list("b")
         list_a.dispatch(add, {"x": ta_x, "y": ta_y}, n=n)
@@ -323,9 +293,6 @@ def test_independent_lists_do_not_interfere(backend) -> None:
         _close(backend.read(tb_x), want_b, "list b", 1e-6)
         np.testing.assert_array_equal(backend.read(ta_y), a_y, err_msg="list a changed its read-only input")
         np.testing.assert_array_equal(backend.read(tb_y), b_y, err_msg="list b changed its read-only input")
-    finally:
-        for t in (ta_x, ta_y, tb_x, tb_y):
-            t.buffer.free()
 
 
 def test_copies_inside_lists(backend) -> None:
@@ -364,15 +331,12 @@ def test_many_submits_then_one_read(backend) -> None:
     n = 64
     x = backend.upload(np.zeros(n, np.float32))
     one = backend.upload(np.ones(n, np.float32))
-    try:
+    with _freed(x, one):
         cmd = backend.command_list()
         cmd.dispatch(backend.pipeline("add"), {"x": x, "y": one}, n=n)
         for _ in range(50):
             backend.submit(cmd)
         np.testing.assert_array_equal(backend.read(x), np.full(n, 50, np.float32))
-    finally:
-        x.buffer.free()
-        one.buffer.free()
 
 
 def test_read_after_reads_one_submit_while_later_ones_run(backend) -> None:
@@ -383,7 +347,7 @@ def test_read_after_reads_one_submit_while_later_ones_run(backend) -> None:
     x = backend.upload(np.zeros(n, np.float32))
     one = backend.upload(np.ones(n, np.float32))
     slots = [backend.empty(1, "f32", Usage.READBACK) for _ in range(2)]
-    try:
+    with _freed(x, one, *slots):
         steps = []
         for slot in slots:
             cmd = backend.command_list(f"step#{len(steps)}")
@@ -399,9 +363,6 @@ def test_read_after_reads_one_submit_while_later_ones_run(backend) -> None:
         got.append(float(backend.read_after(steps[0], slots[0])[0]))
         assert got == [20.0 * (i + 1) for i in range(9)]
         np.testing.assert_array_equal(backend.read(x), np.full(n, 180, np.float32))
-    finally:
-        for t in (x, one, *slots):
-            t.buffer.free()
 
 
 @pytest.mark.parametrize("count", [1, 200])
@@ -411,13 +372,10 @@ def test_long_lists(backend, count: int) -> None:
     n = 33
     x = backend.upload(np.zeros(n, np.float32))
     y = backend.upload(np.arange(n, dtype=np.float32))
-    try:
+    with _freed(x, y):
         cmd = backend.command_list()
         add = backend.pipeline("add")
         for _ in range(count):
             cmd.dispatch(add, {"x": x, "y": y}, n=n)
         backend.run(cmd)
         np.testing.assert_array_equal(backend.read(x), count * np.arange(n, dtype=np.float32))
-    finally:
-        x.buffer.free()
-        y.buffer.free()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from typing import TYPE_CHECKING, Any
 
 from .backend import Backend, Caps
@@ -14,7 +15,7 @@ from .resources import Buffer, Pipeline, Tensor, Usage
 if TYPE_CHECKING:
     from .models.model import Model
 
-__version__ = "0.1.0"
+__version__ = importlib.metadata.version("shaderbay")  # pyproject.toml's, as installed
 
 __all__ = [
     "CATALOGUE",

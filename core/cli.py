@@ -10,8 +10,6 @@ import sys
 from . import __version__
 from .errors import ShaderbayError
 
-DESCRIPTION = "Llama-family language models on pluggable GPU compute backends."
-
 SUBCOMMANDS = {
     "generate": ("shaderbay.models.cli_generate", "generate text (the default model unless --model)"),
     "chat": ("shaderbay.models.cli_chat", "chat with a model interactively"),

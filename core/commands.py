@@ -4,13 +4,33 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .errors import BindingError, ClosedError, LimitExceeded, OutOfRange
 from .resources import Buffer, Pipeline, Tensor, Usage
 
-if TYPE_CHECKING:
-    from .backend import Backend
+
+class RecordingLimits(Protocol):
+    """The device limits a command list checks as it records (fields of Caps)."""
+
+    @property
+    def offset_alignment(self) -> int: ...
+
+    @property
+    def copy_alignment(self) -> int: ...
+
+    @property
+    def max_binding_size(self) -> int: ...
+
+
+class ListOwner(Protocol):
+    """What a command list needs of its backend. Backend is one; backend.py imports this module, so
+    this module names what it uses instead of importing it back."""
+
+    @property
+    def caps(self) -> RecordingLimits: ...
+
+    def check_owned(self, buffer: Buffer) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -38,7 +58,7 @@ class CommandList:
     the first submit seals the list and lets the backend prepare its own form of it.
     """
 
-    def __init__(self, backend: Backend, label: str = ""):
+    def __init__(self, backend: ListOwner, label: str = ""):
         self.backend = backend
         self.label = label
         self.ops: list[Dispatch | Copy] = []

@@ -7,14 +7,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .dtypes import host_dtype, nbytes, value_shape
 from .errors import OutOfRange
 from .kernels import KernelSpec
-
-if TYPE_CHECKING:
-    from .backend import Backend
 
 
 class Usage(Enum):
@@ -25,10 +22,19 @@ class Usage(Enum):
     READBACK = "readback"  # read by the host every step; filled by copies, never bound to a kernel
 
 
+class BufferOwner(Protocol):
+    """What a buffer needs of the backend that allocated it. Backend is one; backend.py imports this
+    module, so this module names what it uses instead of importing it back."""
+
+    name: str
+
+    def free(self, buffer: Buffer) -> None: ...
+
+
 class Buffer:
     """A device allocation of `size` bytes. Backends subclass it to hold their handles."""
 
-    def __init__(self, backend: Backend, size: int, usage: Usage):
+    def __init__(self, backend: BufferOwner, size: int, usage: Usage):
         self.backend = backend
         self.size = size
         self.usage = usage

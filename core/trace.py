@@ -1,17 +1,16 @@
 """A tracer shared by every backend: CPU spans always, GPU durations where measured.
 
-Disabled by default, and then a span costs one attribute test. Exported as a Chrome
-trace (open it in Perfetto or chrome://tracing).
+Disabled by default, and then a span costs one attribute test. Its events are Chrome trace
+events: `shaderbay bench --trace` writes them, merged per backend (benches.probe.Tracks), for
+Perfetto or chrome://tracing.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from pathlib import Path
 from typing import Any
 
 _NO_SPAN = nullcontext()
@@ -60,11 +59,3 @@ class Tracer:
         for label, dur in timings:
             self.add(label, "gpu", int(t), int(dur), tid="gpu")
             t += dur
-
-    def chrome_trace(self) -> dict[str, Any]:
-        return {"traceEvents": self.events, "displayTimeUnit": "ms"}
-
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.chrome_trace()))
-        return path

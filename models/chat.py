@@ -14,19 +14,33 @@ Ctrl-C) stays in the history as far as it went.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from shaderbay.errors import ModelError
 
 from . import generation
 from .generation import Completion, TextEvent
+from .llama import Llama
+from .settings import GenerationSettings
 
-if TYPE_CHECKING:
-    from .model import Model
+
+class ChatModel(Protocol):
+    """What a conversation needs of its model. Model is one; it makes chats (`Model.new_chat`), so
+    this module names what it uses instead of importing model.py back."""
+
+    name: str
+    llama: Llama
+
+    @property
+    def has_chat_template(self) -> bool: ...
+
+    def settings(self, **options: Any) -> GenerationSettings: ...
+
+    def events(self, prompt: list[dict[str, str]], **options: Any) -> Iterator[TextEvent]: ...
 
 
 class Chat:
-    def __init__(self, model: Model, system: str | None = None, **options: Any):
+    def __init__(self, model: ChatModel, system: str | None = None, **options: Any):
         if not model.has_chat_template:
             raise ModelError(f"{model.name or 'this model'} has no chat template: use model.complete() for plain text")
         model.settings(**options)  # checked now, not at the first turn

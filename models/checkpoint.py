@@ -288,7 +288,3 @@ class MemoryCheckpoint(Checkpoint):
 
     def close(self) -> None:
         pass
-
-
-def open_checkpoint(path: str | Path) -> SafetensorsCheckpoint:
-    return SafetensorsCheckpoint(path)

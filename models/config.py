@@ -8,7 +8,7 @@ output projection to the embeddings or scale their rotary frequencies llama3-sty
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,10 @@ MAX_VOCAB = 1 << 24
 MAX_POSITIONS = (1 << 31) - 1  # positions and token ids are 32-bit on the device
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    architecture: str
+@dataclass(frozen=True, kw_only=True)
+class ModelShape:
+    """The sizes that decide a model's tensors, and so its cost (what a bench records of a model)."""
+
     dim: int
     n_layers: int
     n_heads: int
@@ -40,19 +41,7 @@ class ModelConfig:
     head_dim: int
     ffn_dim: int
     vocab_size: int
-    rms_eps: float = 1e-5
-    rope_theta: float = 10000.0
-    rope_scaling: dict[str, Any] | None = None
-    max_position_embeddings: int = 2048
     tie_word_embeddings: bool = False
-    qkv_bias: bool = False  # q/k/v projections have biases (Qwen2; Llama with attention_bias)
-    o_bias: bool = False  # the output projection has a bias (Llama with attention_bias)
-    mlp_bias: bool = False  # gate/up/down have biases (Llama with mlp_bias)
-    sliding_window: int | None = None
-    bos_token_id: int | None = None
-    eos_token_ids: tuple[int, ...] = ()
-    torch_dtype: str | None = None
-    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     # --- derived sizes ---------------------------------------------------------------------
     @property
@@ -72,6 +61,27 @@ class ModelConfig:
         per_layer = self.qkv_dim * self.dim + self.q_dim * self.dim + 3 * self.ffn_dim * self.dim + 2 * self.dim
         head = 0 if self.tie_word_embeddings else self.vocab_size * self.dim
         return self.vocab_size * self.dim + self.n_layers * per_layer + self.dim + head
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig(ModelShape):
+    architecture: str
+    rms_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    max_position_embeddings: int = 2048
+    qkv_bias: bool = False  # q/k/v projections have biases (Qwen2; Llama with attention_bias)
+    o_bias: bool = False  # the output projection has a bias (Llama with attention_bias)
+    mlp_bias: bool = False  # gate/up/down have biases (Llama with mlp_bias)
+    sliding_window: int | None = None
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    torch_dtype: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def shape(self) -> ModelShape:
+        return ModelShape(**{f.name: getattr(self, f.name) for f in fields(ModelShape)})
 
     # --- reading -----------------------------------------------------------------------------
     @classmethod

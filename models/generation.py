@@ -20,8 +20,6 @@ from .sampling import Sampling
 from .settings import GenerationSettings
 from .stop import StopMatcher
 
-FINISH_REASONS = ("stop", "length", "cancelled")
-
 
 @dataclass
 class TextEvent:

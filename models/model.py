@@ -15,7 +15,7 @@ import json
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from shaderbay.backend import Backend
@@ -23,6 +23,7 @@ from shaderbay.errors import InvalidOption, ModelError
 from shaderbay.plugins import create_backend
 
 from . import generation
+from .chat import Chat
 from .checkpoint import Checkpoint, SafetensorsCheckpoint
 from .config import ModelConfig
 from .generation import Completion, TextEvent
@@ -30,9 +31,6 @@ from .llama import Llama
 from .sampling import Stats
 from .settings import DEFAULT_MAX_TOKENS, GenerationSettings
 from .weights import check_cache_dtype, default_cache_dtype, load_weights
-
-if TYPE_CHECKING:
-    from .chat import Chat
 
 DEFAULT_MAX_CONTEXT = 4096
 # the earlier API (tokens, stream, generate, chat): greedy, and no filter unless told otherwise
@@ -163,8 +161,6 @@ class Model:
 
     def new_chat(self, system: str | None = None, **options: Any) -> Chat:
         """A conversation that keeps its history (and the KV cache of its earlier turns)."""
-        from .chat import Chat
-
         return Chat(self, system, **options)
 
     # --- the earlier API: greedy, no filters, unless told otherwise ---------------------------------------------

@@ -2,7 +2,8 @@
 
 The graph counts imports inside functions too: a cycle hidden in a function is still a cycle
 (it only moves the failure from import time to the first call). Imports under
-`if TYPE_CHECKING:` are left out (they never run).
+`if TYPE_CHECKING:` count as well: they never run, but two modules that name each other's types
+still cannot be read or changed apart (a module names what it needs of another in a Protocol).
 """
 
 from __future__ import annotations
@@ -33,35 +34,32 @@ def package_modules() -> dict[str, Path]:
 MODULES = package_modules()
 
 
-def _under_type_checking(node: ast.AST) -> bool:
-    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-
-
 def imported_modules(name: str, path: Path) -> set[str]:
-    """The package's modules that `name` imports, anywhere in its source but under TYPE_CHECKING."""
+    """The package's modules that `name` imports, anywhere in its source."""
     package = name if path.stem == "__init__" else name.rpartition(".")[0]
     found: set[str] = set()
-
-    def visit(node: ast.AST) -> None:
-        for child in ast.iter_child_nodes(node):
-            if _under_type_checking(child):
-                for stmt in child.orelse:
-                    visit(stmt)
-                continue
-            if isinstance(child, ast.Import):
-                found.update(alias.name for alias in child.names)
-            elif isinstance(child, ast.ImportFrom):
-                base = child.module or ""
-                if child.level:
-                    parts = package.split(".")
-                    anchor = ".".join(parts[: len(parts) - child.level + 1])
-                    base = f"{anchor}.{child.module}" if child.module else anchor
-                for alias in child.names:  # `from pkg import module` imports the module
-                    found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base)
-            visit(child)
-
-    visit(ast.parse(path.read_text(), str(path)))
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                anchor = ".".join(parts[: len(parts) - node.level + 1])
+                base = f"{anchor}.{node.module}" if node.module else anchor
+            for alias in node.names:  # `from pkg import module` imports the module
+                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base)
     return {m for m in found if m in MODULES and m != name}
+
+
+def test_imports_in_functions_and_under_type_checking_count(tmp_path):
+    source = tmp_path / "probe.py"
+    source.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from .backend import Backend\n"
+        "def f():\n    from . import errors\n"
+    )
+    assert imported_modules("shaderbay.probe", source) == {"shaderbay.backend", "shaderbay.errors"}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:

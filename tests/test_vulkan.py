@@ -19,7 +19,7 @@ from shaderbay.kernels import ARGMAX_SCRATCH_ROW
 from shaderbay.models.model import load
 from shaderbay.resources import Usage
 
-pytest.importorskip("vulkan")
+vk = pytest.importorskip("vulkan")
 
 from shaderbay.backends.vulkan import backend as vb  # noqa: E402
 from shaderbay.backends.vulkan import loader, memory  # noqa: E402
@@ -209,14 +209,20 @@ def test_memory_types_follow_usage(be):
 # --- validation layers ------------------------------------------------------------------------
 
 
-def test_validation_layers_report_nothing():
+def _validating() -> vb.VulkanBackend:
+    """A backend under the validation layer; without the layer the test is skipped (failed where CI
+    requires vulkan)."""
     be = _make(validate=True)
     if not be.validation:
         be.close()
         if _required():
             pytest.fail("validation layers missing: apt install vulkan-validationlayers")
         pytest.skip("VK_LAYER_KHRONOS_validation is not installed")
-    try:
+    return be
+
+
+def test_validation_layers_report_nothing():
+    with _validating() as be:
         cmd, table, ids, y, x, out = _chain(be)
         for row in (1, 2):
             be.write(ids, np.array([row], np.uint32))
@@ -228,44 +234,34 @@ def test_validation_layers_report_nothing():
         be.write(staged, np.ones(100, np.float32))
         be.read(staged)
         be.gpu_timings(cmd)
-    finally:
-        be.close()
     assert be.validation_messages == []
 
 
 def test_validation_layers_report_nothing_for_a_model():
     """Run-ahead decoding (two recordings in flight, token copies to READBACK buffers, advance) and
     the stage-precise barriers between dispatches and copies, greedy and sampled."""
-    be = _make(validate=True)
-    if not be.validation:
-        be.close()
-        if _required():
-            pytest.fail("validation layers missing: apt install vulkan-validationlayers")
-        pytest.skip("VK_LAYER_KHRONOS_validation is not installed")
-    try:
+    with _validating() as be:
         with load("synthetic:tiny:f32", backend=be, max_context=64) as model:
             assert len(list(model.tokens([1, 2, 3, 4], 8))) == 8
             assert len(list(model.tokens([1, 2, 3, 4], 8, temperature=0.8, seed=3))) == 8
-    finally:
-        be.close()
     assert be.validation_messages == []
 
 
 def test_validation_messages_are_collected():
     """The messenger works: an invalid call is reported (so an empty list above means something)."""
-    be = _make(validate=True)
-    try:
-        if not be.validation:
-            pytest.skip("VK_LAYER_KHRONOS_validation is not installed")
+    with _validating() as be:
         ffi, lib = loader.ffi, loader.lib
-        info = loader.new("VkBufferCreateInfo", sType=12, size=0, usage=0x20)  # size 0 is invalid
+        info = loader.new(
+            "VkBufferCreateInfo",
+            sType=vk.VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO,
+            size=0,  # invalid
+            usage=vk.VK_BUFFER_USAGE_STORAGE_BUFFER_BIT,
+        )
         out = ffi.new("VkBuffer*")
         lib.vkCreateBuffer(be.gpu.handle, info, ffi.NULL, out)
         if out[0] != ffi.NULL:
             lib.vkDestroyBuffer(be.gpu.handle, out[0], ffi.NULL)
         assert any("size" in m for m in be.validation_messages)
-    finally:
-        be.close()
 
 
 def _run_every_simple_kernel(be) -> None:

@@ -237,7 +237,6 @@ def supported(kernel_name: str, caps: Caps) -> bool:
 
 
 SPV_DIR = "spv"
-GLSL_DIR = "glsl"
 
 
 @cache

@@ -140,10 +140,6 @@ class VulkanBackend(Backend):
     def pipelines_created(self) -> int:
         return self._pipes.created
 
-    def save_pipeline_cache(self) -> Path | None:
-        """Write the pipeline cache to disk (done on close when new pipelines were created)."""
-        return self._pipes.save_cache()
-
     def stats(self) -> dict[str, Any]:
         """Memory blocks and pipelines, for benches and tests."""
         return {

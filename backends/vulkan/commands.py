@@ -24,14 +24,7 @@ from shaderbay.trace import Tracer
 
 from ..shaders import variants as V
 from .device import Device
-from .loader import (
-    check,
-    ffi,
-    lib,
-    memory_barrier,
-    new,
-    vk,
-)
+from .loader import check, ffi, lib, memory_barrier, new, vk
 from .pipelines import Pipelines
 
 Range = tuple[int, int, int]  # (id of the buffer, first byte, end byte)

@@ -21,14 +21,7 @@ from shaderbay.errors import OutOfMemory
 from shaderbay.resources import Buffer, Usage
 
 from .device import Device
-from .loader import (
-    check,
-    ffi,
-    lib,
-    memory_barrier,
-    new,
-    vk,
-)
+from .loader import check, ffi, lib, memory_barrier, new, vk
 
 DEVICE_BLOCK = 64 << 20  # sub-allocation block for device memory
 HOST_BLOCK = 4 << 20  # ... and for upload / read-back memory

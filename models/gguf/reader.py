@@ -73,10 +73,6 @@ class GGUFTensor:
         return tuple(reversed(self.ne))
 
     @property
-    def n_elements(self) -> int:
-        return math.prod(self.ne)
-
-    @property
     def ggml_type(self) -> GGMLQuantizationType:
         """The tensor's block format; GGUFTensorTypeError if the gguf package does not know it."""
         try:
@@ -265,9 +261,6 @@ class GGUFFile:
     def get(self, key: str, default: Any = None) -> Any:
         """The raw value of ``key`` (unchecked: for values only displayed or recorded)."""
         return self.metadata.get(key, default)
-
-    def require(self, key: str) -> Any:
-        return self.metadata[key] if key in self.metadata else self._absent(key, _REQUIRED)
 
     def _absent(self, key: str, default: Any) -> Any:
         if default is _REQUIRED:
