@@ -1,9 +1,10 @@
 """VK_KHR_cooperative_matrix: whether a device has it, the feature to enable, the shapes it multiplies.
 
 The shapes go to `Caps.cooperative_matrix`, from which the variant table picks the
-tensor-core kernels (shaders/variants_heavy.py). They are opt-in, `SHADERBAY_COOPMAT=1`, until the
-H200's per-kernel suite is seen passing with the latest kernel (the whole model is within budget:
-benches/RESULTS.md). Without the flag or the extension the list is empty and the extension is not enabled.
+tensor-core kernels (shaders/variants_heavy.py). They are on wherever the device lists the shape
+(the H200's per-kernel suite and the whole model's logits pass with them: benches/RESULTS.md);
+`SHADERBAY_COOPMAT=0` turns them off. Off or without the extension, the list is empty and the
+extension is not enabled.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class CoopMatrix:
         self.extensions: list[str] = []
         self.shapes: tuple[CoopMatrixShape, ...] = ()
         self._features: Any = None
-        if not env_flag(ENV_COOPMAT) or EXTENSION not in device_extensions(pd):
+        if not env_flag(ENV_COOPMAT, default=True) or EXTENSION not in device_extensions(pd):
             return
         features = new(
             "VkPhysicalDeviceCooperativeMatrixFeaturesKHR",
