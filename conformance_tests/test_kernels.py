@@ -111,6 +111,35 @@ def test_kernel(backend, kernel: str, constants: dict) -> None:
     conforms()
 
 
+REGIME_EXAMPLES = 0.5  # examples per regime and constant combination, as a share of max_examples
+
+REGIMES = [
+    (name, regime.name, {**{c.name: c.default for c in spec.constants}, **combo})
+    for name, spec in CATALOGUE.items()
+    for regime in kernel_cases(name).regimes
+    for combo in regime.constants
+]
+
+
+@pytest.mark.parametrize(
+    ("kernel", "regime", "constants"),
+    REGIMES,
+    ids=[f"{k}-{r}-{_combo_id(c)}" for k, r, c in REGIMES],
+)
+def test_regime(backend, kernel: str, regime: str, constants: dict) -> None:
+    """Each value regime of a kernel's record (cases/: signs, magnitudes, subnormals, ties real models
+    produce), on its own, so that every regime runs on every backend, with the kernel's budgets."""
+    _pipeline_or_skip(backend, kernel, constants)
+    base = settings.default
+
+    @settings(base, max_examples=max(3, round(base.max_examples * REGIME_EXAMPLES)))
+    @given(case=kernel_cases(kernel).regime_strategy(regime, constants))
+    def conforms(case) -> None:
+        check_case(backend, case)
+
+    conforms()
+
+
 def _large_budget() -> float:
     if os.environ.get(LARGE_BUDGET_ENV):
         return float(os.environ[LARGE_BUDGET_ENV])

@@ -73,6 +73,32 @@ def argmax_last_on_ties(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None
         b["out"][r] = n - 1 - int(np.argmax(row[::-1]))
 
 
+def argmax_from_zero(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
+    # the running maximum starts at (0.0, index 0) instead of -inf: a row with nothing above 0 gives 0
+    rows, n = p["rows"], p["n"]
+    ref.argmax(b, p, c)
+    x = b["x"][: rows * n].reshape(rows, n)
+    for r in range(rows):
+        if not (x[r] > 0).any():
+            b["out"][r] = 0
+
+
+def argmax_flushing_subnormals(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
+    # compares as a device flushing subnormals to zero does: they all tie with 0
+    x = b["x"]
+    ref.argmax({**b, "x": np.where(np.abs(x) < np.finfo(np.float32).tiny, np.float32(0), x)}, p, c)
+
+
+def sample_penalty_dividing_negatives(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
+    # l / penalty whatever the sign: a penalised negative logit rises toward 0 instead of falling
+    n, used = p["n"], min(int(b["state"][2]), p["hist_cap"])
+    logits = b["logits"][:n].copy()
+    history = b["history"][:used]
+    seen = np.unique(history[history < n]).astype(np.int64)
+    logits[seen] = (logits[seen] / np.float32(p["penalty"])).astype(np.float32)
+    ref.sample({**b, "logits": logits}, {**p, "penalty": 1.0}, c)
+
+
 def kv_write_at_next_position(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
     b = dict(b)
     b["positions"] = b["positions"] + np.uint32(1)
@@ -233,6 +259,27 @@ BUGS: list[Bug] = [
         "argmax returns the last of equal maxima",
         _planted("broken-tie-break", {"argmax": argmax_last_on_ties}),
         "test_kernel and argmax and not large",
+        "test_kernels",
+    ),
+    Bug(
+        "broken-zero-start",
+        "argmax starts its maximum at 0.0 instead of -inf",
+        _planted("broken-zero-start", {"argmax": argmax_from_zero}),
+        "test_regime and argmax",
+        "test_kernels",
+    ),
+    Bug(
+        "broken-subnormal-flush",
+        "argmax compares subnormals as zero",
+        _planted("broken-subnormal-flush", {"argmax": argmax_flushing_subnormals}),
+        "test_regime and argmax",
+        "test_kernels",
+    ),
+    Bug(
+        "broken-penalty-sign",
+        "sample divides negative logits by the penalty too",
+        _planted("broken-penalty-sign", {"sample": sample_penalty_dividing_negatives}),
+        "test_regime and sample",
         "test_kernels",
     ),
     Bug(

@@ -47,7 +47,8 @@ def rmsnorm(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
 
 
 def _silu(g: np.ndarray) -> np.ndarray:
-    return g / (1.0 + np.exp(-g))
+    with np.errstate(over="ignore"):  # exp(-g) is inf for g < -709: g / inf = -0, silu's limit
+        return g / (1.0 + np.exp(-g))
 
 
 def _weights_f64(w: np.ndarray, wdtype: str) -> np.ndarray:

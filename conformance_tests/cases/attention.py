@@ -11,6 +11,7 @@ from shaderbay.kernels import DECODE_ATTENTION_SLICES
 from shaderbay.rope import inverse_frequencies
 
 from ..harness import Case
+from .attention_regimes import KV_WRITE_REGIMES, ROPE_REGIMES, SCORE_REGIMES
 from .record import KernelCases, dim, even_dim
 from .values import U32_MAX, Values
 
@@ -211,6 +212,7 @@ CASES = (
         # the angle is float32, and cos/sin of angles up to thousands of radians lose about
         # |angle| * 2^-24 absolute: 1e-3 is well above that and far below a sign error
         tolerance={"f32": 1e-3},
+        regimes=ROPE_REGIMES,
     ),
     KernelCases(
         "kv_write",
@@ -227,6 +229,7 @@ CASES = (
         tolerance={"f32": 0.0, "f16": 2e-3},
         cost=lambda s: s["kv_dim"] * s["max_seq"] + s["rows"] * s["kv_dim"],
         examples=0.75,
+        regimes=KV_WRITE_REGIMES,
     ),
     KernelCases(
         "attention",
@@ -250,6 +253,7 @@ CASES = (
         tolerance=ATTENTION_TOLERANCE,
         cost=_attention_cost,
         examples=0.75,
+        regimes=SCORE_REGIMES,
     ),
     KernelCases(
         "decode_attention",
@@ -271,5 +275,6 @@ CASES = (
         # budgets, and the cache row it writes is compared with them too
         tolerance=ATTENTION_TOLERANCE,
         cost=_attention_cost,
+        regimes=SCORE_REGIMES,
     ),
 )

@@ -8,8 +8,8 @@ from shaderbay.dtypes import BLOCK_DTYPES
 
 from ..harness import Case
 from .blocks import row_length, weights
-from .record import KernelCases, dim
-from .values import U32_MAX, Values
+from .record import KernelCases, Regime, dim
+from .values import U32_MAX, Values, subnormals
 
 EPSILONS = (0.0, 1e-6, 1e-5, 1e-3, 0.1, 1.0, 4.0)
 
@@ -59,6 +59,37 @@ def _add(v: Values, c: dict, s: dict) -> Case:
     return Case("add", c, {"n": n}, {"x": v.floats(n, -100.0, 100.0), "y": v.floats(n, -100.0, 100.0)})
 
 
+def _f16_subnormal_table(v: Values, case: Case) -> Case:
+    # f16 weights below 2^-14 are subnormal (common in real checkpoints); in float32 they are
+    # normal numbers, so widening them must be exact, not a flush to zero. (float32 and bf16
+    # subnormals stay subnormal in float32, which a device may flush: not promised)
+    case.arrays["table"] = subnormals(v, case.arrays["table"].size, "f16")
+    return case
+
+
+def _scaled_rows(scales: tuple[float, ...]):
+    def rewrite(v: Values, case: Case) -> Case:
+        # every row at one magnitude, far from 1 (the relative error is over the whole output:
+        # rows of one size keep every row visible); eps = 0 keeps the normalisation scale-free
+        rows, n = case.params["rows"], case.params["n"]
+        scale = np.float32(v.pick(scales))
+        x = v.floats(rows * n, -1.0, 1.0)
+        if v.bool():  # a massive activation: one element far above the rest of its row
+            x.reshape(rows, n)[:, v.int(0, n - 1)] = np.float32(v.pick((-1e3, 1e3)))
+        case.arrays["x"] = _rows_with_energy((x * scale).astype(np.float32), rows, n, scale)
+        case.params["eps"] = 0.0 if v.bool() else case.params["eps"]
+        return case
+
+    return rewrite
+
+
+def _large_gates(v: Values, case: Case) -> Case:
+    # gates of either sign far past exp's float32 range (|g| > 88): silu(g) -> g or -0, never NaN
+    x = case.arrays["gate_up"]
+    case.arrays["gate_up"] = (x * np.float32(v.pick((10.0, 1e3, 1e5)))).astype(np.float32)
+    return case
+
+
 CASES = (
     KernelCases(
         "embed",
@@ -74,6 +105,14 @@ CASES = (
         tolerance={"f32": 1e-6, "f16": 1e-6, "bf16": 1e-6, **dict.fromkeys(BLOCK_DTYPES, 1e-6)},
         cost=lambda s: s["vocab"] * s["dim"] + s["rows"] * s["dim"],
         examples=0.5,
+        regimes=(
+            Regime(
+                "f16_subnormal",
+                "an f16 table widens exactly to float32, subnormals included",
+                _f16_subnormal_table,
+                ({"wdtype": "f16"},),
+            ),
+        ),
     ),
     KernelCases(
         "rmsnorm",
@@ -83,6 +122,14 @@ CASES = (
         # float32 sums of n terms plus an approximate inversesqrt (a few ulp): a wide margin that
         # still sees any missing epsilon or term
         tolerance={"f32": 1e-4},
+        # rows far from unit size: the float32 sum of squares must neither overflow nor
+        # underflow. Promised while it stays a normal float32: rms * sqrt(n) below ~1e19 and,
+        # with eps = 0, rms above ~1e-19; a model's rows are nowhere near either end (measured on
+        # lavapipe: rms 1e18 gives zeros, 1e-21 with eps = 0 an error of 8e-4)
+        regimes=(
+            Regime("tiny_rows", "rows of rms 1e-18 .. 1e-6 normalise as any row", _scaled_rows((1e-18, 1e-12, 1e-6))),
+            Regime("huge_rows", "rows of rms 1e4 .. 1e15 normalise as any row", _scaled_rows((1e4, 1e8, 1e15))),
+        ),
     ),
     KernelCases(
         "silu_mul",
@@ -90,6 +137,7 @@ CASES = (
         ladder=({"rows": 1, "n": 1536}, {"rows": 64, "n": 8192}, {"rows": 256, "n": 14336}),
         build=_silu_mul,
         tolerance={"f32": 1e-4},  # an approximate exp (a few ulp), as rmsnorm's inversesqrt
+        regimes=(Regime("large_gates", "silu(g) = g / (1 + exp(-g)) for |g| up to 1e6: no NaN", _large_gates),),
     ),
     KernelCases(
         "add",

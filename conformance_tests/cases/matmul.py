@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 from hypothesis import strategies as st
 from shaderbay.dtypes import BLOCK_DTYPES
 
 from ..harness import Case
 from .blocks import row_length, weights
 from .elementwise import EPSILONS
-from .record import KernelCases, dim
-from .values import Values
+from .record import KernelCases, Regime, dim
+from .values import Values, subnormals
 
 
 def _matmul(v: Values, c: dict, s: dict) -> Case:
@@ -34,6 +35,41 @@ def _matmul(v: Values, c: dict, s: dict) -> Case:
     else:
         sizes["out"] = outputs  # overwritten entirely: starts as poison
     return Case("matmul", c, {"rows": rows, "n": n, "k": k, "eps": eps}, arrays, sizes=sizes)
+
+
+# the forms a regime runs with: plain, f16 weights, each prologue and epilogue, bias and accumulate
+FORMS = (
+    {},
+    {"wdtype": "f16"},
+    {"prologue": "rmsnorm"},
+    {"prologue": "silu_mul", "epilogue": "silu_mul"},
+    {"bias": True, "accumulate": True},
+)
+
+
+def _scaled_activations(factors: tuple[float, ...], silu_factors: tuple[float, ...]):
+    def rewrite(v: Values, case: Case) -> Case:
+        # x times a factor far from 1; bias and the accumulated out scaled as the product is
+        # (rmsnorm's prologue undoes the factor; silu_mul's squares it), so none of them hides it
+        c = case.constants
+        silu = "silu_mul" in (c["prologue"], c["epilogue"])
+        f = v.pick(silu_factors if silu else factors)
+        case.arrays["x"] = (case.arrays["x"] * np.float32(f)).astype(np.float32)
+        y_scale = {"none": f, "rmsnorm": 1.0, "silu_mul": f * f}[c["prologue"]]
+        out_scale = y_scale * y_scale if c["epilogue"] == "silu_mul" else y_scale
+        if c["bias"]:
+            case.arrays["bias"] = (case.arrays["bias"] * np.float32(y_scale)).astype(np.float32)
+        if c["accumulate"]:
+            case.arrays["out"] = (case.arrays["out"] * np.float32(out_scale)).astype(np.float32)
+        return case
+
+    return rewrite
+
+
+def _f16_subnormal_weights(v: Values, case: Case) -> Case:
+    # every weight an f16 subnormal (|w| < 2^-14, common in real checkpoints): each counts
+    case.arrays["w"] = subnormals(v, case.arrays["w"].size, "f16")
+    return case
 
 
 CASES = (
@@ -66,5 +102,27 @@ CASES = (
         tolerance={"f32": 1e-4, "f16": 1e-3, "bf16": 4e-3, **dict.fromkeys(BLOCK_DTYPES, 1e-4)},
         cost=lambda s: s["rows"] * s["n"] * s["k"] + s["n"] * s["k"],
         examples=0.25,  # 192 constant combinations
+        # activations far from unit size, as float32 holds them: up to 1e6 (past f16's 65504: a
+        # form that rounds x to f16 is caught) and down to 1e-12 (silu_mul squares: 1e-6)
+        regimes=(
+            Regime(
+                "large_activations",
+                "x of magnitude 1e2 .. 1e6 (massive activations): float32 products",
+                _scaled_activations((1e2, 1e4, 1e6), (1e2, 1e4, 1e6)),
+                FORMS,
+            ),
+            Regime(
+                "small_activations",
+                "x of magnitude 1e-12 .. 1e-3: float32 products",
+                _scaled_activations((1e-3, 1e-6, 1e-12), (1e-3, 1e-6)),
+                FORMS,
+            ),
+            Regime(
+                "f16_subnormal",
+                "f16 weights widen exactly, subnormals included",
+                _f16_subnormal_weights,
+                ({"wdtype": "f16"},),
+            ),
+        ),
     ),
 )

@@ -35,6 +35,20 @@ def elements(shape: Shape) -> float:
 
 
 @dataclass(frozen=True)
+class Regime:
+    """A range of values real models produce (a sign, a magnitude, subnormals, ties) that the
+    ordinary cases rarely or never reach: the kernel's ordinary case, its values then rewritten by
+    `rewrite(values, case)`. Regimes rewrite values only (never the bindings' layout), so they
+    keep applying when a kernel's bindings change. `promise` says what of the catalogue's doc the
+    regime holds the kernel to; `constants` are the combinations it runs with (over the defaults)."""
+
+    name: str
+    promise: str
+    rewrite: Callable[[Values, Case], Case]
+    constants: tuple[dict[str, Any], ...] = ({},)
+
+
+@dataclass(frozen=True)
 class KernelCases:
     """Everything the conformance suite needs to test one catalogue kernel.
 
@@ -51,6 +65,7 @@ class KernelCases:
     tolerance: Mapping[str, float]
     cost: Callable[[Shape], float] = elements  # work of a shape, roughly: predicts a ladder step's time
     examples: float = 1.0  # examples per constant combination, as a share of the profile's max_examples
+    regimes: tuple[Regime, ...] = ()  # value regimes, each tested on its own (test_kernels.test_regime)
 
     def case(self, values: Values, constants: dict[str, Any], shape: Shape) -> Case:
         return self.build(values, dict(constants), dict(shape))
@@ -61,5 +76,21 @@ class KernelCases:
         @st.composite
         def cases(draw: Callable) -> Case:
             return self.case(HypothesisValues(draw), constants, draw(self.shapes))
+
+        return cases()
+
+    def regime(self, name: str) -> Regime:
+        return next(r for r in self.regimes if r.name == name)
+
+    def regime_strategy(self, name: str, constants: dict[str, Any]) -> st.SearchStrategy[Case]:
+        """Generated cases of one value regime: an ordinary case, its values rewritten."""
+        regime = self.regime(name)
+
+        @st.composite
+        def cases(draw: Callable) -> Case:
+            values = HypothesisValues(draw)
+            case = regime.rewrite(values, self.case(values, constants, draw(self.shapes)))
+            case.note = f"{case.note}; regime {name}" if case.note else f"regime {name}"
+            return case
 
         return cases()

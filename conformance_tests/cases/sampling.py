@@ -8,6 +8,7 @@ from shaderbay.kernels import ARGMAX_SCRATCH_ROW, uniform
 
 from ..harness import Case
 from .record import KernelCases, dim
+from .sampling_regimes import ARGMAX_REGIMES, SAMPLE_REGIMES
 from .values import U32_MAX, Values
 
 TINY_PROBABILITY = 1e-9
@@ -106,6 +107,7 @@ CASES = (
         ladder=({"rows": 1, "n": 49152}, {"rows": 4, "n": 128256}, {"rows": 16, "n": 256000}),
         build=_argmax,
         tolerance={"f32": 0.0},  # an index: exact
+        regimes=ARGMAX_REGIMES,
     ),
     KernelCases(
         "sample",
@@ -117,6 +119,7 @@ CASES = (
         tolerance={"f32": 0.0},
         cost=lambda s: s["n"],
         examples=3.0,  # cheap cases with discrete outcomes: more of them
+        regimes=SAMPLE_REGIMES,
     ),
     KernelCases(
         "advance",

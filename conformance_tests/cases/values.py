@@ -41,6 +41,14 @@ class Values:
         return bool(self.pick((False, True)))
 
 
+def subnormals(v: Values, n: int, dtype: str) -> np.ndarray:
+    """n subnormal numbers of dtype (f32 or f16, host form) of either sign, signed zeros among them
+    (Hypothesis' floats are drawn without subnormals: these come from bit patterns)."""
+    mantissa, sign, bits = {"f32": (23, 31, np.uint32), "f16": (10, 15, np.uint16)}[dtype]
+    pattern = v.uints(n, 0, (1 << mantissa) - 1) | (v.uints(n, 0, 1) << np.uint32(sign))
+    return pattern.astype(bits).view(host_dtype(dtype))
+
+
 def _to_storage(x: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "bf16":
         return f32_to_bf16(np.asarray(x, np.float32))
