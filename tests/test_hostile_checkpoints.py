@@ -9,7 +9,6 @@ import json
 import math
 import os
 import shutil
-import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import shaderbay
+from fifo import outcome_without_blocking
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from shaderbay.errors import CheckpointError, ShaderbayError, UnsupportedArchitecture
@@ -205,26 +205,8 @@ def test_hostile_index_values_are_refused(tmp_path, numpy_backend, weight_map):
 
 
 def _fails_fast(path: Path, backend, fifo: Path) -> None:
-    """Load in a thread; a loader blocked opening the FIFO is let go (by opening its other end)."""
-    outcome: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            shaderbay.load(path, backend=backend)
-            outcome.append(None)
-        except BaseException as exc:  # noqa: BLE001 - inspected below
-            outcome.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(10)
-    hung = thread.is_alive()
-    if hung:
-        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        os.close(fd)
-        thread.join()
-    assert not hung, "the loader blocked on a FIFO"
-    assert isinstance(outcome[0], CheckpointError) and "regular file" in str(outcome[0])
+    error = outcome_without_blocking(lambda: shaderbay.load(path, backend=backend), fifo)
+    assert isinstance(error, CheckpointError) and "regular file" in str(error)
 
 
 @pytest.mark.parametrize("name", ["model.safetensors", "model-00001-of-00001.safetensors", "config.json"])
