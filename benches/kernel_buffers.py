@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 from shaderbay.backends.numpy.quants import quantize
 from shaderbay.dtypes import BLOCK_DTYPES, bytes_per_value, f32_to_bf16, host_dtype, nbytes
+from shaderbay.models.sampling import Sampling
 from shaderbay.rope import inverse_frequencies
 
 from .kernel_cases import KernelCase
@@ -35,6 +36,10 @@ def _fill(binding: str, dtype: str, numel: int, case: KernelCase, rng: np.random
         return np.array([1234, 0, 0, 0], np.uint32)[:numel]
     if binding == "history":
         return np.zeros(numel, np.uint32)
+    if binding == "block_tables":  # the identity
+        return np.arange(numel, dtype=np.uint32)
+    if binding == "settings":  # llama.cpp's defaults, repetition penalty 1.1
+        return np.resize(Sampling(0.8, 40, 0.95, 1.1, 0.05).settings_row(), numel)
     if binding == "inv_freq":
         return np.resize(inverse_frequencies(p["head_dim"], 10000.0), numel).astype(np.float32)
     if binding in ("weight", "norm_weight"):

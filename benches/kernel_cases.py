@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from shaderbay.models.llama import BLOCK_SIZE
 
 from .shapes import Shape
 
@@ -40,11 +41,13 @@ def model_cases(
             positions, max_seq, live = list(range(rows)), max(max_context, rows), rows
         w = {"wdtype": wdtype}
         c = {"cache_dtype": cache_dtype}
+        blocks = -(-max_seq // BLOCK_SIZE)
+        paged = {"block_size": BLOCK_SIZE, "blocks_per_seq": blocks, "n_blocks": blocks, "n_seqs": 1}
         heads = {  # the attention kernels' common parameters
             "n_heads": s.n_heads,
             "n_kv_heads": s.n_kv_heads,
             "head_dim": s.head_dim,
-            "max_seq": max_seq,
+            **paged,
             "scale": 1.0 / float(np.sqrt(s.head_dim)),
         }
         cases += [
@@ -80,7 +83,7 @@ def model_cases(
                     "k_offset": s.q_dim,
                     "v_offset": s.q_dim + s.kv_dim,
                     "kv_dim": s.kv_dim,
-                    "max_seq": max_seq,
+                    **paged,
                 },
                 c,
                 positions=positions,
@@ -124,7 +127,7 @@ def model_cases(
                     "decode_attention",
                     phase,
                     "decode_attention",
-                    {"stride": s.qkv_dim, **heads},
+                    {"rows": 1, "stride": s.qkv_dim, **heads},
                     c,
                     context=live,
                     positions=positions,
@@ -141,15 +144,7 @@ def model_cases(
                     "sample",
                     phase,
                     "sample",
-                    {
-                        "n": s.vocab_size,
-                        "hist_cap": max_context,
-                        "temperature": 0.8,
-                        "top_k": 40,
-                        "top_p": 0.95,
-                        "penalty": 1.1,
-                        "min_p": 0.05,
-                    },
+                    {"rows": 1, "n": s.vocab_size, "n_seqs": 1, "hist_cap": max_context},
                 ),
             ]
     return cases

@@ -214,42 +214,44 @@ def test_position_from_buffer_replay(backend) -> None:
     require_kernels(backend, "rope", "kv_write", "attention")
     rng = np.random.default_rng(9)
     nh, nkv, hd, max_seq = 4, 2, 8, 12
+    table = np.array([2, 0, 3], np.uint32)  # slot 0's blocks of 4 positions, in a pool of 4
+    paged = {"block_size": 4, "blocks_per_seq": 3, "n_blocks": 4, "n_seqs": 1}
+    pool = 16
     width = (nh + 2 * nkv) * hd  # a fused q|k|v row
     # the same parameters for the device and the reference
     rope_params = dict(rows=1, heads=nh + nkv, head_dim=hd, stride=width, offset=0)
-    kv_params = dict(rows=1, stride=width, k_offset=nh * hd, v_offset=(nh + nkv) * hd, kv_dim=nkv * hd, max_seq=max_seq)
+    kv_params = dict(rows=1, stride=width, k_offset=nh * hd, v_offset=(nh + nkv) * hd, kv_dim=nkv * hd, **paged)
     attention_params = dict(
-        rows=1,
-        n_heads=nh,
-        n_kv_heads=nkv,
-        head_dim=hd,
-        q_stride=width,
-        max_seq=max_seq,
-        scale=float(np.float32(hd**-0.5)),
+        rows=1, n_heads=nh, n_kv_heads=nkv, head_dim=hd, q_stride=width, **paged, scale=float(np.float32(hd**-0.5))
     )
     f32_cache = {"cache_dtype": "f32"}
     inv = inverse_frequencies(hd, 10000.0)
     pos = backend.empty(1, "u32")
     qkv = backend.empty(width)
-    kc, vc = backend.empty((max_seq, nkv * hd)), backend.empty((max_seq, nkv * hd))
+    kc, vc = backend.empty((pool, nkv * hd)), backend.empty((pool, nkv * hd))
     out = backend.empty(nh * hd)
     t_inv = backend.upload(inv)
-    with _freed(pos, qkv, kc, vc, out, t_inv):
-        backend.write(kc, np.zeros((max_seq, nkv * hd), np.float32))
-        backend.write(vc, np.zeros((max_seq, nkv * hd), np.float32))
+    seqs, t_table = backend.upload(np.zeros(1, np.uint32)), backend.upload(table)
+    indirection = {"seqs": seqs, "block_tables": t_table}
+    host_indirection = {"seqs": np.zeros(1, np.uint32), "block_tables": table}
+    with _freed(pos, qkv, kc, vc, out, t_inv, seqs, t_table):
+        backend.write(kc, np.zeros((pool, nkv * hd), np.float32))
+        backend.write(vc, np.zeros((pool, nkv * hd), np.float32))
         cmd = backend.command_list("decode")
         cmd.dispatch(backend.pipeline("rope"), {"x": qkv, "positions": pos, "inv_freq": t_inv}, **rope_params)
         cmd.dispatch(
-            backend.pipeline("kv_write"), {"src": qkv, "positions": pos, "k_cache": kc, "v_cache": vc}, **kv_params
+            backend.pipeline("kv_write"),
+            {"src": qkv, "positions": pos, **indirection, "k_cache": kc, "v_cache": vc},
+            **kv_params,
         )
         cmd.dispatch(
             backend.pipeline("attention"),
-            {"q": qkv, "k_cache": kc, "v_cache": vc, "positions": pos, "out": out},
+            {"q": qkv, "k_cache": kc, "v_cache": vc, "positions": pos, **indirection, "out": out},
             **attention_params,
         )
         host = {
-            "k_cache": np.zeros(max_seq * nkv * hd, np.float32),
-            "v_cache": np.zeros(max_seq * nkv * hd, np.float32),
+            "k_cache": np.zeros(pool * nkv * hd, np.float32),
+            "v_cache": np.zeros(pool * nkv * hd, np.float32),
         }
         for p in range(max_seq):
             row = rng.uniform(-1, 1, width).astype(np.float32)
@@ -258,11 +260,13 @@ def test_position_from_buffer_replay(backend) -> None:
             backend.submit(cmd)
             positions = np.array([p], np.uint32)
             roped = _ref("rope", {"x": row, "positions": positions, "inv_freq": inv}, **rope_params)["x"]
-            host = _ref("kv_write", {"src": roped, "positions": positions, **host}, f32_cache, **kv_params)
+            host = _ref(
+                "kv_write", {"src": roped, "positions": positions, **host_indirection, **host}, f32_cache, **kv_params
+            )
             host = {"k_cache": host["k_cache"], "v_cache": host["v_cache"]}
             want = _ref(
                 "attention",
-                {"q": roped, "positions": positions, "out": np.zeros(nh * hd, np.float32), **host},
+                {"q": roped, "positions": positions, "out": np.zeros(nh * hd, np.float32), **host_indirection, **host},
                 f32_cache,
                 **attention_params,
             )["out"]

@@ -15,13 +15,16 @@ there, rope on q and k (adjacent in each qkv row), kv_write (k, v -> the cache) 
 attention (reads q from qkv, the cache).
 
 A decode step (embed, the layers, the final norm + lm_head, argmax or sample, `advance`, a
-4-byte copy of the token to a read-back buffer) is recorded once per sampling setting and
-submitted again for every token. Its state lives on the device: the token id (written by
-argmax/sample, read by the next step's embed), the position and the sampler's counters
-(moved on by `advance`) and the token history (for the repetition penalty). So the host
+4-byte copy of the token to a read-back buffer) is recorded once for greedy decoding and once
+for sampling and submitted again for every token. Its state lives on the device: the token id
+(written by argmax/sample, read by the next step's embed), the position, the sampling settings,
+the sampler's counters (moved on by `advance`) and the token history (for the repetition penalty). So the host
 writes nothing per token and runs one step ahead of the device: two recordings of the step
 (each copying its token to its own read-back buffer) alternate, and while the device runs
 step n+1 the host reads step n's token. Prefill is recorded per chunk length.
+
+The KV cache is paged as the kernels define it (shaderbay.kernels); this model runs one sequence,
+slot 0, whose block table is the identity over max_context positions.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from shaderbay.backends.numpy.quants import values
 from shaderbay.commands import CommandList, Dispatch
 from shaderbay.dtypes import itemsize
 from shaderbay.errors import ContextLengthExceeded, ModelError
-from shaderbay.kernels import ARGMAX_SCRATCH_ROW, DECODE_ATTENTION_SLICES
+from shaderbay.kernels import ARGMAX_SCRATCH_ROW, SAMPLE_SETTINGS, decode_scratch_row
 from shaderbay.resources import Tensor, Usage
 
 from .busy import one_at_a_time
@@ -49,6 +52,7 @@ from .sampling import GREEDY, Sampling, Stats
 from .weights import Weights
 
 RUN_AHEAD = 2  # decode steps in flight: the host reads one step's token while the next runs
+BLOCK_SIZE = 16  # positions per block of the paged KV cache (vLLM's default)
 
 # --- the forward pass -------------------------------------------------------------------------
 
@@ -67,6 +71,9 @@ class _Scratch:
     argmax_scratch: Tensor
     attention_scratch: Tensor
     position: Tensor
+    seqs: Tensor  # the slot of each row: all 0
+    block_table: Tensor  # slot 0's: the identity
+    settings: Tensor
     state: Tensor
     history: Tensor
     readback: list[Tensor]  # one per recording of the decode step (RUN_AHEAD of them)
@@ -90,9 +97,10 @@ class Llama:
             self.free_weights(backend, weights)
             raise ModelError(f"cache_dtype must be 'f32' or 'f16', got {cache_dtype!r}")
         row_bytes = config.kv_dim * itemsize(cache_dtype)
-        if max_context * row_bytes > backend.caps.max_binding_size:
+        n_blocks = -(-int(max_context) // BLOCK_SIZE)
+        if n_blocks * BLOCK_SIZE * row_bytes > backend.caps.max_binding_size:
             self.free_weights(backend, weights)
-            most = backend.caps.max_binding_size // row_bytes
+            most = backend.caps.max_binding_size // row_bytes // BLOCK_SIZE * BLOCK_SIZE
             raise ModelError(
                 f"a KV cache of {max_context} positions needs {max_context * row_bytes} bytes per layer, more than "
                 f"{backend.caps.device} can bind ({backend.caps.max_binding_size}); load with max_context <= {most}"
@@ -102,6 +110,7 @@ class Llama:
         self.config = c = config
         self.weights = weights
         self.max_context = int(max_context)
+        self.n_blocks = n_blocks
         self.cache_dtype = cache_dtype
         self.chunk = max(1, min(int(prefill_chunk), self.max_context))
         # rows per pass when every position's logits are wanted: each block of them must fit a binding
@@ -118,10 +127,8 @@ class Llama:
         self.caches: list[tuple[Tensor, Tensor]] = []
         try:
             R, new = self.chunk, self._new
-            self.caches = [
-                (new((self.max_context, c.kv_dim), cache_dtype), new((self.max_context, c.kv_dim), cache_dtype))
-                for _ in range(c.n_layers)
-            ]
+            pool = (n_blocks * BLOCK_SIZE, c.kv_dim)
+            self.caches = [(new(pool, cache_dtype), new(pool, cache_dtype)) for _ in range(c.n_layers)]
             self.s = _Scratch(
                 x=new((R, c.dim)),
                 qkv=new((R, c.qkv_dim)),
@@ -133,14 +140,18 @@ class Llama:
                 positions=new(R, "u32", Usage.UPLOAD),
                 token=new(1, "u32"),
                 argmax_scratch=new((1, ARGMAX_SCRATCH_ROW), "u32"),
-                attention_scratch=new((c.n_heads, 1 + DECODE_ATTENTION_SLICES * (2 + c.head_dim)), "u32"),
+                attention_scratch=new((c.n_heads, decode_scratch_row(c.head_dim)), "u32"),
                 position=new(1, "u32"),  # written once per generate, then moved on by `advance`
-                state=new(4, "u32"),
-                history=new(self.max_context, "u32"),
+                seqs=new(R, "u32"),
+                block_table=new((1, n_blocks), "u32"),
+                settings=new((1, SAMPLE_SETTINGS)),
+                state=new((1, 4), "u32"),
+                history=new((1, self.max_context), "u32"),
                 readback=[new(1, "u32", Usage.READBACK) for _ in range(RUN_AHEAD)],
             )
-            for t in (self.s.argmax_scratch, self.s.attention_scratch):  # the kernels leave them zeroed
+            for t in (self.s.argmax_scratch, self.s.attention_scratch, self.s.seqs):  # the kernels leave them zeroed
                 backend.write(t, np.zeros(t.shape, np.uint32))
+            backend.write(self.s.block_table, np.arange(n_blocks, dtype=np.uint32))
         except BaseException:
             self.close()
             raise
@@ -185,8 +196,15 @@ class Llama:
             bindings["bias"] = bias
         cmd.dispatch(pipe, bindings, label, rows=rows, n=n, k=k, eps=self.config.rms_eps)
 
+    def _paged(self, rows: int) -> tuple[dict, dict]:
+        """The paged cache's bindings and parameters for `rows` rows of slot 0."""
+        bindings = {"seqs": self.s.seqs.view(shape=rows), "block_tables": self.s.block_table}
+        params = {"block_size": BLOCK_SIZE, "blocks_per_seq": self.n_blocks, "n_blocks": self.n_blocks, "n_seqs": 1}
+        return bindings, params
+
     def _record_body(self, cmd: CommandList, rows: int, ids: Tensor, positions: Tensor) -> None:
         c, s, w = self.config, self.s, self.weights
+        paged, paged_params = self._paged(rows)
         x = s.x.view(shape=(rows, c.dim))
         qkv = s.qkv.view(shape=(rows, c.qkv_dim))
         attn = s.attn.view(shape=(rows, c.q_dim))
@@ -203,11 +221,11 @@ class Llama:
             if rows == 1:  # one dispatch: rope, the cache write and attention of the one row
                 cmd.dispatch(
                     self._pipe("decode_attention", cache_dtype=self.cache_dtype),
-                    {"qkv": qkv, "positions": positions, "inv_freq": w.inv_freq, "k_cache": k_cache,
+                    {"qkv": qkv, "positions": positions, **paged, "inv_freq": w.inv_freq, "k_cache": k_cache,
                      "v_cache": v_cache, "scratch": s.attention_scratch, "out": attn},
                     f"L{i}.attn",
-                    n_heads=c.n_heads, n_kv_heads=c.n_kv_heads, head_dim=c.head_dim, stride=c.qkv_dim,
-                    max_seq=self.max_context, scale=scale,
+                    rows=1, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads, head_dim=c.head_dim, stride=c.qkv_dim,
+                    **paged_params, scale=scale,
                 )  # fmt: skip
             else:
                 self._attention_rows(cmd, i, rows, qkv, positions, k_cache, v_cache, attn, scale)
@@ -219,22 +237,23 @@ class Llama:
                         v_cache: Tensor, attn: Tensor, scale: float) -> None:  # fmt: skip
         """rope, kv_write and attention of several rows (prefill): three dispatches."""
         c = self.config
+        paged, paged_params = self._paged(rows)
         cmd.dispatch(
             self._pipe("rope"), {"x": qkv, "positions": positions, "inv_freq": self.weights.inv_freq}, f"L{i}.rope",
             rows=rows, heads=c.n_heads + c.n_kv_heads, head_dim=c.head_dim, stride=c.qkv_dim, offset=0,
         )  # fmt: skip
         cmd.dispatch(
             self._pipe("kv_write", cache_dtype=self.cache_dtype),
-            {"src": qkv, "positions": positions, "k_cache": k_cache, "v_cache": v_cache}, f"L{i}.kv",
+            {"src": qkv, "positions": positions, **paged, "k_cache": k_cache, "v_cache": v_cache}, f"L{i}.kv",
             rows=rows, stride=c.qkv_dim, k_offset=c.q_dim, v_offset=c.q_dim + c.kv_dim, kv_dim=c.kv_dim,
-            max_seq=self.max_context,
+            **paged_params,
         )  # fmt: skip
         cmd.dispatch(
             self._pipe("attention", cache_dtype=self.cache_dtype),
-            {"q": qkv, "k_cache": k_cache, "v_cache": v_cache, "positions": positions, "out": attn},
+            {"q": qkv, "k_cache": k_cache, "v_cache": v_cache, "positions": positions, **paged, "out": attn},
             f"L{i}.attn",
             rows=rows, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads, head_dim=c.head_dim, q_stride=c.qkv_dim,
-            max_seq=self.max_context, scale=scale,
+            **paged_params, scale=scale,
         )  # fmt: skip
 
     def _record_head(self, cmd: CommandList, rows: int, head: tuple) -> None:
@@ -258,12 +277,11 @@ class Llama:
             bindings = {"x": s.logits, "scratch": s.argmax_scratch, "out": s.token}
             cmd.dispatch(self._pipe("argmax"), bindings, rows=1, n=c.vocab_size)
         else:
-            _, temperature, top_k, top_p, penalty, min_p = head
             cmd.dispatch(
                 self._pipe("sample"),
-                {"logits": s.logits, "history": s.history, "state": s.state, "out": s.token},
-                n=c.vocab_size, hist_cap=self.max_context, temperature=temperature,
-                top_k=top_k if top_k < c.vocab_size else 0, top_p=top_p, penalty=penalty, min_p=min_p,
+                {"logits": s.logits, "seqs": s.seqs.view(shape=1), "settings": s.settings, "state": s.state,
+                 "history": s.history, "out": s.token},
+                rows=1, n=c.vocab_size, n_seqs=1, hist_cap=self.max_context,
             )  # fmt: skip
 
     def _list(self, kind: str, rows: int, head: tuple | None, slot: int = 0) -> CommandList:
@@ -281,7 +299,11 @@ class Llama:
         if head is not None:
             self._record_head(cmd, rows, head)
         if kind == "decode":  # the next step's position and counters, and this step's token for the host
-            cmd.dispatch(self._pipe("advance"), {"position": s.position, "state": s.state}, steps=1)
+            cmd.dispatch(
+                self._pipe("advance"),
+                {"positions": s.position, "seqs": s.seqs.view(shape=1), "state": s.state},
+                rows=1, n_seqs=1, steps=1,
+            )  # fmt: skip
             cmd.copy(s.token.buffer, s.readback[slot].buffer, 4, s.token.offset, s.readback[slot].offset)
         self._lists[key] = cmd
         prefills = [k for k in self._lists if k[0] == "prefill"]
@@ -290,7 +312,7 @@ class Llama:
         return cmd
 
     def decode_list(self, sampling: Sampling = GREEDY, slot: int = 0) -> CommandList:
-        """A recorded decode step for a sampling setting (recorded on first use); `slot` picks one of
+        """A recorded decode step for greedy decoding or sampling (recorded on first use); `slot` picks one of
         the RUN_AHEAD recordings, which differ only in the read-back buffer their token goes to."""
         return self._list("decode", 1, sampling.key(), slot)
 
@@ -392,8 +414,9 @@ class Llama:
         self.cached_ids = []  # unknown until the prefill has run
         stats = self.stats = Stats(prompt_tokens=n_prompt, cached_tokens=reused, seed=seed)
         if not sampling.greedy:
-            b.write(s.history, np.asarray(ids, np.uint32))
-            b.write(s.state, np.array([seed, 0, n_prompt, 0], np.uint32))
+            b.write(s.settings, sampling.settings_row()[None])
+            b.write(s.history.view(shape=n_prompt), np.asarray(ids, np.uint32))
+            b.write(s.state, np.array([[seed, 0, n_prompt, 0]], np.uint32))
         # with the embedding table on the host, each step needs the previous token first: no run-ahead
         host_rows = self.weights.host_embed is not None
         depth = 1 if host_rows else RUN_AHEAD
@@ -412,7 +435,7 @@ class Llama:
         if host_rows:
             b.write(s.x, self._host_rows([token]))
         if not sampling.greedy:
-            b.write(s.state, np.array([seed, 1, n_prompt + 1, 0], np.uint32))
+            b.write(s.state, np.array([[seed, 1, n_prompt + 1, 0]], np.uint32))
         t0 = time.perf_counter()
         in_flight: deque[int] = deque()
         submitted = 0

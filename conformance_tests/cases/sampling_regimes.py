@@ -2,7 +2,7 @@
 repetition penalties aimed at the top candidates, as real models and chat loops produce them.
 
 The sampler's regimes work on one row of logits with its history (`penalise_top`,
-`shift_negative`); `_sample_row` alone knows how the `sample` kernel's bindings hold a row.
+`shift_negative`); `_sample_rows` alone knows how the `sample` kernel's bindings hold the rows.
 """
 
 from __future__ import annotations
@@ -71,30 +71,40 @@ def shift_negative(v: Values, logits: np.ndarray) -> np.ndarray:
     return shifted
 
 
-def _sample_row(case: Case, logits: np.ndarray, penalty: float | None, hist_len: int | None) -> Case:
-    """A sample case with its row's values replaced (this layout: one row, penalty a parameter)."""
-    case.arrays["logits"] = logits
-    if penalty is not None:
-        case.params["penalty"] = float(np.float32(penalty))
-    if hist_len is not None:
-        case.arrays["state"][2] = hist_len
-        written = np.zeros(case.params["hist_cap"], bool)
-        written[hist_len:][:1] = True
-        case.written["history"] = written
+def _sample_rows(case: Case, regime) -> Case:
+    """A sample case with each row's values replaced by `regime(row logits, row history)` ->
+    (logits, penalty or None, hist_len or None), in this layout: rows of logits, each reading the
+    settings (penalty at column 3), counters (hist_len at column 2) and history of its slot."""
+    p = case.params
+    n, hist_cap = p["n"], p["hist_cap"]
+    logits = case.arrays["logits"].reshape(p["rows"], n)
+    settings = case.arrays["settings"].reshape(p["n_seqs"], -1)
+    state = case.arrays["state"].reshape(p["n_seqs"], 4)
+    history = case.arrays["history"].reshape(p["n_seqs"], hist_cap)
+    written = case.written["history"].reshape(p["n_seqs"], hist_cap)
+    for r, slot in enumerate(case.arrays["seqs"]):
+        logits[r], penalty, hist_len = regime(logits[r], history[slot])
+        if penalty is not None:
+            settings[slot, 3] = penalty
+        if hist_len is not None:
+            state[slot, 2] = hist_len
+            written[slot] = False
+            written[slot, hist_len:][:1] = True
     return case
 
 
 def _penalised_top(v: Values, case: Case) -> Case:
-    logits, penalty, hist_len = penalise_top(v, case.arrays["logits"], case.arrays["history"])
-    return _sample_row(case, logits, penalty, hist_len)
+    return _sample_rows(case, lambda logits, history: penalise_top(v, logits, history))
 
 
 def _negative_logits(v: Values, case: Case) -> Case:
-    logits = shift_negative(v, case.arrays["logits"])
-    if v.bool():  # a penalty on negatives multiplies: it must push them further down
-        logits, penalty, hist_len = penalise_top(v, logits, case.arrays["history"])
-        return _sample_row(case, logits, penalty, hist_len)
-    return _sample_row(case, logits, None, None)
+    def row(logits: np.ndarray, history: np.ndarray) -> tuple[np.ndarray, float | None, int | None]:
+        logits = shift_negative(v, logits)
+        if v.bool():  # a penalty on negatives multiplies: it must push them further down
+            return penalise_top(v, logits, history)
+        return logits, None, None
+
+    return _sample_rows(case, row)
 
 
 SAMPLE_REGIMES = (
