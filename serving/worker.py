@@ -3,9 +3,11 @@ order, so none is lost or interleaved (until the batching engine runs many strea
 
 A request's items travel back to its asyncio task in batches (see _Job): a task that falls behind
 the model gets all that is waiting at once, and sends it on as one piece, and tokens that come
-faster than one per `interval` share a batch. A task that stops listening (its client
-disconnected) sets `cancelled`: the worker closes that generation at the next token and moves on
-to the next request.
+faster than one per `interval` share a batch. After a request's first text the worker waits
+until its task has sent that on, so that the event loop does not queue for the interpreter lock
+behind the model on its way to the first chunk (the time to first token). A task that stops
+listening (its client disconnected) sets `cancelled`: the worker closes that generation at the
+next token and moves on to the next request.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ log = logging.getLogger("shaderbay.serve")
 # Seconds between a stream's chunks after its first: tokens made faster share a chunk. 10 ms is
 # below what a reader sees and keeps the server's share of the interpreter small (see _Job).
 DEFAULT_STREAM_INTERVAL = 0.01
+# Seconds the worker waits at most for a task to send its first text on (a task that is slower than
+# this is not worth idling the model for).
+FIRST_CHUNK_WAIT = 0.05
 
 
 class ServerBusy(Exception):
@@ -48,6 +53,9 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     interval: float  # seconds: the least time between two wake-ups for items that are not urgent
     cancelled: threading.Event = field(default_factory=threading.Event)
+    # set when the task comes back after taking the first text (it has sent that on), or has gone
+    first_sent: threading.Event = field(default_factory=threading.Event)
+    _text_taken: bool = False  # (event loop)
     _pending: list = field(default_factory=list)
     _waiting: asyncio.Future | None = None  # the task's, while it waits for items
     # perf_counter time before which only urgent items wake the task: none before the first text event
@@ -72,6 +80,8 @@ class _Job:
 
     async def take(self) -> list[Any]:
         """(event loop) Every item sent since the last take, waiting for one if there is none."""
+        if self._text_taken and not self.first_sent.is_set():
+            self.first_sent.set()
         waiting = None
         with self._lock:
             if not self._pending:
@@ -80,6 +90,7 @@ class _Job:
             await waiting
         with self._lock:
             batch, self._pending = self._pending, []
+        self._text_taken = self._text_taken or any(isinstance(item, adapter.TextEvent) for item in batch)
         return batch
 
 
@@ -137,6 +148,7 @@ class Worker:
                     return
         finally:
             job.cancelled.set()
+            job.first_sent.set()
             self._admitted -= 1
 
     def close(self) -> None:
@@ -160,6 +172,8 @@ class Worker:
                     break
                 text = isinstance(item, adapter.TextEvent)
                 job.send(item, urgent=text and first)
+                if text and first:
+                    job.first_sent.wait(FIRST_CHUNK_WAIT)
                 first = first and not text
         except Exception as exc:  # noqa: BLE001 - handed to the request's task, which answers with it
             job.send(exc, urgent=True)
