@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_STREAM_INTERVAL * 1e3,
         metavar="MS",
-        help="a stream's chunks at most this often after its first; tokens made faster share one "
-        "(%(default)g; 0: a chunk per token, as llama.cpp's server sends)",
+        help="after a stream's first chunk, at most one chunk per MS milliseconds; tokens made faster share "
+        "one (%(default)g; 0: a chunk per token, as llama.cpp's server sends)",
     )
     parser.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1/ (default: no key)")
     parser.add_argument("--max-context", type=int, help="KV-cache positions (default: the model's, at most 4096)")
