@@ -47,7 +47,7 @@ class _Job:
     sending (or a loop busy with others) costs the model no wake-ups and no hand-overs of the
     interpreter lock, and catches up in one piece. Each wake-up and chunk costs the event loop about
     0.1 ms of the interpreter lock, which the model thread then lacks: on a model making a token in
-    0.35 ms, a chunk per token cost 30-40% of the tokens/s (benches/RESULTS.md, issue 16)."""
+    0.35-0.5 ms, a chunk per token cost 23-29% of the tokens/s (benches/RESULTS.md, issue 16)."""
 
     request: adapter.Request
     loop: asyncio.AbstractEventLoop
