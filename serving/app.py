@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Depends, FastAPI, Header, Response
-from sse_starlette import EventSourceResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from . import adapter, errors, responses
 from .metrics import CountRequests, Metrics
 from .schemas import ChatRequest, CompletionRequest
-from .worker import Worker
+from .worker import DEFAULT_STREAM_INTERVAL, Worker
 
 DONE = "[DONE]"
 
@@ -36,8 +36,11 @@ class _Result:
     completion_tokens: int = 0
 
 
-def create_app(model: Any, *, max_streams: int = 64, api_key: str | None = None) -> FastAPI:
-    """The app serving `model` (which the caller keeps and closes) through one worker thread."""
+def create_app(
+    model: Any, *, max_streams: int = 64, api_key: str | None = None, stream_interval: float = DEFAULT_STREAM_INTERVAL
+) -> FastAPI:
+    """The app serving `model` (which the caller keeps and closes) through one worker thread; a stream
+    sends a chunk at most every `stream_interval` seconds after its first (tokens made faster share one)."""
     metrics = Metrics()
     worker: Worker | None = None
     model_id = model.name or "shaderbay"
@@ -45,7 +48,7 @@ def create_app(model: Any, *, max_streams: int = 64, api_key: str | None = None)
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         nonlocal worker
-        worker = Worker(model, max_streams, metrics.queue_length.set)
+        worker = Worker(model, max_streams, stream_interval, metrics.queue_length.set)
         yield
         worker.close()
 
@@ -54,7 +57,8 @@ def create_app(model: Any, *, max_streams: int = 64, api_key: str | None = None)
     endpoints = frozenset(("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics"))
     app.add_middleware(CountRequests, metrics=metrics, endpoints=endpoints)
 
-    def authorize(authorization: str | None = Header(None)) -> None:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per request
+    async def authorize(authorization: str | None = Header(None)) -> None:
         if api_key is None:
             return
         given = (authorization or "").removeprefix("Bearer ").strip()
@@ -190,13 +194,16 @@ async def _chunks(
                     completion_tokens += len(item.token_ids)
                     texts.append(item.text)
                     finish = item.finish_reason
+            events = []
             if index not in opened and texts:
                 opened.add(index)
                 if (first := kind.opening(index)) is not None:
-                    yield chunk([first])
+                    events.append(chunk([first]))
             text = "".join(texts)
             if text or finish:
-                yield chunk([kind.delta(index, text, finish)])
+                events.append(chunk([kind.delta(index, text, finish)]))
+            if events:  # one write for the batch: the role chunk goes out with the first text
+                yield b"".join(ServerSentEvent(event).encode() for event in events)
     except Exception as exc:  # noqa: BLE001 - the response has started: the error goes in the stream
         failure = errors.as_api_error(exc)
         yield json.dumps(errors.error_body(failure.status, failure.message, failure.param, failure.code))

