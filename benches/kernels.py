@@ -24,6 +24,8 @@ import numpy as np
 from shaderbay.backends.numpy.quants import quantize
 from shaderbay.dtypes import BLOCK_DTYPES, bytes_per_value, f32_to_bf16, host_dtype, nbytes
 from shaderbay.errors import LimitExceeded, ShaderbayError
+from shaderbay.models.llama import BLOCK_SIZE
+from shaderbay.models.sampling import Sampling
 from shaderbay.plugins import create_backend
 from shaderbay.rope import inverse_frequencies
 
@@ -55,11 +57,13 @@ def model_cases(
             positions, max_seq, live = list(range(rows)), max(max_context, rows), rows
         w = {"wdtype": wdtype}
         c = {"cache_dtype": cache_dtype}
+        blocks = -(-max_seq // BLOCK_SIZE)
+        paged = {"block_size": BLOCK_SIZE, "blocks_per_seq": blocks, "n_blocks": blocks, "n_seqs": 1}
         heads = {  # the attention kernels' common parameters
             "n_heads": s.n_heads,
             "n_kv_heads": s.n_kv_heads,
             "head_dim": s.head_dim,
-            "max_seq": max_seq,
+            **paged,
             "scale": 1.0 / float(np.sqrt(s.head_dim)),
         }
         cases += [
@@ -95,7 +99,7 @@ def model_cases(
                     "k_offset": s.q_dim,
                     "v_offset": s.q_dim + s.kv_dim,
                     "kv_dim": s.kv_dim,
-                    "max_seq": max_seq,
+                    **paged,
                 },
                 c,
                 positions=positions,
@@ -139,7 +143,7 @@ def model_cases(
                     "decode_attention",
                     phase,
                     "decode_attention",
-                    {"stride": s.qkv_dim, **heads},
+                    {"rows": 1, "stride": s.qkv_dim, **heads},
                     c,
                     context=live,
                     positions=positions,
@@ -156,15 +160,7 @@ def model_cases(
                     "sample",
                     phase,
                     "sample",
-                    {
-                        "n": s.vocab_size,
-                        "hist_cap": max_context,
-                        "temperature": 0.8,
-                        "top_k": 40,
-                        "top_p": 0.95,
-                        "penalty": 1.1,
-                        "min_p": 0.05,
-                    },
+                    {"rows": 1, "n": s.vocab_size, "n_seqs": 1, "hist_cap": max_context},
                 ),
             ]
     return cases
@@ -200,6 +196,10 @@ def _fill(binding: str, dtype: str, numel: int, case: KernelCase, rng: np.random
         return np.array([1234, 0, 0, 0], np.uint32)[:numel]
     if binding == "history":
         return np.zeros(numel, np.uint32)
+    if binding == "block_tables":  # the identity
+        return np.arange(numel, dtype=np.uint32)
+    if binding == "settings":  # llama.cpp's defaults, repetition penalty 1.1
+        return np.resize(Sampling(0.8, 40, 0.95, 1.1, 0.05).settings_row(), numel)
     if binding == "inv_freq":
         return np.resize(inverse_frequencies(p["head_dim"], 10000.0), numel).astype(np.float32)
     if binding in ("weight", "norm_weight"):

@@ -87,7 +87,7 @@ def kernel_bytes(kernel: str, params: dict[str, Any], dtypes: dict[str, str], co
     """Minimum unique bytes a dispatch of `kernel` reads plus writes.
 
     dtypes: binding name -> dtype; context: the live context length for a decode attention
-    (its positions live in a device buffer); without it the whole `max_seq` is assumed.
+    (its positions live in a device buffer); without it a slot's whole capacity is assumed.
     """
     p = params
     f = 4  # activations are float32
@@ -120,12 +120,12 @@ def kernel_bytes(kernel: str, params: dict[str, Any], dtypes: dict[str, str], co
         return rows * (2 * kv * f + 2 * kv * size("k_cache") + 4)
     if kernel == "attention":
         hd, nh, nkv = p["head_dim"], p["n_heads"], p["n_kv_heads"]
-        live = min(context if context is not None else p["max_seq"], p["max_seq"])
+        live = min(context if context is not None else _capacity(p), _capacity(p))
         return 2 * live * nkv * hd * size("k_cache") + rows * (2 * nh * hd * f + 4)
-    if kernel == "decode_attention":  # one row: its q, k, v, the live cache rows (row p written), out
+    if kernel == "decode_attention":  # per row: its q, k, v, the live cache rows (row p written), out
         hd, nh, nkv = p["head_dim"], p["n_heads"], p["n_kv_heads"]
-        live = min(context if context is not None else p["max_seq"], p["max_seq"])
-        return 2 * live * nkv * hd * size("k_cache") + (2 * nh + 2 * nkv) * hd * f + 4 + hd // 2 * f
+        live = min(context if context is not None else _capacity(p), _capacity(p))
+        return rows * (2 * live * nkv * hd * size("k_cache") + (2 * nh + 2 * nkv) * hd * f + 8) + hd // 2 * f
     if kernel == "silu_mul":
         return rows * p["n"] * 3 * f
     if kernel == "add":
@@ -133,8 +133,13 @@ def kernel_bytes(kernel: str, params: dict[str, Any], dtypes: dict[str, str], co
     if kernel == "argmax":
         return rows * (p["n"] * f + 4)
     if kernel == "sample":
-        return p["n"] * f + p["hist_cap"] * 4 + 16 + 4
+        return rows * (p["n"] * f + p["hist_cap"] * 4 + 16 + 32 + 8)
     return 0
+
+
+def _capacity(params: dict[str, Any]) -> int:
+    """The positions a slot of the paged cache holds."""
+    return params["block_size"] * params["blocks_per_seq"]
 
 
 def kernel_flops(kernel: str, params: dict[str, Any], context: int | None = None) -> int | None:
@@ -148,7 +153,7 @@ def kernel_flops(kernel: str, params: dict[str, Any], context: int | None = None
     if kernel == "matmul":
         return 2 * rows * p["n"] * p["k"]
     if kernel in ("attention", "decode_attention"):
-        end = min(context if context is not None else p["max_seq"], p["max_seq"])
+        end = min(context if context is not None else _capacity(p), _capacity(p))
         live = rows * end - rows * (rows - 1) // 2 if rows <= end else end * (end + 1) // 2
         return 4 * p["head_dim"] * p["n_heads"] * live
     return None
@@ -193,5 +198,5 @@ def _shape_key(dispatch: Any) -> str:
     if name in ("kv_write", "attention", "decode_attention"):
         return f"{name} {c.get('cache_dtype')} r{p.get('rows', 1)}"
     if name == "sample":
-        return f"sample {p['n']}"
+        return f"sample {p['n']} r{p['rows']}"
     return name

@@ -203,21 +203,27 @@ def test_replay_identical_results(backend) -> None:
 
 
 def test_position_from_buffer_replay(backend) -> None:
-    """rope, kv_write and attention read positions from a buffer: one recorded list serves every position."""
+    """rope, kv_write and attention read positions from a buffer: one recorded list serves every position
+    (of a paged cache whose blocks are out of order)."""
     require_kernels(backend, "rope", "kv_write", "attention")
     rng = np.random.default_rng(9)
     nh, nkv, hd, max_seq = 4, 2, 8, 12
+    table = np.array([2, 0, 3], np.uint32)  # slot 0's blocks of 4 positions, in a pool of 4
+    paged = {"block_size": 4, "blocks_per_seq": 3, "n_blocks": 4, "n_seqs": 1}
+    pool = 16
     width = (nh + 2 * nkv) * hd  # a fused q|k|v row
     inv = inverse_frequencies(hd, 10000.0)
     pos = backend.empty(1, "u32")
     qkv = backend.empty(width)
-    kc, vc = backend.empty((max_seq, nkv * hd)), backend.empty((max_seq, nkv * hd))
+    kc, vc = backend.empty((pool, nkv * hd)), backend.empty((pool, nkv * hd))
     out = backend.empty(nh * hd)
     t_inv = backend.upload(inv)
-    tensors = [pos, qkv, kc, vc, out, t_inv]
+    seqs, t_table = backend.upload(np.zeros(1, np.uint32)), backend.upload(table)
+    tensors = [pos, qkv, kc, vc, out, t_inv, seqs, t_table]
+    indirection = {"seqs": seqs, "block_tables": t_table}
     try:
-        backend.write(kc, np.zeros((max_seq, nkv * hd), np.float32))
-        backend.write(vc, np.zeros((max_seq, nkv * hd), np.float32))
+        backend.write(kc, np.zeros((pool, nkv * hd), np.float32))
+        backend.write(vc, np.zeros((pool, nkv * hd), np.float32))
         cmd = backend.command_list("decode")
         rope = backend.pipeline("rope")
         cmd.dispatch(
@@ -231,29 +237,30 @@ def test_position_from_buffer_replay(backend) -> None:
         )
         cmd.dispatch(
             backend.pipeline("kv_write"),
-            {"src": qkv, "positions": pos, "k_cache": kc, "v_cache": vc},
+            {"src": qkv, "positions": pos, **indirection, "k_cache": kc, "v_cache": vc},
             rows=1,
             stride=width,
             k_offset=nh * hd,
             v_offset=(nh + nkv) * hd,
             kv_dim=nkv * hd,
-            max_seq=max_seq,
+            **paged,
         )
         cmd.dispatch(
             backend.pipeline("attention"),
-            {"q": qkv, "k_cache": kc, "v_cache": vc, "positions": pos, "out": out},
+            {"q": qkv, "k_cache": kc, "v_cache": vc, "positions": pos, **indirection, "out": out},
             rows=1,
             n_heads=nh,
             n_kv_heads=nkv,
             head_dim=hd,
             q_stride=width,
-            max_seq=max_seq,
+            **paged,
             scale=float(np.float32(hd**-0.5)),
         )
         host = {
-            "k_cache": np.zeros(max_seq * nkv * hd, np.float32),
-            "v_cache": np.zeros(max_seq * nkv * hd, np.float32),
+            "k_cache": np.zeros(pool * nkv * hd, np.float32),
+            "v_cache": np.zeros(pool * nkv * hd, np.float32),
         }
+        host_indirection = {"seqs": np.zeros(1, np.uint32), "block_tables": table}
         for p in range(max_seq):
             row = rng.uniform(-1, 1, width).astype(np.float32)
             backend.write(qkv, row)
@@ -271,26 +278,32 @@ def test_position_from_buffer_replay(backend) -> None:
             )["x"]
             host = _ref(
                 "kv_write",
-                {"src": roped, "positions": positions, **host},
+                {"src": roped, "positions": positions, **host_indirection, **host},
                 {"cache_dtype": "f32"},
                 rows=1,
                 stride=width,
                 k_offset=nh * hd,
                 v_offset=(nh + nkv) * hd,
                 kv_dim=nkv * hd,
-                max_seq=max_seq,
+                **paged,
             )
             host = {"k_cache": host["k_cache"], "v_cache": host["v_cache"]}
             want = _ref(
                 "attention",
-                {"q": roped, "positions": positions, "out": np.zeros(nh * hd, np.float32), **host},
+                {
+                    "q": roped,
+                    "positions": positions,
+                    "out": np.zeros(nh * hd, np.float32),
+                    **host_indirection,
+                    **host,
+                },  # fmt: skip
                 {"cache_dtype": "f32"},
                 rows=1,
                 n_heads=nh,
                 n_kv_heads=nkv,
                 head_dim=hd,
                 q_stride=width,
-                max_seq=max_seq,
+                **paged,
                 scale=float(np.float32(hd**-0.5)),
             )["out"]
             _close(backend.read(out), want, f"decode step at position {p}", 1e-3)

@@ -118,13 +118,16 @@ def test_violated_constraints(backend) -> None:
         with pytest.raises(BindingError, match="n_kv_heads"):
             backend.command_list().dispatch(
                 att,
-                {"q": x, "k_cache": x, "v_cache": x, "positions": pos, "out": x},
+                {"q": x, "k_cache": x, "v_cache": x, "positions": pos, "seqs": pos, "block_tables": pos, "out": x},
                 rows=1,
                 n_heads=3,
                 n_kv_heads=2,
                 head_dim=2,
                 q_stride=6,
-                max_seq=2,
+                block_size=2,
+                blocks_per_seq=1,
+                n_blocks=1,
+                n_seqs=1,
                 scale=1.0,
             )
     finally:

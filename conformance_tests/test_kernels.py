@@ -65,25 +65,29 @@ def check_case(backend, case) -> float:
 
 
 def _check_sample(case, outcome, dtypes) -> float:
-    # bytes other than out[0] and history[hist_len] are checked by compare_outputs' masks
+    # bytes other than out and each row's history[slot, hist_len] are checked by compare_outputs' masks
     compare_outputs(case, _without(outcome, "out"), dtypes, check_values=False)
-    token = int(outcome.outputs["out"][0])
-    exact, allowed = sample_candidates(case, SAMPLE_MARGIN)
-    if exact is not None and token != exact:
-        raise ConformanceFailure(
-            f"{case.describe()}: drew token {token}, the reference draws {exact} (the draw is not near any boundary)"
-        )
-    if token not in set(allowed.tolist()):
-        raise ConformanceFailure(
-            f"{case.describe()}: drew token {token}, which the reference's rules never keep near this draw "
-            f"(allowed: {allowed[:20].tolist()}{'...' if allowed.size > 20 else ''})"
-        )
-    hist_len, hist_cap = int(case.arrays["state"][2]), case.params["hist_cap"]
-    if hist_len < hist_cap and int(outcome.outputs["history"][hist_len]) != token:
-        raise ConformanceFailure(
-            f"{case.describe()}: history[{hist_len}] = {int(outcome.outputs['history'][hist_len])}, "
-            f"but the drawn token is {token}"
-        )
+    hist_cap = case.params["hist_cap"]
+    for row in range(case.params["rows"]):
+        token = int(outcome.outputs["out"][row])
+        exact, allowed = sample_candidates(case, SAMPLE_MARGIN, row)
+        if exact is not None and token != exact:
+            raise ConformanceFailure(
+                f"{case.describe()}: row {row} drew token {token}, the reference draws {exact} (the draw is not "
+                "near any boundary)"
+            )
+        if token not in set(allowed.tolist()):
+            raise ConformanceFailure(
+                f"{case.describe()}: row {row} drew token {token}, which the reference's rules never keep near this "
+                f"draw (allowed: {allowed[:20].tolist()}{'...' if allowed.size > 20 else ''})"
+            )
+        slot = int(case.arrays["seqs"][row])
+        hist_len = int(case.arrays["state"][4 * slot + 2])
+        written = int(outcome.outputs["history"][slot * hist_cap + hist_len]) if hist_len < hist_cap else token
+        if written != token:
+            raise ConformanceFailure(
+                f"{case.describe()}: row {row}: history[{slot}, {hist_len}] = {written}, but the drawn token is {token}"
+            )
     return 0.0
 
 

@@ -124,7 +124,8 @@ class KernelSpec:
 
 
 def _evaluate(expr: str, scope: dict[str, Any]) -> Any:
-    return eval(expr, {"__builtins__": {}, "min": min, "max": max, "block": block_size}, scope)  # noqa: S307 - catalogue text only
+    names = {"__builtins__": {}, "min": min, "max": max, "block": block_size, "decode_scratch_row": decode_scratch_row}
+    return eval(expr, names, scope)  # noqa: S307 - catalogue text only
 
 
 # argmax splits a row over at most this many workgroups; each leaves its best (key, index) in
@@ -132,9 +133,40 @@ def _evaluate(expr: str, scope: dict[str, Any]) -> Any:
 ARGMAX_SLICES = 64
 ARGMAX_SCRATCH_ROW = 1 + 2 * ARGMAX_SLICES
 
-# decode_attention splits a head's keys over at most this many workgroups; each leaves its
+# decode_attention splits a (row, head)'s keys over at most this many workgroups; each leaves its
 # softmax maximum, sum and output in scratch, after a count of those done
 DECODE_ATTENTION_SLICES = 32
+
+
+def decode_scratch_row(head_dim: int) -> int:
+    """u32 words of decode_attention's scratch per (row, head)."""
+    return 1 + DECODE_ATTENTION_SLICES * (2 + head_dim)
+
+
+# The batch-invariance promise: for rows <= BATCH_ROWS, every per-row kernel (matmul, decode_attention,
+# argmax, sample, ...) gives each row bit for bit the result it gives that row alone, whatever the
+# other rows hold; so a sequence's tokens never depend on who else is decoded in the same step. The
+# conformance suite checks it on every backend.
+BATCH_ROWS = 64
+
+# the paged KV cache (kv_write, attention, decode_attention): a pool of n_blocks blocks of block_size
+# rows, and one table row of blocks_per_seq entries per sequence slot
+_PAGED = (
+    "The caches are pools of n_blocks blocks of block_size rows; block_tables[s] lists slot s's blocks, "
+    "so logical position p of slot s is cache row block_tables[s, p // block_size] * block_size + "
+    "p % block_size, and a slot holds capacity = blocks_per_seq * block_size positions. An entry >= "
+    "n_blocks is invalid (a position without a block), and so is every entry of a slot >= n_seqs."
+)
+PAGED_PARAMS = (
+    Param("block_size", "u32"),
+    Param("blocks_per_seq", "u32"),
+    Param("n_blocks", "u32"),
+    Param("n_seqs", "u32"),
+)
+PAGED_CONSTRAINTS = ("block_size >= 1", "blocks_per_seq >= 1", "n_blocks >= 1", "n_seqs >= 1")
+
+# the sampler's per-slot settings row: [temperature, top_k, top_p, penalty, min_p, 0, 0, 0]
+SAMPLE_SETTINGS = 8
 
 W = Constant("wdtype", WEIGHT_DTYPES, "f32")
 CACHE = Constant("cache_dtype", ("f32", "f16"), "f32")
@@ -223,14 +255,18 @@ CATALOGUE: dict[str, KernelSpec] = {
         ),
         KernelSpec(
             "kv_write",
-            "KV-cache write: for each row r with p = positions[r] < max_seq, "
-            "k_cache[p] = src[r, k_offset : k_offset+kv_dim] and v_cache[p] = src[r, v_offset : "
-            "v_offset+kv_dim], rounded to cache_dtype; positions >= max_seq are dropped.",
+            f"Paged KV-cache write. {_PAGED} For each row r with p = positions[r] and b = the entry for "
+            "(seqs[r], p // block_size): k_cache[b * block_size + p % block_size] = src[r, k_offset : "
+            "k_offset+kv_dim] and the same row of v_cache = src[r, v_offset : v_offset+kv_dim], rounded to "
+            "cache_dtype. Positions >= capacity and invalid entries are dropped; rows that land on one cache "
+            "row: the last of them wins.",
             bindings=(
                 Binding("src", "f32", ("rows", "stride")),
                 Binding("positions", "u32", ("rows",)),
-                Binding("k_cache", "{cache_dtype}", ("max_seq", "kv_dim"), "readwrite"),
-                Binding("v_cache", "{cache_dtype}", ("max_seq", "kv_dim"), "readwrite"),
+                Binding("seqs", "u32", ("rows",)),
+                Binding("block_tables", "u32", ("n_seqs", "blocks_per_seq")),
+                Binding("k_cache", "{cache_dtype}", ("n_blocks * block_size", "kv_dim"), "readwrite"),
+                Binding("v_cache", "{cache_dtype}", ("n_blocks * block_size", "kv_dim"), "readwrite"),
             ),
             params=(
                 Param("rows", "u32"),
@@ -238,7 +274,7 @@ CATALOGUE: dict[str, KernelSpec] = {
                 Param("k_offset", "u32"),
                 Param("v_offset", "u32"),
                 Param("kv_dim", "u32"),
-                Param("max_seq", "u32"),
+                *PAGED_PARAMS,
             ),
             constants=(CACHE,),
             constraints=(
@@ -246,20 +282,24 @@ CATALOGUE: dict[str, KernelSpec] = {
                 "kv_dim % 2 == 0",
                 "k_offset + kv_dim <= stride",
                 "v_offset + kv_dim <= stride",
+                *PAGED_CONSTRAINTS,
             ),
         ),
         KernelSpec(
             "attention",
-            "Causal grouped-query attention over the KV cache. For row r and head h, with "
-            "p = positions[r], g = h // (n_heads // n_kv_heads) and L = min(p + 1, max_seq): "
-            "out[r, h] = softmax(scale * q[r, h] . k_cache[:L, g]) @ v_cache[:L, g]. q[r, h] is "
-            "q[r, h*head_dim : (h+1)*head_dim] in a row q_stride wide. Positions come from a "
-            "buffer, so a recorded decode step replays at any position.",
+            f"Causal grouped-query attention over the paged KV cache. {_PAGED} For row r and head h, with "
+            "p = positions[r], g = h // (n_heads // n_kv_heads) and K, V the cache rows of logical positions "
+            "0..min(p, capacity - 1) of slot seqs[r] whose entry is valid (in position order): "
+            "out[r, h] = softmax(scale * q[r, h] . K[:, g]) @ V[:, g], zeros if no position is valid. "
+            "q[r, h] is q[r, h*head_dim : (h+1)*head_dim] in a row q_stride wide. Positions and tables "
+            "come from buffers, so a recorded step replays at any position.",
             bindings=(
                 Binding("q", "f32", ("rows", "q_stride")),
-                Binding("k_cache", "{cache_dtype}", ("max_seq", "n_kv_heads * head_dim")),
-                Binding("v_cache", "{cache_dtype}", ("max_seq", "n_kv_heads * head_dim")),
+                Binding("k_cache", "{cache_dtype}", ("n_blocks * block_size", "n_kv_heads * head_dim")),
+                Binding("v_cache", "{cache_dtype}", ("n_blocks * block_size", "n_kv_heads * head_dim")),
                 Binding("positions", "u32", ("rows",)),
+                Binding("seqs", "u32", ("rows",)),
+                Binding("block_tables", "u32", ("n_seqs", "blocks_per_seq")),
                 Binding("out", "f32", ("rows", "n_heads * head_dim"), "write"),
             ),
             params=(
@@ -268,7 +308,7 @@ CATALOGUE: dict[str, KernelSpec] = {
                 Param("n_kv_heads", "u32"),
                 Param("head_dim", "u32"),
                 Param("q_stride", "u32"),
-                Param("max_seq", "u32"),
+                *PAGED_PARAMS,
                 Param("scale", "f32"),
             ),
             constants=(CACHE,),
@@ -279,43 +319,50 @@ CATALOGUE: dict[str, KernelSpec] = {
                 "n_heads * head_dim <= q_stride",
                 "head_dim % 2 == 0",
                 "head_dim <= 256",
-                "max_seq >= 1",
+                *PAGED_CONSTRAINTS,
             ),
         ),
         KernelSpec(
             "decode_attention",
-            "One decode step's rope + kv_write + attention, for a single row. With p = positions[0], "
-            "q = qkv[0, :n_heads*head_dim], k and v the next n_kv_heads*head_dim columns each (the "
-            "fused qkv row, `stride` wide): q and k are rotated as `rope` does (angle = float32(p) * "
-            "inv_freq[i]), the rotated k and v go to k_cache[p] and v_cache[p] rounded to cache_dtype "
-            "(dropped if p >= max_seq, as `kv_write`), and out = `attention` of the rotated q over the "
-            "caches (L = min(p + 1, max_seq)). qkv itself is left as it is. scratch is working memory "
-            "for the GPU forms that split the keys over workgroups: zeros before a dispatch and after it.",
+            "One decode step's rope + kv_write + attention, for each of `rows` rows (one token of a "
+            "sequence each). With p = positions[r], q = qkv[r, :n_heads*head_dim], k and v the next "
+            "n_kv_heads*head_dim columns each (the fused qkv row, `stride` wide): q and k are rotated as "
+            "`rope` does (angle = float32(p) * inv_freq[i]), the rotated k and v are written as `kv_write` "
+            "writes them (slot seqs[r], position p), and out[r] = `attention` of the rotated q. Each row "
+            "sees the cache as it was before the dispatch plus its own new row: the rows of one dispatch "
+            "must be of distinct slots, none writing a cache row another row of the dispatch can see "
+            "(the host's duty: a constraint cannot see buffer contents). qkv itself is left as it is. "
+            "scratch is working memory for the GPU forms that split a (row, head)'s keys over workgroups: "
+            "zeros before a dispatch and after it.",
             bindings=(
-                Binding("qkv", "f32", ("1", "stride")),
-                Binding("positions", "u32", ("1",)),
+                Binding("qkv", "f32", ("rows", "stride")),
+                Binding("positions", "u32", ("rows",)),
+                Binding("seqs", "u32", ("rows",)),
+                Binding("block_tables", "u32", ("n_seqs", "blocks_per_seq")),
                 Binding("inv_freq", "f32", ("head_dim // 2",)),
-                Binding("k_cache", "{cache_dtype}", ("max_seq", "n_kv_heads * head_dim"), "readwrite"),
-                Binding("v_cache", "{cache_dtype}", ("max_seq", "n_kv_heads * head_dim"), "readwrite"),
-                Binding("scratch", "u32", ("n_heads", f"1 + {DECODE_ATTENTION_SLICES} * (2 + head_dim)"), "readwrite"),
-                Binding("out", "f32", ("1", "n_heads * head_dim"), "write"),
+                Binding("k_cache", "{cache_dtype}", ("n_blocks * block_size", "n_kv_heads * head_dim"), "readwrite"),
+                Binding("v_cache", "{cache_dtype}", ("n_blocks * block_size", "n_kv_heads * head_dim"), "readwrite"),
+                Binding("scratch", "u32", ("rows * n_heads", "decode_scratch_row(head_dim)"), "readwrite"),
+                Binding("out", "f32", ("rows", "n_heads * head_dim"), "write"),
             ),
             params=(
+                Param("rows", "u32"),
                 Param("n_heads", "u32"),
                 Param("n_kv_heads", "u32"),
                 Param("head_dim", "u32"),
                 Param("stride", "u32"),
-                Param("max_seq", "u32"),
+                *PAGED_PARAMS,
                 Param("scale", "f32"),
             ),
             constants=(CACHE,),
             constraints=(
+                "rows >= 1",
                 "n_kv_heads >= 1",
                 "n_heads % n_kv_heads == 0",
                 "(n_heads + 2 * n_kv_heads) * head_dim <= stride",
                 "head_dim % 2 == 0",
                 "head_dim <= 256",
-                "max_seq >= 1",
+                *PAGED_CONSTRAINTS,
             ),
         ),
         KernelSpec(
@@ -350,37 +397,41 @@ CATALOGUE: dict[str, KernelSpec] = {
         ),
         KernelSpec(
             "sample",
-            "Draw one token from logits. state = [seed, step, hist_len, 0]. Repetition penalty on "
-            "each distinct id in history[:hist_len] (l/penalty if l > 0 else l*penalty); "
-            "temperature <= 0 means greedy (argmax); otherwise softmax(l / temperature), keep "
-            "p >= the top_k-th largest p (top_k 0: all) and p >= the smallest p of the shortest "
+            "Draw one token for each row r from logits[r], with the settings, counters and history of "
+            "slot s = seqs[r]: settings[s] = [temperature, top_k, top_p, penalty, min_p, 0, 0, 0] (top_k "
+            "an integral float; the host keeps them valid: 0 < top_p <= 1, penalty > 0, 0 <= min_p < 1) and "
+            "state[s] = [seed, step, hist_len, 0]. Repetition penalty on each distinct id in "
+            "history[s, :hist_len] (l/penalty if l > 0 else l*penalty); temperature <= 0 means greedy "
+            "(argmax: with penalty 1, exactly `argmax`'s answer); otherwise softmax(l / temperature), keep "
+            "p >= the top_k-th largest p (top_k 0 or >= n: all) and p >= the smallest p of the shortest "
             "descending prefix whose mass reaches top_p, and p >= min_p * max p (min_p 0: all), then "
-            "walk the kept ids in index order to u * kept mass, u = uniform(seed, step). Writes out[0] "
-            "and history[hist_len] (if hist_len < hist_cap).",
+            "walk the kept ids in index order to u * kept mass, u = uniform(seed, step). Writes out[r] "
+            "and history[s, hist_len] (if hist_len < hist_cap). The rows of one dispatch must be of "
+            "distinct slots, each < n_seqs (the host's duty).",
             bindings=(
-                Binding("logits", "f32", ("n",)),
-                Binding("history", "u32", ("hist_cap",), "readwrite"),
-                Binding("state", "u32", ("4",)),
-                Binding("out", "u32", ("1",), "write"),
+                Binding("logits", "f32", ("rows", "n")),
+                Binding("seqs", "u32", ("rows",)),
+                Binding("settings", "f32", ("n_seqs", str(SAMPLE_SETTINGS))),
+                Binding("state", "u32", ("n_seqs", "4")),
+                Binding("history", "u32", ("n_seqs", "hist_cap"), "readwrite"),
+                Binding("out", "u32", ("rows",), "write"),
             ),
-            params=(
-                Param("n", "u32"),
-                Param("hist_cap", "u32"),
-                Param("temperature", "f32"),
-                Param("top_k", "u32"),
-                Param("top_p", "f32"),
-                Param("penalty", "f32"),
-                Param("min_p", "f32"),
-            ),
-            constraints=("n >= 1", "hist_cap >= 1", "0 < top_p <= 1", "penalty > 0", "0 <= min_p < 1"),
+            params=(Param("rows", "u32"), Param("n", "u32"), Param("n_seqs", "u32"), Param("hist_cap", "u32")),
+            constraints=("rows >= 1", "n >= 1", "n_seqs >= 1", "hist_cap >= 1"),
         ),
         KernelSpec(
             "advance",
             "Moves a recorded decode step on by `steps` tokens, so that the host writes nothing between "
-            "steps: position[0] += steps, and the sampler's step and history length with it "
-            "(state[1] += steps, state[2] += steps); u32 arithmetic, wrapping at 2**32.",
-            bindings=(Binding("position", "u32", ("1",), "readwrite"), Binding("state", "u32", ("4",), "readwrite")),
-            params=(Param("steps", "u32"),),
+            "steps: for each row r, positions[r] += steps, and the sampler's step and history length of "
+            "its slot with it (state[seqs[r], 1] += steps, state[seqs[r], 2] += steps); u32 arithmetic, "
+            "wrapping at 2**32. The rows must be of distinct slots, each < n_seqs (the host's duty).",
+            bindings=(
+                Binding("positions", "u32", ("rows",), "readwrite"),
+                Binding("seqs", "u32", ("rows",)),
+                Binding("state", "u32", ("n_seqs", "4"), "readwrite"),
+            ),
+            params=(Param("rows", "u32"), Param("n_seqs", "u32"), Param("steps", "u32")),
+            constraints=("rows >= 1", "n_seqs >= 1"),
         ),
     )
 }

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+from shaderbay.kernels import SAMPLE_SETTINGS
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -23,18 +26,21 @@ class Sampling:
         return self.temperature <= 0 and self.repetition_penalty == 1.0
 
     def key(self) -> tuple:
-        if self.greedy:
-            return ("argmax",)
-        if self.temperature <= 0:
-            return ("sample", 0.0, 0, 1.0, float(self.repetition_penalty), 0.0)
-        return (
-            "sample",
-            float(self.temperature),
-            int(self.top_k),
-            float(self.top_p),
-            float(self.repetition_penalty),
-            float(self.min_p),
+        """The head a decode step is recorded with: argmax, or `sample` (its settings are in a buffer)."""
+        return ("argmax",) if self.greedy else ("sample",)
+
+    def settings_row(self) -> np.ndarray:
+        """The `sample` kernel's settings row of this sampling (the catalogue's layout)."""
+        row = np.zeros(SAMPLE_SETTINGS, np.float32)
+        greedy = self.temperature <= 0
+        row[:5] = (
+            0.0 if greedy else self.temperature,
+            0 if greedy else self.top_k,
+            1.0 if greedy else self.top_p,
+            self.repetition_penalty,
+            0.0 if greedy else self.min_p,
         )
+        return row
 
 
 GREEDY = Sampling()

@@ -19,6 +19,7 @@ from shaderbay.backends.numpy import kernels as ref
 from shaderbay.backends.numpy.backend import NumpyBackend
 from shaderbay.commands import Copy
 from shaderbay.dtypes import BLOCK_DTYPES, bf16_to_f32, host_shape
+from shaderbay.kernels import SAMPLE_SETTINGS
 from shaderbay.plugins import BackendEntry, hookimpl, plugin_manager
 
 Arrays = dict[str, np.ndarray]
@@ -32,10 +33,10 @@ def rmsnorm_without_eps(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None
 
 
 def attention_without_causal_mask(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
-    # every query attends to the whole cache, as if positions[r] were max_seq - 1
+    # every query attends to the whole of its slot, as if positions[r] were the last one
     rows = p["rows"]
     b = dict(b)
-    b["positions"] = np.full(rows, p["max_seq"] - 1, np.uint32)
+    b["positions"] = np.full(rows, p["block_size"] * p["blocks_per_seq"] - 1, np.uint32)
     ref.attention(b, p, c)
 
 
@@ -122,7 +123,11 @@ def silu_mul_swapped_halves(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> 
 
 
 def sample_ignoring_top_k(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
-    ref.sample(b, {**p, "top_k": 0}, c)
+    b = dict(b)
+    b["settings"] = b["settings"].copy().reshape(-1, SAMPLE_SETTINGS)
+    b["settings"][:, 1] = 0  # top_k
+    b["settings"] = b["settings"].reshape(-1)
+    ref.sample(b, p, c)
 
 
 def add_skipping_last_element(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:

@@ -180,7 +180,7 @@ def test_kernel_bytes_count_weights_and_activations():
     acc = kernel_bytes("matmul", {"rows": 1, "n": 10, "k": 8}, f16, {"prologue": "none", "accumulate": True})
     assert acc == plain + 10 * 4
     cache = {"k_cache": "f16"}
-    params = {"rows": 1, "n_heads": 4, "n_kv_heads": 2, "head_dim": 8, "max_seq": 100}
+    params = {"rows": 1, "n_heads": 4, "n_kv_heads": 2, "head_dim": 8, "block_size": 10, "blocks_per_seq": 10}
     assert kernel_bytes("attention", params, cache, {}, context=10) < kernel_bytes("attention", params, cache, {})
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 from shaderbay.dtypes import host_shape, nbytes
-from shaderbay.kernels import uniform
+from shaderbay.kernels import SAMPLE_SETTINGS, uniform
 
 from .quants import values
 
@@ -104,62 +104,104 @@ def rope(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
     x[:, offset : offset + heads * hd] = rotated.reshape(rows, heads * hd).astype(np.float32)
 
 
-def _cache_view(buffer: np.ndarray, max_seq: int, width: int) -> np.ndarray:
-    return buffer[: max_seq * width].reshape(max_seq, width)
+def _cache_view(buffer: np.ndarray, p: dict[str, Any], width: int) -> np.ndarray:
+    rows = p["n_blocks"] * p["block_size"]
+    return buffer[: rows * width].reshape(rows, width)
+
+
+def cache_rows(b: Arrays, p: dict[str, Any], seq: int, positions: np.ndarray) -> np.ndarray:
+    """The cache rows of logical `positions` of slot `seq`, -1 where there is none (past the slot's
+    capacity, an invalid table entry, a slot >= n_seqs)."""
+    bs, per_seq, n_blocks = p["block_size"], p["blocks_per_seq"], p["n_blocks"]
+    positions = np.asarray(positions, np.int64)
+    if seq >= p["n_seqs"]:
+        return np.full(positions.shape, -1, np.int64)
+    inside = positions < bs * per_seq
+    table = b["block_tables"][seq * per_seq : (seq + 1) * per_seq].astype(np.int64)
+    blocks = table[np.where(inside, positions // bs, 0)]
+    return np.where(inside & (blocks < n_blocks), blocks * bs + positions % bs, -1)
+
+
+def visible_rows(b: Arrays, p: dict[str, Any], seq: int, pos: int) -> np.ndarray:
+    """The cache rows a query of slot `seq` at position `pos` attends to, in position order."""
+    length = min(pos + 1, p["block_size"] * p["blocks_per_seq"])
+    rows = cache_rows(b, p, seq, np.arange(length))
+    return rows[rows >= 0]
+
+
+def _attend(q: np.ndarray, keys: np.ndarray, values: np.ndarray, scale: float) -> np.ndarray:
+    """softmax(scale * q . keys) @ values per head (q: heads x hd; keys, values: m x kv_heads x hd,
+    head h reading kv head h // group); zeros when there is no key."""
+    nh, hd = q.shape
+    out = np.zeros((nh, hd), np.float32)
+    if len(keys) == 0:
+        return out
+    group = nh // keys.shape[1]
+    for h in range(nh):
+        k = keys[:, h // group].astype(np.float64)
+        v = values[:, h // group].astype(np.float64)
+        scores = scale * (k @ q[h].astype(np.float64))
+        weights = np.exp(scores - scores.max())
+        out[h] = (weights / weights.sum()) @ v
+    return out
 
 
 def kv_write(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
-    rows, stride, kv_dim, max_seq = p["rows"], p["stride"], p["kv_dim"], p["max_seq"]
+    rows, stride, kv_dim = p["rows"], p["stride"], p["kv_dim"]
     src = b["src"][: rows * stride].reshape(rows, stride)
-    k_cache = _cache_view(b["k_cache"], max_seq, kv_dim)
-    v_cache = _cache_view(b["v_cache"], max_seq, kv_dim)
-    for r, pos in enumerate(b["positions"][:rows].astype(np.int64)):
-        if pos < max_seq:
-            k_cache[pos] = src[r, p["k_offset"] : p["k_offset"] + kv_dim]
-            v_cache[pos] = src[r, p["v_offset"] : p["v_offset"] + kv_dim]
+    k_cache = _cache_view(b["k_cache"], p, kv_dim)
+    v_cache = _cache_view(b["v_cache"], p, kv_dim)
+    for r in range(rows):
+        (row,) = cache_rows(b, p, int(b["seqs"][r]), [int(b["positions"][r])])
+        if row >= 0:
+            k_cache[row] = src[r, p["k_offset"] : p["k_offset"] + kv_dim]
+            v_cache[row] = src[r, p["v_offset"] : p["v_offset"] + kv_dim]
 
 
 def attention(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
-    rows, nh, nkv, hd = p["rows"], p["n_heads"], p["n_kv_heads"], p["head_dim"]
-    max_seq, q_stride = p["max_seq"], p["q_stride"]
+    rows, nh, nkv, hd, q_stride = p["rows"], p["n_heads"], p["n_kv_heads"], p["head_dim"], p["q_stride"]
     q = b["q"][: rows * q_stride].reshape(rows, q_stride)[:, : nh * hd].reshape(rows, nh, hd)
-    keys = _cache_view(b["k_cache"], max_seq, nkv * hd).reshape(max_seq, nkv, hd)
-    values = _cache_view(b["v_cache"], max_seq, nkv * hd).reshape(max_seq, nkv, hd)
+    keys = _cache_view(b["k_cache"], p, nkv * hd).reshape(-1, nkv, hd)
+    values = _cache_view(b["v_cache"], p, nkv * hd).reshape(-1, nkv, hd)
     out = np.empty((rows, nh, hd), np.float32)
-    group = nh // nkv
-    for r, pos in enumerate(b["positions"][:rows].astype(np.int64)):
-        length = min(pos + 1, max_seq)
-        for h in range(nh):
-            k = keys[:length, h // group].astype(np.float64)
-            v = values[:length, h // group].astype(np.float64)
-            scores = p["scale"] * (k @ q[r, h].astype(np.float64))
-            weights = np.exp(scores - scores.max())
-            out[r, h] = (weights / weights.sum()) @ v
+    for r in range(rows):
+        seen = visible_rows(b, p, int(b["seqs"][r]), int(b["positions"][r]))
+        out[r] = _attend(q[r], keys[seen], values[seen], p["scale"])
     b["out"][: rows * nh * hd] = out.ravel()
 
 
 def decode_attention(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
-    """rope, kv_write and attention of one row, composed (on a copy of the row: qkv stays as it is)."""
-    nh, nkv, hd, stride, max_seq = p["n_heads"], p["n_kv_heads"], p["head_dim"], p["stride"], p["max_seq"]
+    """rope, then each row's attention over the cache as it was plus its own new row, then kv_write
+    of every row (on a copy of qkv: qkv stays as it is)."""
+    rows, nh, nkv, hd, stride = p["rows"], p["n_heads"], p["n_kv_heads"], p["head_dim"], p["stride"]
     q_dim, kv_dim = nh * hd, nkv * hd
-    row = b["qkv"][:stride].copy()
-    positions = b["positions"][:1]
+    qkv = b["qkv"][: rows * stride].copy()
+    positions, seqs = b["positions"][:rows], b["seqs"][:rows]
     rope(
-        {"x": row, "positions": positions, "inv_freq": b["inv_freq"]},
-        {"rows": 1, "heads": nh + nkv, "head_dim": hd, "stride": stride, "offset": 0},
+        {"x": qkv, "positions": positions, "inv_freq": b["inv_freq"]},
+        {"rows": rows, "heads": nh + nkv, "head_dim": hd, "stride": stride, "offset": 0},
         {},
     )
-    cached = {"k_cache": b["k_cache"], "v_cache": b["v_cache"]}
+    qkv = qkv.reshape(rows, stride)
+    k_cache = _cache_view(b["k_cache"], p, kv_dim)
+    v_cache = _cache_view(b["v_cache"], p, kv_dim)
+    out = np.empty((rows, nh, hd), np.float32)
+    for r in range(rows):
+        seq, pos = int(seqs[r]), int(positions[r])
+        seen = visible_rows(b, p, seq, pos)
+        keys, values = k_cache[seen], v_cache[seen]  # copies: the own row goes in as the cache stores it
+        (own,) = cache_rows(b, p, seq, [pos])
+        if own >= 0:
+            keys[-1] = qkv[r, q_dim : q_dim + kv_dim]
+            values[-1] = qkv[r, q_dim + kv_dim : q_dim + 2 * kv_dim]
+        out[r] = _attend(qkv[r, :q_dim].reshape(nh, hd), keys.reshape(-1, nkv, hd), values.reshape(-1, nkv, hd),
+                         p["scale"])  # fmt: skip
+    b["out"][: rows * q_dim] = out.ravel()
+    paged = {k: p[k] for k in ("block_size", "blocks_per_seq", "n_blocks", "n_seqs")}
     kv_write(
-        {"src": row, "positions": positions, **cached},
-        {"rows": 1, "stride": stride, "k_offset": q_dim, "v_offset": q_dim + kv_dim, "kv_dim": kv_dim,
-         "max_seq": max_seq},
-        c,
-    )  # fmt: skip
-    attention(
-        {"q": row, "positions": positions, "out": b["out"], **cached},
-        {"rows": 1, "n_heads": nh, "n_kv_heads": nkv, "head_dim": hd, "q_stride": stride, "max_seq": max_seq,
-         "scale": p["scale"]},
+        {"src": qkv.ravel(), "positions": positions, "seqs": seqs, "block_tables": b["block_tables"],
+         "k_cache": b["k_cache"], "v_cache": b["v_cache"]},
+        {"rows": rows, "stride": stride, "k_offset": q_dim, "v_offset": q_dim + kv_dim, "kv_dim": kv_dim, **paged},
         c,
     )  # fmt: skip
 
@@ -224,29 +266,30 @@ def sample_token(
 
 
 def sample(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
-    seed, step, hist_len = (int(v) for v in b["state"][:3])
-    used = min(hist_len, p["hist_cap"])
-    token = sample_token(
-        b["logits"][: p["n"]],
-        b["history"][:used],
-        seed,
-        step,
-        p["temperature"],
-        p["top_k"],
-        p["top_p"],
-        p["penalty"],
-        p["min_p"],
-    )
-    b["out"][0] = token
-    if hist_len < p["hist_cap"]:
-        b["history"][hist_len] = token
+    rows, n, hist_cap = p["rows"], p["n"], p["hist_cap"]
+    logits = b["logits"][: rows * n].reshape(rows, n)
+    for r in range(rows):
+        s = int(b["seqs"][r])
+        seed, step, hist_len = (int(v) for v in b["state"][4 * s : 4 * s + 3])
+        temperature, top_k, top_p, penalty, min_p = (
+            float(v) for v in b["settings"][SAMPLE_SETTINGS * s : SAMPLE_SETTINGS * s + 5]
+        )
+        history = b["history"][s * hist_cap : (s + 1) * hist_cap]
+        token = sample_token(
+            logits[r], history[: min(hist_len, hist_cap)], seed, step, temperature, int(top_k), top_p, penalty, min_p
+        )
+        b["out"][r] = token
+        if hist_len < hist_cap:
+            history[hist_len] = token
 
 
 def advance(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
     steps = np.uint32(p["steps"])
     with np.errstate(over="ignore"):
-        b["position"][0] += steps
-        b["state"][1:3] += steps
+        for r in range(p["rows"]):
+            b["positions"][r] += steps
+            s = int(b["seqs"][r])
+            b["state"][4 * s + 1 : 4 * s + 3] += steps
 
 
 REFERENCE: dict[str, Callable[[Arrays, dict[str, Any], dict[str, Any]], None]] = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from hypothesis import strategies as st
-from shaderbay.kernels import ARGMAX_SCRATCH_ROW, uniform
+from shaderbay.kernels import ARGMAX_SCRATCH_ROW, SAMPLE_SETTINGS, uniform
 
 from ..harness import Case
 from .record import KernelCases, dim
@@ -35,13 +35,8 @@ def _argmax(v: Values, c: dict, s: dict) -> Case:
 SAMPLER_REGIMES = ("greedy", "plain", "top_k", "top_p", "top_k+top_p", "min_p", "top_k+top_p+min_p")
 
 
-def _sample(v: Values, c: dict, s: dict) -> Case:
-    n, hist_cap = s["n"], s["hist_cap"]
-    spread = v.pick((2.0, 8.0, 20.0))  # flat to peaked distributions
-    if v.bool():
-        logits = v.floats(n, -spread, spread)
-    else:  # ties and plateaus
-        logits = (v.uints(n, 0, 8).astype(np.float32) * np.float32(spread / 8)).astype(np.float32)
+def _settings(v: Values, n: int) -> tuple[np.ndarray, str]:
+    """One slot's settings row ([temperature, top_k, top_p, penalty, min_p, 0, 0, 0]) and its regime."""
     regime = v.pick(SAMPLER_REGIMES)
     if regime == "greedy":
         temperature = v.pick((0.0, -1.0))
@@ -58,43 +53,62 @@ def _sample(v: Values, c: dict, s: dict) -> Case:
     if regime == "greedy":  # the filters must not matter
         top_k, top_p, min_p = v.pick((0, 3)), v.pick((1.0, 0.5)), v.pick((0.0, 0.5))
     penalty = v.pick((1.0, 1.1, 1.3, 0.9))
-    hist_len = v.int(0, hist_cap + 2)
-    history = v.uints(hist_cap, 0, n + 3)
-    seed, step = v.int(0, U32_MAX), v.int(0, U32_MAX)
-    written_history = np.zeros(hist_cap, bool)
-    if hist_len < hist_cap:
-        written_history[hist_len] = True
+    row = np.zeros(SAMPLE_SETTINGS, np.float32)
+    row[:5] = (temperature, top_k, top_p, penalty, min_p)
+    return row, regime
+
+
+def _sample(v: Values, c: dict, s: dict) -> Case:
+    rows, n, hist_cap = s["rows"], s["n"], s["hist_cap"]
+    n_seqs = rows + s["spare_slots"]
+    spread = v.pick((2.0, 8.0, 20.0))  # flat to peaked distributions
+    if v.bool():
+        logits = v.floats(rows * n, -spread, spread)
+    else:  # ties and plateaus
+        logits = (v.uints(rows * n, 0, 8).astype(np.float32) * np.float32(spread / 8)).astype(np.float32)
+    seqs = v.distinct_uints(rows, 0, n_seqs - 1)  # distinct slots, in any order
+    settings = np.zeros((n_seqs, SAMPLE_SETTINGS), np.float32)
+    state = np.zeros((n_seqs, 4), np.uint32)
+    regimes = []
+    written_history = np.zeros((n_seqs, hist_cap), bool)
+    for slot in range(n_seqs):  # every row its own settings and counters
+        settings[slot], regime = _settings(v, n)
+        hist_len = v.int(0, hist_cap + 2)
+        state[slot, :3] = (v.int(0, U32_MAX), v.int(0, U32_MAX), hist_len)
+        if slot in seqs:
+            regimes.append(regime)
+            if hist_len < hist_cap:
+                written_history[slot, hist_len] = True
     return Case(
         "sample",
         c,
-        {
-            "n": n,
-            "hist_cap": hist_cap,
-            "temperature": float(np.float32(temperature)),
-            "top_k": top_k,
-            "top_p": float(np.float32(top_p)),
-            "penalty": float(np.float32(penalty)),
-            "min_p": float(np.float32(min_p)),
-        },
+        {"rows": rows, "n": n, "n_seqs": n_seqs, "hist_cap": hist_cap},
         {
             "logits": logits,
-            "history": history,
-            "state": np.array([seed, step, hist_len, 0], np.uint32),
+            "seqs": seqs,
+            "settings": settings.reshape(-1),
+            "state": state.reshape(-1),
+            "history": v.uints(n_seqs * hist_cap, 0, n + 3),
         },
-        written={"history": written_history},
-        sizes={"out": 1},
-        note=regime,
+        written={"history": written_history.reshape(-1)},
+        sizes={"out": rows},
+        note=",".join(regimes),
     )
 
 
 def _advance(v: Values, c: dict, s: dict) -> Case:
+    rows, n_seqs = s["rows"], s["rows"] + s["spare_slots"]
     near_wrap = v.bool()  # counters close to 2**32 must wrap, not saturate
     lo = U32_MAX - 3 if near_wrap else 0
     return Case(
         "advance",
         c,
-        {"steps": s["steps"]},
-        {"position": v.uints(1, lo, U32_MAX), "state": v.uints(4, lo, U32_MAX)},
+        {"rows": rows, "n_seqs": n_seqs, "steps": s["steps"]},
+        {
+            "positions": v.uints(rows, lo, U32_MAX),
+            "seqs": v.distinct_uints(rows, 0, n_seqs - 1),
+            "state": v.uints(n_seqs * 4, lo, U32_MAX),
+        },
         note="near 2**32" if near_wrap else "",
     )
 
@@ -109,20 +123,29 @@ CASES = (
     ),
     KernelCases(
         "sample",
-        shapes=st.fixed_dictionaries({"n": dim(700), "hist_cap": dim(40)}),
-        ladder=({"n": 49152, "hist_cap": 64}, {"n": 128256, "hist_cap": 256}, {"n": 256000, "hist_cap": 1024}),
+        shapes=st.fixed_dictionaries(
+            {"rows": dim(4), "spare_slots": st.integers(0, 2), "n": dim(700), "hist_cap": dim(40)}
+        ),
+        ladder=(
+            {"rows": 1, "spare_slots": 0, "n": 49152, "hist_cap": 64},
+            {"rows": 4, "spare_slots": 1, "n": 128256, "hist_cap": 256},
+            {"rows": 16, "spare_slots": 0, "n": 256000, "hist_cap": 1024},
+        ),
         build=_sample,
         # the drawn token is checked against sample_candidates (within tolerances.SAMPLE_MARGIN);
         # every other written element exactly
         tolerance={"f32": 0.0},
-        cost=lambda s: s["n"],
+        cost=lambda s: s["rows"] * s["n"],
         examples=3.0,  # cheap cases with discrete outcomes: more of them
     ),
     KernelCases(
         "advance",
-        shapes=st.fixed_dictionaries({"steps": st.one_of(st.just(1), st.integers(0, U32_MAX))}),
-        ladder=({"steps": 1},),
+        shapes=st.fixed_dictionaries(
+            {"rows": dim(4), "spare_slots": st.integers(0, 2), "steps": st.one_of(st.just(1), st.integers(0, U32_MAX))}
+        ),
+        ladder=({"rows": 1, "spare_slots": 0, "steps": 1}, {"rows": 64, "spare_slots": 3, "steps": 1}),
         build=_advance,
+        cost=lambda s: s["rows"],
         tolerance={"f32": 0.0},  # counters: exact
     ),
 )
@@ -131,13 +154,18 @@ CASES = (
 # --- the sampler's acceptable answers ----------------------------------------------------------------
 
 
-def sample_candidates(case: Case, margin: float) -> tuple[int | None, np.ndarray]:
-    """(the token the device must draw, or None when the draw is near a decision boundary; the
-    tokens the reference's rules allow within `margin`)."""
-    p = case.params
-    logits = case.arrays["logits"][: p["n"]].astype(np.float64)
-    seed, step, hist_len = (int(x) for x in case.arrays["state"][:3])
-    history = case.arrays["history"][: min(hist_len, p["hist_cap"])]
+def sample_candidates(case: Case, margin: float, row: int = 0) -> tuple[int | None, np.ndarray]:
+    """(the token the device must draw for `row`, or None when the draw is near a decision boundary;
+    the tokens the reference's rules allow within `margin`)."""
+    n, hist_cap = case.params["n"], case.params["hist_cap"]
+    slot = int(case.arrays["seqs"][row])
+    temperature, top_k, top_p, penalty, min_p = (
+        float(x) for x in case.arrays["settings"][slot * SAMPLE_SETTINGS : slot * SAMPLE_SETTINGS + 5]
+    )
+    p = {"temperature": temperature, "top_k": int(top_k), "top_p": top_p, "penalty": penalty, "min_p": min_p}
+    logits = case.arrays["logits"][row * n : (row + 1) * n].astype(np.float64)
+    seed, step, hist_len = (int(x) for x in case.arrays["state"][4 * slot : 4 * slot + 3])
+    history = case.arrays["history"][slot * hist_cap : slot * hist_cap + min(hist_len, hist_cap)]
     n = len(logits)
     if p["penalty"] != 1.0:
         seen = np.unique(history[history < n].astype(np.int64))
