@@ -119,5 +119,19 @@ class ContextLengthExceeded(ModelError):
         )
 
 
+class KVCacheFull(ModelError):
+    """The paged KV cache has too few free blocks for a request (the engine waits instead, when it can)."""
+
+    def __init__(self, wanted: int, free: int, n_blocks: int):
+        self.wanted = wanted
+        self.free = free
+        self.n_blocks = n_blocks
+        super().__init__(
+            f"the KV cache needs {wanted} more blocks but only {free} of its {n_blocks} are free: "
+            "send fewer or shorter requests (or lower max_tokens), or load the model with a larger KV pool "
+            "or a larger max_context"
+        )
+
+
 class ConfigError(ShaderbayError):
     """A configuration file or environment variable has a bad value."""
