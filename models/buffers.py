@@ -83,8 +83,10 @@ def allocate(new: New, c: ModelConfig, layout: Layout, cache_dtype: str, part_wi
     R = max(L.chunk, L.rows)
     pool_rows = L.n_blocks * L.block_size
     return Buffers(
-        caches=[(new((pool_rows, c.kv_dim), cache_dtype), new((pool_rows, c.kv_dim), cache_dtype))
-                for _ in range(c.n_layers)],  # fmt: skip
+        caches=[
+            (new((pool_rows, c.kv_dim), cache_dtype), new((pool_rows, c.kv_dim), cache_dtype))
+            for _ in range(c.n_layers)
+        ],  # fmt: skip
         block_tables=new((L.n_seqs, L.blocks_per_seq), "u32"),
         x=new((R, c.dim)),
         qkv=new((R, c.qkv_dim)),

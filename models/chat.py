@@ -7,8 +7,8 @@
 
 Each turn renders the whole history with the chat template; the KV blocks of the previous turn
 (its prompt and the reply) stay in the engine's prefix cache, so only the new turn's tokens are
-computed, from the last whole block on (`Completion.cached_tokens` says how many were reused). A reply cut short (the stream closed,
-Ctrl-C) stays in the history as far as it went.
+computed, from the last whole block on (`Completion.cached_tokens` says how many were reused).
+A reply cut short (the stream closed, Ctrl-C) stays in the history as far as it went.
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ class Engine:
             if seq.finished:
                 return
             self._emit(seq, seq.cancel())
-            if seq in self.batch.rows:  # its steps in flight are read (their tokens dropped), then it leaves
+            if seq in self.batch.rows and not self.llama.backend.closed:  # its steps in flight are read, then it leaves
                 self._settle([])
 
     # --- stepping ------------------------------------------------------------------------------
@@ -176,8 +176,8 @@ class Engine:
                     cmd = llama.prefill_list(len(part), "all" if all_positions else "argmax" if last else None)
                     llama.backend.submit(cmd)
                     if all_positions:
-                        blocks = [llama.backend.read(t.view(shape=(len(part), p.shape[0])))
-                                  for t, (_, p) in zip(s.all_logits, llama.weights.lm_head_parts, strict=True)]  # fmt: skip
+                        parts = zip(s.all_logits, llama.weights.lm_head_parts, strict=True)
+                        blocks = [llama.backend.read(t.view(shape=(len(part), p.shape[0]))) for t, (_, p) in parts]
                         out.append(np.concatenate(blocks, axis=1))
                 return np.concatenate(out) if all_positions else llama.backend.read(s.logits)[0].copy()
             finally:

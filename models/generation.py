@@ -19,6 +19,7 @@ from .sampling import Sampling, Stats
 from .settings import GenerationSettings
 from .stop import StopMatcher
 
+
 @dataclass
 class TextEvent:
     """New text (may be "") and the token ids generated since the previous event; the last event

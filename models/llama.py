@@ -314,4 +314,3 @@ def _layout(backend: Backend, c: ModelConfig, weights: Weights, max_context: int
     rows = max(1, min(BATCH_ROWS, binding // row_bytes))
     chunk = max(1, min(int(prefill_chunk), max_context))
     return Layout(BLOCK_SIZE, blocks_for(max_context, BLOCK_SIZE), n_blocks, rows, rows, chunk, max_context)
-

@@ -172,7 +172,9 @@ class Model:
         """(prompt index, text event) of the generations of `prompts` (checked ids), run together."""
         ends = self._ends(settings)
         seqs = [self.engine.add(self._request(ids, settings, ends)) for ids in prompts]
-        texts = {seq.id: (i, seq, TextStream(self.tokenizer, settings.stop, ends, seq.stats)) for i, seq in enumerate(seqs)}
+        texts = {
+            seq.id: (i, seq, TextStream(self.tokenizer, settings.stop, ends, seq.stats)) for i, seq in enumerate(seqs)
+        }
         events = self.engine.run(seqs)
         try:
             for event in events:
@@ -232,9 +234,13 @@ class Model:
         return self._token_ids(self._request(self.prompt_ids(prompt), settings, ends))
 
     def _token_ids(self, request: Request) -> Iterator[int]:
-        for event in self.engine.stream(request):
-            if event.token is not None:
-                yield event.token
+        events = self.engine.stream(request)
+        try:
+            for event in events:
+                if event.token is not None:
+                    yield event.token
+        finally:
+            events.close()  # closed early: the sequence is cancelled now, not when collected
 
     def stream(self, prompt: Prompt, max_tokens: int = DEFAULT_MAX_TOKENS, **options: Any) -> Iterator[str]:
         """Generated text, piece by piece (greedy unless options say otherwise; stop: strings)."""

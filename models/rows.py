@@ -22,17 +22,6 @@ from shaderbay.kernels import SAMPLE_SETTINGS
 from .buffers import RUN_AHEAD
 from .llama import Llama
 from .requests import Sequence
-from .sampling import Sampling
-
-
-def settings_row(sampling: Sampling) -> np.ndarray:
-    """The sampler's per-slot settings: [temperature, top_k, top_p, penalty, min_p, 0, 0, 0]."""
-    row = np.zeros(SAMPLE_SETTINGS, np.float32)
-    if sampling.temperature <= 0:  # greedy, perhaps with a penalty: no filter matters
-        row[:5] = (0.0, 0.0, 1.0, sampling.repetition_penalty, 0.0)
-    else:
-        row[:5] = (sampling.temperature, sampling.top_k, sampling.top_p, sampling.repetition_penalty, sampling.min_p)
-    return row
 
 
 def head_of(seqs: list[Sequence]) -> str:
@@ -44,7 +33,9 @@ class Batch:
     def __init__(self, llama: Llama):
         self.llama = llama
         self.rows: list[Sequence] = []  # row r of the device's step buffers is rows[r]
-        self.in_flight: deque[tuple[CommandList, int, list[Sequence]]] = deque()  # (step, recording, rows), oldest first
+        self.in_flight: deque[tuple[CommandList, int, list[Sequence]]] = (
+            deque()
+        )  # (step, recording, rows), oldest first
         # with the embedding table on the host, each step needs the previous tokens first: no run-ahead
         self.depth = 1 if llama.weights.host_embed is not None else RUN_AHEAD
         self._base: list[int] = []  # each row's position at the first step since the rebuild
@@ -58,7 +49,7 @@ class Batch:
         """Write an admitted sequence's slot: its sampler settings, counters and history, its blocks."""
         b, s = self.llama.backend, self.llama.s
         req, slot = seq.request, seq.slot
-        b.write(s.settings, settings_row(req.sampling), offset=slot * SAMPLE_SETTINGS * 4)
+        b.write(s.settings, req.sampling.settings_row(), offset=slot * SAMPLE_SETTINGS * 4)
         b.write(s.state, np.array([req.seed, 0, seq.n_prompt, 0], np.uint32), offset=slot * 16)
         if req.sampling.repetition_penalty != 1.0:
             b.write(s.history, np.asarray(req.ids[: self.llama.layout.hist_cap], np.uint32),
