@@ -1,23 +1,25 @@
 """decode_attention splits long contexts over workgroups that hand over through `scratch`.
 
-One recorded dispatch is replayed at positions on either side of the split (one chunk: slice 0
-alone; more: several slices merged by the last to arrive), as a decode step is replayed for
-every token: each replay agrees with the NumPy reference, writes its cache row and no other, and
-leaves scratch zeroed for the next.
+One recorded dispatch of two rows (two slots whose blocks are scattered over the pool) is
+replayed at positions on either side of the split (one chunk: slice 0 alone; more: several
+slices merged by the last to arrive), as a decode step is replayed for every token: each
+replay agrees with the NumPy reference, writes each row's cache row and no other, and leaves
+scratch zeroed for the next.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from shaderbay.backends.numpy.kernels import REFERENCE
+from shaderbay.backends.numpy.kernels import REFERENCE, cache_rows
 from shaderbay.conformance.harness import relative_error
 from shaderbay.conformance.plugin import session_backend
 from shaderbay.conformance.tolerances import tolerance
-from shaderbay.kernels import DECODE_ATTENTION_SLICES
+from shaderbay.kernels import decode_scratch_row
 from shaderbay.rope import inverse_frequencies
 
-N_HEADS, N_KV, MAX_SEQ = 6, 2, 2048
+N_HEADS, N_KV, BLOCK, BLOCKS = 6, 2, 16, 128  # slots of 2048 positions
+ROWS = 2
 POSITIONS = (5, 255, 256, 700, 1800, 2047)  # one chunk, then 2, 3, 8 slices of 256 keys (or 64)
 CACHES = {"f16": np.float16, "f32": np.float32}
 
@@ -32,24 +34,28 @@ def test_replays_across_the_split_agree_with_numpy(backend_name, cache_dtype, HD
     tol = tolerance("decode_attention", CONSTANTS)
     rng = np.random.default_rng(3)
     stride, kv_dim = (N_HEADS + 2 * N_KV) * HD, N_KV * HD
-    params = {"n_heads": N_HEADS, "n_kv_heads": N_KV, "head_dim": HD, "stride": stride, "max_seq": MAX_SEQ}
+    n_blocks = ROWS * BLOCKS
+    paged = {"block_size": BLOCK, "blocks_per_seq": BLOCKS, "n_blocks": n_blocks, "n_seqs": ROWS}
+    params = {"rows": ROWS, "n_heads": N_HEADS, "n_kv_heads": N_KV, "head_dim": HD, "stride": stride, **paged}
     params["scale"] = 1.0 / np.sqrt(HD)
-    caches = rng.standard_normal((2, MAX_SEQ * kv_dim)).astype(CACHES[cache_dtype])
+    caches = rng.standard_normal((2, n_blocks * BLOCK * kv_dim)).astype(CACHES[cache_dtype])
     host = {
-        "qkv": rng.standard_normal(stride).astype(np.float32),
+        "qkv": rng.standard_normal(ROWS * stride).astype(np.float32),
+        "seqs": np.array([1, 0], np.uint32),
+        "block_tables": rng.permutation(n_blocks).astype(np.uint32),  # each slot its own blocks, scattered
         "inv_freq": inverse_frequencies(HD, 10000.0).astype(np.float32),
         "k_cache": caches[0],
         "v_cache": caches[1],
-        "scratch": np.zeros(N_HEADS * (1 + DECODE_ATTENTION_SLICES * (2 + HD)), np.uint32),
-        "out": np.zeros(N_HEADS * HD, np.float32),
+        "scratch": np.zeros(ROWS * N_HEADS * decode_scratch_row(HD), np.uint32),
+        "out": np.zeros(ROWS * N_HEADS * HD, np.float32),
     }
     dev = {name: b.upload(a) for name, a in host.items()}
-    dev["positions"] = b.upload(np.zeros(1, np.uint32))
+    dev["positions"] = b.upload(np.zeros(ROWS, np.uint32))
     cmd = b.command_list("decode_attention replay")
     cmd.dispatch(b.pipeline("decode_attention", **CONSTANTS), dev, **params)
     try:
-        for position in POSITIONS:
-            host["positions"] = np.array([position], np.uint32)
+        for position, other in zip(POSITIONS, POSITIONS[::-1], strict=True):
+            host["positions"] = np.array([position, other], np.uint32)
             b.write(dev["positions"], host["positions"])
             b.run(cmd)
             want = {k: v.copy() for k, v in host.items()}
@@ -57,12 +63,17 @@ def test_replays_across_the_split_agree_with_numpy(backend_name, cache_dtype, HD
             out = b.read(dev["out"])
             error = relative_error(out, want["out"])
             assert error <= tol, f"position {position}: error {error:.2e}"
-            row = slice(position * kv_dim, (position + 1) * kv_dim)  # the one row written
+            written = [
+                int(cache_rows(host, paged, int(s), [int(q)])[0])
+                for s, q in zip(host["seqs"], host["positions"], strict=True)
+            ]
             for name in ("k_cache", "v_cache"):
                 got = b.read(dev[name]).copy()
-                assert relative_error(got[row], want[name][row]) <= tol, f"position {position}: {name} row"
                 others = np.ones(got.size, bool)
-                others[row] = False
+                for row in written:  # each row's own cache row
+                    row = slice(row * kv_dim, (row + 1) * kv_dim)
+                    assert relative_error(got[row], want[name][row]) <= tol, f"position {position}: {name} row"
+                    others[row] = False
                 assert np.array_equal(got[others].view(bits), host[name][others].view(bits)), f"{name}: other rows"
                 host[name] = got  # what the device holds: the next replay's reference starts from it
             assert not b.read(dev["scratch"]).any(), f"position {position} left scratch non-zero"

@@ -133,7 +133,7 @@ def _simple() -> list[Variant]:
                     shared_bytes=8 * ARGMAX_WG + 4,
                 )
             )
-    rows.append(Variant("advance", "advance", "advance.comp", {}, (1, 1, 1), lambda p: (1, 1, 1)))
+    rows.append(Variant("advance", "advance", "advance.comp", {}, (64, 1, 1), lambda p: (groups(p["rows"], 64), 1, 1)))
     return rows
 
 

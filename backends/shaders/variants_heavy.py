@@ -73,7 +73,7 @@ from __future__ import annotations
 
 from shaderbay.backend import CoopMatrixShape
 from shaderbay.dtypes import BLOCK_DTYPES
-from shaderbay.kernels import DECODE_ATTENTION_SLICES
+from shaderbay.kernels import DECODE_ATTENTION_SLICES, SAMPLE_SETTINGS
 
 from .records import SG_NEEDS, Variant, combos, coopmat_need, groups, stem
 
@@ -210,7 +210,7 @@ def _attention() -> list[Variant]:
                             needs=SG_NEEDS if sg else frozenset(),
                             when=when if (vec or decode) else None,  # the plain one runs anywhere
                             priority=(10 if vec else 0) + (2 if decode else 0) + (1 if sg else 0),
-                            shared_bytes=4 * (256 + (wg // 4 if sg else wg) + 2 * wg + wg * ue),
+                            shared_bytes=4 * (256 + (wg // 4 if sg else wg) + 3 * wg + wg * ue),
                         )
                     )
     return rows
@@ -219,13 +219,13 @@ def _attention() -> list[Variant]:
 SLICES_DEFINE = f"{DECODE_ATTENTION_SLICES}u"
 
 
-def _slices(max_seq: int, wg: int) -> int:
-    """decode_attention's grid y: a slice per chunk of keys the cache can hold, at most the catalogue's."""
-    return min(DECODE_ATTENTION_SLICES, groups(max_seq, wg))
+def _slices(capacity: int, wg: int) -> int:
+    """decode_attention's grid y: a slice per chunk of keys a slot can hold, at most the catalogue's."""
+    return min(DECODE_ATTENTION_SLICES, groups(capacity, wg))
 
 
 def _decode_attention() -> list[Variant]:
-    """attention.comp with DECODE_ROPE_KV: one row, so the `_decode` sizes (256) with subgroups."""
+    """attention.comp with DECODE_ROPE_KV: a few rows, so the `_decode` sizes (256) with subgroups."""
     rows: list[Variant] = []
     for c in combos("decode_attention"):
         unit = 8 if c["cache_dtype"] == "f16" else 4  # elements per 16-byte load
@@ -241,12 +241,16 @@ def _decode_attention() -> list[Variant]:
                         "attention.comp",
                         c,
                         (wg, 1, 1),
-                        lambda p, wg=wg: (groups(p["n_heads"]), _slices(p["max_seq"], wg), 1),
+                        lambda p, wg=wg: (
+                            groups(p["n_heads"]),
+                            _slices(p["block_size"] * p["blocks_per_seq"], wg),
+                            groups(p["rows"]),
+                        ),
                         defines={"VEC": vec, "SUBGROUPS": sg, "DECODE_ROPE_KV": True, "SLICES": SLICES_DEFINE},
                         needs=SG_NEEDS if sg else frozenset(),
                         when=(lambda p, unit=unit: p["head_dim"] % unit == 0) if vec else None,
                         priority=(10 if vec else 0) + (1 if sg else 0),
-                        shared_bytes=4 * (256 + (wg // 4 if sg else wg) + 2 * wg + wg * ue + 1) + new_row,
+                        shared_bytes=4 * (256 + (wg // 4 if sg else wg) + 3 * wg + wg * ue + 1) + new_row,
                     )
                 )
     return rows
@@ -272,8 +276,13 @@ def _sample() -> list[Variant]:
                 "sample.comp",
                 {},
                 (wg, 1, 1),
-                lambda p: (1, 1, 1),
-                defines={"SUBGROUPS": sg, "CAP": f"{SAMPLE_CAP}u", "BITMAP_WORDS": f"{SAMPLE_BITMAP_WORDS}u"},
+                lambda p: (groups(p["rows"]), 1, 1),
+                defines={
+                    "SUBGROUPS": sg,
+                    "CAP": f"{SAMPLE_CAP}u",
+                    "BITMAP_WORDS": f"{SAMPLE_BITMAP_WORDS}u",
+                    "SETTINGS": f"{SAMPLE_SETTINGS}u",
+                },
                 needs=SG_NEEDS if sg else frozenset(),
                 priority=int(sg),
                 shared_bytes=4 * SAMPLE_BITMAP_WORDS + 12 * SAMPLE_CAP + 16 * slots + 8,

@@ -1,10 +1,14 @@
 #version 450
-// Causal grouped-query attention over the KV cache, one workgroup per (row, head)
+// Causal grouped-query attention over the paged KV cache, one workgroup per (row, head)
 // (grid x over heads, y over rows, both grid-stride); every invocation of the workgroup
 // works on it, so a decode step (one row) still spreads over n_heads workgroups.
 //
-// The keys 0 .. L-1 (L = min(positions[r] + 1, max_seq)) go by in chunks of WG_SIZE: each
-// invocation scores one key of the chunk (q pre-scaled by `scale`, kept in shared
+// The keys 0 .. L-1 (logical positions of the row's slot, L = min(positions[r] + 1, capacity))
+// go by in chunks of WG_SIZE: each invocation looks up the cache row of one key of the chunk
+// (paged.glsl: a table entry; the 16 or so invocations of a block read the same word, one
+// transaction) and keeps it in krow[] for the value pass; a key without a block (an invalid
+// entry) scores nothing and weighs 0, and a row without any key gets zeros. Each invocation
+// scores its key (q pre-scaled by `scale`, kept in shared
 // memory), the chunk's maximum updates the running maximum m (online softmax: the running
 // sum l and the output accumulators are rescaled by exp(m_old - m_new)), each invocation
 // turns its score into exp(s - m), and then the invocations accumulate p * v: invocation t
@@ -20,17 +24,20 @@
 // head_dim is even). Own declarations with vector element types; bindings and push
 // constants as in the generated kernel_attention.glsl.
 //
-// DECODE_ROPE_KV: the `decode_attention` kernel (one row; bindings and push constants as in
-// kernel_decode_attention.glsl). q, k and v are read from the fused qkv row; each workgroup
+// DECODE_ROPE_KV: the `decode_attention` kernel (bindings and push constants as in
+// kernel_decode_attention.glsl; rows over the grid's z, grid-stride). q, k and v are read from
+// the row's fused qkv row; each workgroup
 // rotates q (pre-scaled, into qs) and its kv head's k (rope, with common.glsl's cos_sin as
 // the rope kernel) and packs k and v into shared memory as cache units, rounded as the cache
-// stores them (k_new, v_new), so that key p = positions[0] scores and accumulates exactly
+// stores them (k_new, v_new), so that key p = positions[r] scores and accumulates exactly
 // like a cached row: its loads come from there instead of the cache. The first workgroup
-// of each kv head's group (h % group == 0) alone writes those units to row p of the caches;
-// the others never read row p from the cache, so nothing races. p >= max_seq: no new row,
-// nothing written, all L = max_seq keys from the cache (as kv_write + attention).
-// Its keys are split into slices of whole chunks over the grid's y (a workgroup per head and
-// slice): up to one chunk, slice 0 alone does the head as above; longer, each slice scores
+// of each kv head's group (h % group == 0) alone writes those units to position p's cache
+// row; the others never read that row from the cache, so nothing races (nor do other rows:
+// they are of other slots and cannot see it). p past the capacity or without a block: no
+// new row, nothing written, the cached keys only (as kv_write + attention).
+// Its keys are split into slices of whole chunks over the grid's y (a workgroup per row, head
+// and slice; how many depends on the capacity and the row's own position, never on the other
+// rows, so a row's result is the same in any batch): up to one chunk, slice 0 alone does the head as above; longer, each slice scores
 // its keys and combine_slices() merges them (a 4k context on the H200: 64 us a layer on one
 // workgroup per head).
 #extension GL_EXT_control_flow_attributes : enable
@@ -42,30 +49,18 @@ layout(local_size_x = WG_X, local_size_y = WG_Y, local_size_z = WG_Z) in;
 #define DECODE_ROPE_KV 0
 #endif
 
-#if DECODE_ROPE_KV
-layout(push_constant) uniform Params {
-    uint n_heads;
-    uint n_kv_heads;
-    uint head_dim;
-    uint stride;
-    uint max_seq;
-    float scale;
-} p;
-#define ROWS 1u
-#define Q_STRIDE p.stride
-#else
 layout(push_constant) uniform Params {
     uint rows;
     uint n_heads;
     uint n_kv_heads;
     uint head_dim;
-    uint q_stride;
-    uint max_seq;
+    uint q_stride;  // decode_attention: the qkv row's stride
+    uint block_size;
+    uint blocks_per_seq;
+    uint n_blocks;
+    uint n_seqs;
     float scale;
 } p;
-#define ROWS p.rows
-#define Q_STRIDE p.q_stride
-#endif
 
 #if defined(CACHE_DTYPE_F16)
 #if VEC
@@ -88,7 +83,7 @@ layout(push_constant) uniform Params {
 #define UE uint(UE_N)  // elements per unit
 
 #if DECODE_ROPE_KV
-// q, then k, then v of the one row: qkv (read only, as are positions and inv_freq)
+// q, then k, then v of each row: qkv (read only, as are positions and inv_freq)
 layout(std430, set = 0, binding = BINDING_QKV) readonly buffer Buffer_QKV { float q[]; };
 layout(std430, set = 0, binding = BINDING_INV_FREQ) readonly buffer Buffer_INV_FREQ { float inv_freq[]; };
 layout(std430, set = 0, binding = BINDING_K_CACHE) buffer Buffer_K_CACHE { UNIT k_cache[]; };
@@ -99,6 +94,9 @@ layout(std430, set = 0, binding = BINDING_K_CACHE) readonly buffer Buffer_K_CACH
 layout(std430, set = 0, binding = BINDING_V_CACHE) readonly buffer Buffer_V_CACHE { UNIT v_cache[]; };
 #endif
 layout(std430, set = 0, binding = BINDING_POSITIONS) readonly buffer Buffer_POSITIONS { uint positions[]; };
+layout(std430, set = 0, binding = BINDING_SEQS) readonly buffer Buffer_SEQS { uint seqs[]; };
+layout(std430, set = 0, binding = BINDING_BLOCK_TABLES) readonly buffer Buffer_BLOCK_TABLES { uint block_tables[]; };
+#include "paged.glsl"
 #if DECODE_ROPE_KV
 // coherent: the last slice of a head reads what the others wrote, past its own cache
 layout(std430, set = 0, binding = BINDING_SCRATCH) coherent buffer Buffer_SCRATCH { uint scratch[]; };
@@ -117,6 +115,7 @@ shared float chunk_red[WG_SIZE / 4];  // one slot per subgroup (subgroups of at 
 shared float score[WG_SIZE];
 #endif
 shared float prob[WG_SIZE];
+shared uint krow[WG_SIZE];  // the chunk's cache rows (NO_ROW: no key)
 shared float part[WG_SIZE * UE];  // the groups' accumulators, then their sums
 shared float part_l[WG_SIZE];
 #if DECODE_ROPE_KV
@@ -216,15 +215,15 @@ SUM_GROUPS(sum_part, part)
 SUM_GROUPS(sum_part_l, part_l)
 
 #if DECODE_ROPE_KV
-// Head h's slice leaves (m, l, its unnormalised output) in scratch and counts itself in; the
-// last of the `live` slices to arrive (no workgroup waits for another) merges them as the
-// online softmax does, writes out and zeroes what it read. Scratch per head: [count, then
-// per slice m, l, head_dim outputs]; `part` holds this slice's groups.
+// (Row r, head h)'s slice leaves (m, l, its unnormalised output) in scratch and counts itself
+// in; the last of the `live` slices to arrive (no workgroup waits for another) merges them as
+// the online softmax does, writes out and zeroes what it read. Scratch per (row, head): [count,
+// then per slice m, l, head_dim outputs]; `part` holds this slice's groups.
 void combine_slices(uint h, uint r, uint live, float m, float l) {
     uint t = gl_LocalInvocationIndex;
     uint hd = p.head_dim;
     uint G = WG_SIZE / (hd / UE);
-    uint hs = h * (1u + SLICES * (2u + hd));
+    uint hs = (r * p.n_heads + h) * (1u + SLICES * (2u + hd));
     uint mine = hs + 1u + gl_WorkGroupID.y * (2u + hd);
     for (uint d = t; d < hd; d += WG_SIZE) {
         scratch[mine + 2u + d] = floatBitsToUint(sum_part(d, hd, G));
@@ -290,7 +289,7 @@ void combine_slices(uint h, uint r, uint live, float m, float l) {
         barrier();
     }
     for (uint d = t; d < hd; d += WG_SIZE) {
-        out_[(r * p.n_heads + h) * hd + d] = qs[d] / lsum;
+        out_[(r * p.n_heads + h) * hd + d] = lsum > 0.0 ? qs[d] / lsum : 0.0;  // no key at all: zeros
     }
     barrier();  // all read before anything is zeroed
     for (uint i = t; i < live * (2u + hd); i += WG_SIZE) {
@@ -313,28 +312,33 @@ void main() {
     uint u = t % units;
     bool accumulating = grp < G;
 
+    uint last = p.block_size * p.blocks_per_seq - 1u;  // a slot's last position
 #if DECODE_ROPE_KV
-    for (uint r = 0u; r < ROWS; ++r) {  // grid y: the slices of the keys
-        uint L = min(positions[r], p.max_seq - 1u) + 1u;
+    for (uint r = gl_WorkGroupID.z; r < p.rows; r += gl_NumWorkGroups.z) {  // grid y: the slices of the keys
+        uint pos = positions[r];
+        uint seq = seqs[r];
+        uint L = min(pos, last) + 1u;
         // slices of `span` keys (whole chunks), a workgroup each; `live` of them hold keys
         uint slices = gl_NumWorkGroups.y;
         uint span = max(1u, (L + slices * WG_SIZE - 1u) / (slices * WG_SIZE)) * WG_SIZE;
         uint live = (L + span - 1u) / span;
         if (gl_WorkGroupID.y >= live) {
-            return;  // the same for every head: nothing to do
+            continue;  // the same for every head: nothing to do
         }
         uint begin = gl_WorkGroupID.y * span;
         uint end = min(begin + span, L);
-        uint pos = positions[0];
-        // the key read from k_new / v_new (and written to the caches); none past the cache
-        uint fresh = pos < p.max_seq ? pos : 0xFFFFFFFFu;
+        // the key read from k_new / v_new (and written to the caches); none without a cache row
+        uint fresh_row = cache_row(seq, pos);
+        uint fresh = fresh_row != NO_ROW ? pos : NO_ROW;
         float fpos = float(pos);
         uint half_dim = hd / 2u;
-        uint k_off = p.n_heads * hd;
+        uint q_row = r * p.q_stride;
+        uint k_off = q_row + p.n_heads * hd;
         uint v_off = k_off + p.n_kv_heads * hd;
 #else
-    for (uint r = gl_WorkGroupID.y; r < ROWS; r += gl_NumWorkGroups.y) {
-        uint L = min(positions[r], p.max_seq - 1u) + 1u;
+    for (uint r = gl_WorkGroupID.y; r < p.rows; r += gl_NumWorkGroups.y) {
+        uint seq = seqs[r];
+        uint L = min(positions[r], last) + 1u;
         uint begin = 0u;
         uint end = L;
 #endif
@@ -345,10 +349,10 @@ void main() {
             uint vb0 = v_off + (h / group) * hd;
             for (uint d = t; d < hd; d += WG_SIZE) {
                 vec2 cs = cos_sin(fpos * inv_freq[d < half_dim ? d : d - half_dim]);
-                qs[d] = rotated(h * hd, d, half_dim, cs) * p.scale;
+                qs[d] = rotated(q_row + h * hd, d, half_dim, cs) * p.scale;
             }
             // the new k (rotated) and v, a word per invocation: no barrier before the packing
-            bool writer = fresh != 0xFFFFFFFFu && h % group == 0u && fresh >= begin && fresh < end;
+            bool writer = fresh != NO_ROW && h % group == 0u && fresh >= begin && fresh < end;
             for (uint w = t; w < hd / EPW; w += WG_SIZE) {
                 uint d = w * EPW;
 #if defined(CACHE_DTYPE_F16)
@@ -363,13 +367,13 @@ void main() {
                 SET_WORD(k_new, i, c, kw);
                 SET_WORD(v_new, i, c, vw);
                 if (writer) {
-                    SET_WORD(k_cache, fresh * kv_units + kv0 + i, c, kw);
-                    SET_WORD(v_cache, fresh * kv_units + kv0 + i, c, vw);
+                    SET_WORD(k_cache, fresh_row * kv_units + kv0 + i, c, kw);
+                    SET_WORD(v_cache, fresh_row * kv_units + kv0 + i, c, vw);
                 }
             }
 #else
             for (uint d = t; d < hd; d += WG_SIZE) {
-                qs[d] = q[r * Q_STRIDE + h * hd + d] * p.scale;
+                qs[d] = q[r * p.q_stride + h * hd + d] * p.scale;
             }
 #endif
             barrier();
@@ -380,9 +384,10 @@ void main() {
             vec4 acc_b = vec4(0.0);
             for (uint c = begin; c < end; c += WG_SIZE) {
                 uint j = c + t;
+                uint row = j < end ? cache_row(seq, j) : NO_ROW;
                 float s = LOWEST;
-                if (j < end) {
-                    uint base = j * kv_units + kv0;
+                if (row != NO_ROW) {
+                    uint base = row * kv_units + kv0;
                     vec4 sa = vec4(0.0);
                     vec4 sb = vec4(0.0);
                     for (uint i0 = 0u; i0 < units; i0 += BATCH) {
@@ -426,7 +431,8 @@ void main() {
 #endif
                 float m_new = max(m, mc);
                 float corr = exp(m - m_new);
-                prob[t] = j < end ? exp(s - m_new) : 0.0;
+                prob[t] = row != NO_ROW ? exp(s - m_new) : 0.0;
+                krow[t] = row;
                 barrier();
                 if (accumulating) {
                     acc_a *= corr;
@@ -436,7 +442,8 @@ void main() {
                         UNIT vb[VBATCH];  // the batch's loads first
                         [[unroll]] for (uint b = 0u; b < VBATCH; ++b) {
                             uint i = i0 + b * G;
-                            vb[b] = i < cnt ? V_UNIT(c + i, (c + i) * kv_units + kv0 + u, u) : UNIT(0);
+                            uint vrow = i < cnt ? krow[i] : NO_ROW;
+                            vb[b] = vrow != NO_ROW ? V_UNIT(c + i, vrow * kv_units + kv0 + u, u) : UNIT(0);
                         }
                         [[unroll]] for (uint b = 0u; b < VBATCH; ++b) {
                             uint i = min(i0 + b * G, cnt - 1u);
@@ -479,7 +486,7 @@ void main() {
 #endif
             {
                 for (uint d = t; d < hd; d += WG_SIZE) {
-                    out_[(r * p.n_heads + h) * hd + d] = sum_part(d, hd, G) / lt;
+                    out_[(r * p.n_heads + h) * hd + d] = lt > 0.0 ? sum_part(d, hd, G) / lt : 0.0;  // no key: zeros
                 }
             }
             barrier();  // shared memory is reused by the next (row, head)
