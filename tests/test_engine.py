@@ -158,3 +158,20 @@ def test_generate_batch_with_text_and_stop_strings(text_model_dir, numpy_backend
         cut = model.generate_batch(prompts, 8, ignore_eos=True, stop=stop)
         assert cut[1].finish_reason == "stop" and cut[1].text == free[1].text[: free[1].text.index(stop)]
         assert model.engine.idle and model.engine.pool.num_used == 0
+
+
+def test_tables_larger_than_a_binding_in_a_batch(numpy_backend, monkeypatch, tmp_path):
+    """Embedding rows from the host (no run-ahead) and lm_head in parts, for several rows at once."""
+    import dataclasses
+
+    from shaderbay.models.synthetic import synthetic_config, write_checkpoint
+
+    path = write_checkpoint(synthetic_config("tiny", "f16", vocab_size=1500), tmp_path, "f16")
+    with shaderbay.load(path, backend=numpy_backend, cache_dtype="f32", max_context=128, streams=3) as ref:
+        want = [list(ref.tokens(p, 8)) for p in PROMPTS]
+    small = dataclasses.replace(numpy_backend.caps, max_binding_size=65536)
+    monkeypatch.setattr(numpy_backend, "caps", small)
+    with shaderbay.load(path, backend=numpy_backend, cache_dtype="f32", max_context=128, streams=3) as model:
+        w = model.llama.weights
+        assert w.embed is None and len(w.lm_head_parts) > 1 and model.llama.layout.rows >= 3
+        assert [d.token_ids for d in model.generate_batch(PROMPTS, 8)] == want
