@@ -43,6 +43,7 @@ class Engine:
         self.batch = Batch(llama)
         self.stats = Stats()  # the last added request's
         self._queues: dict[int, deque[Event]] = {}
+        self._changed = False  # a row finished or a sequence is ready to join: rewrite the rows
         self._lock = threading.RLock()
 
     # --- requests in ----------------------------------------------------------------------------
@@ -63,7 +64,7 @@ class Engine:
             if seq.finished:
                 return
             self._emit(seq, seq.cancel())
-            if seq in self.batch.rows and not self.llama.backend.closed:  # its steps in flight are read, then it leaves
+            if self._changed and not self.llama.backend.closed:  # a row: its steps in flight are read, then it leaves
                 self._settle([])
 
     # --- stepping ------------------------------------------------------------------------------
@@ -88,8 +89,8 @@ class Engine:
                 token = batch.chunk(seq, start, end)
                 if token is not None:
                     self._emit(seq, seq.take(token), events)
-            decoding = sched.decoding()
-            if decoding != batch.rows:
+                    self._changed |= not seq.finished  # it joins the rows
+            if self._changed:
                 self._settle(events)
             batch.fill()
             dt = time.perf_counter() - t0
@@ -106,6 +107,7 @@ class Engine:
             if seq.finished:
                 self.scheduler.remove(seq)
         batch.rebuild(self.scheduler.decoding())
+        self._changed = False
 
     def _take(self, tokens: list[tuple[Sequence, int]], events: list[Event]) -> None:
         for seq, token in tokens:
@@ -118,8 +120,12 @@ class Engine:
             queue.append(event)
         if events is not None:
             events.append(event)
-        if event.finish_reason is not None and seq not in self.batch.rows:
-            self.scheduler.remove(seq)  # not in a step in flight: it leaves now
+        if event.finish_reason is None:
+            return
+        if seq in self.batch.members:
+            self._changed = True  # it leaves the rows once the steps in flight are read
+        else:
+            self.scheduler.remove(seq)  # in no step in flight: it leaves now
 
     # --- events out ----------------------------------------------------------------------------
     def run(self, seqs: Iterable[Sequence]) -> Iterator[Event]:

@@ -33,6 +33,7 @@ class Batch:
     def __init__(self, llama: Llama):
         self.llama = llama
         self.rows: list[Sequence] = []  # row r of the device's step buffers is rows[r]
+        self.members: set[Sequence] = set()
         self.in_flight: deque[tuple[CommandList, int, list[Sequence]]] = (
             deque()
         )  # (step, recording, rows), oldest first
@@ -41,7 +42,8 @@ class Batch:
         self._base: list[int] = []  # each row's position at the first step since the rebuild
         self._submitted = 0  # steps submitted since the rebuild
         self._steps_left = 0  # steps until the first row reaches its max_tokens
-        self._head = "argmax"
+        self._covered = 0  # steps every row has blocks for
+        self._lists: list[CommandList] = []  # the rows' recorded step, RUN_AHEAD recordings
         self._recording = 0
 
     # --- a sequence's slot and prompt ------------------------------------------------------
@@ -86,18 +88,20 @@ class Batch:
         """Make `seqs` the rows (nothing in flight): their last tokens, positions and slots; a row new
         to the batch gets its sampler counters (its first token came from its prompt's chunk)."""
         b, s = self.llama.backend, self.llama.s
-        old = {id(q) for q in self.rows}
-        self.rows = seqs
+        old = self.members
+        self.rows, self.members = seqs, set(seqs)
         self._submitted = 0
         if not seqs:
             return
         for q in seqs:
-            if id(q) not in old:
+            if q not in old:
                 g = len(q.generated)
                 b.write(s.state, np.array([q.request.seed, g, q.n_prompt + g, 0], np.uint32), offset=q.slot * 16)
         self._base = [q.n_prompt + len(q.generated) - 1 for q in seqs]
         self._steps_left = min(q.remaining for q in seqs)
-        self._head = head_of(seqs)
+        self._covered = min(q.table.capacity - base for q, base in zip(seqs, self._base, strict=True))
+        head = head_of(seqs)
+        self._lists = [self.llama.decode_list(head, len(seqs), k) for k in range(RUN_AHEAD)]
         b.write(s.tokens, np.array([q.generated[-1] for q in seqs], np.uint32))
         b.write(s.row_positions, np.array(self._base, np.uint32))
         b.write(s.row_seqs, np.array([q.slot for q in seqs], np.uint32))
@@ -107,11 +111,13 @@ class Batch:
         llama = self.llama
         while self.rows and len(self.in_flight) < self.depth and self._submitted < self._steps_left:
             k = self._submitted
-            for q, base in zip(self.rows, self._base, strict=True):
-                self._cover(q, base + k + 1)
-            if self.depth == 1 and llama.weights.host_embed is not None:
+            if k >= self._covered:  # a row's step k opens a block
+                for q, base in zip(self.rows, self._base, strict=True):
+                    self._cover(q, base + k + 1)
+                self._covered = min(q.table.capacity - base for q, base in zip(self.rows, self._base, strict=True))
+            if llama.weights.host_embed is not None:
                 llama.backend.write(llama.s.x, llama.host_rows([q.generated[-1] for q in self.rows]))
-            cmd = llama.decode_list(self._head, len(self.rows), self._recording)
+            cmd = self._lists[self._recording]
             llama.backend.submit(cmd)
             self.in_flight.append((cmd, self._recording, self.rows))
             self._recording = (self._recording + 1) % RUN_AHEAD
