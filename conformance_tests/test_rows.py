@@ -1,7 +1,8 @@
 """The per-row kernels' promises about rows.
 
 Batch invariance: for up to BATCH_ROWS rows, a row's result among other rows is bit for bit the
-one it gives alone, so a sequence's tokens never depend on who else is decoded in the same step.
+one it gives alone (with the same parameters: the same pool and slot capacity), so a sequence's
+tokens never depend on who else is decoded in the same step.
 And a greedy `sample` row without repetition penalty gives exactly `argmax`'s answer, so a step
 whose rows are all greedy may run argmax instead.
 """
@@ -23,6 +24,7 @@ PER_ROW = {
         "seqs": lambda p: 1,
         "scratch": lambda p: p["n_heads"] * decode_scratch_row(p["head_dim"]),
     },
+    "attention": {"q": lambda p: p["q_stride"], "positions": lambda p: 1, "seqs": lambda p: 1},
     "sample": {"logits": lambda p: p["n"], "seqs": lambda p: 1},
     "argmax": {"x": lambda p: p["n"], "scratch": lambda p: ARGMAX_SCRATCH_ROW},
 }
@@ -35,6 +37,15 @@ SHAPES = {
         "blocks_per_seq": 5,
         "n_seqs": 1,
         "extra": 3,
+    },  # fmt: skip
+    "attention": {
+        "n_kv_heads": 2,
+        "group": 3,
+        "head_dim": 8,
+        "block_size": 3,
+        "blocks_per_seq": 7,
+        "n_seqs": 3,
+        "extra": 1,
     },  # fmt: skip
     "sample": {"spare_slots": 1, "n": 300, "hist_cap": 8},
     "argmax": {"n": 300},
@@ -57,7 +68,7 @@ def _alone(case: Case, row: int) -> Case:
 def test_a_row_alone_gives_what_it_gives_among_others(backend, kernel: str, rows: int) -> None:
     require_kernels(backend, kernel)
     record = kernel_cases(kernel)
-    constants = {"cache_dtype": "f32"} if kernel == "decode_attention" else {}
+    constants = {"cache_dtype": "f32"} if "attention" in kernel else {}
     for seed in range(2):
         case = record.case(RngValues(seed), constants, {**SHAPES[kernel], "rows": rows})
         together = run_case(backend, case).outputs["out"]

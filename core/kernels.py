@@ -157,12 +157,7 @@ _PAGED = (
     "p % block_size, and a slot holds capacity = blocks_per_seq * block_size positions. An entry >= "
     "n_blocks is invalid (a position without a block), and so is every entry of a slot >= n_seqs."
 )
-PAGED_PARAMS = (
-    Param("block_size", "u32"),
-    Param("blocks_per_seq", "u32"),
-    Param("n_blocks", "u32"),
-    Param("n_seqs", "u32"),
-)
+PAGED_PARAMS = tuple(Param(name, "u32") for name in ("block_size", "blocks_per_seq", "n_blocks", "n_seqs"))
 PAGED_CONSTRAINTS = ("block_size >= 1", "blocks_per_seq >= 1", "n_blocks >= 1", "n_seqs >= 1")
 
 # the sampler's per-slot settings row: [temperature, top_k, top_p, penalty, min_p, 0, 0, 0]

@@ -296,14 +296,18 @@ def _run_every_simple_kernel(be) -> None:
     )
     cmd.dispatch(
         be.pipeline("kv_write", cache_dtype="f16"),
-        {"src": x, "positions": pos, "k_cache": kc, "v_cache": vc},
+        {"src": x, "positions": pos, "seqs": _zeros(be, rows), "block_tables": _zeros(be, 2), "k_cache": kc,
+         "v_cache": vc},
         rows=rows,
         stride=n,
         k_offset=0,
         v_offset=32,
         kv_dim=16,
-        max_seq=8,
-    )
+        block_size=4,
+        blocks_per_seq=2,
+        n_blocks=2,
+        n_seqs=1,
+    )  # fmt: skip
     cmd.dispatch(be.pipeline("silu_mul"), {"gate_up": x, "out": out}, rows=rows, n=n // 2)
     cmd.dispatch(be.pipeline("add"), {"x": x.view(shape=rows * n), "y": out.view(shape=rows * n)}, n=rows * n)
     scratch = _zeros(be, rows * ARGMAX_SCRATCH_ROW)

@@ -240,7 +240,7 @@ def _attention_cost(s: dict) -> float:
     return s.get("rows", 1) * s["n_kv_heads"] * s["group"] * s["head_dim"] * _capacity(s)
 
 
-# float32 softmax (exp) and a weighted sum over up to max_seq rows; f16 caches allow
+# float32 softmax (exp) and a weighted sum over up to a slot's capacity of rows; f16 caches allow
 # half-precision dot products
 ATTENTION_TOLERANCE = {"f32": 2e-4, "f16": 2e-3}
 
