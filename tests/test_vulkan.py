@@ -235,7 +235,7 @@ def test_validation_layers_report_nothing():
 
 def test_validation_layers_report_nothing_for_a_model():
     """Run-ahead decoding (two recordings in flight, token copies to READBACK buffers, advance) and
-    the stage-precise barriers between dispatches and copies, greedy and sampled."""
+    the stage-precise barriers between dispatches and copies, greedy and sampled, one row and a batch."""
     be = _make(validate=True)
     if not be.validation:
         be.close()
@@ -243,9 +243,11 @@ def test_validation_layers_report_nothing_for_a_model():
             pytest.fail("validation layers missing: apt install vulkan-validationlayers")
         pytest.skip("VK_LAYER_KHRONOS_validation is not installed")
     try:
-        with load("synthetic:tiny:f32", backend=be, max_context=64) as model:
+        with load("synthetic:tiny:f32", backend=be, max_context=64, streams=3) as model:
             assert len(list(model.tokens([1, 2, 3, 4], 8))) == 8
             assert len(list(model.tokens([1, 2, 3, 4], 8, temperature=0.8, seed=3))) == 8
+            batch = model.generate_batch([[1, 2, 3, 4], [5, 6], [7, 8, 9]], 8, ignore_eos=True, temperature=0.8)
+            assert [len(done.token_ids) for done in batch] == [8, 8, 8]  # rows of several slots, sampled
     finally:
         be.close()
     assert be.validation_messages == []
