@@ -5,6 +5,7 @@ the generate_batch / events API."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import shaderbay
 from shaderbay.models.buffers import RUN_AHEAD
@@ -61,6 +62,15 @@ def test_a_sequence_gets_the_same_tokens_alone_and_in_a_changing_batch(model_bac
         want = {r.id: alone(model, r) for r in greedy}
         assert run_staggered(model.engine, greedy, {0: 3, 2: 1}) == want
         assert model.engine.pool.num_used == 0
+
+
+def test_sixteen_rows_at_once_each_get_their_tokens_alone(model_backend):
+    """Block weights (q8_0) too: every row of the matrix products is its own, whatever the batch."""
+    rng = np.random.default_rng(1)
+    prompts = [rng.integers(3, 250, rng.integers(2, 30)).tolist() for _ in range(16)]
+    with shaderbay.load("synthetic:tiny:q8_0", backend=model_backend, max_context=64, streams=16) as model:
+        want = [list(model.tokens(p, 8, ignore_eos=True)) for p in prompts]
+        assert [d.token_ids for d in model.generate_batch(prompts, 8, ignore_eos=True)] == want
 
 
 def test_prefix_sharing_uses_the_shared_blocks_and_changes_nothing(tiny, numpy_backend):
