@@ -171,8 +171,7 @@ class Engine:
             try:
                 table.reserve(len(ids))
                 self.batch.start(seq)
-                if all_positions and s.all_logits is None:
-                    s.all_logits = [llama._new((llama.all_chunk, p.shape[0])) for _, p in llama.weights.lm_head_parts]
+                blocks = llama.all_logits() if all_positions else []
                 step = llama.all_chunk if all_positions else llama.chunk
                 out = []
                 for start in range(0, len(ids), step):
@@ -182,9 +181,8 @@ class Engine:
                     cmd = llama.prefill_list(len(part), "all" if all_positions else "argmax" if last else None)
                     llama.backend.submit(cmd)
                     if all_positions:
-                        parts = zip(s.all_logits, llama.weights.lm_head_parts, strict=True)
-                        blocks = [llama.backend.read(t.view(shape=(len(part), p.shape[0]))) for t, (_, p) in parts]
-                        out.append(np.concatenate(blocks, axis=1))
+                        got = [llama.backend.read(t.view(shape=(len(part), t.shape[1]))) for t in blocks]
+                        out.append(np.concatenate(got, axis=1))
                 return np.concatenate(out) if all_positions else llama.backend.read(s.logits)[0].copy()
             finally:
                 table.release()

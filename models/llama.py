@@ -253,6 +253,13 @@ class Llama:
         chunk before the prompt's last) ends it."""
         return self._list(("prefill", rows, head, 0))
 
+    def all_logits(self) -> list[Tensor]:
+        """Where a prefill chunk with the "all" head leaves every row's logits: a [all_chunk, part]
+        block per lm_head part (allocated on first use)."""
+        if self.s.all_logits is None:
+            self.s.all_logits = [self._new((self.all_chunk, p.shape[0])) for _, p in self.weights.lm_head_parts]
+        return self.s.all_logits
+
     # --- the host's side of a step ------------------------------------------------------------
     def host_rows(self, ids: list[int]) -> np.ndarray:
         """Embedding rows looked up on the host (for tables larger than the device can bind)."""
