@@ -3,6 +3,8 @@ forward pass, the rows of a decode step and the per-slot sampler state (see llam
 
 Sizes: a prefill chunk has up to `chunk` rows and a decode step up to `rows` (one per live
 sequence, <= BATCH_ROWS); the activations are shared by both, since the queue runs them in order.
+The buffers with a row per decode row (the logits above all) start with one row and grow with
+the largest batch seen, so a model serving one stream pays for one.
 A slot is one sequence's row of `block_tables` and of the sampler's state, history and settings.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from shaderbay.kernels import ARGMAX_SCRATCH_ROW, SAMPLE_SETTINGS, decode_scratch_row
@@ -55,30 +58,35 @@ class Buffers:
     attn: Tensor
     act: Tensor  # silu(gate) * up
     last: Tensor  # a chunk's last row, copied to an aligned place
-    logits: Tensor  # (rows, vocab)
-    lm_parts: Tensor | None  # (rows, widest part) when lm_head comes in several parts
     # a prefill chunk's rows (written by the host) and its token
     ids: Tensor
     positions: Tensor
     seqs: Tensor
     first: Tensor
     first_readback: Tensor
-    # a decode step's rows: written by the host when the batch changes, then moved on by the kernels
-    tokens: Tensor
-    row_positions: Tensor
-    row_seqs: Tensor
-    readback: list[Tensor]  # one per recording of a decode step (RUN_AHEAD of them)
     # per slot: the sampler's [seed, step, hist_len, 0], its history and settings
     state: Tensor
     history: Tensor
     settings: Tensor
+    # a decode step's rows (ROW_SIZED): written by the host when the batch changes, then moved on by the kernels
+    logits: Tensor  # (rows, vocab)
+    lm_parts: Tensor | None  # (rows, widest part) when lm_head comes in several parts
+    tokens: Tensor
+    row_positions: Tensor
+    row_seqs: Tensor
+    readback: list[Tensor]  # one per recording of a decode step (RUN_AHEAD of them)
     argmax_scratch: Tensor
     attention_scratch: Tensor
     all_logits: list[Tensor] | None = None
 
 
+# the buffers with a row per decode row: they grow with the largest batch seen (Llama.ensure_rows)
+ROW_SIZED = ("logits", "lm_parts", "tokens", "row_positions", "row_seqs", "readback", "argmax_scratch",
+             "attention_scratch")  # fmt: skip
+
+
 def allocate(new: New, c: ModelConfig, layout: Layout, cache_dtype: str, part_widths: list[int]) -> Buffers:
-    """Every buffer of `layout`; the kernels' working memory zeroed (they leave it so)."""
+    """Every buffer of `layout`, with room for decode steps of one row."""
     L = layout
     R = max(L.chunk, L.rows)
     pool_rows = L.n_blocks * L.block_size
@@ -93,30 +101,32 @@ def allocate(new: New, c: ModelConfig, layout: Layout, cache_dtype: str, part_wi
         attn=new((R, c.q_dim)),
         act=new((R, c.ffn_dim)),
         last=new((1, c.dim)),
-        logits=new((L.rows, c.vocab_size)),
-        lm_parts=new((L.rows, max(part_widths))) if len(part_widths) > 1 else None,
         ids=new(L.chunk, "u32", Usage.UPLOAD),
         positions=new(L.chunk, "u32", Usage.UPLOAD),
         seqs=new(L.chunk, "u32", Usage.UPLOAD),
         first=new(1, "u32"),
         first_readback=new(1, "u32", Usage.READBACK),
-        tokens=new(L.rows, "u32"),
-        row_positions=new(L.rows, "u32"),
-        row_seqs=new(L.rows, "u32"),
-        readback=[new(L.rows, "u32", Usage.READBACK) for _ in range(RUN_AHEAD)],
         state=new((L.n_seqs, 4), "u32"),
         history=new((L.n_seqs, L.hist_cap), "u32"),
         settings=new((L.n_seqs, SAMPLE_SETTINGS)),
-        argmax_scratch=new((L.rows, ARGMAX_SCRATCH_ROW), "u32"),
-        attention_scratch=new((L.rows * c.n_heads, decode_scratch_row(c.head_dim)), "u32"),
+        **row_sized(new, c, 1, part_widths),
     )
 
 
-def initial(b: Buffers, layout: Layout) -> list[tuple[Tensor, np.ndarray]]:
-    """What the host writes once after allocating: the kernels' scratch (zeros) and block tables
-    without blocks."""
-    return [
-        (b.argmax_scratch, np.zeros(b.argmax_scratch.shape, np.uint32)),
-        (b.attention_scratch, np.zeros(b.attention_scratch.shape, np.uint32)),
-        (b.block_tables, np.full(b.block_tables.shape, layout.n_blocks, np.uint32)),
-    ]
+def row_sized(new: New, c: ModelConfig, rows: int, part_widths: list[int]) -> dict[str, Any]:
+    """The ROW_SIZED buffers for decode steps of up to `rows` rows."""
+    return dict(
+        logits=new((rows, c.vocab_size)),
+        lm_parts=new((rows, max(part_widths))) if len(part_widths) > 1 else None,
+        tokens=new(rows, "u32"),
+        row_positions=new(rows, "u32"),
+        row_seqs=new(rows, "u32"),
+        readback=[new(rows, "u32", Usage.READBACK) for _ in range(RUN_AHEAD)],
+        argmax_scratch=new((rows, ARGMAX_SCRATCH_ROW), "u32"),
+        attention_scratch=new((rows * c.n_heads, decode_scratch_row(c.head_dim)), "u32"),
+    )
+
+
+def zeroed(b: Buffers) -> list[tuple[Tensor, np.ndarray]]:
+    """The kernels' working memory, zeros before their first dispatch (they leave it so)."""
+    return [(t, np.zeros(t.shape, np.uint32)) for t in (b.argmax_scratch, b.attention_scratch)]

@@ -38,7 +38,7 @@ from shaderbay.errors import ContextLengthExceeded, ModelError
 from shaderbay.kernels import ARGMAX_SCRATCH_ROW, BATCH_ROWS, decode_scratch_row
 from shaderbay.resources import Tensor, Usage
 
-from .buffers import Buffers, Layout, allocate, initial
+from .buffers import ROW_SIZED, Buffers, Layout, allocate, row_sized, zeroed
 from .config import ModelConfig
 from .kv_blocks import blocks_for, pool_size
 from .weights import Weights
@@ -79,10 +79,11 @@ class Llama:
         self._owned: list[Tensor] = [t for t in (weights.embed, weights.lm_head, weights.final_norm) if t is not None]
         self._owned += [weights.inv_freq] + [t for lw in weights.layers for t in vars(lw).values() if t is not None]
         try:
-            widths = [p.shape[0] for _, p in weights.lm_head_parts]
-            self.s: Buffers = allocate(self._new, c, self.layout, cache_dtype, widths)
-            for t, data in initial(self.s, self.layout):
+            self.s: Buffers = allocate(self._new, c, self.layout, cache_dtype, self._part_widths)
+            self.row_capacity = 1  # decode rows the ROW_SIZED buffers hold
+            for t, data in zeroed(self.s):
                 backend.write(t, data)
+            backend.write(self.s.block_tables, np.full(self.s.block_tables.shape, self.layout.n_blocks, np.uint32))
         except BaseException:
             self.close()
             raise
@@ -90,6 +91,27 @@ class Llama:
     @property
     def caches(self) -> list[tuple[Tensor, Tensor]]:
         return self.s.caches
+
+    @property
+    def _part_widths(self) -> list[int]:
+        return [p.shape[0] for _, p in self.weights.lm_head_parts]
+
+    def ensure_rows(self, rows: int) -> None:
+        """Room for decode steps of `rows` rows (nothing may be in flight): the ROW_SIZED buffers grow to
+        the next power of two (at most layout.rows), and the recorded lists, which bind them, go."""
+        if rows <= self.row_capacity:
+            return
+        capacity = min(self.layout.rows, 1 << (rows - 1).bit_length())
+        old = {id(t) for name in ROW_SIZED for t in _tensors(getattr(self.s, name))}
+        for t in [t for t in self._owned if id(t) in old]:
+            self.backend.free(t.buffer)
+            self._owned.remove(t)
+        for name, t in row_sized(self._new, self.config, capacity, self._part_widths).items():
+            setattr(self.s, name, t)
+        for t, data in zeroed(self.s):
+            self.backend.write(t, data)
+        self._lists.clear()
+        self.row_capacity = capacity
 
     @staticmethod
     def free_weights(backend: Backend, weights: Weights) -> None:
@@ -304,6 +326,10 @@ class Llama:
             if not t.buffer.freed:
                 self.backend.free(t.buffer)
         self._owned.clear()
+
+
+def _tensors(value: Tensor | list[Tensor] | None) -> list[Tensor]:
+    return [] if value is None else value if isinstance(value, list) else [value]
 
 
 def _layout(backend: Backend, c: ModelConfig, weights: Weights, max_context: int, cache_dtype: str,

@@ -101,6 +101,7 @@ class Batch:
         self._steps_left = min(q.remaining for q in seqs)
         self._covered = min(q.table.capacity - base for q, base in zip(seqs, self._base, strict=True))
         head = head_of(seqs)
+        self.llama.ensure_rows(len(seqs))
         self._lists = [self.llama.decode_list(head, len(seqs), k) for k in range(RUN_AHEAD)]
         b.write(s.tokens, np.array([q.generated[-1] for q in seqs], np.uint32))
         b.write(s.row_positions, np.array(self._base, np.uint32))

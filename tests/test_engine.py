@@ -57,7 +57,9 @@ def test_a_sequence_gets_the_same_tokens_alone_and_in_a_changing_batch(model_bac
     with shaderbay.load("synthetic:tiny:f32", backend=model_backend, max_context=64, streams=4) as model:
         mixed = requests(lambda i: HOT if i == 1 else Sampling())
         want = {r.id: alone(model, r) for r in mixed}
+        assert model.llama.row_capacity == 1  # the per-row buffers follow the largest batch seen
         assert run_staggered(model.engine, mixed, {1: 2, 2: 5}) == want
+        assert model.llama.row_capacity == 4
         greedy = requests()
         want = {r.id: alone(model, r) for r in greedy}
         assert run_staggered(model.engine, greedy, {0: 3, 2: 1}) == want
