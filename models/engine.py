@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 
 import numpy as np
-from shaderbay.errors import KVCacheFull
+from shaderbay.errors import InvalidOption, KVCacheFull
 
 from .kv_blocks import BlockPool, BlockTable
 from .llama import Llama
@@ -49,6 +49,10 @@ class Engine:
     # --- requests in ----------------------------------------------------------------------------
     def add(self, request: Request) -> Sequence:
         """Queue a request (checked now: typed errors for bad ids, a context or pool it can never fit)."""
+        if isinstance(request.max_tokens, bool) or not isinstance(request.max_tokens, int) or request.max_tokens < 1:
+            raise InvalidOption(f"max_tokens must be an integer >= 1, got {request.max_tokens!r}")
+        if request.id in self._queues:
+            raise InvalidOption(f"request id {request.id} is already being served: give each request its own id")
         self.llama.check_ids(list(request.ids))
         self.llama.check_fits(len(request.ids), request.max_tokens)
         seq = Sequence(request, BlockTable(self.pool))

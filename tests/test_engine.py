@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import shaderbay
+from shaderbay.errors import ContextLengthExceeded, InvalidOption, ModelError
 from shaderbay.models.buffers import RUN_AHEAD
 from shaderbay.models.kv_blocks import blocks_for
 from shaderbay.models.llama import BLOCK_SIZE
@@ -187,3 +188,18 @@ def test_tables_larger_than_a_binding_in_a_batch(numpy_backend, monkeypatch, tmp
         w = model.llama.weights
         assert w.embed is None and len(w.lm_head_parts) > 1 and model.llama.layout.rows >= 3
         assert [d.token_ids for d in model.generate_batch(PROMPTS, 8)] == want
+
+
+def test_bad_requests_are_refused_when_added(tiny):
+    engine = tiny.engine
+    with pytest.raises(InvalidOption, match="max_tokens must be an integer >= 1"):
+        engine.add(Request((1, 2), 0))
+    with pytest.raises(ModelError, match="vocabulary"):
+        engine.add(Request((1, 100_000), 4))
+    with pytest.raises(ContextLengthExceeded):
+        engine.add(Request(tuple(range(1, 60)), 10))
+    seq = engine.add(Request((1, 2), 2, id=12345))
+    with pytest.raises(InvalidOption, match="already being served"):
+        engine.add(Request((3, 4), 2, id=12345))
+    assert [e.finish_reason for e in engine.run([seq])][-1] == "length"
+    assert engine.idle
