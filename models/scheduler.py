@@ -33,6 +33,7 @@ class Scheduler:
         self.chunk = chunk
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # admitted, in admission order
+        self.prefilling: Sequence | None = None  # the one whose prompt is being computed
         self._free_slots = list(range(slots - 1, -1, -1))  # pop() gives slot 0 first
 
     def add(self, seq: Sequence) -> None:
@@ -51,7 +52,7 @@ class Scheduler:
     def admit(self) -> Sequence | None:
         """The next waiting sequence, admitted if nothing is being prefilled, a slot is free and the
         pool holds its reservation (its cached prefix shared); else None (it keeps waiting)."""
-        if not self.waiting or not self._free_slots or any(s.prefilling for s in self.running):
+        if not self.waiting or not self._free_slots or self._prompt_in_progress():
             return None
         seq = self.waiting[0]
         reused = seq.table.match_prefix(seq.request.ids)
@@ -62,14 +63,21 @@ class Scheduler:
         seq.slot = self._free_slots.pop()
         seq.computed = seq.stats.cached_tokens = reused
         self.running.append(seq)
+        self.prefilling = seq
         return seq
+
+    def _prompt_in_progress(self) -> bool:
+        seq = self.prefilling
+        if seq is not None and (seq.finished or not seq.prefilling):
+            seq = self.prefilling = None
+        return seq is not None
 
     def next_chunk(self) -> tuple[Sequence, int, int] | None:
         """(sequence, start, end): the prompt positions to compute next, if a prompt is being prefilled."""
-        for seq in self.running:
-            if seq.prefilling and not seq.finished:
-                return seq, seq.computed, min(seq.computed + self.chunk, seq.n_prompt)
-        return None
+        if not self._prompt_in_progress():
+            return None
+        seq = self.prefilling
+        return seq, seq.computed, min(seq.computed + self.chunk, seq.n_prompt)
 
     def decoding(self) -> list[Sequence]:
         """The running sequences whose prompt is done and that have not finished."""
