@@ -30,13 +30,14 @@ def head_of(seqs: list[Sequence]) -> str:
 
 
 class Batch:
+    """The decode rows of one model and its steps in flight (and the writes of admitted slots)."""
+
     def __init__(self, llama: Llama):
         self.llama = llama
         self.rows: list[Sequence] = []  # row r of the device's step buffers is rows[r]
         self.members: set[Sequence] = set()
-        self.in_flight: deque[tuple[CommandList, int, list[Sequence]]] = (
-            deque()
-        )  # (step, recording, rows), oldest first
+        # (step, recording, its rows), oldest first
+        self.in_flight: deque[tuple[CommandList, int, list[Sequence]]] = deque()
         # with the embedding table on the host, each step needs the previous tokens first: no run-ahead
         self.depth = 1 if llama.weights.host_embed is not None else RUN_AHEAD
         self._base: list[int] = []  # each row's position at the first step since the rebuild
