@@ -65,6 +65,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds of timed repetitions per backend; a slower one skips the remaining repetitions (90)",
     )
+    parser.add_argument(
+        "--streams",
+        type=_counts,
+        default=[],
+        metavar="N,N,...",
+        help="also aggregate decode tok/s with N sequences at once, for each N (e.g. 1,4,16,64; the issue's "
+        "figures use --prompt-tokens 128 --new-tokens 128)",
+    )
     parser.add_argument("--max-context", type=int, help="KV-cache positions (default: what the runs need)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; else sampled")
     parser.add_argument("--target", type=float, metavar="TOK_S", help="decode tokens/s counted as acceptable")
@@ -83,6 +91,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--markdown", metavar="FILE", help="append the run as an entry to FILE (benches/RESULTS.md)")
     parser.add_argument("--note", default="", help="a note for the --markdown entry's title (e.g. the change measured)")
     parser.add_argument("--quiet", action="store_true", help="no table on stdout")
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        counts = sorted({int(n) for n in text.split(",") if n.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--streams takes stream counts like 1,4,16,64, got {text!r}") from None
+    if not counts or counts[0] < 1:
+        raise argparse.ArgumentTypeError(f"--streams takes stream counts >= 1, got {text!r}")
+    return counts
 
 
 def backend_names(spec: str) -> list[str]:
@@ -144,6 +162,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "temperature": args.temperature,
         "copy_bytes": args.copy_mib << 20,
+        "streams": args.streams,
     }
     run_bench = _run_kernels if args.what == "kernels" else _run_model
     result = run_bench(args, names, settings, tracks, _envelope(settings, _command(argv)))
@@ -180,6 +199,7 @@ def _run_model(
         preflight=not args.no_preflight,
         target_tok_s=args.target,
         time_budget=args.time_budget,
+        streams=args.streams,
     )
     settings.update(
         max_context=s.context(), in_memory=s.in_memory, target_tok_s=s.target_tok_s, time_budget=s.time_budget

@@ -19,13 +19,14 @@ Per backend, in this order:
    after a `prompt_tokens` prompt, greedy, EOS ignored; per-token wall time around each step)
    and prefill (a `prefill_tokens` prompt to its first token), each decode run after a quarter
    second of untimed decoding (a device left idle while another backend ran clocks down: without
-   it the first run after NumPy's came out at half speed on the H100). The tracer is off; the
+   it the first run after NumPy's came out at half speed on the H100), then, with --streams, the
+   aggregate decode of each stream count (benches/model_streams.py). The tracer is off; the
    probe counts host time inside the API per token.
 4. a **profile** per backend: the warm model is closed and a third start made with the tracer
    on from the beginning (what makes a backend write timestamp queries; some decide when a list
-   is prepared), then one decode and one prefill run: per-dispatch GPU time of every decode
-   step and of the prefill, mapped onto the recorded dispatches to give per-kernel GPU time,
-   bytes and GB/s. This start's spans (loading, pipelines, GPU dispatches) make the trace.
+   is prepared), then one decode and one prefill run (and one of each stream count): per-dispatch
+   GPU time of every decode step and of the prefill, mapped onto the recorded dispatches to give
+   per-kernel GPU time, bytes and GB/s. This start's spans (loading, pipelines, GPU dispatches) make the trace.
 
 Figures: decode and prefill tokens/s are medians over repetitions; CPU overhead is the host
 thread's CPU time inside the API (recording, encoding, submitting, reading back; waits excluded)
@@ -47,6 +48,7 @@ from .bandwidth import device_bandwidth
 from .model_measure import Run, decode_once, memory, prefill_once, settle, start
 from .model_settings import Settings
 from .model_source import Source
+from .model_streams import prompts, streams_once
 from .model_summary import source_info, summarise
 from .preflight import preflight
 from .probe import Tracks
@@ -86,6 +88,7 @@ def bench_model(settings: Settings, tracks: Tracks | None = None,
         vocab = source.shape.vocab_size
         decode_prompt = rng.integers(0, vocab, settings.prompt_tokens).tolist()
         prefill_prompt = rng.integers(0, vocab, settings.prefill_tokens).tolist()
+        batches = {n: prompts(rng, vocab, n, settings.prompt_tokens) for n in settings.streams}
         for run in runs:
             for label in ("cold", "warm"):
                 if run.error:
@@ -131,6 +134,9 @@ def bench_model(settings: Settings, tracks: Tracks | None = None,
                         run.decode_runs.append(decode_once(run, decode_prompt, settings))
                     with tracks.span(run.name, "prefill", rep=rep):
                         run.prefill_runs.append(prefill_once(run, prefill_prompt, settings)[0])
+                    for n, batch in batches.items():
+                        with tracks.span(run.name, f"streams.{n}", rep=rep):
+                            run.streams_runs.setdefault(n, []).append(streams_once(run, batch, settings))
                 except Exception as exc:  # noqa: BLE001
                     run.fail(f"repetition {rep + 1}", exc)
                 spent[run.name] += time.perf_counter() - t0
@@ -151,6 +157,9 @@ def bench_model(settings: Settings, tracks: Tracks | None = None,
                     run.profile_decode = decode_once(run, decode_prompt, settings, profile=True)
                 with tracks.span(run.name, "profile.prefill"):
                     _, run.profile_prefill = prefill_once(run, prefill_prompt, settings, profile=True)
+                for n, batch in batches.items():
+                    with tracks.span(run.name, f"profile.streams.{n}"):
+                        run.profile_streams[n] = streams_once(run, batch, settings, profile=True)
             except Exception as exc:  # noqa: BLE001
                 run.fail("profile", exc)
         return results()

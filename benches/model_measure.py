@@ -60,6 +60,8 @@ class Run:
     prefill_runs: list[float] = field(default_factory=list)
     profile_decode: DecodeRun | None = None  # the profile run's, with GPU timings
     profile_prefill: list[GpuTimings] = field(default_factory=list)
+    streams_runs: dict[int, list[Any]] = field(default_factory=dict)  # --streams: stream count -> StreamsRuns
+    profile_streams: dict[int, Any] = field(default_factory=dict)  # the profile start's, with GPU time
 
     def fail(self, stage: str, exc: BaseException) -> None:
         tail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
@@ -101,7 +103,8 @@ def start(run: Run, source: Source, settings: Settings, prompt: list[int], track
         run.backend, run.probe = backend, probe
         tracks.attach(run.name, backend.tracer)
         c0 = probe.snapshot()
-        run.model = load(source.load_arg(), backend=backend, max_context=settings.context(), progress=False)
+        context, streams = settings.context(), settings.pool_streams()
+        run.model = load(source.load_arg(), backend=backend, max_context=context, streams=streams, progress=False)
         t_loaded = time.perf_counter_ns()
         c1 = probe.snapshot()
         for _ in tokens(run.model, prompt, 1, settings):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -24,7 +24,12 @@ class Settings:
     preflight_timeout: float = 180.0
     target_tok_s: float | None = None
     seed: int = 0
+    streams: list[int] = field(default_factory=list)  # --streams: aggregate decode at each stream count
 
     def context(self) -> int:
         need = max(self.prompt_tokens + self.new_tokens, self.prefill_tokens)
         return max(self.max_context or 0, need)
+
+    def pool_streams(self) -> int:
+        """Sequences of context() positions the KV pool holds: the most streams asked for."""
+        return max(self.streams, default=1)

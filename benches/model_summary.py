@@ -10,6 +10,7 @@ from shaderbay.commands import Copy, Dispatch
 from .model_measure import GpuTimings, Run, ms, seconds
 from .model_settings import Settings
 from .model_source import Source
+from .model_streams import summarise_streams
 from .results import Ceiling, Cpu, Decode, Gpu, ModelInfo, ModelKernel, ModelRow, Prefill
 from .shapes import Shape, dispatch_bytes, dispatch_key, kernel_flops
 from .verdict import bandwidth_utilisation, verdict
@@ -189,4 +190,6 @@ def summarise(run: Run, source: Source, settings: Settings, tensor_cores: bool =
         target_tok_s=settings.target_tok_s,
         tensor_cores=tensor_cores,
     )
+    if run.streams_runs:
+        row.streams = summarise_streams(run, settings, tensor_cores)
     return row

@@ -211,6 +211,11 @@ def model_text(result: ModelResult, top_kernels: int = 8) -> str:
             out += ["", f"{r.backend}: decode kernels by GPU time per token (copy bandwidth {num(copy)} GB/s)"]
             out.append(_text_table(kernels, list(kernels[0]), {"kernel"}))
 
+    if streams := streams_rows(rows):
+        out += ["", f"aggregate decode with many streams at once (prompts of {s.get('prompt_tokens')} tokens, "
+                    f"{s.get('new_tokens')} new tokens each; steady state)"]  # fmt: skip
+        out.append(table(STREAMS_COLUMNS, streams, {1, 2, 3, 4, 5}))
+
     out.append("")
     for r in rows:
         if r.error:
@@ -218,6 +223,19 @@ def model_text(result: ModelResult, top_kernels: int = 8) -> str:
         elif v := r.verdict:
             out.append(f"{r.backend}: {v.kind}: {v.reason} -> {v.suggestion}")
     return "\n".join(out)
+
+
+STREAMS_COLUMNS = ["backend", "streams", "tok/s", "ms/step", "API CPU", "GPU", "verdict"]
+
+
+def streams_rows(rows: list[ModelRow]) -> list[list[str]]:
+    """One row per backend and stream count (`--streams`)."""
+    return [
+        [r.backend, str(x.streams), num(x.tok_s), num(x.ms_per_step, 3), pct(x.api_share), pct(x.gpu_share),
+         x.verdict.kind if x.verdict else "-"]
+        for r in rows
+        for x in r.streams or []
+    ]  # fmt: skip
 
 
 def kernels_text(result: KernelsResult) -> str:
@@ -272,6 +290,11 @@ def markdown(result: Result, note: str = "") -> str:
             out.append(md_table(columns, _pick(kernels, columns)))
         verdicts = [f"- {r.backend}: **{r.verdict.kind}**: {r.verdict.reason}" for r in rows if r.verdict]
         out += ["", *verdicts] if verdicts else []
+        if streams := streams_rows(rows):
+            out += ["", f"Aggregate decode, {s.get('prompt_tokens')}-token prompts and {s.get('new_tokens')} new "
+                        "tokens per stream (steady state):", "", md_table(STREAMS_COLUMNS, streams)]  # fmt: skip
+            out += [f"- {r.backend} at {x.streams}: **{x.verdict.kind}**: {x.verdict.reason}"
+                    for r in rows for x in r.streams or [] if x.verdict]  # fmt: skip
     else:
         kernels = [{"backend": r.backend, **micro_cells(k)} for r in rows for k in r.kernels or [] if not k.error]
         copies = ", ".join(f"{r.backend} {num(r.copy_bandwidth.gbs if r.copy_bandwidth else None)} GB/s" for r in rows)

@@ -188,6 +188,20 @@ class Ceiling:
 
 
 @dataclass
+class Streams:
+    """Aggregate decode with `streams` sequences at once (`shaderbay bench --streams`): the steady state
+    where every step advances all of them (benches/model_streams.py)."""
+
+    streams: int
+    tok_s: float | None  # tokens of all streams together per second, median over repetitions
+    tok_s_runs: list[float]
+    ms_per_step: float | None
+    api_share: float | None  # host CPU inside the API / wall time
+    gpu_share: float | None  # GPU busy per step (profile run) / the timed runs' step wall time
+    verdict: Verdict | None = None
+
+
+@dataclass
 class ModelRow:
     """One backend's figures in the model bench; a backend that failed has its error and what it got to."""
 
@@ -205,6 +219,7 @@ class ModelRow:
     kernels: list[ModelKernel] | None = None
     ceiling: Ceiling | None = None
     verdict: Verdict | None = None
+    streams: list[Streams] | None = None  # with --streams: one per stream count
 
 
 @dataclass

@@ -102,7 +102,7 @@ class TokenizerError(ModelError):
 
 
 class ModelBusy(ModelError):
-    """A model runs one generation at a time; another was asked for while one is unfinished."""
+    """Every sequence slot of a model is in use: a call that needs one of its own (logits) has to wait."""
 
 
 class InvalidOption(ModelError, ValueError):

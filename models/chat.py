@@ -5,10 +5,10 @@
     for event in chat.stream("And at sunset?"):
         print(event.text, end="", flush=True)
 
-Each turn renders the whole history with the chat template; the model's cache still holds the
-ids of the previous turn (its prompt and the reply), so only the new turn's tokens are computed
-(`Completion.cached_tokens` says how many were reused). A reply cut short (the stream closed,
-Ctrl-C) stays in the history as far as it went.
+Each turn renders the whole history with the chat template; the KV blocks of the previous turn
+(its prompt and the reply) stay in the engine's prefix cache, so only the new turn's tokens are
+computed, from the last whole block on (`Completion.cached_tokens` says how many were reused).
+A reply cut short (the stream closed, Ctrl-C) stays in the history as far as it went.
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ from typing import Any, Protocol
 
 from shaderbay.errors import ModelError
 
-from . import generation
-from .generation import Completion, TextEvent
-from .llama import Llama
+from .generation import Completion, TextEvent, collect
 from .settings import GenerationSettings
 
 
@@ -29,7 +27,6 @@ class ChatModel(Protocol):
     this module names what it uses instead of importing model.py back."""
 
     name: str
-    llama: Llama
 
     @property
     def has_chat_template(self) -> bool: ...
@@ -64,7 +61,7 @@ class Chat:
 
     def send(self, text: str, **options: Any) -> Completion:
         """The whole reply to a new user message."""
-        return generation.collect(self.stream(text, **options), self.model.llama)
+        return collect(self.stream(text, **options))
 
     def _recorded(self, messages: list[dict[str, str]], events: Iterator[TextEvent]) -> Iterator[TextEvent]:
         parts: list[str] = []

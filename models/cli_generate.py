@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             from .generation import collect
 
-            print(json.dumps(collect(events, model.llama).to_dict()))
+            print(json.dumps(collect(events).to_dict()))
             return 0
         out = sys.stdout
         for event in events:

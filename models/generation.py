@@ -1,22 +1,21 @@
-"""One generation, as events: the single path that `Model.complete`/`events`, the CLI, the chat
-REPL and the server share.
+"""Generations as text: the layer over the engine's token events (models/engine.py) that
+`Model.complete`/`events`/`generate_batch`, the CLI, the chat REPL and the server share.
 
-Token ids come from `Llama.generate`; each becomes a `TextEvent` holding the text it completed
-(the streaming detokenizer never splits a character; the stop matcher holds back what could
-still begin a stop string). The last event carries the finish reason: "stop" (an end token or
-a stop string), "length" (max_tokens reached) or, seen in `model.stats` when the consumer
-closes the stream early, "cancelled".
+Each sequence's tokens become `TextEvent`s holding the text they completed (the streaming
+detokenizer never splits a character; the stop matcher holds back what could still begin a stop
+string, and a stop string found ends the sequence in the engine). The last event carries the
+finish reason, "stop" (an end token or a stop string), "length" (max_tokens reached) or
+"cancelled", and the sequence's timings (`stats`).
 """
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .llama import Llama
-from .sampling import Sampling
+from .requests import Event
+from .sampling import Sampling, Stats
 from .settings import GenerationSettings
 from .stop import StopMatcher
 
@@ -24,11 +23,12 @@ from .stop import StopMatcher
 @dataclass
 class TextEvent:
     """New text (may be "") and the token ids generated since the previous event; the last event
-    of a generation has its finish_reason."""
+    of a generation has its finish_reason and the generation's stats."""
 
     text: str
     token_ids: list[int]
     finish_reason: str | None = None
+    stats: Stats | None = None
 
 
 @dataclass
@@ -75,58 +75,48 @@ def sampling_of(settings: GenerationSettings) -> Sampling:
     return Sampling(settings.temperature, settings.top_k, settings.top_p, settings.repetition_penalty, settings.min_p)
 
 
-def run(
-    llama: Llama,
-    tokenizer: Any,
-    ids: list[int],
-    settings: GenerationSettings,
-    end_ids: frozenset[int],
-) -> Iterator[TextEvent]:
-    """The events of one generation of `ids` (already checked to fit the context). llama.stats gets
-    the finish reason: "cancelled" if the consumer closes the stream before the last event."""
-    ends = frozenset() if settings.ignore_eos else end_ids
-    seed = settings.seed if settings.seed is not None else secrets.randbits(32)
-    tokens = llama.generate(ids, settings.max_tokens, sampling_of(settings), seed, ends)
-    decoder = tokenizer.stream_decoder() if tokenizer is not None else None
-    stops = StopMatcher(settings.stop)
-    pending: list[int] = []
-    reason = "length"
-    text, hit = "", False
-    try:
-        for token in tokens:
-            if token in ends:
-                reason = "stop"
-                break
-            pending.append(token)
-            text, hit = stops.push(decoder.push(token) if decoder is not None else "")
+class TextStream:
+    """One sequence's token events turned into text events. `push` returns the text events an
+    engine event makes (none, one, or a piece and then the last); `done` once the last is out, which
+    may come before the engine's (a stop string: the caller then cancels the sequence)."""
+
+    def __init__(self, tokenizer: Any, stops: tuple[str, ...], ends: frozenset[int], stats: Stats):
+        self.decoder = tokenizer.stream_decoder() if tokenizer is not None else None
+        self.stops = StopMatcher(stops)
+        self.ends = ends
+        self.stats = stats
+        self.done = False
+
+    def push(self, event: Event) -> list[TextEvent]:
+        out = []
+        token = event.token
+        if token is not None and token not in self.ends:
+            text, hit = self.stops.push(self.decoder.push(token) if self.decoder is not None else "")
             if hit:
-                reason = "stop"
-                break
-            yield TextEvent(text, pending)
-            pending, text = [], ""
-        tokens.close()  # a stop ends the device's run-ahead before the last event goes out
-        if not hit and decoder is not None:
-            tail, hit = stops.push(decoder.flush())
-            text = tail if hit else tail + stops.flush()
-            reason = "stop" if hit else reason
-        llama.stats.finish_reason = reason
-        yield TextEvent(text, pending, reason)
-    finally:
-        tokens.close()
-        if llama.stats.finish_reason is None:
-            llama.stats.finish_reason = "cancelled"
+                return [self._last(text, [token], "stop")]
+            out.append(TextEvent(text, [token]))
+        if event.finish_reason is not None:
+            reason = "stop" if token is not None and token in self.ends else event.finish_reason
+            text, hit = self.stops.push(self.decoder.flush()) if self.decoder is not None else ("", False)
+            out.append(self._last(text if hit else text + self.stops.flush(), [], "stop" if hit else reason))
+        return out
+
+    def _last(self, text: str, ids: list[int], reason: str) -> TextEvent:
+        self.done = True
+        self.stats.finish_reason = reason
+        return TextEvent(text, ids, reason, self.stats)
 
 
-def collect(events: Iterator[TextEvent], llama: Llama) -> Completion:
+def collect(events: Iterator[TextEvent]) -> Completion:
     """The Completion of a whole generation's events."""
     texts: list[str] = []
     ids: list[int] = []
-    reason = "cancelled"
+    reason, s = "cancelled", Stats()
     for event in events:
         texts.append(event.text)
         ids += event.token_ids
         reason = event.finish_reason or reason
-    s = llama.stats
+        s = event.stats or s
     return Completion(
         "".join(texts), ids, reason, s.prompt_tokens, s.generated_tokens, s.cached_tokens,
         s.prefill_s, s.decode_s, s.first_token_s, s.seed,

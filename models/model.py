@@ -6,12 +6,18 @@
         print(piece, end="", flush=True)
     print(model.chat([{"role": "user", "content": "Hello!"}]))
 
+    for done in model.generate_batch(["Once", "Twice"], max_tokens=8):  # together, batched
+        print(done.text, done.finish_reason)
+
 A model without a tokenizer (a synthetic one) generates from token ids: `model.tokens([1, 2, 3])`.
+Every generation goes through the model's engine (engine.py): generations started together, or
+interleaved by several consumers, are decoded in one batch, each with the tokens it gets alone.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -22,12 +28,13 @@ from shaderbay.backend import Backend
 from shaderbay.errors import InvalidOption, ModelError
 from shaderbay.plugins import create_backend
 
-from . import generation
 from .chat import Chat
 from .checkpoint import Checkpoint, SafetensorsCheckpoint
 from .config import ModelConfig
-from .generation import Completion, TextEvent
+from .engine import Engine
+from .generation import Completion, TextEvent, TextStream, collect, sampling_of
 from .llama import Llama
+from .requests import Request
 from .sampling import Stats
 from .settings import DEFAULT_MAX_TOKENS, GenerationSettings
 from .weights import check_cache_dtype, default_cache_dtype, load_weights
@@ -39,7 +46,8 @@ Prompt = str | Sequence[int] | Sequence[Mapping[str, Any]]
 
 
 class Model:
-    """A loaded model. Not thread-safe: one generation at a time."""
+    """A loaded model. Its generations may be interleaved, and run from several threads: the engine
+    batches whatever is asked of it at the same time."""
 
     def __init__(
         self,
@@ -50,6 +58,7 @@ class Model:
         defaults: GenerationSettings | None = None,
     ):
         self.llama = llama
+        self.engine = Engine(llama)
         self.tokenizer = tokenizer
         self.name = name
         self.owns_backend = owns_backend
@@ -84,8 +93,8 @@ class Model:
 
     @property
     def stats(self) -> Stats:
-        """Timings of the last generation (prefill, decode, tokens/s)."""
-        return self.llama.stats
+        """Timings of the last generation started (prefill, decode, tokens/s)."""
+        return self.engine.stats
 
     def __repr__(self) -> str:
         return f"<Model {self.name or self.config.architecture} on {self.backend.name} ({self.backend.caps.device})>"
@@ -120,7 +129,7 @@ class Model:
     # --- computing -------------------------------------------------------------------------------
     def logits(self, prompt: str | Sequence[int], all_positions: bool = False) -> np.ndarray:
         """Next-token logits after the prompt ([vocab]), or after each prefix of it ([T, vocab])."""
-        return self.llama.logits(self.encode(prompt), all_positions)
+        return self.engine.logits(self.encode(prompt), all_positions)
 
     # --- generating ------------------------------------------------------------------------------
     def settings(self, **options: Any) -> GenerationSettings:
@@ -144,11 +153,58 @@ class Model:
         if settings.stop and self.tokenizer is None:
             raise InvalidOption(f"stop strings need a tokenizer, and {self.name or 'this model'} has none")
         ids = self._fit(self.prompt_ids(prompt), settings)
-        return generation.run(self.llama, self.tokenizer, ids, settings, self.end_token_ids)
+        return (event for _, event in self._batch_events([ids], settings))
 
     def complete(self, prompt: Prompt, max_tokens: int | None = None, **options: Any) -> Completion:
         """The whole generation: its text, token ids, finish reason and timings (see `events`)."""
-        return generation.collect(self.events(prompt, max_tokens, **options), self.llama)
+        return collect(self.events(prompt, max_tokens, **options))
+
+    def _request(self, ids: list[int], settings: GenerationSettings, ends: frozenset[int]) -> Request:
+        seed = settings.seed if settings.seed is not None else secrets.randbits(32)
+        return Request(tuple(ids), settings.max_tokens, sampling_of(settings), seed, ends)
+
+    def _ends(self, settings: GenerationSettings) -> frozenset[int]:
+        return frozenset() if settings.ignore_eos else self.end_token_ids
+
+    def _batch_events(self, prompts: list[list[int]], settings: GenerationSettings) -> Iterator[tuple[int, TextEvent]]:
+        """(prompt index, text event) of the generations of `prompts` (checked ids), run together."""
+        ends = self._ends(settings)
+        seqs = [self.engine.add(self._request(ids, settings, ends)) for ids in prompts]
+        texts = {
+            seq.id: (i, seq, TextStream(self.tokenizer, settings.stop, ends, seq.stats)) for i, seq in enumerate(seqs)
+        }
+        events = self.engine.run(seqs)
+        try:
+            for event in events:
+                i, seq, text = texts[event.seq]
+                if text.done:
+                    continue
+                for piece in text.push(event):
+                    yield i, piece
+                if text.done and not seq.finished:  # a stop string: the sequence ends here
+                    self.engine.cancel(seq)
+        finally:
+            events.close()
+
+    def generate_batch(
+        self, prompts: Sequence[Prompt], max_tokens: int = DEFAULT_MAX_TOKENS, *, stream: bool = False, **options: Any
+    ) -> list[Completion] | Iterator[tuple[int, TextEvent]]:
+        """The continuations of several prompts, decoded together (continuous batching): a Completion
+        each (text, token ids, finish reason, timings), in the prompts' order; with stream=True, an
+        iterator of (prompt index, TextEvent) as they come, each prompt's last event with its finish
+        reason. Each prompt gets the answer it gets alone (with the same options, seed included).
+        Options as `generate`'s (greedy unless told otherwise), checked before anything runs."""
+        settings = GenerationSettings.build(PLAIN, max_tokens=max_tokens, **options)
+        if settings.stop and self.tokenizer is None:
+            raise InvalidOption(f"stop strings need a tokenizer, and {self.name or 'this model'} has none")
+        ids = [self._fit(self.prompt_ids(p), settings) for p in prompts]
+        events = self._batch_events(ids, settings)
+        if stream:
+            return events
+        per_prompt: list[list[TextEvent]] = [[] for _ in ids]
+        for i, event in events:
+            per_prompt[i].append(event)
+        return [collect(iter(e)) for e in per_prompt]
 
     def _fit(self, ids: list[int], settings: GenerationSettings) -> list[int]:
         """The prompt, checked, and cut from the left if it is too long and settings.truncate says so."""
@@ -170,10 +226,17 @@ class Model:
         """Generated token ids, one at a time, greedy unless options say otherwise. Ends after
         max_tokens, or after yielding an end or `stop` id."""
         settings = GenerationSettings.build(PLAIN, max_tokens=max_tokens, **options)
-        ends = set() if settings.ignore_eos else set(self.end_token_ids)
-        ends |= {int(t) for t in stop or ()}
-        sampling = generation.sampling_of(settings)
-        return self.llama.generate(self.prompt_ids(prompt), max_tokens, sampling, settings.seed, frozenset(ends))
+        ends = self._ends(settings) | {int(t) for t in stop or ()}
+        return self._token_ids(self._request(self.prompt_ids(prompt), settings, ends))
+
+    def _token_ids(self, request: Request) -> Iterator[int]:
+        events = self.engine.stream(request)
+        try:
+            for event in events:
+                if event.token is not None:
+                    yield event.token
+        finally:
+            events.close()  # closed early: the sequence is cancelled now, not when collected
 
     def stream(self, prompt: Prompt, max_tokens: int = DEFAULT_MAX_TOKENS, **options: Any) -> Iterator[str]:
         """Generated text, piece by piece (greedy unless options say otherwise; stop: strings)."""
@@ -188,7 +251,7 @@ class Model:
         if stream:
             return self.stream(prompt, max_tokens, **options)
         events = self._events(prompt, GenerationSettings.build(PLAIN, max_tokens=max_tokens, **options))
-        return generation.collect(events, self.llama).text
+        return collect(events).text
 
     def chat(
         self,
@@ -261,6 +324,7 @@ def load(
     cache_dtype: str | None = None,
     dtype: str | None = None,
     prefill_chunk: int = 512,
+    streams: int = 1,
     progress: bool | None = None,
 ) -> Model:
     """Load a checkpoint onto a backend.
@@ -272,6 +336,8 @@ def load(
     cache_dtype: "f32" or "f16" (default: f16 for 16-bit and block weights where the device has f16).
     dtype: "float16", "float32" or "bfloat16" converts a GGUF's weights to it at load (default: each
     tensor's own format where the backend runs it).
+    streams: how many sequences of max_context positions the paged KV cache holds at once (shorter
+    ones share it: its blocks go to the live tokens; requests that do not fit wait).
     """
     t0 = time.perf_counter()
     ckpt, name = _open(model, dtype)
@@ -297,7 +363,7 @@ def load(
         except BaseException:
             Llama.free_weights(dev, weights)
             raise
-        llama = Llama(dev, config, weights, max_context, cache, prefill_chunk)  # frees everything if it fails
+        llama = Llama(dev, config, weights, max_context, cache, prefill_chunk, streams)  # frees everything if it fails
         tokenizer = ckpt.tokenizer()
         defaults = generation_defaults(ckpt.path) if ckpt.path is not None else None
     except BaseException:

@@ -1,5 +1,5 @@
-"""What a generation asks of the recorded step (`Sampling`: the key a decode step is recorded for)
-and what it reports (`Stats`: the timings of the last generation)."""
+"""How a sequence's tokens are chosen (`Sampling`: greedy steps use argmax, the others `sample`
+with the settings row of the sequence's slot) and what a generation reports (`Stats`: its timings)."""
 
 from __future__ import annotations
 
@@ -24,10 +24,6 @@ class Sampling:
     def greedy(self) -> bool:
         """Plain argmax: no temperature and no penalty (the history is then not needed)."""
         return self.temperature <= 0 and self.repetition_penalty == 1.0
-
-    def key(self) -> tuple:
-        """The head a decode step is recorded with: argmax, or `sample` (its settings are in a buffer)."""
-        return ("argmax",) if self.greedy else ("sample",)
 
     def settings_row(self) -> np.ndarray:
         """The `sample` kernel's settings row of this sampling (the catalogue's layout)."""

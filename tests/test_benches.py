@@ -80,6 +80,24 @@ def test_model_bench_end_to_end(tmp_path, capsys):
     assert _required_backends() & set(names) <= trace["processes"]
 
 
+def test_streams_bench_reports_each_stream_count(tmp_path, capsys):
+    out_json, out_md = tmp_path / "out.json", tmp_path / "RESULTS.md"
+    argv = [
+        "--synthetic", "tiny", "--backend", "numpy", "--prompt-tokens", "4", "--new-tokens", "8", "--streams", "3,1",
+        "--prefill-tokens", "4", "--repeats", "1", "--copy-mib", "1", "--no-preflight", "--json", str(out_json),
+        "--markdown", str(out_md),
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert "aggregate decode with many streams" in capsys.readouterr().out
+    load_result(out_json.read_text())
+    (row,) = json.loads(out_json.read_text())["results"]
+    assert [x["streams"] for x in row["streams"]] == [1, 3]
+    assert all(x["tok_s"] > 0 and x["verdict"]["kind"] == "reference" for x in row["streams"])
+    assert "| numpy | 3 |" in out_md.read_text()
+    with pytest.raises(SystemExit):
+        cli.main(["--streams", "0,4"])
+
+
 def test_failing_backend_only_marks_its_row(tmp_path, capsys):
     out_json = tmp_path / "out.json"
     argv = [

@@ -239,11 +239,13 @@ def test_validation_layers_report_nothing():
 
 def test_validation_layers_report_nothing_for_a_model():
     """Run-ahead decoding (two recordings in flight, token copies to READBACK buffers, advance) and
-    the stage-precise barriers between dispatches and copies, greedy and sampled."""
+    the stage-precise barriers between dispatches and copies, greedy and sampled, one row and a batch."""
     with _validating() as be:
-        with load("synthetic:tiny:f32", backend=be, max_context=64) as model:
+        with load("synthetic:tiny:f32", backend=be, max_context=64, streams=3) as model:
             assert len(list(model.tokens([1, 2, 3, 4], 8))) == 8
             assert len(list(model.tokens([1, 2, 3, 4], 8, temperature=0.8, seed=3))) == 8
+            batch = model.generate_batch([[1, 2, 3, 4], [5, 6], [7, 8, 9]], 8, ignore_eos=True, temperature=0.8)
+            assert [len(done.token_ids) for done in batch] == [8, 8, 8]  # rows of several slots, sampled
     assert be.validation_messages == []
 
 

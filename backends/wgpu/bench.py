@@ -124,7 +124,7 @@ def decode_cost(backend, shape: str, tokens: int) -> dict:
     t0 = time.perf_counter()
     for i in range(tokens):
         position[0] = 16 + i
-        backend.write(llama.s.position, position)
+        backend.write(llama.s.row_positions.view(shape=1), position)
         backend.submit(cmd)
     backend.wait()
     pipelined = tokens / (time.perf_counter() - t0)

@@ -1,0 +1,100 @@
+"""`shaderbay bench --streams 1,4,16,64`: aggregate decode throughput with many sequences at once.
+
+For each stream count S, S requests (distinct random prompts of `prompt_tokens`, `new_tokens` new
+tokens each, greedy unless --temperature, EOS ignored) go to the model's engine together. They
+join one prefill at a time; the figure is the steady state: from the step after the last one has
+its first token until the first one finishes, every step advances all S rows, and the aggregate
+rate is the tokens generated over that window's wall time. Host CPU inside the API over the same
+window gives the API share; the profile start repeats each S with timestamps for the GPU share,
+and the decision tree gives the verdict at each S (benches/verdict.py).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from shaderbay.models.requests import Request
+from shaderbay.models.sampling import Sampling
+
+from .model_measure import Run
+from .model_settings import Settings
+from .results import Streams
+from .verdict import verdict
+
+
+@dataclass
+class StreamsRun:
+    tokens: int  # generated in the window
+    steps: int
+    wall_ns: int
+    api_cpu_ns: int
+    gpu_ns: float | None = None  # with profile: GPU busy time over the window
+
+
+def prompts(rng: np.random.Generator, vocab: int, streams: int, length: int) -> list[list[int]]:
+    return [rng.integers(0, vocab, length).tolist() for _ in range(streams)]
+
+
+def streams_once(run: Run, batch: list[list[int]], settings: Settings, profile: bool = False) -> StreamsRun:
+    """Serve `batch` together; the steady-state window's figures (see the module docstring)."""
+    engine, probe = run.model.engine, run.probe
+    sampling = Sampling(temperature=settings.temperature)
+    seqs = [
+        engine.add(Request(tuple(p), settings.new_tokens, sampling, settings.seed + i)) for i, p in enumerate(batch)
+    ]
+    while not all(s.generated for s in seqs):
+        engine.step()
+    probe.take_submitted()
+    counters = probe.counters
+    before = sum(len(s.generated) for s in seqs)
+    cpu0, t0 = counters.api_cpu_ns, time.perf_counter_ns()
+    steps, gpu_ns = 0, 0.0
+    while not any(s.finished for s in seqs):
+        engine.step()
+        steps += 1
+        if profile:  # each step's list: its last completed submit, the same rows (see decode_once)
+            timings, _ = probe.gpu_timings(probe.take_submitted())
+            gpu_ns += sum(ns for _, t, _ in timings for _, ns in t)
+    wall, cpu = time.perf_counter_ns() - t0, counters.api_cpu_ns - cpu0
+    probe.take_submitted()
+    tokens = sum(len(s.generated) for s in seqs) - before
+    for _ in engine.run(seqs):  # the rest, untimed
+        pass
+    return StreamsRun(tokens, steps, wall, cpu, gpu_ns if profile else None)
+
+
+def summarise_streams(run: Run, settings: Settings, tensor_cores: bool) -> list[Streams]:
+    """Each stream count's median aggregate rate, API and GPU shares, and its verdict."""
+    out = []
+    for n, runs in sorted(run.streams_runs.items()):
+        timed = [r for r in runs if r.wall_ns and r.tokens]
+        rates = [r.tokens / (r.wall_ns / 1e9) for r in timed]
+        tok_s = float(statistics.median(rates)) if rates else None
+        api_share = statistics.mean(r.api_cpu_ns / r.wall_ns for r in timed) if timed else None
+        profiled = run.profile_streams.get(n)
+        gpu_share = None
+        if profiled and profiled.gpu_ns and timed:  # GPU busy per step over the timed runs' step wall time
+            step_wall = statistics.mean(r.wall_ns / r.steps for r in timed if r.steps)
+            gpu_share = min(profiled.gpu_ns / profiled.steps / step_wall, 1.0) if profiled.steps else None
+        out.append(
+            Streams(
+                streams=n,
+                tok_s=tok_s,
+                tok_s_runs=rates,
+                ms_per_step=statistics.median(r.wall_ns / r.steps / 1e6 for r in timed if r.steps) if timed else None,
+                api_share=api_share,
+                gpu_share=gpu_share,
+                verdict=verdict(
+                    backend=run.name,
+                    device_type=run.device.type if run.device else "other",
+                    gpu_share=gpu_share,
+                    api_share=api_share,
+                    tok_s=tok_s,
+                    tensor_cores=tensor_cores,
+                ),
+            )
+        )
+    return out
