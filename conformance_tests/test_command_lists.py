@@ -369,6 +369,44 @@ def test_read_after_reads_one_submit_while_later_ones_run(backend) -> None:
         np.testing.assert_array_equal(backend.read(x), np.full(n, 180, np.float32))
 
 
+def test_writes_are_ordered_with_submits(backend) -> None:
+    """A write is seen by every list submitted after it and by none submitted before it, with no wait
+    in between: lists that read one input (a dispatch and a copy) are submitted one after another,
+    the input rewritten before each (a whole rewrite, then an overlapping part of it), and each list's
+    outputs hold the value written just before its submit. Then the same lists again, replayed."""
+    require_kernels(backend, "add")
+    n, lists = 64, 12
+    x = backend.upload(np.zeros(n, np.float32))
+    sums = [backend.upload(np.zeros(n, np.float32)) for _ in range(lists)]
+    copies = [backend.empty(n) for _ in range(lists)]
+    with _freed(x, *sums, *copies):
+        add = backend.pipeline("add")
+        cmds = []
+        for total, copied in zip(sums, copies, strict=True):
+            cmd = backend.command_list("reads x")
+            cmd.dispatch(add, {"x": total, "y": x}, n=n)
+            cmd.copy(x.buffer, copied.buffer, 4 * n, x.offset, copied.offset)
+            cmds.append(cmd)
+
+        def value(round_: int, k: int) -> np.ndarray:
+            return np.arange(n, dtype=np.float32) + 1000 * round_ + k
+
+        for round_ in range(3):
+            for k, cmd in enumerate(cmds):
+                backend.write(x, np.full(n, -1, np.float32))
+                backend.write(x, value(round_, k)[: n // 2] - 7)
+                backend.write(x, value(round_, k)[: n // 2 + 4] - 7)  # overlaps the write before it
+                backend.write(x, value(round_, k)[n // 4 :], offset=4 * (n // 4))
+                backend.write(x, value(round_, k)[: n // 2 + 4])
+                backend.submit(cmd)
+            for k in range(lists):
+                want = sum(value(r, k).astype(np.float64) for r in range(round_ + 1))
+                np.testing.assert_array_equal(
+                    backend.read(copies[k]), value(round_, k), err_msg=f"round {round_}: list {k} copied"
+                )
+                np.testing.assert_array_equal(backend.read(sums[k]), want, err_msg=f"round {round_}: list {k} added")
+
+
 @pytest.mark.parametrize("count", [1, 200])
 def test_long_lists(backend, count: int) -> None:
     """A list of many dependent dispatches (a model's decode step has hundreds)."""

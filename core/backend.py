@@ -11,7 +11,10 @@ prepared form with no further checks.
 Running ahead: `submit` only queues, and `read_after(cmd, t)` reads a READBACK tensor that
 `cmd` copied into once that list's last submit is done, whatever was queued after it. A
 model decodes with two recordings of its step that alternate, so the host reads token n
-while the device computes token n+1.
+while the device computes token n+1. `write` is ordered with submits: a write is seen by
+every list submitted after it and by none submitted before it, and (on the GPU backends) a
+small one does not wait for the lists in flight, so the host can write a step's inputs
+while the step before runs.
 
 Threads: every public call holds the backend's lock (see lifetime.py), so a backend may be used
 from several threads and their calls run one at a time; a backend's slots never run concurrently.
@@ -202,7 +205,8 @@ class Backend(ABC):
 
     @serialised
     def write(self, target: Buffer | Tensor, data: np.ndarray | bytes, offset: int = 0) -> None:
-        """Host to device. `offset` is in bytes, from the start of the buffer or tensor."""
+        """Host to device. `offset` is in bytes, from the start of the buffer or tensor. The write is seen
+        by every list submitted after it and by none submitted before it (`_write` keeps that order)."""
         buf, base = _buffer_and_offset(target)
         self.check_owned(buf)
         view = memoryview(np.ascontiguousarray(data) if isinstance(data, np.ndarray) else data).cast("B")

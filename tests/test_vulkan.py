@@ -22,7 +22,7 @@ from shaderbay.resources import Usage
 vk = pytest.importorskip("vulkan")
 
 from shaderbay.backends.vulkan import backend as vb  # noqa: E402
-from shaderbay.backends.vulkan import loader, memory  # noqa: E402
+from shaderbay.backends.vulkan import loader, memory, transfers  # noqa: E402
 
 
 def _required() -> bool:
@@ -134,6 +134,65 @@ def test_copies_and_several_submits_before_a_wait(be):
     np.testing.assert_array_equal(be.read(dst), np.arange(n) + 3.0)
 
 
+# --- writes ordered with submits -------------------------------------------------------------------
+
+
+def _run_ahead_writes(be, steps: int = 200) -> None:
+    """The engine's pattern: two recordings of a step alternate, each reading a small input that the
+    host rewrites while the step before runs, and each step's result is read a step behind. Every step
+    sees the value written just before its submit; no write waits (the step submitted before it is
+    still pending after it: a wait would have retired it); the queued writes' command buffers are reused."""
+    n = 256
+    y = be.upload(np.zeros(n, np.float32))
+    xs = [be.empty(n) for _ in range(2)]
+    slots = [be.empty(1, "f32", Usage.READBACK) for _ in range(2)]
+    cmds = []
+    for x, slot in zip(xs, slots, strict=True):
+        cmd = be.command_list("step")
+        cmd.copy(y.buffer, x.buffer, 4 * n)
+        cmd.dispatch(be.pipeline("add"), {"x": x, "y": y}, n=n)
+        cmd.copy(x.buffer, slot.buffer, 4, 4 * (n - 1))
+        cmds.append(cmd)
+    queued = be.stats()["queued_writes"]
+    be.submit(cmds[0])
+    for i in range(1, steps):
+        be.write(y, np.full(n, i, np.float32))
+        assert cmds[(i - 1) % 2].prepared.pending, f"step {i}: the write waited for the step before"
+        be.submit(cmds[i % 2])
+        assert be.read_after(cmds[(i - 1) % 2], slots[(i - 1) % 2])[0] == 2 * (i - 1)
+    assert be.read_after(cmds[(steps - 1) % 2], slots[(steps - 1) % 2])[0] == 2 * (steps - 1)
+    stats = be.stats()
+    assert stats["queued_writes"] - queued == steps - 1
+    assert stats["transfer_batches"] <= 2  # one in flight, one being recorded: reused, not leaked
+
+
+def test_small_writes_while_lists_run_are_queued_not_waited_for(be):
+    _run_ahead_writes(be)
+
+
+def test_large_writes_and_reads_wait_for_queued_writes(be):
+    """A write too large for vkCmdUpdateBuffer waits for the queue (and the writes queued before it),
+    as does a read; freeing a buffer with a write queued to it is safe."""
+    n = transfers.MAX_UPDATE // 4 + 4
+    x, one = be.upload(np.zeros(n, np.float32)), be.upload(np.ones(n, np.float32))
+    cmd = be.command_list()
+    cmd.dispatch(be.pipeline("add"), {"x": x, "y": one}, n=n)
+    be.submit(cmd)
+    be.write(x, np.full(4, 5, np.float32), offset=4)  # queued
+    assert cmd.prepared.pending
+    be.write(x, np.full(n - 3, 7, np.float32), offset=12)  # too large to queue: waits, then in place
+    assert not cmd.prepared.pending
+    np.testing.assert_array_equal(be.read(x)[:6], [1, 5, 5, 7, 7, 7])
+    be.submit(cmd)
+    be.write(x, np.full(2, 9, np.float32))  # queued; the read submits it and waits
+    np.testing.assert_array_equal(be.read(x)[:4], [9, 9, 6, 8])
+    be.submit(cmd)
+    doomed = be.empty(4)
+    be.write(doomed, np.ones(4, np.float32))
+    doomed.buffer.free()
+    np.testing.assert_array_equal(be.read(x)[:4], [10, 10, 7, 9])
+
+
 def test_submitting_a_list_whose_buffer_was_freed_is_refused(be):
     a = be.upload(np.ones(8, np.float32))
     y = be.upload(np.ones(8, np.float32))
@@ -234,6 +293,7 @@ def test_validation_layers_report_nothing():
         be.write(staged, np.ones(100, np.float32))
         be.read(staged)
         be.gpu_timings(cmd)
+        _run_ahead_writes(be, steps=20)
     assert be.validation_messages == []
 
 

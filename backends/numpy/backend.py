@@ -48,6 +48,7 @@ class NumpyBackend(Backend):
         return NumpyBuffer(self, size, usage)
 
     def _write(self, buffer: NumpyBuffer, offset: int, data: memoryview) -> None:
+        # submits run at once, so a write is ordered with them as Backend.write promises
         buffer.data[offset : offset + data.nbytes] = np.frombuffer(data, np.uint8)
 
     def _read(self, buffer: NumpyBuffer, offset: int, size: int) -> memoryview:

@@ -4,13 +4,17 @@ The shared GLSL kernels (shaderbay.backends.shaders) run from their shipped SPIR
 command list is recorded into one Vulkan command buffer the first time it is submitted and
 re-submitted with one `vkQueueSubmit` ever after, so the host's work per token is one
 submit and, a step behind, one fence wait (polled for up to 2 ms before it blocks) and a
-4-byte read of a token. Hot paths call `vk.lib` directly with prebuilt cffi objects.
+4-byte read of a token. Hot paths call `vk.lib` directly with prebuilt cffi objects. A write
+is ordered with submits without waiting: while lists are in flight, a small one is queued
+(transfers.py); otherwise, or when large, it waits for the queue and writes in place or through
+staging.
 
 The modules, in reading order:
   loader.py     the `vulkan` package, error checks, struct helpers
   device.py     instance, validation messenger, device choice, logical device and queue, Caps
   memory.py     memory blocks, sub-allocation, staging, VulkanBuffer
   pipelines.py  layouts, shader modules, variant choice, the pipeline cache, VulkanPipeline
+  transfers.py  small writes queued in submission order while lists run (vkCmdUpdateBuffer)
   commands.py   recording a command list (with its barriers and timestamps), submit, wait, release
   backend.py    VulkanBackend, which wires them to the core interface, and `create`
 
@@ -42,6 +46,7 @@ from .commands import CommandQueue, Prepared
 from .device import ENV_DEVICE, ENV_VALIDATE, Device
 from .memory import Memory, VulkanBuffer
 from .pipelines import Pipelines, VulkanPipeline
+from .transfers import MAX_UPDATE, Transfers
 
 ENV_TIMESTAMPS = "SHADERBAY_VULKAN_TIMESTAMPS"
 
@@ -66,9 +71,12 @@ class VulkanBackend(Backend):
         self.validation = self.gpu.validation
         self.validation_messages = self.gpu.messages
         self._memory = Memory(self.gpu)
-        self._queue = CommandQueue(self.gpu, self._pipes, self.tracer)
+        self._transfers = Transfers(self.gpu)
+        self._queue = CommandQueue(self.gpu, self._pipes, self.tracer, self._transfers)
         # closed, collected or left at exit: the device is released (and the pipeline cache saved)
-        self._release = self._release_when_collected(_Release(self._queue, self._pipes, self._memory, self.gpu))
+        self._release = self._release_when_collected(
+            _Release(self._queue, self._transfers, self._pipes, self._memory, self.gpu)
+        )
 
     # --- the core interface's slots -----------------------------------------------------------
     def _create_buffer(self, size: int, usage: Usage) -> VulkanBuffer:
@@ -76,6 +84,9 @@ class VulkanBackend(Backend):
         return self._memory.create(size, usage, self)
 
     def _write(self, buffer: VulkanBuffer, offset: int, data: memoryview) -> None:
+        if 0 < data.nbytes <= MAX_UPDATE and self._queue.busy():
+            self._transfers.update(buffer, offset, data)  # after the lists in flight, before the next
+            return
         self._queue.wait()  # submitted work may still read it
         self._memory.write(buffer, offset, data)
 
@@ -141,9 +152,11 @@ class VulkanBackend(Backend):
         return self._pipes.created
 
     def stats(self) -> dict[str, Any]:
-        """Memory blocks and pipelines, for benches and tests."""
+        """Memory blocks, queued writes and pipelines, for benches and tests."""
         return {
             **self._memory.stats(),
+            "queued_writes": self._transfers.updates,
+            "transfer_batches": self._transfers.batches,
             "pipelines_created": self._pipes.created,
             "pipeline_cache_loaded": self._pipes.cache_loaded,
         }
@@ -165,12 +178,13 @@ class VulkanBackend(Backend):
 class _Release:
     """Releases a backend's Vulkan objects; holds nothing that refers to the backend."""
 
-    def __init__(self, queue: CommandQueue, pipes: Pipelines, memory: Memory, gpu: Device):
-        self.parts = (queue, pipes, memory, gpu)
+    def __init__(self, queue: CommandQueue, transfers: Transfers, pipes: Pipelines, memory: Memory, gpu: Device):
+        self.parts = (queue, transfers, pipes, memory, gpu)
 
     def __call__(self) -> None:
-        queue, pipes, memory, gpu = self.parts
+        queue, transfers, pipes, memory, gpu = self.parts
         queue.close()
+        transfers.close()
         pipes.close()
         memory.close()
         gpu.close()

@@ -5,8 +5,9 @@ allocated and written once, push constants fixed, and a barrier only where an op
 writes bytes an op since the last barrier wrote, or writes bytes one read (the hazard
 tracker), on the pipeline stages of the ops on either side (compute, transfer), so that a
 barrier between two dispatches never waits for copies; with timestamps on, one after every
-op. Every later submit is one vkQueueSubmit with the list's own fence; `wait` waits for
-every fence in flight, `wait_for` for one list's. A list collected by the garbage
+op. Every later submit is one vkQueueSubmit with the list's own fence, preceded by the batch of
+writes queued since the last submit, if any (transfers.py); `wait` waits for every fence in
+flight, `wait_for` for one list's. A list collected by the garbage
 collector is released by the next call into the backend once it is done: its finalizer, which
 may run on any thread, only queues it (freeing a command buffer from one thread while another
 waits on the queue deadlocked lavapipe).
@@ -26,6 +27,7 @@ from ..shaders import variants as V
 from .device import Device
 from .loader import check, ffi, lib, memory_barrier, new, vk
 from .pipelines import Pipelines
+from .transfers import Batch, Transfers
 
 Range = tuple[int, int, int]  # (id of the buffer, first byte, end byte)
 
@@ -70,13 +72,14 @@ class Prepared:
 class CommandQueue:
     """Records, submits and waits for command lists on the device's queue, and releases them."""
 
-    def __init__(self, gpu: Device, pipes: Pipelines, tracer: Tracer):
+    def __init__(self, gpu: Device, pipes: Pipelines, tracer: Tracer, transfers: Transfers):
         self._gpu = gpu
         self._dev = gpu.handle
         self._queue = gpu.queue
         self._pipes = pipes
         self._tracer = tracer
-        self._inflight: list[Prepared] = []
+        self._transfers = transfers  # writes queued while lists are in flight, submitted before the next
+        self._inflight: list[Prepared | Batch] = []  # in submission order
         self._collected: deque[Prepared] = deque()  # queued by finalizers (any thread), released by sweep
         self._preps: set[Prepared] = set()
         written = vk.VK_ACCESS_SHADER_WRITE_BIT | vk.VK_ACCESS_TRANSFER_WRITE_BIT
@@ -255,20 +258,35 @@ class CommandQueue:
         return sets
 
     # --- submitting and waiting -------------------------------------------------------------------
+    def busy(self) -> bool:
+        """Whether anything is submitted and not yet waited for, or writes are queued for the next submit."""
+        return bool(self._inflight) or self._transfers.open
+
     def submit(self, prep: Prepared) -> None:
         if prep.pending:
             self.wait()  # a command buffer is not submitted again while it runs
-        r = lib.vkResetFences(self._dev, 1, prep.fence_p)
+        self._flush()
+        self._push(prep)
+
+    def _flush(self) -> None:
+        """Submit the writes queued since the last submit, if any: they come before what follows."""
+        batch = self._transfers.end()
+        if batch is not None:
+            self._push(batch)
+
+    def _push(self, item: Prepared | Batch) -> None:
+        r = lib.vkResetFences(self._dev, 1, item.fence_p)
         if r:
             check(r, "vkResetFences")
-        r = lib.vkQueueSubmit(self._queue, 1, prep.submit_info, prep.fence)
+        r = lib.vkQueueSubmit(self._queue, 1, item.submit_info, item.fence)
         if r:
             check(r, "vkQueueSubmit")
-        prep.pending = True
-        self._inflight.append(prep)
+        item.pending = True
+        self._inflight.append(item)
 
     def wait(self) -> None:
-        """Wait for everything submitted (returns at once when nothing is)."""
+        """Wait for everything submitted and every queued write (returns at once when there is nothing)."""
+        self._flush()
         inflight = self._inflight
         if not inflight:
             return
@@ -282,7 +300,7 @@ class CommandQueue:
 
     def wait_for(self, prep: Prepared) -> None:
         """Wait for the last submit of one list. Every list starts with a barrier on all earlier
-        work, so the lists submitted before it are done too."""
+        work, so the lists and queued writes submitted before it are done too."""
         if not prep.pending:
             return
         status, dev, fence, now = lib.vkGetFenceStatus, self._dev, prep.fence, time.perf_counter_ns
@@ -295,7 +313,7 @@ class CommandQueue:
         del self._inflight[:at]
         self._finished(done)
 
-    def _finished(self, done: list[Prepared]) -> None:
+    def _finished(self, done: list[Prepared | Batch]) -> None:
         for p in done:
             p.pending = False
             p.completed += 1

@@ -49,6 +49,7 @@ class Buffers:
         return WgpuBuffer(self.owner, size, usage, gpu)
 
     def write(self, buffer: WgpuBuffer, offset: int, data: memoryview) -> None:
+        # queue.write_buffer is ordered with submits and does not wait for them, as Backend.write promises
         for start in range(0, data.nbytes, CHUNK):
             self.queue.write_buffer(buffer.gpu, offset + start, data[start : start + CHUNK])
 
