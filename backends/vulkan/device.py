@@ -299,7 +299,7 @@ class Device:
         pool_info = new(
             "VkCommandPoolCreateInfo",
             sType=vk.VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO,
-            flags=vk.VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT,  # the staging command buffer is re-recorded
+            flags=vk.VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT,  # staging and queued writes re-record theirs
             queueFamilyIndex=self.family,
         )
         pool = ffi.new("VkCommandPool*")
