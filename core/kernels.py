@@ -132,6 +132,11 @@ def _evaluate(expr: str, scope: dict[str, Any]) -> Any:
 ARGMAX_SLICES = 64
 ARGMAX_SCRATCH_ROW = 1 + 2 * ARGMAX_SLICES
 
+# The batch-invariance promise: for rows <= BATCH_ROWS, row r of matmul's result is bit for bit
+# the one that row gets alone (rows = 1), whatever the other rows are (a decode batch's answers
+# never depend on who else is served); every backend keeps it (the conformance suite checks)
+BATCH_ROWS = 64
+
 # decode_attention splits a head's keys over at most this many workgroups; each leaves its
 # softmax maximum, sum and output in scratch, after a count of those done
 DECODE_ATTENTION_SLICES = 32
@@ -171,7 +176,8 @@ CATALOGUE: dict[str, KernelSpec] = {
             "with norm_weight and eps first; 'silu_mul' reads x[r] as [gate | up] (2k wide) and uses "
             "silu(gate) * up. epilogue 'silu_mul' pairs adjacent outputs y of a row, w's rows being "
             "interleaved gate and up rows: out[r, j] = silu(y[2j]) * y[2j+1], n/2 columns. accumulate "
-            "adds into out (a fused residual add).",
+            "adds into out (a fused residual add). Batch-invariant up to BATCH_ROWS rows: with "
+            f"rows <= {BATCH_ROWS}, out[r] is bit for bit what rows = 1 gives for x[r] (and out[r]).",
             bindings=(
                 Binding("x", "f32", ("rows", "2 * k if prologue == 'silu_mul' else k")),
                 Binding("w", "{wdtype}", ("n", "k")),
