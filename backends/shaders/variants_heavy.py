@@ -23,7 +23,7 @@ matmul (matmul_vec.comp, matmul_tiled.comp)
     or tied everywhere; the LM head of a Llama-3.2-1B shape (525 MB f16) streams at ~3.0
     TB/s, the copy bandwidth. A subgroup per output row instead of a workgroup per two was
     slower on every decode shape (1B down: 74% -> 51% of the copy bandwidth).
-    `matmul_<consts>_vec4x4[_sg]` (block weights `_vec8x4[_sg]`): the batched form, 2..BATCH_ROWS
+    `matmul_<consts>_vec4x4[_sg]`: the batched form, 2..BATCH_ROWS
     rows: BATCH_XR x rows by BATCH_OUTS outputs a workgroup, each weight load shared by the x rows;
     grid (ceil(rows / BATCH_XR), ceil(n / BATCH_OUTS)), x-row groups fastest so the workgroups
     reading one weight slice run together (L2). Batch-invariant by construction: the same
@@ -92,12 +92,12 @@ VEC_UNROLL = 2  # 16-byte chunks per invocation whose loads are issued together
 VEC_UNIT_Q = 32  # GGUF block weights: values per unit of an invocation (glsl/quant.glsl's QUNIT)
 VEC_WG_Q = 64  # their workgroup: a 2048-wide row is 64 units
 VEC_ROWS_Q = 4  # their outputs per workgroup (H200, first q4_0 kernel, 1B: 2 rows 1.75 ms a token, 4 rows 1.08)
-# The batched form (2..BATCH_ROWS rows): x rows and outputs per workgroup, plain and block weights.
+# The batched form (2..BATCH_ROWS rows): x rows and outputs per workgroup, every weight dtype.
 # Its invocations, chunk order and reductions are the one-row form's, so each row's sums are too.
 # H200, 1B and 135M decode shapes at 4, 16, 64 rows (benches/RESULTS.md): 4 x 4 beat 8 x 4, 8 x 8 and
-# 16 x 4 on f16 (1B at 64 rows: 18.0 ms a step, 22.9, 26.2, 29.7); 8 x 4 beat 4 x 4, 8 x 2, 16 x 2 on q4_0.
+# 16 x 4 on f16 (1B at 64 rows: 18.0 ms a step, 22.9, 26.2, 29.7); on q4_0 it beat 8 x 2 and 16 x 2,
+# and 8 x 4 at 4 rows by 1.7x (lost by 9% at 16 rows, 5% at 64).
 BATCH_XR, BATCH_OUTS = 4, 4
-BATCH_XR_Q, BATCH_OUTS_Q = 8, 4
 TILED_TM = 4  # rows per invocation: a 64-row tile
 TILED_TN = 4  # columns per invocation: a 64-column tile
 TILED_BK = 16
@@ -167,7 +167,7 @@ def _matmul() -> list[Variant]:
     rows: list[Variant] = []
     for c in combos("matmul"):
         blocks = c["wdtype"] in BLOCK_DTYPES
-        forms = ((1, VEC_ROWS_Q), (BATCH_XR_Q, BATCH_OUTS_Q)) if blocks else ((1, VEC_ROWS), (BATCH_XR, BATCH_OUTS))
+        forms = ((1, VEC_ROWS_Q if blocks else VEC_ROWS), (BATCH_XR, BATCH_OUTS))
         for sg in (True, False):
             rows.extend(_vec(c, xr, outs, sg) for xr, outs in forms)
         for tm, tag in ((TILED_TM, "tiled"), (1, "tiled16")):

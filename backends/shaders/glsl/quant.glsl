@@ -12,8 +12,7 @@
 // of the row whose blocks start at byte rb; the matrix-vector kernel's units are 32 values
 // each: unit_x4(u, i) is the index of the i-th of their 8 vec4s of x in the row,
 // unit_xsums(xv) the sums of x over the unit's groups of one scale (once per unit, for every
-// row), unit_load(rb, u) the words and scales of unit u (a QUnitW, loaded once for every x
-// row), and unit_dot(w, xv, xs) the dot product of its weights with those vec4s.
+// row), and unit_dot(rb, u, xv, xs) the dot product of unit u's weights with those vec4s.
 //
 // unit_dot never converts an integer to a float (a quarter-rate instruction on NVIDIA: it
 // bounded the first version at ~0.4 TB/s): a small unsigned value u of n bits is placed in the
@@ -131,23 +130,13 @@ vec4 unit_xsums(vec4 xv[8]) {
     return vec4(hsum(xv[0] + xv[1] + xv[2] + xv[3] + xv[4] + xv[5] + xv[6] + xv[7]));
 }
 
-struct QUnitW {
-    uvec4 a;  // values 0..15 as u = q + 128
-    uvec4 b;  // values 16..31
-    float d;
-};
-
-QUnitW unit_load(uint rb, uint u) {
+float unit_dot(uint rb, uint u, vec4 xv[8], vec4 xs) {
     uint base = rb + u * 34u;
-    return QUnitW(qwords4(base + 2u) ^ 0x80808080u, qwords4(base + 18u) ^ 0x80808080u, qhalf(base));
-}
-
-float unit_dot(QUnitW w, vec4 xv[8], vec4 xs) {
-    uvec4 a = w.a;
-    uvec4 b = w.b;
+    uvec4 a = qwords4(base + 2u) ^ 0x80808080u;  // u = q + 128
+    uvec4 b = qwords4(base + 18u) ^ 0x80808080u;
     float f = dot(u8x4(a.x), xv[0]) + dot(u8x4(a.y), xv[1]) + dot(u8x4(a.z), xv[2]) + dot(u8x4(a.w), xv[3])
             + dot(u8x4(b.x), xv[4]) + dot(u8x4(b.y), xv[5]) + dot(u8x4(b.z), xv[6]) + dot(u8x4(b.w), xv[7]);
-    return w.d * (256.0 * f - 384.0 * xs.x);  // 256 (f - sum x) - 128 sum x
+    return qhalf(base) * (256.0 * f - 384.0 * xs.x);  // 256 (f - sum x) - 128 sum x
 }
 
 #elif defined(WDTYPE_Q4_0) || defined(WDTYPE_Q4_1)
@@ -180,30 +169,22 @@ vec4 unit_xsums(vec4 xv[8]) {
     return vec4(hsum(xv[0] + xv[1] + xv[2] + xv[3] + xv[4] + xv[5] + xv[6] + xv[7]));
 }
 
-struct QUnitW {
-    uvec4 qw;  // the 16 bytes of nibbles
-    vec2 dm;  // d, and m (q4_1)
-};
-
-QUnitW unit_load(uint rb, uint u) {
+float unit_dot(uint rb, uint u, vec4 xv[8], vec4 xs) {
     uint base = rb + u * QBYTES;
 #if defined(WDTYPE_Q4_0)
-    return QUnitW(qwords4(base + 2u), vec2(qhalf(base), 0.0));
+    uvec4 qw = qwords4(base + 2u);
 #else
     uint wi = base >> 2;
-    return QUnitW(uvec4(QWORD(wi + 1u), QWORD(wi + 2u), QWORD(wi + 3u), QWORD(wi + 4u)), unpackHalf2x16(QWORD(wi)));
+    uvec4 qw = uvec4(QWORD(wi + 1u), QWORD(wi + 2u), QWORD(wi + 3u), QWORD(wi + 4u));
 #endif
-}
-
-float unit_dot(QUnitW w, vec4 xv[8], vec4 xs) {
-    uvec4 qw = w.qw;
     float f = dot(lo4(qw.x), xv[0]) + dot(lo4(qw.y), xv[1]) + dot(lo4(qw.z), xv[2]) + dot(lo4(qw.w), xv[3])
             + dot(hi4(qw.x), xv[4]) + dot(hi4(qw.y), xv[5]) + dot(hi4(qw.z), xv[6]) + dot(hi4(qw.w), xv[7]);
     float qx = 16.0 * (f - xs.x);  // sum(q x)
 #if defined(WDTYPE_Q4_0)
-    return w.dm.x * (qx - 8.0 * xs.x);
+    return qhalf(base) * (qx - 8.0 * xs.x);
 #else
-    return w.dm.x * qx + w.dm.y * xs.x;
+    vec2 dm = unpackHalf2x16(QWORD(base >> 2));
+    return dm.x * qx + dm.y * xs.x;
 #endif
 }
 
@@ -247,23 +228,13 @@ vec4 unit_xsums(vec4 xv[8]) {  // the low nibbles' sub-block, the high ones'
     return vec4(hsum(xv[0] + xv[1] + xv[2] + xv[3]), hsum(xv[4] + xv[5] + xv[6] + xv[7]), 0.0, 0.0);
 }
 
-struct QUnitW {
-    uvec4 qw;  // the unit's 16 bytes
-    vec2 lo;  // scale and minimum of the low nibbles' sub-block
-    vec2 hi;  // of the high ones'
-};
-
-QUnitW unit_load(uint rb, uint u) {
+float unit_dot(uint rb, uint u, vec4 xv[8], vec4 xs) {
     uint base = rb + (u / 8u) * 144u;
     uint v = u % 8u;
     uvec4 head = QVEC4(base >> 4);
-    return QUnitW(QVEC4((base >> 4) + 1u + v), q4k_scale_min(head, v & ~1u), q4k_scale_min(head, v | 1u));
-}
-
-float unit_dot(QUnitW w, vec4 xv[8], vec4 xs) {
-    uvec4 qw = w.qw;
-    vec2 lo = w.lo;
-    vec2 hi = w.hi;
+    uvec4 qw = QVEC4((base >> 4) + 1u + v);
+    vec2 lo = q4k_scale_min(head, v & ~1u);
+    vec2 hi = q4k_scale_min(head, v | 1u);
     float fl = dot(lo4(qw.x), xv[0]) + dot(lo4(qw.y), xv[1]) + dot(lo4(qw.z), xv[2]) + dot(lo4(qw.w), xv[3]);
     float fh = dot(hi4(qw.x), xv[4]) + dot(hi4(qw.y), xv[5]) + dot(hi4(qw.z), xv[6]) + dot(hi4(qw.w), xv[7]);
     return lo.x * (16.0 * (fl - xs.x)) - lo.y * xs.x + hi.x * (16.0 * (fh - xs.y)) - hi.y * xs.y;
@@ -316,34 +287,21 @@ vec4 q6k_f(uint ql, uint qh, uint s) {
     return uintBitsToFloat(low | high | 0x3F800000u);
 }
 
-struct QUnitW {
-    uvec2 ql0;  // low bits of s = 0 and 2
-    uvec2 ql1;  // of s = 1 and 3
-    uvec2 qh;
-    vec4 sc;  // the scales of s = 0..3
-    float d;
-};
-
-QUnitW unit_load(uint rb, uint u) {
+float unit_dot(uint rb, uint u, vec4 xv[8], vec4 xs) {
     uint base = rb + (u / 8u) * 210u;
     uint h = (u / 4u) & 1u;
     uint l = 8u * (u % 4u);
+    uvec2 ql0 = qwords2(base + 64u * h + l);
+    uvec2 ql1 = qwords2(base + 64u * h + 32u + l);
+    uvec2 qh = qwords2(base + 128u + 32u * h + l);
     uvec2 sw = qwords2(base + 192u + 8u * h);  // scales 8h..8h+7: sub-block 8h + 2s + l / 16
     uint sh = (l / 16u) * 8u;
     vec4 sc = vec4(ivec4(uvec4(sw.x << (24u - sh), sw.x << (8u - sh), sw.y << (24u - sh), sw.y << (8u - sh))) >> 24);
-    return QUnitW(qwords2(base + 64u * h + l), qwords2(base + 64u * h + 32u + l), qwords2(base + 128u + 32u * h + l), sc,
-                  qhalf(base + 208u));
-}
-
-float unit_dot(QUnitW w, vec4 xv[8], vec4 xs) {
-    uvec2 ql0 = w.ql0;
-    uvec2 ql1 = w.ql1;
-    uvec2 qh = w.qh;
     vec4 f = vec4(dot(q6k_f(ql0.x, qh.x, 0u), xv[0]) + dot(q6k_f(ql0.y, qh.y, 0u), xv[1]),
                   dot(q6k_f(ql1.x, qh.x, 1u), xv[2]) + dot(q6k_f(ql1.y, qh.y, 1u), xv[3]),
                   dot(q6k_f(ql0.x, qh.x, 2u), xv[4]) + dot(q6k_f(ql0.y, qh.y, 2u), xv[5]),
                   dot(q6k_f(ql1.x, qh.x, 3u), xv[6]) + dot(q6k_f(ql1.y, qh.y, 3u), xv[7]));
-    return w.d * dot(w.sc, 64.0 * f - 96.0 * xs);  // 64 (f - sum x) - 32 sum x
+    return qhalf(base + 208u) * dot(sc, 64.0 * f - 96.0 * xs);  // 64 (f - sum x) - 32 sum x
 }
 
 #endif
