@@ -28,9 +28,10 @@ matmul (matmul_vec.comp, matmul_tiled.comp)
     grid (ceil(rows / BATCH_XR), ceil(n / BATCH_OUTS)), x-row groups fastest so the workgroups
     reading one weight slice run together (L2). Batch-invariant by construction: the same
     invocations, chunk order, per-chunk expression and reduction as the one-row form, so every
-    row's sums are the ones it gets alone (the catalogue's BATCH_ROWS promise). H200 (RESULTS.md):
-    1.4-1.9x the one-row form at 4-16 rows; at 64 rows it is bound by the per-output work
-    (f32 FMAs, the f16 widening, each output's cross-invocation reduction), not by weight reads.
+    row's sums are the ones it gets alone (the catalogue's BATCH_ROWS promise). H200 (RESULTS.md),
+    1B f16 decode step: 1.4x main's one-row form at 4 rows, 1.9x at 16, 1.06x the tiled form at 64;
+    at 64 rows it is bound by its per-output work (by estimate: f32 FMAs, the f16 widening, strided
+    x loads, each output's cross-invocation reduction), not by weight reads.
     GGUF block weights (q8_0, q4_0, q4_1, q4_k, q6_k; glsl/quant.glsl): the same forms. `_vec`
     steps over units of 32 values (VEC_WG_Q invocations: one unit each on a 2048-wide row; VEC_ROWS_Q
     rows sharing the unit's x loads and sums),

@@ -13,7 +13,8 @@
 // Invocation t takes chunks t, t + WG_SIZE, ... in that order whatever UNROLL and XR are, with
 // the same expression per chunk (wdot, unit_dot), and the sums are reduced the same way, so every
 // variant gives row r the bits it gets alone (rows = 1, XR = 1): only WG_SIZE and UNROLL must
-// match between the variants of one constant set.
+// match between the variants of one constant set, and the subgroup size between the SUBGROUPS
+// ones (one per device on NVIDIA and lavapipe; a driver choosing it per pipeline would need it pinned).
 //
 // Needs k % 8 == 0 (f16, bf16) or k % 4 == 0 (f32) so every weight row and x row starts
 // on a 16-byte boundary and no load reaches past a buffer's end (the variant's `when`);
