@@ -198,7 +198,8 @@ CATALOGUE: dict[str, KernelSpec] = {
             "with norm_weight and eps first; 'silu_mul' reads x[r] as [gate | up] (2k wide) and uses "
             "silu(gate) * up. epilogue 'silu_mul' pairs adjacent outputs y of a row, w's rows being "
             "interleaved gate and up rows: out[r, j] = silu(y[2j]) * y[2j+1], n/2 columns. accumulate "
-            "adds into out (a fused residual add).",
+            "adds into out (a fused residual add). Batch-invariant up to BATCH_ROWS rows: with "
+            f"rows <= {BATCH_ROWS}, out[r] is bit for bit what rows = 1 gives for x[r] (and out[r]).",
             bindings=(
                 Binding("x", "f32", ("rows", "2 * k if prologue == 'silu_mul' else k")),
                 Binding("w", "{wdtype}", ("n", "k")),

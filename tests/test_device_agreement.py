@@ -14,15 +14,16 @@ import shaderbay
 from shaderbay.conformance.plugin import session_backend
 from shaderbay.conformance.tolerances import MODEL_LOGITS
 
-# 40 tokens: more rows than the matrix-vector form takes, so the prompt runs the prefill product
-# (tiled, or cooperative-matrix where the device has it)
-PROMPT = [1, 504, 3458, 314, 253, 2023, 30, 2683, 28, 1675, 43, 12, 7, 991, 77, 5] * 2 + [9, 88, 451, 2, 36, 700, 14, 3]
+# 72 tokens: more rows than the matrix-vector forms take (BATCH_ROWS), so the prompt runs the prefill
+# product (tiled, or cooperative-matrix where the device has it)
+PROMPT = [1, 504, 3458, 314, 253, 2023, 30, 2683, 28, 1675, 43, 12, 7, 991, 77, 5] * 4 + [9, 88, 451, 2, 36, 700, 14, 3]
+MAX_CONTEXT = 128
 MODEL = "synthetic:smollm2-135m:float16"
 
 
 @pytest.fixture(scope="module")
 def reference():
-    with shaderbay.load(MODEL, backend="numpy", max_context=64) as model:
+    with shaderbay.load(MODEL, backend="numpy", max_context=MAX_CONTEXT) as model:
         return model.logits(PROMPT), list(model.tokens(PROMPT, 8, ignore_eos=True))
 
 
@@ -30,7 +31,7 @@ def reference():
 @pytest.mark.parametrize("backend_name", ["vulkan", "wgpu"])
 def test_logits_and_greedy_tokens_agree_with_numpy(backend_name, reference, pytestconfig):
     ref_logits, ref_tokens = reference
-    with shaderbay.load(MODEL, backend=session_backend(pytestconfig, backend_name), max_context=64) as model:
+    with shaderbay.load(MODEL, backend=session_backend(pytestconfig, backend_name), max_context=MAX_CONTEXT) as model:
         logits = model.logits(PROMPT)
         tokens = list(model.tokens(PROMPT, 8, ignore_eos=True))
     error = float(np.linalg.norm(logits.astype(np.float64) - ref_logits) / np.linalg.norm(ref_logits))

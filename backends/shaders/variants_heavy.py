@@ -10,21 +10,28 @@ where it only applies to some (e.g. `lambda p: p["rows"] == 1` for matrix-vector
 `priority` to order the applicable ones.
 
 Names are `records.stem(kernel, constants, *tags)`; every constant combination has a
-full set. 858 spv files in all with the simple kernels' (matmul 816, attention 12,
+full set. 1242 spv files in all with the simple kernels' (matmul 1200, attention 12,
 decode_attention 8, sample 2).
 
 matmul (matmul_vec.comp, matmul_tiled.comp)
-    `matmul_<consts>_vec_sg` / `_vec`: matrix-vector, when rows <= VEC_MAX_ROWS and k is a
+    `matmul_<consts>_vec_sg` / `_vec`: matrix-vector, when rows <= BATCH_ROWS and k is a
     multiple of the 16-byte chunk (8 f16/bf16 or 4 f32 weights). VEC_WG invocations,
-    VEC_ROWS outputs a workgroup, VEC_UNROLL chunks in flight per invocation; grid
-    (ceil(n / VEC_ROWS), rows), grid-stride beyond 65535. `_sg` reduces with subgroupAdd,
-    `_vec` with a shared-memory tree. It re-reads w for every x row, yet beat both tiled
-    forms at 2..32 rows on the H100 (1B qkv, 32 rows: 96 us vs 142 tiled16, 186 tiled;
-    1B down: 187 vs 637 / 835). Tuned on the H100 (2026-11-24): WG 64..256 x rows
+    VEC_ROWS outputs of one x row a workgroup, VEC_UNROLL chunks in flight per invocation; grid
+    (rows, ceil(n / VEC_ROWS)), grid-stride beyond 65535. `_sg` reduces with subgroupAdd,
+    `_vec` with a shared-memory tree. Tuned on the H100 (2026-11-24): WG 64..256 x rows
     2..8 x unroll 1..4 are within ~5% of each other on the decode shapes; ROWS 2 was best
     or tied everywhere; the LM head of a Llama-3.2-1B shape (525 MB f16) streams at ~3.0
     TB/s, the copy bandwidth. A subgroup per output row instead of a workgroup per two was
     slower on every decode shape (1B down: 74% -> 51% of the copy bandwidth).
+    `matmul_<consts>_vec4x4[_sg]`: the batched form, 2..BATCH_ROWS
+    rows: BATCH_XR x rows by BATCH_OUTS outputs a workgroup, each weight load shared by the x rows;
+    grid (ceil(rows / BATCH_XR), ceil(n / BATCH_OUTS)), x-row groups fastest so the workgroups
+    reading one weight slice run together (L2). Batch-invariant by construction: the same
+    invocations, chunk order, per-chunk expression and reduction as the one-row form, so every
+    row's sums are the ones it gets alone (the catalogue's BATCH_ROWS promise). H200 (RESULTS.md),
+    1B f16 decode step: 1.4x main's one-row form at 4 rows, 1.9x at 16, 1.06x the tiled form at 64;
+    at 64 rows it is bound by its per-output work (by estimate: f32 FMAs, the f16 widening, strided
+    x loads, each output's cross-invocation reduction), not by weight reads.
     GGUF block weights (q8_0, q4_0, q4_1, q4_k, q6_k; glsl/quant.glsl): the same forms. `_vec`
     steps over units of 32 values (VEC_WG_Q invocations: one unit each on a 2048-wide row; VEC_ROWS_Q
     rows sharing the unit's x loads and sums),
@@ -35,8 +42,9 @@ matmul (matmul_vec.comp, matmul_tiled.comp)
     grid (ceil(n / 64), ceil(rows / 64)). Everything else (prefill, odd k). ~21-23 TFLOP/s
     f32 FMA on the 1B prefill shapes (512 rows; 18-20 with scalar shared reads); 128 x 128
     tiles were slower except on the widest (n = 16384) matrix.
-    `matmul_<consts>_tiled16`: the same with a 16 x 64 tile (1 x 4 each), for rows <= 32 whose
-    k the vec form cannot take (measured: 140 us vs 178 for the 64-row tile at 1B qkv, 16 rows).
+    `matmul_<consts>_tiled16`: the same with a 16 x 64 tile (1 x 4 each), for rows <= BATCH_ROWS whose
+    k the vec forms cannot take (measured: 140 us vs 178 for the 64-row tile at 1B qkv, 16 rows):
+    one row an invocation, so batch-invariant too.
 
 attention (attention.comp)
     `attention_<cache>[_vec][_decode][_sg]`: one workgroup per (row, head), grid (n_heads,
@@ -73,7 +81,7 @@ from __future__ import annotations
 
 from shaderbay.backend import CoopMatrixShape
 from shaderbay.dtypes import BLOCK_DTYPES
-from shaderbay.kernels import DECODE_ATTENTION_SLICES, SAMPLE_SETTINGS
+from shaderbay.kernels import BATCH_ROWS, DECODE_ATTENTION_SLICES, SAMPLE_SETTINGS
 
 from .records import SG_NEEDS, Variant, combos, coopmat_need, groups, stem
 
@@ -82,15 +90,20 @@ from .records import SG_NEEDS, Variant, combos, coopmat_need, groups, stem
 VEC_WG = 128  # invocations of a matrix-vector workgroup
 VEC_ROWS = 2  # outputs per matrix-vector workgroup
 VEC_UNROLL = 2  # 16-byte chunks per invocation whose loads are issued together
-VEC_MAX_ROWS = 32  # it re-reads w for every x row, yet beat the tiled forms up to 32 rows on the H100
 VEC_UNIT_Q = 32  # GGUF block weights: values per unit of an invocation (glsl/quant.glsl's QUNIT)
 VEC_WG_Q = 64  # their workgroup: a 2048-wide row is 64 units
 VEC_ROWS_Q = 4  # their outputs per workgroup (H200, first q4_0 kernel, 1B: 2 rows 1.75 ms a token, 4 rows 1.08)
+# The batched form (2..BATCH_ROWS rows): x rows and outputs per workgroup, every weight dtype.
+# Its invocations, chunk order and reductions are the one-row form's, so each row's sums are too.
+# H200, 1B and 135M decode shapes at 4, 16, 64 rows (benches/RESULTS.md): 4 x 4 beat 8 x 4, 8 x 8 and
+# 16 x 4 on f16 (1B at 64 rows: 18.0 ms a step, 22.9, 26.2, 29.7); on q4_0 it beat 8 x 2 and 16 x 2,
+# and 8 x 4 at 4 rows by 1.7x (lost by 9% at 16 rows, 5% at 64).
+BATCH_XR, BATCH_OUTS = 4, 4
 TILED_TM = 4  # rows per invocation: a 64-row tile
 TILED_TN = 4  # columns per invocation: a 64-column tile
 TILED_BK = 16
 TILED_PAD = 4
-SMALL_TILE_MAX_ROWS = 32  # up to here the 16-row tile (TM = 1) wastes less
+SMALL_TILE_MAX_ROWS = BATCH_ROWS  # up to here the 16-row tile (TM = 1): one row an invocation, batch-invariant
 COOP_SHAPE = CoopMatrixShape(16, 16, 16, "f16", "f16", "f32", "f32", "subgroup")  # what matmul_coop.comp multiplies
 COOP_NEEDS = frozenset({"f16", coopmat_need(COOP_SHAPE)})
 COOP_WARPS = (2, 4)  # subgroups of 32 of a workgroup, along rows and columns
@@ -116,7 +129,7 @@ def _coop(c: dict) -> Variant:
         defines={"WARPS_M": wm, "WARPS_N": wn, "FM": fm, "FN": fn, "BK": COOP_BK},
         needs=COOP_NEEDS,
         subgroup_size=32,
-        when=lambda p: p["rows"] > VEC_MAX_ROWS and p["k"] % 8 == 0,
+        when=lambda p: p["rows"] > BATCH_ROWS and p["k"] % 8 == 0,
         priority=30,
         shared_bytes=staged,
     )
@@ -129,29 +142,35 @@ def _chunk(wdtype: str) -> int:
     return 4 if wdtype == "f32" else 8
 
 
+def _vec(c: dict, xr: int, outs: int, sg: bool) -> Variant:
+    """matmul_vec.comp: xr x rows by outs outputs a workgroup; one x row a workgroup (xr = 1) for any
+    rows up to BATCH_ROWS, several from 2 rows on."""
+    epc = _chunk(c["wdtype"])
+    wg = VEC_WG_Q if c["wdtype"] in BLOCK_DTYPES else VEC_WG
+    nsums = xr * outs + (xr if c["prologue"] == "rmsnorm" else 0)
+    lo = 1 if xr == 1 else 2
+    return Variant(
+        stem("matmul", c, "vec" if xr == 1 else f"vec{xr}x{outs}", "sg" if sg else ""),
+        "matmul",
+        "matmul_vec.comp",
+        c,
+        (wg, 1, 1),
+        lambda p: (groups(p["rows"], xr), groups(p["n"], outs), 1),
+        defines={"SUBGROUPS": sg, "ROWS": outs, "XR": xr, "UNROLL": f"{VEC_UNROLL}u"},
+        needs=SG_NEEDS if sg else frozenset(),
+        when=lambda p: lo <= p["rows"] <= BATCH_ROWS and p["k"] % epc == 0,
+        priority=(20 if sg else 10) + (xr > 1),
+        shared_bytes=4 * nsums * (wg // 4 if sg else wg),
+    )
+
+
 def _matmul() -> list[Variant]:
     rows: list[Variant] = []
     for c in combos("matmul"):
-        epc = _chunk(c["wdtype"])
         blocks = c["wdtype"] in BLOCK_DTYPES
-        wg, vrows = (VEC_WG_Q, VEC_ROWS_Q) if blocks else (VEC_WG, VEC_ROWS)
-        nsums = vrows + (1 if c["prologue"] == "rmsnorm" else 0)
+        forms = ((1, VEC_ROWS_Q if blocks else VEC_ROWS), (BATCH_XR, BATCH_OUTS))
         for sg in (True, False):
-            rows.append(
-                Variant(
-                    stem("matmul", c, "vec", "sg" if sg else ""),
-                    "matmul",
-                    "matmul_vec.comp",
-                    c,
-                    (wg, 1, 1),
-                    lambda p, vrows=vrows: (groups(p["n"], vrows), groups(p["rows"]), 1),
-                    defines={"SUBGROUPS": sg, "ROWS": vrows, "UNROLL": f"{VEC_UNROLL}u"},
-                    needs=SG_NEEDS if sg else frozenset(),
-                    when=lambda p, epc=epc: p["rows"] <= VEC_MAX_ROWS and p["k"] % epc == 0,
-                    priority=20 if sg else 10,
-                    shared_bytes=4 * nsums * (wg // 4 if sg else wg),
-                )
-            )
+            rows.extend(_vec(c, xr, outs, sg) for xr, outs in forms)
         for tm, tag in ((TILED_TM, "tiled"), (1, "tiled16")):
             bm, bn = 16 * tm, 16 * TILED_TN
             shared = 4 * TILED_BK * (bm + bn + 2 * TILED_PAD)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 from shaderbay.dtypes import BLOCK_DTYPES
+from shaderbay.kernels import BATCH_ROWS
 
 from ..harness import Case
 from .blocks import row_length, weights
 from .elementwise import EPSILONS
 from .record import KernelCases, Regime, dim
-from .values import Values, subnormals
+from .values import RngValues, Values, subnormals
 
 
 def _matmul(v: Values, c: dict, s: dict) -> Case:
@@ -78,8 +79,8 @@ CASES = (
         shapes=st.fixed_dictionaries(
             {
                 "k": st.one_of(dim(70), st.sampled_from([255, 256, 257, 511, 513])),
-                # past 32 rows the prefill (tiled) forms take over from the matrix-vector ones
-                "rows": st.one_of(dim(9), st.sampled_from([33, 47])),
+                # past BATCH_ROWS the prefill (tiled) forms take over from the matrix-vector ones
+                "rows": st.one_of(dim(9), st.sampled_from([33, 47, BATCH_ROWS, BATCH_ROWS + 1])),
                 "n": dim(70),
             }
         ),
@@ -126,3 +127,47 @@ CASES = (
         ),
     ),
 )
+
+
+# --- batch invariance (the catalogue's BATCH_ROWS promise) ---------------------------------------
+
+# rows counts around the batched form's groups of 4 x rows, up to the promise's end, and the rows
+# compared with themselves alone (every place in a group, the first groups and the last)
+INVARIANCE_ROWS = (2, 3, 5, 8, 13, 31, BATCH_ROWS)
+INVARIANCE_CHECKED = (*range(13), 30, 45, BATCH_ROWS - 2, BATCH_ROWS - 1)
+INVARIANCE_N = 37  # outputs: not a multiple of any workgroup's
+# a whole number of 16-byte chunks (the matrix-vector forms), not one for f32/f16/bf16 (the 16-row
+# tile), and several chunks or units an invocation (each sum's order across them must not change)
+INVARIANCE_K = (96, 258, 4360)
+# every weight dtype once, the prologues, epilogues, bias and accumulate spread over them
+INVARIANCE_COMBOS = tuple(
+    {"wdtype": w, "bias": b, "accumulate": a, "prologue": p, "epilogue": e}
+    for w, b, a, p, e in (
+        ("f32", True, False, "rmsnorm", "none"),
+        ("f16", False, True, "none", "silu_mul"),
+        ("bf16", True, True, "silu_mul", "none"),
+        ("q8_0", False, False, "rmsnorm", "silu_mul"),
+        ("q4_0", False, True, "none", "none"),
+        ("q4_1", True, False, "silu_mul", "silu_mul"),
+        ("q4_k", False, True, "rmsnorm", "none"),
+        ("q6_k", True, True, "none", "silu_mul"),
+    )
+)
+
+
+def invariance_case(constants: dict, k: int, seed: int) -> Case:
+    """A matmul case of BATCH_ROWS rows, whose first rows make the smaller cases (rows_of)."""
+    return _matmul(RngValues(seed), constants, {"rows": BATCH_ROWS, "n": INVARIANCE_N, "k": k})
+
+
+def rows_of(case: Case, start: int, stop: int) -> Case:
+    """The case cut to x rows start..stop-1 (and their rows of out: read where it accumulates)."""
+    rows = case.params["rows"]
+    arrays, sizes = dict(case.arrays), dict(case.sizes)
+    arrays["x"] = arrays["x"].reshape(rows, -1)[start:stop].ravel().copy()
+    if "out" in arrays:
+        arrays["out"] = arrays["out"].reshape(rows, -1)[start:stop].ravel().copy()
+    else:
+        sizes["out"] = sizes["out"] // rows * (stop - start)
+    params = {**case.params, "rows": stop - start}
+    return Case(case.kernel, case.constants, params, arrays, sizes=sizes, note=f"x rows {start}..{stop - 1}")
