@@ -86,6 +86,7 @@ class Worker:
         self._live: dict[int, _Choice] = {}  # by sequence id: in the engine
         self._pending: deque[_Choice] = deque()  # admitted here, waiting for room in the engine
         self._scoring: list[_Choice] = []  # finished, waiting for their log-probabilities
+        self._failure: Exception | None = None  # the engine's failed step: every request after gets it
         self._thread = threading.Thread(target=self._serve, name="shaderbay-engine", daemon=True)
         self._thread.start()
 
@@ -135,17 +136,18 @@ class Worker:
         engine, metrics = self.engine, self.metrics
         shown = (-1, -1)
         while True:
-            idle = engine.idle and not self._pending and not self._scoring
+            idle = (engine.idle or self._failure is not None) and not self._pending and not self._scoring
             if not self._read_inbox(block=idle):
                 break
             while self._pending and len(self._live) < self.max_streams:
                 self._start(self._pending.popleft())
             opened = None
-            if not engine.idle:
+            if self._failure is None and not engine.idle:
                 try:
                     engine.step()
-                except Exception as exc:  # noqa: BLE001 - the backend failed: every request in it ends with the error
-                    log.error("the engine failed a step", exc_info=exc)
+                except Exception as exc:  # noqa: BLE001 - the backend failed: every request ends with the error
+                    log.error("the engine failed a step; the server answers every request with it", exc_info=exc)
+                    self._failure = exc
                     for choice in list(self._live.values()):
                         self._fail(choice.job, exc)
                     continue
@@ -190,6 +192,9 @@ class Worker:
 
     def _start(self, choice: _Choice) -> None:
         prepared = choice.prepared
+        if self._failure is not None:
+            self._fail(choice.job, self._failure)
+            return
         try:
             choice.seq = self.engine.add(prepared.request)
         except Exception as exc:  # noqa: BLE001 - a request the engine refuses (typed): its task answers with it
