@@ -154,6 +154,19 @@ class Engine:
             for seq in mine:
                 self._queues.pop(seq.id, None)
 
+    def take(self, seq: Sequence) -> list[Event]:
+        """The events of `seq` since the last take, for a caller that steps the engine itself (the
+        server: one thread calls step(), then take() for each of its sequences); after the last
+        one (it has the finish reason) the sequence is forgotten."""
+        queue = self._queues.get(seq.id)
+        if not queue:
+            return []
+        events = list(queue)
+        queue.clear()
+        if events[-1].finish_reason is not None:
+            del self._queues[seq.id]
+        return events
+
     def stream(self, request: Request) -> Iterator[Event]:
         """Add one request and yield its events."""
         return self.run([self.add(request)])

@@ -150,10 +150,25 @@ class Model:
         return self._events(prompt, self.settings(max_tokens=max_tokens, **options))
 
     def _events(self, prompt: Prompt, settings: GenerationSettings) -> Iterator[TextEvent]:
+        ids = self._checked_ids(prompt, settings)
+        return (event for _, event in self._batch_events([ids], settings))
+
+    def request(
+        self, prompt: Prompt, max_tokens: int | None = None, **options: Any
+    ) -> tuple[Request, GenerationSettings]:
+        """What `events` hands the engine, for a caller that steps the engine itself (the server): the
+        request (prompt and options checked) and its settings, which `text_stream` takes."""
+        settings = self.settings(max_tokens=max_tokens, **options)
+        return self._request(self._checked_ids(prompt, settings), settings, self._ends(settings)), settings
+
+    def text_stream(self, settings: GenerationSettings, stats: Stats) -> TextStream:
+        """The layer turning one sequence's engine events into text events (stop strings, end ids)."""
+        return TextStream(self.tokenizer, settings.stop, self._ends(settings), stats)
+
+    def _checked_ids(self, prompt: Prompt, settings: GenerationSettings) -> list[int]:
         if settings.stop and self.tokenizer is None:
             raise InvalidOption(f"stop strings need a tokenizer, and {self.name or 'this model'} has none")
-        ids = self._fit(self.prompt_ids(prompt), settings)
-        return (event for _, event in self._batch_events([ids], settings))
+        return self._fit(self.prompt_ids(prompt), settings)
 
     def complete(self, prompt: Prompt, max_tokens: int | None = None, **options: Any) -> Completion:
         """The whole generation: its text, token ids, finish reason and timings (see `events`)."""
@@ -170,9 +185,7 @@ class Model:
         """(prompt index, text event) of the generations of `prompts` (checked ids), run together."""
         ends = self._ends(settings)
         seqs = [self.engine.add(self._request(ids, settings, ends)) for ids in prompts]
-        texts = {
-            seq.id: (i, seq, TextStream(self.tokenizer, settings.stop, ends, seq.stats)) for i, seq in enumerate(seqs)
-        }
+        texts = {seq.id: (i, seq, self.text_stream(settings, seq.stats)) for i, seq in enumerate(seqs)}
         events = self.engine.run(seqs)
         try:
             for event in events:
@@ -195,9 +208,7 @@ class Model:
         reason. Each prompt gets the answer it gets alone (with the same options, seed included).
         Options as `generate`'s (greedy unless told otherwise), checked before anything runs."""
         settings = GenerationSettings.build(PLAIN, max_tokens=max_tokens, **options)
-        if settings.stop and self.tokenizer is None:
-            raise InvalidOption(f"stop strings need a tokenizer, and {self.name or 'this model'} has none")
-        ids = [self._fit(self.prompt_ids(p), settings) for p in prompts]
+        ids = [self._checked_ids(p, settings) for p in prompts]
         events = self._batch_events(ids, settings)
         if stream:
             return events

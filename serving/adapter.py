@@ -1,7 +1,8 @@
 """The one place the front-ends call into a model: a request in, the model's text events out.
 
-Both the HTTP server and the `llm` plugin go through `events()`, which runs `Model.events`: they give
-the same tokens for the same request as the CLI and the Python API do.
+The `llm` plugin goes through `events()`, which runs `Model.events`; the HTTP server through
+`prepare()`, the same request as the engine takes it, stepped by its worker thread with others (see
+worker.py): both give the same tokens for the same request as the CLI and the Python API do.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 import numpy as np
 from shaderbay.errors import ContextLengthExceeded
 from shaderbay.models.generation import TextEvent
+from shaderbay.models.requests import Request as EngineRequest
+from shaderbay.models.settings import GenerationSettings
 
 # the sampling settings a front-end may pass through to the model
 OPTIONS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed", "stop", "ignore_eos")
@@ -50,15 +53,36 @@ class Logprobs:
     tokens: tuple[TokenLogprob, ...]
 
 
-def events(model: Any, request: Request) -> Iterator[Prompt | TextEvent | Logprobs]:
-    """Run `request` on `model`: the prompt's size (once the first token is there), then text events
-    until one has a finish reason, then (if asked for) the log-probabilities. Closing the iterator
-    early ends the generation."""
+@dataclass(frozen=True)
+class Prepared:
+    """A request checked and ready for the engine (`prepare`), for a caller that steps it itself."""
+
+    request: EngineRequest
+    settings: GenerationSettings
+    top_logprobs: int | None
+
+
+def _arguments(model: Any, request: Request) -> tuple[list[int], int, dict[str, Any]]:
+    """The prompt's ids, max_tokens (None: up to the end of the context) and the options given."""
     ids = model.prompt_ids(request.prompt)
     max_tokens = model.max_context - len(ids) if request.max_tokens is None else request.max_tokens
     if max_tokens < 1:
         raise ContextLengthExceeded(len(ids) + 1, model.max_context)
-    options = {k: v for k, v in request.options.items() if v is not None}
+    return ids, max_tokens, {k: v for k, v in request.options.items() if v is not None}
+
+
+def prepare(model: Any, request: Request) -> Prepared:
+    """`request` as the engine takes it (the same as `events` runs), or a typed error saying what to change."""
+    ids, max_tokens, options = _arguments(model, request)
+    engine_request, settings = model.request(ids, max_tokens, **options)
+    return Prepared(engine_request, settings, request.top_logprobs)
+
+
+def events(model: Any, request: Request) -> Iterator[Prompt | TextEvent | Logprobs]:
+    """Run `request` on `model`: the prompt's size (once the first token is there), then text events
+    until one has a finish reason, then (if asked for) the log-probabilities. Closing the iterator
+    early ends the generation."""
+    ids, max_tokens, options = _arguments(model, request)
     text_events = model.events(ids, max_tokens=max_tokens, **options)  # checks the options, or raises
     try:
         first = next(text_events)

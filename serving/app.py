@@ -1,7 +1,8 @@
 """The OpenAI-compatible ASGI app: /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics.
 
-The routes only translate: a request body becomes model requests (one per choice) for the worker,
-and the worker's events become OpenAI responses or server-sent-event chunks.
+The routes only translate: a request body becomes model requests (one per choice, checked here so
+that a bad one is a 400 before it reaches the engine) for the worker, which decodes them with every
+other request's together, and the worker's events become OpenAI responses or server-sent-event chunks.
 """
 
 from __future__ import annotations
@@ -37,10 +38,17 @@ class _Result:
 
 
 def create_app(
-    model: Any, *, max_streams: int = 64, api_key: str | None = None, stream_interval: float = DEFAULT_STREAM_INTERVAL
+    model: Any,
+    *,
+    max_streams: int = 64,
+    max_queue: int = 256,
+    api_key: str | None = None,
+    stream_interval: float = DEFAULT_STREAM_INTERVAL,
 ) -> FastAPI:
-    """The app serving `model` (which the caller keeps and closes) through one worker thread; a stream
-    sends a chunk at most every `stream_interval` seconds after its first (tokens made faster share one)."""
+    """The app serving `model` (which the caller keeps and closes; loaded with streams=max_streams, its
+    KV pool holds them) through one worker thread: at most `max_streams` sequences decoded together,
+    `max_queue` more waiting; a stream sends a chunk at most every `stream_interval` seconds after its
+    first (tokens made faster share one)."""
     metrics = Metrics()
     worker: Worker | None = None
     model_id = model.name or "shaderbay"
@@ -48,7 +56,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         nonlocal worker
-        worker = Worker(model, max_streams, stream_interval, metrics.queue_length.set)
+        worker = Worker(model, max_streams, max_queue, stream_interval, metrics)
         yield
         worker.close()
 
@@ -73,20 +81,25 @@ def create_app(
                 404, f"model {name!r} is not served here: use {model_id!r} (see /v1/models)", "model", "model_not_found"
             )
 
-    async def batches(requests: list[adapter.Request], started: float) -> AsyncIterator[tuple[int, list[Any]]]:
-        """(choice index, items) of every choice in turn, counting tokens and the time to the first one."""
+    async def batches(requests: list[adapter.Prepared], started: float) -> AsyncIterator[tuple[int, list[Any]]]:
+        """(choice index, items) of the choices, decoded together, as they come, counting tokens and the
+        time to the first one."""
         first = True
-        for index, request in enumerate(requests):
-            async for batch in worker.run(request):
-                for item in batch:
-                    if isinstance(item, adapter.TextEvent):
-                        if first:
-                            metrics.time_to_first_token.observe(time.perf_counter() - started)
-                            first = False
-                        metrics.completion_tokens.inc(len(item.token_ids))
-                    elif isinstance(item, adapter.Prompt):
-                        metrics.prompt_tokens.inc(item.tokens)
-                yield index, batch
+        async for batch in worker.run(requests):
+            index, items = batch[0][0], []
+            for i, item in batch:
+                if isinstance(item, adapter.TextEvent):
+                    if first:
+                        metrics.time_to_first_token.observe(time.perf_counter() - started)
+                        first = False
+                    metrics.completion_tokens.inc(len(item.token_ids))
+                elif isinstance(item, adapter.Prompt):
+                    metrics.prompt_tokens.inc(item.tokens)
+                if i != index:  # one choice's items at a time
+                    yield index, items
+                    index, items = i, []
+                items.append(item)
+            yield index, items
 
     async def answer(body: ChatRequest | CompletionRequest, kind: type[responses.Chat] | type[responses.Completion]):
         try:
@@ -98,7 +111,7 @@ def create_app(
         started = time.perf_counter()
         check_model(body.model)
         body.check_supported()
-        requests = body.model_requests()
+        requests = [adapter.prepare(model, r) for r in body.model_requests()]
         stream = batches(requests, started)
         if body.stream:
             head = await _until_first_text(stream)  # a refused request is still a plain 400 here
@@ -199,9 +212,8 @@ async def _chunks(
                 opened.add(index)
                 if (first := kind.opening(index)) is not None:
                     events.append(chunk([first]))
-            text = "".join(texts)
-            if text or finish:
-                events.append(chunk([kind.delta(index, text, finish)]))
+            if texts:  # tokens that made no text yet (a model without a tokenizer) still show the stream moving
+                events.append(chunk([kind.delta(index, "".join(texts), finish)]))
             if events:  # one write for the batch: the role chunk goes out with the first text
                 yield b"".join(ServerSentEvent(event).encode() for event in events)
     except Exception as exc:  # noqa: BLE001 - the response has started: the error goes in the stream

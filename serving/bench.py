@@ -1,7 +1,9 @@
 """What the server adds to one request: streamed tokens/s through HTTP against the model directly,
-and the time to first token the server adds (medians over alternating runs).
+and the time to first token the server adds (medians over alternating runs); with --clients N,
+N streaming clients at once against the engine's N-stream figure (bench_streams.py).
 
     python -m shaderbay.serving.bench --model CHECKPOINT --backend numpy --tokens 200 --runs 15
+    python -m shaderbay.serving.bench --model synthetic:smollm2-135m --backend vulkan --clients 64 --tokens 128
 """
 
 from __future__ import annotations
@@ -63,12 +65,18 @@ def main(argv: list[str] | None = None) -> None:
     import shaderbay
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="checkpoint directory (default: the default model)")
+    parser.add_argument("--model", help="checkpoint directory or synthetic:NAME (default: the default model)")
     parser.add_argument("--backend", default="numpy")
     parser.add_argument("--tokens", type=int, default=200)
-    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--runs", type=int, default=15, help="alternating runs (--clients: runs each way)")
     parser.add_argument("--stream-interval", metavar="MS", help="the server's --stream-interval (default: its own)")
+    parser.add_argument("--clients", type=int, help="N streaming clients at once, against the engine's N streams")
+    parser.add_argument("--prompt-tokens", type=int, default=128, help="with --clients: each prompt's (%(default)s)")
     args = parser.parse_args(argv)
+    if args.clients:
+        from .bench_streams import main as clients_main
+
+        return clients_main(args)
     model_args = ["--backend", args.backend] + (["--model", args.model] if args.model else [])
     server_args = ["--stream-interval", args.stream_interval] if args.stream_interval is not None else []
     with shaderbay.load(args.model, backend=args.backend) as model, tempfile.TemporaryDirectory() as tmp:

@@ -18,8 +18,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-streams",
         type=int,
-        default=64,
-        help="requests admitted at once, running or waiting their turn; more get HTTP 429 (%(default)s)",
+        default=16,
+        help="sequences decoded together (a choice of a request is one); the KV cache holds this many of "
+        "the full context (%(default)s)",
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=256,
+        help="sequences waiting for a place among them; more get HTTP 429 (%(default)s)",
     )
     parser.add_argument(
         "--stream-interval",
@@ -42,13 +49,21 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_streams < 1:
         raise ConfigError(f"--max-streams must be at least 1, got {args.max_streams}")
+    if args.max_queue < 0:
+        raise ConfigError(f"--max-queue must be at least 0, got {args.max_queue}")
     if not 0 <= args.stream_interval <= 1000:
         raise ConfigError(f"--stream-interval must be 0 to 1000 ms, got {args.stream_interval}")
     sock = _listen(args.host, args.port)
-    model = shaderbay.load(args.model, backend=args.backend, max_context=args.max_context)
+    model = shaderbay.load(args.model, backend=args.backend, max_context=args.max_context, streams=args.max_streams)
     try:
         interval = args.stream_interval / 1e3
-        app = create_app(model, max_streams=args.max_streams, api_key=args.api_key, stream_interval=interval)
+        app = create_app(
+            model,
+            max_streams=args.max_streams,
+            max_queue=args.max_queue,
+            api_key=args.api_key,
+            stream_interval=interval,
+        )
         host, port = sock.getsockname()[:2]
         print(
             f"serving {model.name} on {model.backend.name} ({model.backend.caps.device}) at http://{host}:{port}/v1",

@@ -1,11 +1,12 @@
 """Prometheus metrics of one server: requests by endpoint and status, tokens, time to first token,
-and how many requests wait for the model. Each app has its own registry."""
+how many sequences are decoded together and how many wait. Each app has its own registry."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _TTFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_STEP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class Metrics:
@@ -23,7 +24,16 @@ class Metrics:
             buckets=_TTFT_BUCKETS,
             registry=r,
         )
-        self.queue_length = Gauge("shaderbay_queue_length", "requests waiting for the model", registry=r)
+        self.queue_length = Gauge("shaderbay_queue_length", "sequences waiting to be decoded", registry=r)
+        self.running_sequences = Gauge(
+            "shaderbay_running_sequences", "sequences in the engine's batch (their prompt or decode)", registry=r
+        )
+        self.step_tokens = Histogram(
+            "shaderbay_step_tokens",
+            "tokens one engine step produced: how many sequences were decoded together",
+            buckets=_STEP_BUCKETS,
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

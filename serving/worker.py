@@ -1,181 +1,277 @@
-"""The thread that owns the model: requests wait in one queue and run one at a time, in arrival
-order, so none is lost or interleaved (until the batching engine runs many streams together).
+"""The thread that owns the model's engine: every request's choices are sequences of the engine,
+decoded together (continuous batching), their events handed to each request's task.
 
-A request's items travel back to its asyncio task in batches (see _Job): a task that falls behind
-the model gets all that is waiting at once, and sends it on as one piece, and tokens that come
-faster than one per `interval` share a batch. After a request's first text the worker waits
-until its task has sent that on, so that the event loop does not queue for the interpreter lock
-behind the model on its way to the first chunk (the time to first token). A task that stops
-listening (its client disconnected) sets `cancelled`: the worker closes that generation at the
-next token and moves on to the next request.
+The engine is stepped from this one thread (its lock would let several, but each hand-over of the
+interpreter lock between threads costs the engine time): the event loop only posts requests and
+cancellations to the inbox. At most `max_streams` sequences are in the engine at once; the rest wait
+here in arrival order, and more than `max_queue` waiting get a 429 (ServerBusy). A request's items
+travel back through its Handover in batches (handover.py). A task that stops listening (its client
+disconnected) posts a cancellation: its sequences leave the engine before the next step, their KV
+blocks freed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import math
 import queue
 import threading
-import time
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from shaderbay.models.generation import TextStream
+from shaderbay.models.requests import Sequence
+
 from . import adapter
+from .handover import Handover
+from .metrics import Metrics
 
 log = logging.getLogger("shaderbay.serve")
 
 # Seconds between a stream's chunks after its first: tokens made faster share a chunk. 10 ms is
-# below what a reader sees and keeps the server's share of the interpreter small (see _Job).
+# below what a reader sees and keeps the server's share of the interpreter small (handover.py).
 DEFAULT_STREAM_INTERVAL = 0.01
-# Seconds the worker waits at most for a task to send its first text on (a task that is slower than
-# this is not worth idling the model for).
+# Seconds the engine thread waits at most, when one request is all it serves, for that request's task
+# to send its first text on, so that the event loop does not queue for the interpreter lock behind
+# the engine on its way to the first chunk (the time to first token). Never while others are served.
 FIRST_CHUNK_WAIT = 0.05
 
 
 class ServerBusy(Exception):
-    """More requests are running or waiting than the server admits (--max-streams)."""
+    """More requests are waiting than the server admits (--max-queue)."""
 
 
-@dataclass
+_DONE = object()  # the last item of every request that finished
+_ADD, _CANCEL = "add", "cancel"
+
+
+@dataclass(eq=False)
 class _Job:
-    """One request between the worker thread, which sends its items, and its task, which takes them.
+    """One request (its choices) between the engine thread and the request's task."""
 
-    The task takes everything sent since it last took; the worker wakes the event loop only when the
-    task is waiting, and then at most once per `interval` unless the item is urgent, so a task busy
-    sending (or a loop busy with others) costs the model no wake-ups and no hand-overs of the
-    interpreter lock, and catches up in one piece. Each wake-up and chunk costs the event loop about
-    0.1 ms of the interpreter lock, which the model thread then lacks: on a model making a token in
-    0.35-0.5 ms, a chunk per token cost 23-29% of the tokens/s (benches/RESULTS.md, issue 16)."""
-
-    request: adapter.Request
-    loop: asyncio.AbstractEventLoop
-    interval: float  # seconds: the least time between two wake-ups for items that are not urgent
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    # set when the task comes back after taking the first text (it has sent that on), or has gone
-    first_sent: threading.Event = field(default_factory=threading.Event)
-    _text_taken: bool = False  # (event loop)
-    _pending: list = field(default_factory=list)
-    _waiting: asyncio.Future | None = None  # the task's, while it waits for items
-    # perf_counter time before which only urgent items wake the task: none before the first text event
-    _next_wake: float = math.inf
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def send(self, item: Any, *, urgent: bool = False) -> None:
-        """(worker thread) Queue `item`; an item held back goes with the next one (there is always one:
-        every job ends with an urgent _DONE)."""
-        with self._lock:
-            self._pending.append(item)
-            now = time.perf_counter()
-            if urgent:
-                self._next_wake = now
-            if self._waiting is None or now < self._next_wake:
-                return
-            waiting, self._waiting, self._next_wake = self._waiting, None, now + self.interval
-        try:
-            self.loop.call_soon_threadsafe(_wake, waiting)
-        except RuntimeError:  # the event loop has closed (shutdown): nobody is listening any more
-            self.cancelled.set()
-
-    async def take(self) -> list[Any]:
-        """(event loop) Every item sent since the last take, waiting for one if there is none."""
-        if self._text_taken and not self.first_sent.is_set():
-            self.first_sent.set()
-        waiting = None
-        with self._lock:
-            if not self._pending:
-                self._waiting = waiting = self.loop.create_future()
-        if waiting is not None:
-            await waiting
-        with self._lock:
-            batch, self._pending = self._pending, []
-        self._text_taken = self._text_taken or any(isinstance(item, adapter.TextEvent) for item in batch)
-        return batch
+    handover: Handover
+    choices: list[_Choice] = field(default_factory=list)
+    left: int = 0  # choices not finished yet
+    opened: bool = False  # its first text is sent
+    done: bool = False  # (engine thread) ended: finished, failed or cancelled
 
 
-def _wake(waiting: asyncio.Future) -> None:
-    if not waiting.done():  # not given up on (a cancelled task)
-        waiting.set_result(None)
+@dataclass(eq=False)
+class _Choice:
+    """One choice of a request: its sequence in the engine and the text layer over its events."""
 
-
-_DONE = object()  # the last item of every job
+    job: _Job
+    index: int
+    prepared: adapter.Prepared
+    seq: Sequence | None = None
+    text: TextStream | None = None
+    generated: list[int] = field(default_factory=list)  # the ids of its text events (for logprobs)
+    opened: bool = False  # its first text is sent
 
 
 class Worker:
-    def __init__(
-        self,
-        model: Any,
-        max_streams: int,
-        stream_interval: float,
-        on_queue_change: Callable[[int], None] = lambda n: None,
-    ):
+    def __init__(self, model: Any, max_streams: int, max_queue: int, stream_interval: float, metrics: Metrics):
         self.model = model
+        self.engine = model.engine
         self.max_streams = max_streams
+        self.max_queue = max_queue
         self.stream_interval = stream_interval
-        self._on_queue_change = on_queue_change
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
-        self._admitted = 0  # running + waiting; changed only on the event loop's thread
-        self._thread = threading.Thread(target=self._serve, name="shaderbay-model", daemon=True)
+        self.metrics = metrics
+        self.waiting = 0  # sequences not yet decoding (set by the engine thread)
+        self._inbox: queue.SimpleQueue[tuple[str, _Job] | None] = queue.SimpleQueue()
+        self._admitted = 0  # sequences running or waiting; changed only on the event loop's thread
+        self._live: dict[int, _Choice] = {}  # by sequence id: in the engine
+        self._pending: deque[_Choice] = deque()  # admitted here, waiting for room in the engine
+        self._scoring: list[_Choice] = []  # finished, waiting for their log-probabilities
+        self._failure: Exception | None = None  # the engine's failed step: every request after gets it
+        self._thread = threading.Thread(target=self._serve, name="shaderbay-engine", daemon=True)
         self._thread.start()
 
-    @property
-    def waiting(self) -> int:
-        return self._jobs.qsize()
-
-    async def run(self, request: adapter.Request) -> AsyncIterator[list[Any]]:
-        """The request's items (see adapter.events) in batches: all those the model produced since
-        the caller last asked. An error of the generation is raised here, after the items before it."""
-        if self._admitted >= self.max_streams:
+    async def run(self, prepared: list[adapter.Prepared]) -> AsyncIterator[list[tuple[int, Any]]]:
+        """The items (see adapter.events) of a request's choices, as (choice index, item), in batches:
+        all those produced since the caller last asked. An error is raised after the items before it."""
+        n = len(prepared)
+        if self._admitted + n > self.max_streams + self.max_queue:
             raise ServerBusy(
-                f"the server already has {self._admitted} requests running or waiting (--max-streams "
-                f"{self.max_streams}): retry later"
+                f"the server already has {self._admitted} sequences running or waiting (--max-streams "
+                f"{self.max_streams}, --max-queue {self.max_queue}): retry later"
             )
-        job = _Job(request, asyncio.get_running_loop(), self.stream_interval)
-        self._admitted += 1
-        self._jobs.put(job)
-        self._on_queue_change(self.waiting)
+        job = _Job(Handover(asyncio.get_running_loop(), self.stream_interval))
+        job.choices = [_Choice(job, i, p) for i, p in enumerate(prepared)]
+        job.left = n
+        self._admitted += n
+        self._inbox.put((_ADD, job))
+        finished = False
         try:
             while True:
-                batch = await job.take()
-                items = [item for item in batch if item is not _DONE and not isinstance(item, BaseException)]
+                batch = await job.handover.take()
+                items = [item for item in batch if type(item) is tuple]
                 if items:
                     yield items
+                    if job.opened:  # the first text has been sent on (see FIRST_CHUNK_WAIT)
+                        job.handover.first_sent.set()
                 for item in batch:
                     if isinstance(item, BaseException):
+                        finished = True
                         raise item
                 if batch[-1] is _DONE:
+                    finished = True
                     return
         finally:
-            job.cancelled.set()
-            job.first_sent.set()
-            self._admitted -= 1
+            job.handover.first_sent.set()
+            if not finished:
+                self._inbox.put((_CANCEL, job))
+            self._admitted -= n
 
     def close(self) -> None:
-        """Finish the running request, drop the waiting ones' work, and stop the thread."""
-        self._jobs.put(None)
+        """Cancel what runs and waits, and stop the thread."""
+        self._inbox.put(None)
         self._thread.join()
 
+    # --- the engine thread ----------------------------------------------------------------------
     def _serve(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            self._on_queue_change(self.waiting)
-            if not job.cancelled.is_set():
-                self._run(job)
-            job.send(_DONE, urgent=True)
+        engine, metrics = self.engine, self.metrics
+        shown = (-1, -1)
+        while True:
+            idle = (engine.idle or self._failure is not None) and not self._pending and not self._scoring
+            if not self._read_inbox(block=idle):
+                break
+            while self._pending and len(self._live) < self.max_streams:
+                self._start(self._pending.popleft())
+            opened = None
+            if self._failure is None and not engine.idle:
+                try:
+                    engine.step()
+                except Exception as exc:  # noqa: BLE001 - the backend failed: every request ends with the error
+                    log.error("the engine failed a step; the server answers every request with it", exc_info=exc)
+                    self._failure = exc
+                    for choice in list(self._live.values()):
+                        self._fail(choice.job, exc)
+                    continue
+                tokens = 0
+                for choice in list(self._live.values()):
+                    tokens, opened = self._route(choice, tokens, opened)
+                if tokens:
+                    metrics.step_tokens.observe(tokens)
+            if self._scoring:
+                self._score()
+            counts = (len(engine.scheduler.running), len(self._pending) + len(engine.scheduler.waiting))
+            if counts != shown:
+                shown = counts
+                metrics.running_sequences.set(counts[0])
+                metrics.queue_length.set(counts[1])
+                self.waiting = counts[1]
+            if opened is not None and len(self._live) <= 1 and self._inbox.empty():
+                opened.handover.first_sent.wait(FIRST_CHUNK_WAIT)
+        for choice in [*self._live.values(), *self._pending, *self._scoring]:
+            self._drop(choice)
+            if not choice.job.done:
+                choice.job.done = True
+                choice.job.handover.send(_DONE, urgent=True)
 
-    def _run(self, job: _Job) -> None:
-        items = adapter.events(self.model, job.request)
-        first = True  # the first text event goes at once (the time to first token)
+    def _read_inbox(self, block: bool) -> bool:
+        """Take the requests and cancellations posted (waiting for one if `block`); False at close."""
+        while True:
+            try:
+                message = self._inbox.get(block=block)
+            except queue.Empty:
+                return True
+            if message is None:
+                return False
+            kind, job = message
+            if kind == _ADD:
+                self._pending.extend(job.choices)
+            elif not job.done:
+                job.done = True
+                for choice in job.choices:
+                    self._drop(choice)
+            block = False
+
+    def _start(self, choice: _Choice) -> None:
+        prepared = choice.prepared
+        if self._failure is not None:
+            self._fail(choice.job, self._failure)
+            return
         try:
-            for item in items:
-                if job.cancelled.is_set():
-                    break
-                text = isinstance(item, adapter.TextEvent)
-                job.send(item, urgent=text and first)
-                if text and first:
-                    job.first_sent.wait(FIRST_CHUNK_WAIT)
-                first = first and not text
-        except Exception as exc:  # noqa: BLE001 - handed to the request's task, which answers with it
-            job.send(exc, urgent=True)
-        finally:
-            items.close()  # ends the generation now, so the next request finds the model free
+            choice.seq = self.engine.add(prepared.request)
+        except Exception as exc:  # noqa: BLE001 - a request the engine refuses (typed): its task answers with it
+            self._fail(choice.job, exc)
+            return
+        choice.text = self.model.text_stream(prepared.settings, choice.seq.stats)
+        self._live[choice.seq.id] = choice
+
+    def _route(self, choice: _Choice, tokens: int, opened: _Job | None) -> tuple[int, _Job | None]:
+        """Hand the choice's new events on as text; (tokens routed so far, the job whose first text went)."""
+        events = self.engine.take(choice.seq)
+        if not events:
+            return tokens, opened
+        job, text, send = choice.job, choice.text, choice.job.handover.send
+        for event in events:
+            tokens += event.token is not None
+            for piece in text.push(event):
+                if not choice.opened:  # the prompt's size goes just before its first text
+                    choice.opened = True
+                    send((choice.index, adapter.Prompt(choice.seq.n_prompt)))
+                urgent = not job.opened  # the request's first text goes at once (the time to first token)
+                if urgent:
+                    job.opened, opened = True, job
+                send((choice.index, piece), urgent=urgent)
+                choice.generated.extend(piece.token_ids)
+            if text.done:
+                break
+        if text.done:
+            del self._live[choice.seq.id]
+            if not choice.seq.finished:  # a stop string: the sequence ends here
+                self._drop(choice)
+            if choice.prepared.top_logprobs is not None:
+                self._scoring.append(choice)
+            else:
+                self._finish(choice)
+        return tokens, opened
+
+    def _score(self) -> None:
+        """The log-probabilities of the finished choices whose slot and blocks are free again (the
+        engine gives them back at its next step): one pass over each one's tokens, between steps."""
+        for choice in [c for c in self._scoring if c.seq.slot is None]:
+            self._scoring.remove(choice)
+            ids, top = list(choice.prepared.request.ids), choice.prepared.top_logprobs
+            try:
+                scored = adapter.token_logprobs(self.model, ids, choice.generated, top)
+            except Exception as exc:  # noqa: BLE001 - handed to the request's task, which answers with it
+                self._fail(choice.job, exc)
+                continue
+            choice.job.handover.send((choice.index, adapter.Logprobs(scored)))
+            self._finish(choice)
+
+    def _finish(self, choice: _Choice) -> None:
+        job = choice.job
+        job.left -= 1
+        if job.left == 0 and not job.done:
+            job.done = True
+            job.handover.send(_DONE, urgent=True)
+
+    def _fail(self, job: _Job, exc: Exception) -> None:
+        if job.done:
+            return
+        job.done = True
+        for choice in job.choices:
+            self._drop(choice)
+        job.handover.send(exc, urgent=True)
+
+    def _drop(self, choice: _Choice) -> None:
+        """Take a choice out of the engine (cancelled: its blocks freed) and out of the waiting lists."""
+        seq = choice.seq
+        if seq is None:
+            with contextlib.suppress(ValueError):
+                self._pending.remove(choice)
+            return
+        self._live.pop(seq.id, None)
+        with contextlib.suppress(ValueError):
+            self._scoring.remove(choice)
+        if not seq.finished:
+            with contextlib.suppress(Exception):  # a failed backend: the sequence is gone either way
+                self.engine.cancel(seq)
+        self.engine.take(seq)  # its last events: nobody listens

@@ -12,6 +12,7 @@ import re
 import shutil
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
@@ -212,9 +213,16 @@ def _metric(text: str, name: str) -> float:
     return float(re.search(rf"^{name} (\S+)$", text, re.MULTILINE).group(1))
 
 
+def _bucket(text: str, name: str, le: int) -> float:
+    return float(re.search(rf'^{name}_bucket{{le="{le}.0"}} (\S+)$', text, re.MULTILINE).group(1))
+
+
+def _metrics(base_url: str) -> str:
+    return urllib.request.urlopen(base_url.removesuffix("/v1") + "/metrics").read().decode()
+
+
 def _completion_tokens(base_url: str) -> float:
-    text = urllib.request.urlopen(base_url.removesuffix("/v1") + "/metrics").read().decode()
-    return _metric(text, "shaderbay_completion_tokens_total")
+    return _metric(_metrics(base_url), "shaderbay_completion_tokens_total")
 
 
 def test_32_streams_at_once(client, model_id, base_url):
@@ -254,38 +262,63 @@ def test_32_streams_at_once(client, model_id, base_url):
         jobs += [refused() for _ in range(3)]
         return await asyncio.gather(*jobs)
 
+    steps_before = _metrics(base_url)
     results = asyncio.run(everyone())
     answers = results[:16] + results[18:34]
     assert answers == [(a.choices[0].message.content, a.choices[0].finish_reason) for a in alone]
     # the leaver asked for 4,032 tokens and left after its first: the server stopped generating for it
     others = sum(c.usage.completion_tokens for c in alone)
     assert _completion_tokens(base_url) - before - others < 1000
+    # they were decoded together: most of their tokens came from steps that advanced 8 or more sequences
+    text = _metrics(base_url)
+    together = _metric(text, "shaderbay_step_tokens_sum") - _metric(steps_before, "shaderbay_step_tokens_sum")
+    alone_steps = _bucket(text, "shaderbay_step_tokens", 4) - _bucket(steps_before, "shaderbay_step_tokens", 4)
+    assert alone_steps * 4 < together / 2, f"{together} tokens, {alone_steps} steps of at most 4 sequences"
+    _wait_for(base_url, running=0, queue=0)  # the leaver's sequence too
     # and the server serves on
     after = client.chat.completions.create(model=model_id, messages=prompts[0], max_tokens=24, temperature=0)
     assert after.choices[0].message.content == alone[0].choices[0].message.content
 
 
-def test_more_requests_than_max_streams_get_429(tiny_chat_checkpoint, tmp_path):
-    args = ("--model", str(tiny_chat_checkpoint), "--backend", "numpy", "--max-streams", "1")
-    with serve(*args, log=tmp_path / "serve.log") as url:
+def test_max_streams_queue_and_429(tiny_chat_checkpoint, tmp_path):
+    """--max-streams 2 decodes two sequences together, --max-queue 1 lets one more wait, the next gets
+    a 429; a client that disconnects frees its sequence at once, and the waiting one takes its place."""
+    args = ("--model", str(tiny_chat_checkpoint), "--backend", "numpy", "--max-streams", "2", "--max-queue", "1")
+    with serve(*args, log=tmp_path / "serve.log") as url, ThreadPoolExecutor(1) as pool:
         client = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
         model_id = client.models.list().data[0].id
         long = dict(model=model_id, messages=HELLO, max_tokens=CONTEXT - 64, extra_body={"ignore_eos": True})
-        with client.chat.completions.create(stream=True, **long) as running:
-            next(iter(running))
-            with pytest.raises(openai.RateLimitError, match="max-streams"):
-                client.chat.completions.create(**long)
-        # the first one's client has gone: the server takes the next request once it has seen it go (the
-        # close and the next request reach the event loop together, in either order)
-        deadline = time.monotonic() + 2
-        while True:
-            try:
-                answer = client.chat.completions.create(model=model_id, messages=HELLO, max_tokens=2)
-                break
-            except openai.RateLimitError:
-                assert time.monotonic() < deadline, "the server still counts a client that has gone"
-                time.sleep(0.01)
-        assert answer.usage.completion_tokens == 2
+
+        def third() -> list[str | None]:  # its response starts once it is decoded
+            chunks = client.chat.completions.create(stream=True, **dict(long, max_tokens=2))
+            return [c.choices[0].finish_reason for c in chunks]
+
+        with client.chat.completions.create(stream=True, **long) as first:
+            next(iter(first))
+            with client.chat.completions.create(stream=True, **long) as second:
+                next(iter(second))
+                _wait_for(url, running=2, queue=0)
+                waiting = pool.submit(third)
+                _wait_for(url, running=2, queue=1)
+                with pytest.raises(openai.RateLimitError, match="max-queue"):
+                    client.chat.completions.create(**long)
+            assert waiting.result(timeout=60)[-1] == "length"  # the second's place
+        _wait_for(url, running=0, queue=0)
+        # the two long ones were cut short: the engine made far fewer than their 2 x 4,032 tokens
+        assert _metric(_metrics(url), "shaderbay_step_tokens_sum") < CONTEXT - 64
+
+
+def _wait_for(url: str, running: int, queue: int, timeout: float = 5.0) -> None:
+    """Until /metrics shows `running` sequences decoding and `queue` waiting (a disconnect reaches
+    the server a moment after the client closes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = _metrics(url)
+        now = (_metric(text, "shaderbay_running_sequences"), _metric(text, "shaderbay_queue_length"))
+        if now == (running, queue):
+            return
+        assert time.monotonic() < deadline, f"running and waiting sequences: {now}, not {(running, queue)}"
+        time.sleep(0.01)
 
 
 @pytest.mark.slow

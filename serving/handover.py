@@ -1,0 +1,66 @@
+"""How one request's items travel from the engine thread to its asyncio task: in batches.
+
+The task takes everything sent since it last took; the engine thread wakes the event loop only when
+the task is waiting, and then at most once per `interval` unless the item is urgent (a stream's
+first text, its end, an error), so a task busy sending (or a loop busy with others) costs the engine
+no wake-ups and no hand-overs of the interpreter lock, and catches up in one piece. Each wake-up and
+chunk costs the event loop about 0.1 ms of the interpreter lock, which the engine thread then lacks:
+on a model making a token in 0.35-0.5 ms, a chunk per token cost 23-29% of the tokens/s
+(benches/RESULTS.md, issue 16).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Handover:
+    loop: asyncio.AbstractEventLoop
+    interval: float  # seconds: the least time between two wake-ups for items that are not urgent
+    # set by the task once it has sent its first text on (or has gone): see Worker's FIRST_CHUNK_WAIT
+    first_sent: threading.Event = field(default_factory=threading.Event)
+    gone: bool = False  # the event loop has closed: nobody listens any more
+    _pending: list = field(default_factory=list)
+    _waiting: asyncio.Future | None = None  # the task's, while it waits for items
+    # perf_counter time before which only urgent items wake the task: none before the first urgent one
+    _next_wake: float = math.inf
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def send(self, item: Any, *, urgent: bool = False) -> None:
+        """(engine thread) Queue `item`; an item held back goes with the next one (there is always one:
+        every request ends with an urgent item)."""
+        with self._lock:
+            self._pending.append(item)
+            now = time.perf_counter()
+            if urgent:
+                self._next_wake = now
+            if self._waiting is None or now < self._next_wake:
+                return
+            waiting, self._waiting, self._next_wake = self._waiting, None, now + self.interval
+        try:
+            self.loop.call_soon_threadsafe(_wake, waiting)
+        except RuntimeError:  # the event loop has closed (shutdown)
+            self.gone = True
+
+    async def take(self) -> list[Any]:
+        """(event loop) Every item sent since the last take, waiting for one if there is none."""
+        waiting = None
+        with self._lock:
+            if not self._pending:
+                self._waiting = waiting = self.loop.create_future()
+        if waiting is not None:
+            await waiting
+        with self._lock:
+            batch, self._pending = self._pending, []
+        return batch
+
+
+def _wake(waiting: asyncio.Future) -> None:
+    if not waiting.done():  # not given up on (a cancelled task)
+        waiting.set_result(None)
