@@ -87,7 +87,10 @@ def bench_model(settings: Settings, tracks: Tracks | None = None,
             return results()
         vocab = source.shape.vocab_size
         decode_prompt = rng.integers(0, vocab, settings.prompt_tokens).tolist()
-        prefill_prompt = rng.integers(0, vocab, settings.prefill_tokens).tolist()
+
+        def prefill_prompt() -> list[int]:  # a new one each run: a prompt seen before is a prefix-cache hit
+            return rng.integers(0, vocab, settings.prefill_tokens).tolist()
+
         batches = {n: prompts(rng, vocab, n, settings.prompt_tokens) for n in settings.streams}
         for run in runs:
             for label in ("cold", "warm"):
@@ -111,7 +114,7 @@ def bench_model(settings: Settings, tracks: Tracks | None = None,
                 run.copy = device_bandwidth(run.backend, settings.copy_bytes)
                 run.probe.active = True
                 note(f"{run.name}: warm-up")
-                prefill_once(run, prefill_prompt, settings)
+                prefill_once(run, prefill_prompt(), settings)
                 decode_once(run, decode_prompt, settings, new_tokens=min(settings.new_tokens, 8))
             except Exception as exc:  # noqa: BLE001
                 run.fail("warm-up", exc)
@@ -133,7 +136,7 @@ def bench_model(settings: Settings, tracks: Tracks | None = None,
                     with tracks.span(run.name, "decode", rep=rep):
                         run.decode_runs.append(decode_once(run, decode_prompt, settings))
                     with tracks.span(run.name, "prefill", rep=rep):
-                        run.prefill_runs.append(prefill_once(run, prefill_prompt, settings)[0])
+                        run.prefill_runs.append(prefill_once(run, prefill_prompt(), settings)[0])
                     for n, batch in batches.items():
                         with tracks.span(run.name, f"streams.{n}", rep=rep):
                             run.streams_runs.setdefault(n, []).append(streams_once(run, batch, settings))
@@ -156,7 +159,7 @@ def bench_model(settings: Settings, tracks: Tracks | None = None,
                 with tracks.span(run.name, "profile.decode"):
                     run.profile_decode = decode_once(run, decode_prompt, settings, profile=True)
                 with tracks.span(run.name, "profile.prefill"):
-                    _, run.profile_prefill = prefill_once(run, prefill_prompt, settings, profile=True)
+                    _, run.profile_prefill = prefill_once(run, prefill_prompt(), settings, profile=True)
                 for n, batch in batches.items():
                     with tracks.span(run.name, f"profile.streams.{n}"):
                         run.profile_streams[n] = streams_once(run, batch, settings, profile=True)

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from shaderbay.errors import ShaderbayError
 from shaderbay.models.model import load
 from shaderbay.plugins import create_backend
 
@@ -222,13 +223,20 @@ def settle(run: Run, prompt: list[int], settings: Settings, duration: float = 0.
 
 
 def prefill_once(run: Run, prompt: list[int], settings: Settings, profile: bool = False) -> tuple[float, list]:
-    """Seconds from submitting a prefill_tokens prompt to having its first token; with profile, GPU timings."""
+    """Seconds from submitting a prefill_tokens prompt to having its first token; with profile, GPU timings.
+
+    Each call needs a prompt the model has not seen: the engine's prefix cache would otherwise hand
+    back its blocks and the figure would time a cache hit (an error if it did)."""
     probe = run.probe
     probe.take_submitted()
     t0 = time.perf_counter_ns()
     for _ in tokens(run.model, prompt, 1, settings):
         pass
     elapsed = seconds(time.perf_counter_ns() - t0)
+    if run.model.stats.cached_tokens:
+        raise ShaderbayError(
+            f"the prefill run reused {run.model.stats.cached_tokens} cached prompt tokens: give each run a new prompt"
+        )
     timings = []
     if profile:
         got, _ = probe.gpu_timings(probe.take_submitted())
