@@ -9,26 +9,28 @@
 // memory as f16: x by the loaders, which apply the prologue in f32 (silu(gate) * up; or
 // x * norm_weight while keeping sum(x * x) of the row, whose rmsnorm scale multiplies the row's
 // results at the end) and then split each value in two f16 parts: hi, x cut to f16's 11
-// significant bits (a mask, exact in f16 for |x| >= 2^-14), and lo = (x - hi) 2^10 (x - hi is
-// exact in f32; scaled, it is an f16 normal down to |x| ~ 2^-14, not a subnormal a device may
-// flush). hi products go to one set of accumulators, lo products to another, added as
-// acc + acc_lo 2^-10 at the end, so the small lo products are not truncated against the large
-// sums inside the matrix unit (NVIDIA's rounds toward zero there). x keeps about 22 bits (with f16
-// alone, 11, the error compounded over a model's layers to ~4x its logits budget), so the
-// product's error is that of its f16 weights. hi is cut by a bit mask, not by an f16 round
-// trip x - f32(f16(x)), which a compiler may fold to 0: with it, the split changed nothing on
-// the H200, as if lo were 0. w is copied as it is (f16) or converted (bf16 -> f16: exact
-// for every bf16 value in f16's range). Two slices of shared memory alternate, and the next
-// slice's global loads are issued into registers before the current one is multiplied, so one
-// barrier a slice suffices and load latency overlaps the math. Staged rows are padded by 16
-// bytes so the 8 rows a matrix load reads at once fall in different banks.
+// significant bits (a mask, exact in f16 for |x| >= 2^-14), and lo = x - hi (exact in f32; in
+// f16 a subnormal below |x| ~ 2^-3, which the H200 keeps). hi and lo products go to the same
+// accumulators: the matrix unit aligns a sum to its largest term and truncates, which costs
+// lo x w (2^-11 of hi x w) a few of its bits, not the product's accuracy (H200: worst product
+// error 3e-6 against MODEL_PRODUCT's 1e-5, whole-model logits 2.5e-3 against 5e-3; lo in
+// accumulators of its own, scaled by 2^10, measured 1.5e-6 and 1.9e-3 for twice the registers
+// and 1.4x the time, benches/RESULTS.md). x keeps about 22 bits (with f16 alone, 11, the error
+// compounded over a model's layers to ~4x its logits budget). hi is cut by a bit mask, not by an
+// f16 round trip x - f32(f16(x)), which a compiler may fold to 0: with it, the split changed
+// nothing on the H200, as if lo were 0. w is copied as it is (f16) or converted (bf16 -> f16:
+// exact for every bf16 value in f16's range). One slice is staged at a time (two barriers a
+// slice, so that a 64-deep slice fits in 48 KiB, the H200's limit under Vulkan): the next
+// slice's global loads are issued into registers before the current one is multiplied, so
+// load latency overlaps the math. Staged rows are padded by 16 bytes so the 8 rows a matrix
+// load reads at once fall in different banks.
 //
 // Loaders: the slice of x is BM rows of BK/8 chunks of 8 elements (two vec4 loads, a uvec4
-// store to each of the hi and lo rows), chunk q = t + WG_SIZE i being row q / (BK/8); w's
+// store to each of the hi and lo rows; norm_weight in vec4 too), chunk q = t + WG_SIZE i being row q / (BK/8); w's
 // likewise (one uvec4 load). k is a multiple of 8 (the variant's `when`), so chunks are whole
 // and rows start on 16 bytes.
 //
-// The accumulators are stored to shared memory (over the slices) and the epilogue (rmsnorm
+// The accumulators are stored to shared memory (over the slice) and the epilogue (rmsnorm
 // scale, bias, silu_mul pairs, accumulate) runs from there, 4 adjacent columns an invocation.
 //
 // Grid: x over row tiles (consecutive workgroups share a tile of w, read once from memory),
@@ -44,6 +46,9 @@
 // x and w seen 16 bytes at a time (rows start on 16-byte boundaries: k % 8 == 0)
 layout(std430, set = 0, binding = BINDING_X) readonly buffer X4 { vec4 x4[]; };
 layout(std430, set = 0, binding = BINDING_W) readonly buffer W4 { uvec4 w4[]; };
+#if defined(PROLOGUE_RMSNORM)
+layout(std430, set = 0, binding = BINDING_NORM_WEIGHT) readonly buffer N4 { vec4 norm4[]; };
+#endif
 
 #define BM (uint(WARPS_M) * uint(FM) * 16u)
 #define BN (uint(WARPS_N) * uint(FN) * 16u)
@@ -51,7 +56,7 @@ layout(std430, set = 0, binding = BINDING_W) readonly buffer W4 { uvec4 w4[]; };
 #define RS (CHUNKS_PER_ROW + 1u)  // uvec4 per staged row: BK halves and 16 bytes of padding
 #define A_PER (BM * CHUNKS_PER_ROW / uint(WG_SIZE))  // chunks of x per invocation and slice
 #define B_PER (BN * CHUNKS_PER_ROW / uint(WG_SIZE))
-#define STAGE ((2u * BM + BN) * RS)  // uvec4 of one staged slice: x's hi rows, x's lo rows, w rows
+#define STAGE ((2u * BM + BN) * RS)  // uvec4 of the staged slice: x's hi rows, x's lo rows, w rows
 #define LO (BM * RS)  // where a slice's x lo rows start
 #define WS (2u * BM * RS)  // where a slice's w rows start
 #define OS (BN / 4u + 1u)  // uvec4 per row of the staged output tile (4 floats each, one of padding)
@@ -60,7 +65,7 @@ layout(std430, set = 0, binding = BINDING_W) readonly buffer W4 { uvec4 w4[]; };
 #error "matmul_coop.comp: every invocation loads whole chunks of both slices"
 #endif
 
-shared uvec4 smem[max(2u * STAGE, BM * OS)];  // two slices; after the k loop, the output tile
+shared uvec4 smem[max(STAGE, BM * OS)];  // the slice; after the k loop, the output tile
 #if defined(PROLOGUE_RMSNORM)
 shared float chunk_ss[BM * CHUNKS_PER_ROW];  // sum(x * x) of each loader's chunks of a row
 #endif
@@ -78,14 +83,13 @@ uvec4 pack8(vec4 a, vec4 b) {
 }
 
 #define HI_MASK 0xFFFFE000u  // f32 bits of x's 11 significant bits (f16's)
-#define LO_SCALE 1024.0  // lo's scale: |x - hi| < 2^-10 |x|, so |lo| < |x| never overflows f16
 
-// x's 8 values (a, b) as f16 parts hi and lo = (x - hi) LO_SCALE (see the header)
+// x's 8 values (a, b) as f16 parts hi and lo = x - hi (see the header)
 void split8(vec4 a, vec4 b, out uvec4 hi, out uvec4 lo) {
     precise vec4 ha = uintBitsToFloat(floatBitsToUint(a) & uvec4(HI_MASK));
     precise vec4 hb = uintBitsToFloat(floatBitsToUint(b) & uvec4(HI_MASK));
-    precise vec4 la = (a - ha) * LO_SCALE;
-    precise vec4 lb = (b - hb) * LO_SCALE;
+    precise vec4 la = a - ha;
+    precise vec4 lb = b - hb;
     hi = pack8(ha, hb);
     lo = pack8(la, lb);
 }
@@ -112,8 +116,8 @@ void load_slice(uint k0, uint m0, uint j0, uint t) {
 #endif
 #if defined(PROLOGUE_RMSNORM)
             ss[i] += dot(a, a) + dot(b, b);
-            a *= vec4(norm_weight[kk], norm_weight[kk + 1u], norm_weight[kk + 2u], norm_weight[kk + 3u]);
-            b *= vec4(norm_weight[kk + 4u], norm_weight[kk + 5u], norm_weight[kk + 6u], norm_weight[kk + 7u]);
+            a *= norm4[kk / 4u];
+            b *= norm4[kk / 4u + 1u];
 #endif
         }
         split8(a, b, xr_hi[i], xr_lo[i]);
@@ -160,20 +164,17 @@ void main() {
         for (uint tm = gl_WorkGroupID.x; tm < ntm; tm += gl_NumWorkGroups.x) {
             uint m0 = tm * BM;
             uint j0 = tn * BN;
-            ACC acc[FM * FN];  // hi products
-            ACC acc_lo[FM * FN];  // lo products
+            ACC acc[FM * FN];
             [[unroll]] for (uint i = 0u; i < uint(FM * FN); ++i) {
                 acc[i] = ACC(0.0);
-                acc_lo[i] = ACC(0.0);
             }
             [[unroll]] for (uint i = 0u; i < A_PER; ++i) {
                 ss[i] = 0.0;
             }
             load_slice(0u, m0, j0, t);
 
-            uint stage = 0u;
             for (uint k0 = 0u; k0 < k; k0 += uint(BK)) {
-                store_slice(stage, t);
+                store_slice(0u, t);
                 barrier();
                 if (k0 + uint(BK) < k) {
                     load_slice(k0 + uint(BK), m0, j0, t);  // in flight during the math below
@@ -183,15 +184,16 @@ void main() {
                     coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> a_lo[FM];
                     coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> b[FN];
                     [[unroll]] for (uint i = 0u; i < uint(FM); ++i) {
-                        uint at = stage + (wm * uint(FM) + i) * 16u * RS + kk;
+                        uint at = (wm * uint(FM) + i) * 16u * RS + kk;
                         coopMatLoad(a_hi[i], smem, at, RS, gl_CooperativeMatrixLayoutRowMajor);
                         coopMatLoad(a_lo[i], smem, at + LO, RS, gl_CooperativeMatrixLayoutRowMajor);
                     }
                     [[unroll]] for (uint j = 0u; j < uint(FN); ++j) {
-                        uint at = stage + WS + (wn * uint(FN) + j) * 16u * RS + kk;
+                        uint at = WS + (wn * uint(FN) + j) * 16u * RS + kk;
                         coopMatLoad(b[j], smem, at, RS, gl_CooperativeMatrixLayoutColumnMajor);
                     }
-                    // all hi products, then all lo: consecutive products go to different accumulators
+                    // all hi products, then all lo (into the same accumulators): consecutive products
+                    // go to different ones
                     [[unroll]] for (uint i = 0u; i < uint(FM); ++i) {
                         [[unroll]] for (uint j = 0u; j < uint(FN); ++j) {
                             acc[i * uint(FN) + j] = coopMatMulAdd(a_hi[i], b[j], acc[i * uint(FN) + j]);
@@ -199,19 +201,17 @@ void main() {
                     }
                     [[unroll]] for (uint i = 0u; i < uint(FM); ++i) {
                         [[unroll]] for (uint j = 0u; j < uint(FN); ++j) {
-                            acc_lo[i * uint(FN) + j] = coopMatMulAdd(a_lo[i], b[j], acc_lo[i * uint(FN) + j]);
+                            acc[i * uint(FN) + j] = coopMatMulAdd(a_lo[i], b[j], acc[i * uint(FN) + j]);
                         }
                     }
                 }
-                stage = STAGE - stage;
+                barrier();  // every subgroup is done reading the slice before the next is stored
             }
 
-            barrier();  // every subgroup is done reading the slices: the output tile goes over them
             [[unroll]] for (uint i = 0u; i < uint(FM); ++i) {
                 [[unroll]] for (uint j = 0u; j < uint(FN); ++j) {
                     uint at = (wm * uint(FM) + i) * 16u * OS + (wn * uint(FN) + j) * 4u;
-                    ACC y = acc[i * uint(FN) + j] + acc_lo[i * uint(FN) + j] * float(1.0 / LO_SCALE);
-                    coopMatStore(y, smem, at, OS, gl_CooperativeMatrixLayoutRowMajor);
+                    coopMatStore(acc[i * uint(FN) + j], smem, at, OS, gl_CooperativeMatrixLayoutRowMajor);
                 }
             }
 #if defined(PROLOGUE_RMSNORM)
