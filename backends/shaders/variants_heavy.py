@@ -10,7 +10,7 @@ where it only applies to some (e.g. `lambda p: p["rows"] == 1` for matrix-vector
 `priority` to order the applicable ones.
 
 Names are `records.stem(kernel, constants, *tags)`; every constant combination has a
-full set. 1242 spv files in all with the simple kernels' (matmul 1200, attention 12,
+full set. 1243 spv files in all with the simple kernels' (matmul 1200, attention 13,
 decode_attention 8, sample 2).
 
 matmul (matmul_vec.comp, matmul_tiled.comp)
@@ -53,6 +53,10 @@ attention (attention.comp)
     for the 2-element units, so a 256-wide head fits one invocation group). `_sg`: the
     chunk maximum by subgroupMax; without it a scan of the chunk's scores (no `_decode`
     form then).
+    `attention_f16_coop` (attention_coop.comp): prefill (rows > BATCH_ROWS) with an f16 cache
+    and head_dim 64 on the tensor cores where the device lists COOP_SHAPE: 64 query rows of a
+    head a workgroup, 64-key tiles, online softmax; grid (ceil(rows / 64), n_heads). H200, 1B
+    prefill of 512: 40 us a layer against the scalar kernel's 215-372 (benches/RESULTS.md).
 
 decode_attention (attention.comp with DECODE_ROPE_KV)
     `decode_attention_<cache>[_vec][_sg]`: rope + kv_write + attention of one row, one
@@ -235,6 +239,36 @@ def _attention() -> list[Variant]:
     return rows
 
 
+ATTN_COOP_HEAD_DIM = 64  # attention_coop.comp's head: a 64-key tile, two invocations a row
+
+
+def _attention_coop() -> list[Variant]:
+    """attention_coop.comp: prefill attention on the tensor cores (f16 cache, head_dim 64), where the
+    device lists the product matmul_coop.comp uses; 64 query rows of a head a workgroup."""
+    rows: list[Variant] = []
+    for c in combos("attention"):
+        if c["cache_dtype"] != "f16":
+            continue
+        rows.append(
+            Variant(
+                stem("attention", c, "coop"),
+                "attention",
+                "attention_coop.comp",
+                c,
+                (128, 1, 1),
+                lambda p: (groups(p["rows"], 64), p["n_heads"], 1),
+                defines={"HEAD_DIM": ATTN_COOP_HEAD_DIM},
+                needs=COOP_NEEDS | SG_NEEDS,
+                subgroup_size=32,
+                when=lambda p: p["rows"] > BATCH_ROWS and p["head_dim"] == ATTN_COOP_HEAD_DIM,
+                priority=30,
+                # K and V tiles (64 rows of 64 halves + 16 bytes), 4 regions of 16 x 18 uvec4, 4 counts
+                shared_bytes=2 * 64 * 9 * 16 + 4 * 288 * 16 + 16,
+            )
+        )
+    return rows
+
+
 SLICES_DEFINE = f"{DECODE_ATTENTION_SLICES}u"
 
 
@@ -311,4 +345,4 @@ def _sample() -> list[Variant]:
 
 
 def heavy_variants() -> list[Variant]:
-    return _matmul() + _attention() + _decode_attention() + _sample()
+    return _matmul() + _attention() + _attention_coop() + _decode_attention() + _sample()
