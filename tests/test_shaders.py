@@ -220,3 +220,22 @@ def test_cooperative_matrix_variant_only_with_the_shape():
     assert variants.select("matmul", f16, params, _caps(cooperative_matrix=(COOP_SHAPE,), size=64)).source == (
         "matmul_tiled.comp"  # written for subgroups of 32
     )
+
+
+def test_cooperative_attention_only_with_the_shape_and_past_batch_rows():
+    from shaderbay.backends.shaders.variants_heavy import COOP_SHAPE
+    from shaderbay.kernels import BATCH_ROWS
+
+    params = {"rows": BATCH_ROWS + 1, "n_heads": 32, "n_kv_heads": 8, "head_dim": 64, "q_stride": 2048,
+              "block_size": 16, "blocks_per_seq": 256, "n_blocks": 4096, "n_seqs": 16, "scale": 0.125}  # fmt: skip
+    f16 = {"cache_dtype": "f16"}
+    coop = _caps(cooperative_matrix=(COOP_SHAPE,))
+    assert variants.select("attention", f16, params, coop).source == "attention_coop.comp"
+    assert variants.select("attention", f16, params, _caps()).source == "attention.comp"  # no shape listed
+    # up to BATCH_ROWS the per-row forms: a row's result never depends on its batch
+    assert variants.select("attention", f16, {**params, "rows": BATCH_ROWS}, coop).source == "attention.comp"
+    assert variants.select("attention", {"cache_dtype": "f32"}, params, coop).source == "attention.comp"
+    assert variants.select("attention", f16, {**params, "head_dim": 128}, coop).source == "attention.comp"
+    assert variants.select("attention", f16, params, _caps(cooperative_matrix=(COOP_SHAPE,), size=64)).source == (
+        "attention.comp"  # written for subgroups of 32
+    )

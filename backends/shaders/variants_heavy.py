@@ -53,10 +53,12 @@ attention (attention.comp)
     for the 2-element units, so a 256-wide head fits one invocation group). `_sg`: the
     chunk maximum by subgroupMax; without it a scan of the chunk's scores (no `_decode`
     form then).
-    `attention_f16_coop` (attention_coop.comp): prefill (rows > BATCH_ROWS) with an f16 cache
-    and head_dim 64 on the tensor cores where the device lists COOP_SHAPE: 64 query rows of a
-    head a workgroup, 64-key tiles, online softmax; grid (ceil(rows / 64), n_heads). H200, 1B
-    prefill of 512: 40 us a layer against the scalar kernel's 215-372 (benches/RESULTS.md).
+    `attention_f16_coop` (attention_coop.comp): prefill (rows > BATCH_ROWS: up to there the
+    per-row forms, so a row's result never depends on its batch) with an f16 cache and head_dim
+    64 on the tensor cores where the device lists COOP_SHAPE: 64 query rows of a head a
+    workgroup, each of their slots in turn, 64-key tiles gathered through the block table,
+    online softmax; grid (ceil(rows / 64), n_heads). H200, 1B prefill of 512, before the paged
+    cache: 40 us a layer against the scalar kernel's 215-372 (benches/RESULTS.md).
 
 decode_attention (attention.comp with DECODE_ROPE_KV)
     `decode_attention_<cache>[_vec][_sg]`: rope + kv_write + attention of one row, one
@@ -262,8 +264,9 @@ def _attention_coop() -> list[Variant]:
                 subgroup_size=32,
                 when=lambda p: p["rows"] > BATCH_ROWS and p["head_dim"] == ATTN_COOP_HEAD_DIM,
                 priority=30,
-                # K and V tiles (64 rows of 64 halves + 16 bytes), 4 regions of 16 x 18 uvec4, 4 counts
-                shared_bytes=2 * 64 * 9 * 16 + 4 * 288 * 16 + 16,
+                # K and V tiles (64 rows of 64 halves + 16 bytes), 4 regions of 16 x 18 uvec4, the
+                # tile's 64 cache rows, 4 reduction slots
+                shared_bytes=2 * 64 * 9 * 16 + 4 * 288 * 16 + 64 * 4 + 16,
             )
         )
     return rows
