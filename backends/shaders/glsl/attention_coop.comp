@@ -149,9 +149,9 @@ void main() {
         }
         above = cur + 1u;
         bool mine = slot == cur;
-        // positions seen by this subgroup's rows of the slot, by the workgroup's (none past n_seqs)
-        uint sg_keys = subgroupMax(mine ? seen : 0u);
-        uint keys = cur < p.n_seqs ? ~workgroup_min(~sg_keys) : 0u;
+        // positions seen by this subgroup's rows of the slot, by the workgroup's (none: a slot >= n_seqs)
+        uint sg_keys = subgroupMax(mine && cur < p.n_seqs ? seen : 0u);
+        uint keys = ~workgroup_min(~sg_keys);
 
         for (uint j0 = 0u; j0 < keys; j0 += BKV) {
             // stage the tile's K and V rows through the block table (zero where no key)
