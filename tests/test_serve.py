@@ -154,6 +154,46 @@ def test_logprobs(client, model_id, direct):
     assert all(len(top) <= 2 for top in lp.top_logprobs)
 
 
+def test_streamed_logprobs_equal_whole_ones(client, model_id):
+    """A stream's log-probabilities (in a chunk after each choice's text: see app._chunks) are the
+    non-streamed answer's; the `openai` client's stream accumulator gathers them into the message."""
+    options = dict(model=model_id, messages=HELLO, max_tokens=8, temperature=0, logprobs=True, top_logprobs=3)
+    whole = client.chat.completions.create(**options).choices[0]
+    chunks = [c.choices[0] for c in client.chat.completions.create(stream=True, **options)]
+    assert "".join(c.delta.content or "" for c in chunks) == whole.message.content
+    streamed = [t for c in chunks if c.logprobs is not None for t in c.logprobs.content]
+    _assert_same_logprobs(streamed, whole.logprobs.content, top=3)
+    assert chunks[-1].finish_reason == "length" and chunks[-1].logprobs is not None
+    assert [c.finish_reason for c in chunks[:-1]] == [None] * (len(chunks) - 1)
+    with client.chat.completions.stream(**options) as stream:
+        for _ in stream:
+            pass
+        accumulated = stream.current_completion_snapshot.choices[0]
+    assert accumulated.message.content == whole.message.content
+    _assert_same_logprobs(accumulated.logprobs.content, whole.logprobs.content, top=3)
+
+    options = dict(model=model_id, prompt="hello", max_tokens=5, temperature=0, logprobs=2, n=2)
+    whole = client.completions.create(**options).choices
+    chunks = [c.choices[0] for c in client.completions.create(stream=True, **options)]
+    for index in (0, 1):
+        mine = [c for c in chunks if c.index == index]
+        assert "".join(c.text for c in mine) == whole[index].text
+        scored = [c.logprobs for c in mine if c.logprobs is not None]
+        assert len(scored) == 1 and mine[-1].finish_reason == "length"
+        assert scored[0].tokens == whole[index].logprobs.tokens
+        assert scored[0].token_logprobs == pytest.approx(whole[index].logprobs.token_logprobs, abs=1e-5)
+        assert all(len(top) == 2 for top in scored[0].top_logprobs)
+
+
+def _assert_same_logprobs(got, expected, top: int) -> None:
+    assert [t.token for t in got] == [t.token for t in expected] and got
+    for g, e in zip(got, expected, strict=True):
+        assert g.logprob == pytest.approx(e.logprob, abs=1e-5)
+        assert len(g.top_logprobs) == top
+        assert [a.token for a in g.top_logprobs] == [a.token for a in e.top_logprobs]
+        assert [a.logprob for a in g.top_logprobs] == pytest.approx([a.logprob for a in e.top_logprobs], abs=1e-5)
+
+
 @pytest.mark.parametrize(
     ("body", "param", "message"),
     [
