@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import adapter
 from .errors import ApiError
 
-MAX_CHOICES = 16  # n: choices run one after another, so this bounds one request's time
+MAX_CHOICES = 16  # n: each choice is a sequence of the engine, so this bounds one request's share of it
 
 
 class _Strict(BaseModel):
