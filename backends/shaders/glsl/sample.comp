@@ -125,39 +125,24 @@ void main() {
                 vec4 td = M - vec4(20.0, 28.0, 40.0, 80.0) * T;
                 vec4 ca = vec4(0.0), cb = vec4(0.0), cc = vec4(0.0), cd = vec4(0.0);
                 vec4 ma = vec4(0.0), mb = vec4(0.0), mc = vec4(0.0), md = vec4(0.0);
-                for (uint w0 = 0u; w0 < n; w0 += g_win) {
-                    if (g_multiwin) {
-                        load_window(w0);
+                FOR_EACH_LOGIT({
+                    if (l >= td.w) {
+                        float pr = exp((l - M) / T) / S;
+                        vec4 l4 = vec4(l);
+                        vec4 ga = vec4(greaterThanEqual(l4, ta));
+                        vec4 gb = vec4(greaterThanEqual(l4, tb));
+                        vec4 gc = vec4(greaterThanEqual(l4, tc));
+                        vec4 gd = vec4(greaterThanEqual(l4, td));
+                        ca += ga;
+                        cb += gb;
+                        cc += gc;
+                        cd += gd;
+                        ma += ga * pr;
+                        mb += gb * pr;
+                        mc += gc * pr;
+                        md += gd * pr;
                     }
-                    uint w1 = min(n, w0 + g_win);
-                    for (uint eb = w0 + t; eb < w1; eb += 8u * WG_SIZE) {
-                        vec4 la = load4(eb, w0, w1);
-                        vec4 lb = load4(eb + 4u * WG_SIZE, w0, w1);
-                        [[unroll]] for (uint j4 = 0u; j4 < 8u; ++j4) {
-                            uint e = eb + j4 * WG_SIZE;
-                            if (e >= w1) {
-                                break;
-                            }
-                            float l = j4 < 4u ? la[j4 & 3u] : lb[j4 & 3u];
-                            if (l >= td.w) {
-                                float pr = exp((l - M) / T) / S;
-                                vec4 l4 = vec4(l);
-                                vec4 ga = vec4(greaterThanEqual(l4, ta));
-                                vec4 gb = vec4(greaterThanEqual(l4, tb));
-                                vec4 gc = vec4(greaterThanEqual(l4, tc));
-                                vec4 gd = vec4(greaterThanEqual(l4, td));
-                                ca += ga;
-                                cb += gb;
-                                cc += gc;
-                                cd += gd;
-                                ma += ga * pr;
-                                mb += gb * pr;
-                                mc += gc * pr;
-                                md += gd * pr;
-                            }
-                        }
-                    }
-                }
+                })
                 ca = wg_sum4(ca);
                 cb = wg_sum4(cb);
                 cc = wg_sum4(cc);
@@ -200,29 +185,14 @@ void main() {
                     cand_count = 0u;
                 }
                 barrier();
-                for (uint w0 = 0u; w0 < n; w0 += g_win) {
-                    if (g_multiwin) {
-                        load_window(w0);
+                FOR_EACH_LOGIT({
+                    if (l >= theta || n <= CAP) {
+                        uint slot = atomicAdd(cand_count, 1u);
+                        cand_key[slot] = order_key(l);
+                        cand_prob[slot] = exp((l - M) / T) / S;
+                        cand_idx[slot] = e;
                     }
-                    uint w1 = min(n, w0 + g_win);
-                    for (uint eb = w0 + t; eb < w1; eb += 8u * WG_SIZE) {
-                        vec4 la = load4(eb, w0, w1);
-                        vec4 lb = load4(eb + 4u * WG_SIZE, w0, w1);
-                        [[unroll]] for (uint j4 = 0u; j4 < 8u; ++j4) {
-                            uint e = eb + j4 * WG_SIZE;
-                            if (e >= w1) {
-                                break;
-                            }
-                            float l = j4 < 4u ? la[j4 & 3u] : lb[j4 & 3u];
-                            if (l >= theta || n <= CAP) {
-                                uint slot = atomicAdd(cand_count, 1u);
-                                cand_key[slot] = order_key(l);
-                                cand_prob[slot] = exp((l - M) / T) / S;
-                                cand_idx[slot] = e;
-                            }
-                        }
-                    }
-                }
+                })
                 barrier();
                 uint C = cand_count;
 
@@ -295,40 +265,25 @@ void main() {
                         uint floor1 = lo + step;  // pivot 1: below it nothing counts
                         vec4 ca = vec4(0.0), cb = vec4(0.0), cc = vec4(0.0), cd = vec4(0.0);
                         vec4 ma = vec4(0.0), mb = vec4(0.0), mc = vec4(0.0), md = vec4(0.0);
-                        for (uint w0 = 0u; w0 < n; w0 += g_win) {
-                            if (g_multiwin) {
-                                load_window(w0);
+                        FOR_EACH_LOGIT({
+                            uint key = order_key(l);
+                            if (key >= floor1) {
+                                float b = float(min((key - lo) / step, 15u));  // pivots at or below key
+                                float pr = exp((l - M) / T) / S;
+                                vec4 ga = vec4(greaterThanEqual(vec4(b), vec4(1.0, 2.0, 3.0, 4.0)));
+                                vec4 gb = vec4(greaterThanEqual(vec4(b), vec4(5.0, 6.0, 7.0, 8.0)));
+                                vec4 gc = vec4(greaterThanEqual(vec4(b), vec4(9.0, 10.0, 11.0, 12.0)));
+                                vec4 gd = vec4(greaterThanEqual(vec4(b), vec4(13.0, 14.0, 15.0, 16.0)));
+                                ca += ga;
+                                cb += gb;
+                                cc += gc;
+                                cd += gd;
+                                ma += ga * pr;
+                                mb += gb * pr;
+                                mc += gc * pr;
+                                md += gd * pr;
                             }
-                            uint w1 = min(n, w0 + g_win);
-                            for (uint eb = w0 + t; eb < w1; eb += 8u * WG_SIZE) {
-                                vec4 la = load4(eb, w0, w1);
-                                vec4 lb = load4(eb + 4u * WG_SIZE, w0, w1);
-                                [[unroll]] for (uint j4 = 0u; j4 < 8u; ++j4) {
-                                    uint e = eb + j4 * WG_SIZE;
-                                    if (e >= w1) {
-                                        break;
-                                    }
-                                    float l = j4 < 4u ? la[j4 & 3u] : lb[j4 & 3u];
-                                    uint key = order_key(l);
-                                    if (key >= floor1) {
-                                        float b = float(min((key - lo) / step, 15u));  // pivots at or below key
-                                        float pr = exp((l - M) / T) / S;
-                                        vec4 ga = vec4(greaterThanEqual(vec4(b), vec4(1.0, 2.0, 3.0, 4.0)));
-                                        vec4 gb = vec4(greaterThanEqual(vec4(b), vec4(5.0, 6.0, 7.0, 8.0)));
-                                        vec4 gc = vec4(greaterThanEqual(vec4(b), vec4(9.0, 10.0, 11.0, 12.0)));
-                                        vec4 gd = vec4(greaterThanEqual(vec4(b), vec4(13.0, 14.0, 15.0, 16.0)));
-                                        ca += ga;
-                                        cb += gb;
-                                        cc += gc;
-                                        cd += gd;
-                                        ma += ga * pr;
-                                        mb += gb * pr;
-                                        mc += gc * pr;
-                                        md += gd * pr;
-                                    }
-                                }
-                            }
-                        }
+                        })
                         ca = wg_sum4(ca);
                         cb = wg_sum4(cb);
                         cc = wg_sum4(cc);

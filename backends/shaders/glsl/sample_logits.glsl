@@ -74,33 +74,42 @@ uint hash32(uint x) {
     return x;
 }
 
+// Every penalised logit l of the row, with its id e, handed to BLOCK (a braced block): window by
+// window (load_window's barriers: every invocation runs it), ids e = w0 + t + j * WG_SIZE, eight
+// loads issued together a round (the loads are latency-bound otherwise). BLOCK may `break` out of
+// the current round only; it must not hold a comma outside parentheses (a macro argument).
+#define FOR_EACH_LOGIT(BLOCK)                                                \
+    for (uint w0 = 0u; w0 < g_n; w0 += g_win) {                              \
+        if (g_multiwin) {                                                    \
+            load_window(w0);                                                 \
+        }                                                                    \
+        uint w1 = min(g_n, w0 + g_win);                                      \
+        for (uint eb = w0 + t; eb < w1; eb += 8u * WG_SIZE) {                \
+            vec4 la = load4(eb, w0, w1);                                     \
+            vec4 lb = load4(eb + 4u * WG_SIZE, w0, w1);                      \
+            [[unroll]] for (uint j4 = 0u; j4 < 8u; ++j4) {                   \
+                uint e = eb + j4 * WG_SIZE;                                  \
+                if (e >= w1) {                                               \
+                    break;                                                   \
+                }                                                            \
+                float l = j4 < 4u ? la[j4 & 3u] : lb[j4 & 3u];               \
+                BLOCK                                                        \
+            }                                                                \
+        }                                                                    \
+    }
+
 // temperature <= 0: the smallest index of the largest penalised logit
 uint greedy_token() {
     uint t = gl_LocalInvocationIndex;
     uint bk = 0u;
     uint bi = NO_INDEX;
-    for (uint w0 = 0u; w0 < g_n; w0 += g_win) {
-        if (g_multiwin) {
-            load_window(w0);
+    FOR_EACH_LOGIT({
+        uint k = order_key(l);
+        if (k > bk || (k == bk && e < bi)) {
+            bk = k;
+            bi = e;
         }
-        uint w1 = min(g_n, w0 + g_win);
-        for (uint eb = w0 + t; eb < w1; eb += 8u * WG_SIZE) {
-            vec4 la = load4(eb, w0, w1);
-            vec4 lb = load4(eb + 4u * WG_SIZE, w0, w1);
-            [[unroll]] for (uint j4 = 0u; j4 < 8u; ++j4) {
-                uint e = eb + j4 * WG_SIZE;
-                if (e >= w1) {
-                    break;
-                }
-                float l = j4 < 4u ? la[j4 & 3u] : lb[j4 & 3u];
-                uint k = order_key(l);
-                if (k > bk || (k == bk && e < bi)) {
-                    bk = k;
-                    bi = e;
-                }
-            }
-        }
-    }
+    })
     uvec2 best = wg_best(bk, bi);
     return best.y == NO_INDEX ? 0u : best.y;
 }
@@ -110,29 +119,14 @@ vec2 max_and_sum(float T) {
     uint t = gl_LocalInvocationIndex;
     float m = LOWEST;
     float s = 0.0;
-    for (uint w0 = 0u; w0 < g_n; w0 += g_win) {
-        if (g_multiwin) {
-            load_window(w0);
+    FOR_EACH_LOGIT({
+        if (l > m) {
+            s = s * exp((m - l) / T) + 1.0;
+            m = l;
+        } else {
+            s += exp((l - m) / T);
         }
-        uint w1 = min(g_n, w0 + g_win);
-        for (uint eb = w0 + t; eb < w1; eb += 8u * WG_SIZE) {
-            vec4 la = load4(eb, w0, w1);
-            vec4 lb = load4(eb + 4u * WG_SIZE, w0, w1);
-            [[unroll]] for (uint j4 = 0u; j4 < 8u; ++j4) {
-                uint e = eb + j4 * WG_SIZE;
-                if (e >= w1) {
-                    break;
-                }
-                float l = j4 < 4u ? la[j4 & 3u] : lb[j4 & 3u];
-                if (l > m) {
-                    s = s * exp((m - l) / T) + 1.0;
-                    m = l;
-                } else {
-                    s += exp((l - m) / T);
-                }
-            }
-        }
-    }
+    })
     float M = key_value(wg_best(order_key(m), 0u).x);
     float S = wg_sum4(vec4(s * exp((m - M) / T), 0.0, 0.0, 0.0)).x;
     return vec2(M, S);
