@@ -160,8 +160,9 @@ def kv_write(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
     for r in range(rows):
         (row,) = cache_rows(b, p, int(b["seqs"][r]), [int(b["positions"][r])])
         if row >= 0:
-            k_cache[row] = src[r, p["k_offset"] : p["k_offset"] + kv_dim]
-            v_cache[row] = src[r, p["v_offset"] : p["v_offset"] + kv_dim]
+            with np.errstate(over="ignore"):  # past f16's range a value rounds to inf, as the GPU stores it
+                k_cache[row] = src[r, p["k_offset"] : p["k_offset"] + kv_dim]
+                v_cache[row] = src[r, p["v_offset"] : p["v_offset"] + kv_dim]
 
 
 def attention(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
