@@ -9,7 +9,7 @@ import pytest
 import shaderbay
 from gguf import quants
 from shaderbay.backends.numpy.quants import GGML_TYPES, LAYOUTS, dequantize, quantize, values
-from shaderbay.backends.numpy.widen import weights_f64
+from shaderbay.backends.numpy.widen import row_blocks, weights_f64
 from shaderbay.dtypes import BLOCK_DTYPES, host_shape, nbytes, value_shape
 from shaderbay.errors import BindingError
 from shaderbay.models.checkpoint import MemoryCheckpoint
@@ -69,8 +69,9 @@ def test_matmul_widening_is_the_reference_values_bit_for_bit(dtype: str) -> None
     for rows in (40, 5):
         matrix = raw.reshape(40, -1)[:rows]
         expected = (matrix if dtype in ("f16", "f32") else values(matrix, dtype)).astype(np.float64)
-        for reuse in (False, True):
-            got = weights_f64(matrix, dtype, reuse=reuse)
+        whole = weights_f64(matrix, dtype)
+        by_blocks = np.concatenate([block.copy() for _, block in row_blocks(matrix, dtype, 3)])  # one scratch
+        for got in (whole, by_blocks):
             np.testing.assert_array_equal(got.view(np.uint64), expected.view(np.uint64))
 
 

@@ -15,7 +15,7 @@ from shaderbay.dtypes import host_shape, nbytes
 from shaderbay.kernels import BATCH_ROWS, SAMPLE_SETTINGS, uniform
 
 from .quants import values
-from .widen import weights_f64
+from .widen import row_blocks, weights_f64
 
 Arrays = dict[str, np.ndarray]
 
@@ -66,8 +66,7 @@ def _times_weights(x64: np.ndarray, w: np.ndarray, wdtype: str) -> np.ndarray:
         return x64 @ weights_f64(w, wdtype).T
     step = max(1, _BLOCK // k)
     y = np.empty((rows, n))
-    for start in range(0, n, step):
-        block = weights_f64(w[start : start + step], wdtype, reuse=True)
+    for start, block in row_blocks(w, wdtype, step):
         for r in range(rows):
             np.matmul(block, x64[r], out=y[r, start : start + step])
     return y
