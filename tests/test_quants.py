@@ -69,7 +69,7 @@ def test_matmul_widening_is_the_reference_values_bit_for_bit(dtype: str) -> None
     for rows in (40, 5):
         matrix = raw.reshape(40, -1)[:rows]
         expected = (matrix if dtype in ("f16", "f32") else values(matrix, dtype)).astype(np.float64)
-        whole = weights_f64(matrix, dtype)
+        whole = weights_f64(matrix, dtype, 7)  # filled 7 rows at a time
         by_blocks = np.concatenate([block.copy() for _, block in row_blocks(matrix, dtype, 3)])  # one scratch
         for got in (whole, by_blocks):
             np.testing.assert_array_equal(got.view(np.uint64), expected.view(np.uint64))

@@ -62,9 +62,9 @@ def _times_weights(x64: np.ndarray, w: np.ndarray, wdtype: str) -> np.ndarray:
     float64 bits of ~7% of the outputs, which rounding to float32 sometimes shows), and w is widened
     block by block, never whole. Above BATCH_ROWS (prefill), one product."""
     rows, n, k = x64.shape[0], w.shape[0], x64.shape[1]
-    if rows > BATCH_ROWS:
-        return x64 @ weights_f64(w, wdtype).T
     step = max(1, _BLOCK // k)
+    if rows > BATCH_ROWS:
+        return x64 @ weights_f64(w, wdtype, step).T
     y = np.empty((rows, n))
     for start, block in row_blocks(w, wdtype, step):
         for r in range(rows):

@@ -110,26 +110,40 @@ def _q4_1(raw: np.ndarray, max_blocks: int) -> Fill:
 _FAST = {"q8_0": _q8_0, "q4_0": _q4_0, "q4_1": _q4_1}
 
 
-def row_blocks(w: np.ndarray, wdtype: str, step: int, reuse: bool = True) -> Iterator[tuple[int, np.ndarray]]:
-    """(first row, float64 values) of each `step` rows of the host rows w of a weight matrix (uint8 rows of
-    blocks for block dtypes), equal to `values(w, wdtype).astype(np.float64)`'s rows. reuse: the values are
-    in this thread's scratch, valid until the next block (else each block is a fresh array)."""
+def _filler(w: np.ndarray, wdtype: str, step: int) -> Callable[[int, np.ndarray], None]:
+    """fill(start, out): the float64 values of rows start.. of w (out's rows, at most step of them)."""
     rows, cols = value_shape(wdtype, w.shape)
-    per_row = cols // 32  # blocks a row (fast formats)
     make = _FAST.get(wdtype)
-    fill = make(np.ascontiguousarray(w).reshape(-1), min(step, rows) * per_row) if make else None
-    for start in range(0, rows, step):
-        n = min(step, rows - start)
-        out = _buffer("f64", n * cols, np.float64).reshape(n, cols) if reuse else np.empty((n, cols))
-        if fill is None:
-            part = w[start : start + n]
+    if make is None:
+
+        def plain(start: int, out: np.ndarray) -> None:
+            part = w[start : start + len(out)]
             np.copyto(out, part if wdtype in ("f32", "f16") else values(part, wdtype))
-        else:
-            fill(start * per_row, (start + n) * per_row, out.reshape(-1, 32))
+
+        return plain
+    per_row = cols // 32  # blocks a row
+    fill = make(np.ascontiguousarray(w).reshape(-1), min(step, rows) * per_row)
+    return lambda start, out: fill(start * per_row, (start + len(out)) * per_row, out.reshape(-1, 32))
+
+
+def row_blocks(w: np.ndarray, wdtype: str, step: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, float64 values) of each `step` rows of the host rows w of a weight matrix (uint8 rows of
+    blocks for block dtypes), equal to `values(w, wdtype).astype(np.float64)`'s rows; the values are in this
+    thread's scratch, valid until the next block."""
+    rows, cols = value_shape(wdtype, w.shape)
+    fill = _filler(w, wdtype, step)
+    for start in range(0, rows, step):
+        out = _buffer("f64", min(step, rows - start) * cols, np.float64).reshape(-1, cols)
+        fill(start, out)
         yield start, out
 
 
-def weights_f64(w: np.ndarray, wdtype: str) -> np.ndarray:
-    """The whole matrix's float64 values, a fresh array (see row_blocks)."""
-    blocks = [out for _, out in row_blocks(w, wdtype, max(1, w.shape[0]), reuse=False)]
-    return blocks[0] if blocks else np.empty(value_shape(wdtype, w.shape))
+def weights_f64(w: np.ndarray, wdtype: str, step: int) -> np.ndarray:
+    """The whole matrix's float64 values, a fresh array, filled `step` rows at a time (the scratch stays
+    the size of a row block)."""
+    rows, cols = value_shape(wdtype, w.shape)
+    out = np.empty((rows, cols))
+    fill = _filler(w, wdtype, step)
+    for start in range(0, rows, step):
+        fill(start, out[start : start + step])
+    return out
