@@ -5,8 +5,9 @@ tokens each, greedy unless --temperature, EOS ignored) go to the model's engine 
 join one prefill at a time; the figure is the steady state: from the step after the last one has
 its first token until the first one finishes, every step advances all S rows, and the aggregate
 rate is the tokens generated over that window's wall time. Host CPU inside the API over the same
-window gives the API share; the profile start repeats each S with timestamps for the GPU share,
-and the decision tree gives the verdict at each S (benches/verdict.py).
+window gives the API share; the profile start repeats each S with timestamps: the GPU share, the
+GPU time per step by kernel and shape, and where the step's wall time went (benches/model_kernels.py);
+the decision tree gives the verdict at each S (benches/verdict.py).
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import numpy as np
 from shaderbay.models.requests import Request
 from shaderbay.models.sampling import Sampling
 
-from .model_measure import Run
+from .model_kernels import kernel_rows, step_split
+from .model_measure import GpuTimings, Run
 from .model_settings import Settings
 from .results import Streams
-from .verdict import verdict
+from .verdict import bandwidth_utilisation, verdict
 
 
 @dataclass
@@ -31,7 +33,14 @@ class StreamsRun:
     steps: int
     wall_ns: int
     api_cpu_ns: int
-    gpu_ns: float | None = None  # with profile: GPU busy time over the window
+    gpu_steps: list[list[GpuTimings]] | None = None  # with profile: each step's GPU timings
+
+    @property
+    def gpu_ns(self) -> float | None:
+        """GPU busy time over the window (with profile)."""
+        if not self.gpu_steps:
+            return None
+        return sum(ns for step in self.gpu_steps for _, timings, _ in step for _, ns in timings)
 
 
 def prompts(rng: np.random.Generator, vocab: int, streams: int, length: int) -> list[list[int]]:
@@ -51,23 +60,27 @@ def streams_once(run: Run, batch: list[list[int]], settings: Settings, profile: 
     counters = probe.counters
     before = sum(len(s.generated) for s in seqs)
     cpu0, t0 = counters.api_cpu_ns, time.perf_counter_ns()
-    steps, gpu_ns = 0, 0.0
+    steps, gpu_steps = 0, []
     while not any(s.finished for s in seqs):
         engine.step()
         steps += 1
-        if profile:  # each step's list: its last completed submit, the same rows (see decode_once)
+        # each step's list: its last completed submit, the same rows (see decode_once); not the window's
+        # last step, where a row finished and the rows were rebuilt (one fewer: other lists, other shapes)
+        if profile and not any(s.finished for s in seqs):
             timings, _ = probe.gpu_timings(probe.take_submitted())
-            gpu_ns += sum(ns for _, t, _ in timings for _, ns in t)
+            context = round(sum(s.n_prompt + len(s.generated) for s in seqs) / len(seqs))  # the rows' mean
+            gpu_steps.append([(cmd, t, context) for cmd, t, _ in timings])
     wall, cpu = time.perf_counter_ns() - t0, counters.api_cpu_ns - cpu0
     probe.take_submitted()
     tokens = sum(len(s.generated) for s in seqs) - before
     for _ in engine.run(seqs):  # the rest, untimed
         pass
-    return StreamsRun(tokens, steps, wall, cpu, gpu_ns if profile else None)
+    return StreamsRun(tokens, steps, wall, cpu, gpu_steps if profile else None)
 
 
 def summarise_streams(run: Run, settings: Settings, tensor_cores: bool) -> list[Streams]:
-    """Each stream count's median aggregate rate, API and GPU shares, and its verdict."""
+    """Each stream count's median aggregate rate, API and GPU shares, GPU time by kernel, and its verdict."""
+    copy_gbs = run.copy.gbs if run.copy else None
     out = []
     for n, runs in sorted(run.streams_runs.items()):
         timed = [r for r in runs if r.wall_ns and r.tokens]
@@ -75,10 +88,14 @@ def summarise_streams(run: Run, settings: Settings, tensor_cores: bool) -> list[
         tok_s = float(statistics.median(rates)) if rates else None
         api_share = statistics.mean(r.api_cpu_ns / r.wall_ns for r in timed) if timed else None
         profiled = run.profile_streams.get(n)
-        gpu_share = None
-        if profiled and profiled.gpu_ns and timed:  # GPU busy per step over the timed runs' step wall time
-            step_wall = statistics.mean(r.wall_ns / r.steps for r in timed if r.steps)
-            gpu_share = min(profiled.gpu_ns / profiled.steps / step_wall, 1.0) if profiled.steps else None
+        gpu_share, kernels, split = None, None, None
+        if profiled and profiled.gpu_ns and profiled.steps:
+            kernels = kernel_rows([s for s in profiled.gpu_steps if s], "decode", copy_gbs)
+            profile_wall = profiled.wall_ns / profiled.steps
+            step_wall = statistics.mean(r.wall_ns / r.steps for r in timed if r.steps) if timed else profile_wall
+            split = step_split(kernels, step_wall, profile_wall)
+            if timed:  # GPU busy per step over the timed runs' step wall time
+                gpu_share = min(profiled.gpu_ns / profiled.steps / step_wall, 1.0)
         out.append(
             Streams(
                 streams=n,
@@ -92,9 +109,12 @@ def summarise_streams(run: Run, settings: Settings, tensor_cores: bool) -> list[
                     device_type=run.device.type if run.device else "other",
                     gpu_share=gpu_share,
                     api_share=api_share,
+                    bandwidth_utilisation=bandwidth_utilisation(kernels) if kernels else None,
                     tok_s=tok_s,
                     tensor_cores=tensor_cores,
                 ),
+                split=split,
+                kernels=kernels,
             )
         )
     return out

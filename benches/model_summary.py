@@ -5,14 +5,13 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from shaderbay.commands import Copy, Dispatch
-
+from .model_kernels import kernel_rows
 from .model_measure import GpuTimings, Run, ms, seconds
 from .model_settings import Settings
 from .model_source import Source
 from .model_streams import summarise_streams
 from .results import Ceiling, Cpu, Decode, Gpu, ModelInfo, ModelKernel, ModelRow, Prefill
-from .shapes import Shape, dispatch_bytes, dispatch_key, kernel_flops
+from .shapes import Shape
 from .verdict import bandwidth_utilisation, verdict
 
 
@@ -36,57 +35,6 @@ def source_info(source: Source, settings: Settings) -> ModelInfo:
         checkpoint_bytes=source.file_bytes(),
         build_s=source.generate_s,
     )
-
-
-def kernel_rows(steps: list[list[GpuTimings]], phase: str, copy_gbs: float | None) -> list[ModelKernel]:
-    """Per-kernel GPU time, bytes and GB/s per step, from timings mapped onto each list's recorded ops.
-
-    A backend's timings cover either every op (copies included) or the dispatches only, in order;
-    when neither count matches, rows are keyed by label alone, without bytes.
-    """
-    agg: dict[str, dict[str, Any]] = {}
-    n_steps = max(len(steps), 1)
-    for step in steps:
-        for cmd, timings, context in step:
-            ops = list(cmd.ops)
-            if len(ops) != len(timings):
-                ops = [op for op in ops if isinstance(op, Dispatch)]
-            mapped = len(ops) == len(timings)
-            for i, (label, ns) in enumerate(timings):
-                op = ops[i] if mapped else None
-                flops = None
-                if isinstance(op, Copy):
-                    key, kernel, nbytes = "copy", "copy", 2 * op.size
-                elif op is not None:
-                    key, kernel, nbytes = dispatch_key(op), op.pipeline.spec.name, dispatch_bytes(op, context)
-                    flops = kernel_flops(kernel, op.params, context)
-                else:
-                    key, kernel, nbytes = str(label), str(label), None
-                row = agg.setdefault(key, {"key": key, "kernel": kernel, "count": 0, "ns": 0.0, "bytes": 0, "flops": 0})
-                row["count"] += 1
-                row["ns"] += float(ns)
-                row["bytes"] = None if nbytes is None or row["bytes"] is None else row["bytes"] + nbytes
-                row["flops"] = None if flops is None or row["flops"] is None else row["flops"] + flops
-    total = sum(r["ns"] for r in agg.values()) or 1.0
-    rows = []
-    for r in sorted(agg.values(), key=lambda r: -r["ns"]):
-        gbs = r["bytes"] / r["ns"] if r["bytes"] and r["ns"] > 0 else None
-        rows.append(
-            ModelKernel(
-                phase=phase,
-                key=r["key"],
-                kernel=r["kernel"],
-                dispatches=r["count"] / n_steps,
-                ns=r["ns"] / n_steps,
-                bytes=r["bytes"] / n_steps if r["bytes"] is not None else None,
-                gbs=gbs,
-                copy_bw_share=gbs / copy_gbs if gbs and copy_gbs else None,
-                flops=r["flops"] / n_steps if r["flops"] is not None else None,
-                tflops=r["flops"] / r["ns"] / 1e3 if r["flops"] and r["ns"] > 0 else None,
-                gpu_time_share=r["ns"] / total,
-            )
-        )
-    return rows
 
 
 def _median(values: list[float]) -> float | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .report import num
+from .formatting import num
 from .results import KernelsResult, ModelResult, Result
 
 

@@ -8,62 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
 from shaderbay.errors import ShaderbayError
 
-from .results import KernelsResult, MicroKernel, ModelKernel, ModelResult, ModelRow, Result, json_default, load_result
-
-# --- formatting -------------------------------------------------------------------------------------
-
-
-def num(x: float | None, digits: int = 1) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    if abs(x) >= 100:
-        return f"{x:,.0f}"
-    return f"{x:.{digits}f}"
-
-
-def pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.0f}%" if x >= 0.1 else f"{100 * x:.1f}%"
-
-
-def mib(x: float | None) -> str:
-    return "-" if x is None else f"{x / 2**20:,.1f}"
-
-
-def table(headers: list[str], rows: list[list[str]], right: set[int] | None = None) -> str:
-    """A plain-text table; columns in `right` (default: all but the first) are right-aligned."""
-    right = set(range(1, len(headers))) if right is None else right
-    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-
-    def line(cells: list[str]) -> str:
-        out = []
-        for i, cell in enumerate(cells):
-            out.append(str(cell).rjust(widths[i]) if i in right else str(cell).ljust(widths[i]))
-        return "  ".join(out).rstrip()
-
-    sep = "  ".join("-" * w for w in widths)
-    return "\n".join([line(headers), sep, *(line(r) for r in rows)])
-
-
-def md_table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _pick(cells: list[dict[str, str]], columns: list[str]) -> list[list[str]]:
-    return [[c[col] for col in columns] for c in cells]
-
-
-def _text_table(cells: list[dict[str, str]], columns: list[str], left: set[str]) -> str:
-    return table(columns, _pick(cells, columns), {i for i, c in enumerate(columns) if c not in left})
-
+from .formatting import md_table, mib, model_kernel_cells, num, pct, pick, table, text_table
+from .report_streams import streams_markdown, streams_text
+from .results import KernelsResult, MicroKernel, ModelResult, ModelRow, Result, json_default, load_result
 
 # --- one row per record -------------------------------------------------------------------------------
 
@@ -96,19 +49,6 @@ def summary_cells(r: ModelRow) -> dict[str, str]:
         "host RSS peak MiB": mib(mem.host_rss_peak_bytes if mem else None),
         "device MiB": mib(mem.device_bytes if mem else None),
         "verdict": r.verdict.kind if r.verdict else "-",
-    }
-
-
-def model_kernel_cells(k: ModelKernel) -> dict[str, str]:
-    """One kernel's GPU time per decode token in the model bench's profile run."""
-    return {
-        "kernel": k.key,
-        "n": num(k.dispatches, 0),
-        "us": num(k.ns / 1e3, 1),
-        "GB/s": num(k.gbs),
-        "of copy": pct(k.copy_bw_share),
-        "TFLOP/s": num(k.tflops, 2),
-        "of GPU": pct(k.gpu_time_share),
     }
 
 
@@ -161,7 +101,7 @@ def model_text(result: ModelResult, top_kernels: int = 8) -> str:
         f"  decode: {s.get('new_tokens')} tokens after a {s.get('prompt_tokens')}-token prompt; prefill: "
         f"{s.get('prefill_tokens')} tokens; {s.get('repeats')} interleaved repetitions (medians)"
     )
-    out += ["", _text_table([summary_cells(r) for r in rows], TEXT_SUMMARY, {"backend", "verdict"})]
+    out += ["", text_table([summary_cells(r) for r in rows], TEXT_SUMMARY, {"backend", "verdict"})]
 
     phases = ["backend", "read", "upload", "pipelines", "prepare", "record", "first_token"]
     starts = [
@@ -209,12 +149,9 @@ def model_text(result: ModelResult, top_kernels: int = 8) -> str:
         if kernels:
             copy = r.copy_bandwidth.gbs if r.copy_bandwidth else None
             out += ["", f"{r.backend}: decode kernels by GPU time per token (copy bandwidth {num(copy)} GB/s)"]
-            out.append(_text_table(kernels, list(kernels[0]), {"kernel"}))
+            out.append(text_table(kernels, list(kernels[0]), {"kernel"}))
 
-    if streams := streams_rows(rows):
-        out += ["", f"aggregate decode with many streams at once (prompts of {s.get('prompt_tokens')} tokens, "
-                    f"{s.get('new_tokens')} new tokens each; steady state)"]  # fmt: skip
-        out.append(table(STREAMS_COLUMNS, streams, {1, 2, 3, 4, 5}))
+    out += streams_text(rows, s, top_kernels)
 
     out.append("")
     for r in rows:
@@ -223,19 +160,6 @@ def model_text(result: ModelResult, top_kernels: int = 8) -> str:
         elif v := r.verdict:
             out.append(f"{r.backend}: {v.kind}: {v.reason} -> {v.suggestion}")
     return "\n".join(out)
-
-
-STREAMS_COLUMNS = ["backend", "streams", "tok/s", "ms/step", "API CPU", "GPU", "verdict"]
-
-
-def streams_rows(rows: list[ModelRow]) -> list[list[str]]:
-    """One row per backend and stream count (`--streams`)."""
-    return [
-        [r.backend, str(x.streams), num(x.tok_s), num(x.ms_per_step, 3), pct(x.api_share), pct(x.gpu_share),
-         x.verdict.kind if x.verdict else "-"]
-        for r in rows
-        for x in r.streams or []
-    ]  # fmt: skip
 
 
 def kernels_text(result: KernelsResult) -> str:
@@ -250,7 +174,7 @@ def kernels_text(result: KernelsResult) -> str:
             f"{r.backend} ({r.device.name if r.device else '?'}): copy bandwidth {num(copy.gbs if copy else None)} "
             f"GB/s ({mib(copy.buffer_bytes if copy else None)} MiB buffers, {copy.source if copy else '?'} time)"
         )
-        out.append(_text_table([micro_cells(k) for k in r.kernels or []], ["phase", "kernel", *MICRO_FIGURES],
+        out.append(text_table([micro_cells(k) for k in r.kernels or []], ["phase", "kernel", *MICRO_FIGURES],
                                {"phase", "kernel", "timed by"}))  # fmt: skip
     return "\n".join(out)
 
@@ -278,7 +202,7 @@ def markdown(result: Result, note: str = "") -> str:
             f"{mib(model.weight_bytes_per_token)} MiB read per token; decode {s.get('new_tokens')} tokens after "
             f"{s.get('prompt_tokens')}, prefill {s.get('prefill_tokens')}, {s.get('repeats')} interleaved repetitions"
         )
-        out += ["", md_table(MD_SUMMARY, _pick([summary_cells(r) for r in rows], MD_SUMMARY))]
+        out += ["", md_table(MD_SUMMARY, pick([summary_cells(r) for r in rows], MD_SUMMARY))]
         kernels = [  # kernel keys in code spans
             {"backend": r.backend, **model_kernel_cells(k), "kernel": f"`{k.key}`"}
             for r in rows
@@ -287,20 +211,16 @@ def markdown(result: Result, note: str = "") -> str:
         if kernels:
             out += ["", "Top decode kernels by GPU time per token:", ""]
             columns = ["backend", "kernel", "us", "GB/s", "of copy", "TFLOP/s", "of GPU"]
-            out.append(md_table(columns, _pick(kernels, columns)))
+            out.append(md_table(columns, pick(kernels, columns)))
         verdicts = [f"- {r.backend}: **{r.verdict.kind}**: {r.verdict.reason}" for r in rows if r.verdict]
         out += ["", *verdicts] if verdicts else []
-        if streams := streams_rows(rows):
-            out += ["", f"Aggregate decode, {s.get('prompt_tokens')}-token prompts and {s.get('new_tokens')} new "
-                        "tokens per stream (steady state):", "", md_table(STREAMS_COLUMNS, streams)]  # fmt: skip
-            out += [f"- {r.backend} at {x.streams}: **{x.verdict.kind}**: {x.verdict.reason}"
-                    for r in rows for x in r.streams or [] if x.verdict]  # fmt: skip
+        out += streams_markdown(rows, s)
     else:
         kernels = [{"backend": r.backend, **micro_cells(k)} for r in rows for k in r.kernels or [] if not k.error]
         copies = ", ".join(f"{r.backend} {num(r.copy_bandwidth.gbs if r.copy_bandwidth else None)} GB/s" for r in rows)
         out += ["", f"Copy bandwidth: {copies}", ""]
         columns = ["backend", "phase", "kernel", "us", "GB/s", "of copy", "TFLOP/s", "of TC peak", "timed by"]
-        out.append(md_table(columns, _pick(kernels, columns)))
+        out.append(md_table(columns, pick(kernels, columns)))
     errors = [f"- {r.backend}: error: {r.error}" for r in rows if r.error]
     out += ["", *errors] if errors else []
     return "\n".join(out) + "\n"

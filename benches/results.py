@@ -188,6 +188,22 @@ class Ceiling:
 
 
 @dataclass
+class StepSplit:
+    """Where a decode step's wall time went: each class of kernel's GPU time in the profiled run (summed
+    per-dispatch timestamps) as a share of the timed runs' step wall time, and the rest, the GPU idle
+    (benches/model_kernels.py). Timestamps inflate short dispatches: the shares can add up past 1."""
+
+    wall_ms: float  # the timed runs' mean step wall time (the profiled run's where none was timed)
+    profile_wall_ms: float  # the profiled run's (timestamps on, each step's timings read inside the window)
+    gpu_ms: float  # every kernel and copy of the step, summed
+    matmul: float
+    attention: float  # decode_attention
+    pick: float  # argmax or sample
+    other: float  # embed, advance, copies, ...
+    idle: float  # 1 - gpu_ms / wall_ms, at least 0: the host, gaps between submits
+
+
+@dataclass
 class Streams:
     """Aggregate decode with `streams` sequences at once (`shaderbay bench --streams`): the steady state
     where every step advances all of them (benches/model_streams.py)."""
@@ -199,6 +215,9 @@ class Streams:
     api_share: float | None  # host CPU inside the API / wall time
     gpu_share: float | None  # GPU busy per step (profile run) / the timed runs' step wall time
     verdict: Verdict | None = None
+    # the profiled repetition (absent from results written before they were recorded)
+    split: StepSplit | None = None
+    kernels: list[ModelKernel] | None = None  # GPU time per step by kernel and shape, as ModelRow.kernels
 
 
 @dataclass

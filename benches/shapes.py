@@ -141,7 +141,8 @@ def kernel_flops(kernel: str, params: dict[str, Any], context: int | None = None
     """Floating-point operations of the kernels that can be compute-bound (matmul, attention), else None.
 
     Attention: a row at position p does 4 * head_dim * n_heads * (p + 1) (scores and weighted sum);
-    the rows of a dispatch are taken as consecutive positions ending at `context` - 1.
+    attention's rows (a prompt's chunk) are taken as consecutive positions ending at `context` - 1,
+    decode_attention's (one a sequence) as each `context` long.
     """
     p = params
     rows = p.get("rows", 1)
@@ -149,7 +150,10 @@ def kernel_flops(kernel: str, params: dict[str, Any], context: int | None = None
         return 2 * rows * p["n"] * p["k"]
     if kernel in ("attention", "decode_attention"):
         end = min(context if context is not None else _capacity(p), _capacity(p))
-        live = rows * end - rows * (rows - 1) // 2 if rows <= end else end * (end + 1) // 2
+        if kernel == "decode_attention":
+            live = rows * end
+        else:
+            live = rows * end - rows * (rows - 1) // 2 if rows <= end else end * (end + 1) // 2
         return 4 * p["head_dim"] * p["n_heads"] * live
     return None
 

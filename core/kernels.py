@@ -159,6 +159,9 @@ _PAGED = (
 )
 PAGED_PARAMS = tuple(Param(name, "u32") for name in ("block_size", "blocks_per_seq", "n_blocks", "n_seqs"))
 PAGED_CONSTRAINTS = ("block_size >= 1", "blocks_per_seq >= 1", "n_blocks >= 1", "n_seqs >= 1")
+# the attention kernels' heads: grouped-query (n_heads a multiple of n_kv_heads), even head_dim
+HEAD_PARAMS = tuple(Param(name, "u32") for name in ("n_heads", "n_kv_heads", "head_dim"))
+HEAD_CONSTRAINTS = ("n_kv_heads >= 1", "n_heads % n_kv_heads == 0", "head_dim % 2 == 0", "head_dim <= 256")
 
 # the sampler's per-slot settings row: [temperature, top_k, top_p, penalty, min_p, 0, 0, 0]
 SAMPLE_SETTINGS = 8
@@ -298,25 +301,9 @@ CATALOGUE: dict[str, KernelSpec] = {
                 Binding("block_tables", "u32", ("n_seqs", "blocks_per_seq")),
                 Binding("out", "f32", ("rows", "n_heads * head_dim"), "write"),
             ),
-            params=(
-                Param("rows", "u32"),
-                Param("n_heads", "u32"),
-                Param("n_kv_heads", "u32"),
-                Param("head_dim", "u32"),
-                Param("q_stride", "u32"),
-                *PAGED_PARAMS,
-                Param("scale", "f32"),
-            ),
+            params=(Param("rows", "u32"), *HEAD_PARAMS, Param("q_stride", "u32"), *PAGED_PARAMS, Param("scale", "f32")),
             constants=(CACHE,),
-            constraints=(
-                "rows >= 1",
-                "n_kv_heads >= 1",
-                "n_heads % n_kv_heads == 0",
-                "n_heads * head_dim <= q_stride",
-                "head_dim % 2 == 0",
-                "head_dim <= 256",
-                *PAGED_CONSTRAINTS,
-            ),
+            constraints=("rows >= 1", *HEAD_CONSTRAINTS, "n_heads * head_dim <= q_stride", *PAGED_CONSTRAINTS),
         ),
         KernelSpec(
             "decode_attention",
@@ -341,23 +328,12 @@ CATALOGUE: dict[str, KernelSpec] = {
                 Binding("scratch", "u32", ("rows * n_heads", "decode_scratch_row(head_dim)"), "readwrite"),
                 Binding("out", "f32", ("rows", "n_heads * head_dim"), "write"),
             ),
-            params=(
-                Param("rows", "u32"),
-                Param("n_heads", "u32"),
-                Param("n_kv_heads", "u32"),
-                Param("head_dim", "u32"),
-                Param("stride", "u32"),
-                *PAGED_PARAMS,
-                Param("scale", "f32"),
-            ),
+            params=(Param("rows", "u32"), *HEAD_PARAMS, Param("stride", "u32"), *PAGED_PARAMS, Param("scale", "f32")),
             constants=(CACHE,),
             constraints=(
                 "rows >= 1",
-                "n_kv_heads >= 1",
-                "n_heads % n_kv_heads == 0",
+                *HEAD_CONSTRAINTS,
                 "(n_heads + 2 * n_kv_heads) * head_dim <= stride",
-                "head_dim % 2 == 0",
-                "head_dim <= 256",
                 *PAGED_CONSTRAINTS,
             ),
         ),

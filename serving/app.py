@@ -115,7 +115,8 @@ def create_app(
         stream = batches(requests, started)
         if body.stream:
             head = await _until_first_text(stream)  # a refused request is still a plain 400 here
-            return EventSourceResponse(_chunks(head, stream, kind, model_id, body.include_usage), ping=15)
+            scored = requests[0].top_logprobs is not None
+            return EventSourceResponse(_chunks(head, stream, kind, model_id, body.include_usage, scored), ping=15)
         n = len(requests)
         result = _Result([[] for _ in range(n)], [None] * n, [None] * n)
         async for index, batch in stream:
@@ -177,9 +178,19 @@ async def _chunks(
     kind: type[responses.Chat] | type[responses.Completion],
     model_id: str,
     include_usage: bool,
+    scored: bool,
 ) -> AsyncIterator[str]:
     """Server-sent events: the choices' chunks (one a batch of text events), the usage chunk if asked
-    for, then [DONE]."""
+    for, then [DONE].
+
+    With log-probabilities asked for (`scored`), each choice's text streams as it is made and its
+    tokens' log-probabilities follow in one more chunk of that choice (an empty delta), which carries
+    its finish_reason (the choice's end for a client). OpenAI puts each chunk's own tokens in it, but
+    that needs every step's logits, which the engine never reads back (it samples on the device, steps
+    ahead of the host), and scoring a running sequence needs a slot of its own, which may not be
+    free: so they come from the one pass the non-streamed answer makes, once the choice has finished
+    (adapter.token_logprobs), and equal its values. The chunk schema allows it, and clients that
+    accumulate a stream (the `openai` client's) extend `logprobs.content` chunk by chunk."""
     # every chunk of a stream has the same id, object, time and model: written out once
     envelope = responses.envelope(kind, responses.new_id(kind), model_id, object=kind.chunk_object)
     opening = json.dumps(envelope, ensure_ascii=False)[:-1] + ', "choices": '
@@ -190,6 +201,7 @@ async def _chunks(
 
     prompt_tokens = completion_tokens = 0
     opened: set[int] = set()
+    finishes: dict[int, str | None] = {}  # of the scored choices: sent with their log-probabilities
 
     async def all_batches():
         for batch in head:
@@ -199,7 +211,7 @@ async def _chunks(
 
     try:
         async for index, batch in all_batches():
-            texts, finish = [], None
+            texts, finish, logprobs = [], None, None
             for item in batch:
                 if isinstance(item, adapter.Prompt):
                     prompt_tokens = item.tokens
@@ -207,6 +219,10 @@ async def _chunks(
                     completion_tokens += len(item.token_ids)
                     texts.append(item.text)
                     finish = item.finish_reason
+                elif isinstance(item, adapter.Logprobs):
+                    logprobs = item.tokens
+            if scored and finish is not None:
+                finishes[index], finish = finish, None
             events = []
             if index not in opened and texts:
                 opened.add(index)
@@ -214,6 +230,8 @@ async def _chunks(
                     events.append(chunk([first]))
             if texts:  # tokens that made no text yet (a model without a tokenizer) still show the stream moving
                 events.append(chunk([kind.delta(index, "".join(texts), finish)]))
+            if logprobs is not None:
+                events.append(chunk([kind.delta(index, "", finishes.pop(index, None), logprobs)]))
             if events:  # one write for the batch: the role chunk goes out with the first text
                 yield b"".join(ServerSentEvent(event).encode() for event in events)
     except Exception as exc:  # noqa: BLE001 - the response has started: the error goes in the stream

@@ -11,13 +11,18 @@ from .worker import DEFAULT_STREAM_INTERVAL
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="a checkpoint directory (default: SmolLM2-135M-Instruct, converted once)")
-    parser.add_argument("--backend", help="numpy, wgpu, vulkan, ... (default: SHADERBAY_BACKEND, config, best)")
+    parser.add_argument(
+        "--model", metavar="PATH", help="a checkpoint directory (default: SmolLM2-135M-Instruct, converted once)"
+    )
+    parser.add_argument(
+        "--backend", metavar="NAME", help="numpy, wgpu, vulkan, ... (default: SHADERBAY_BACKEND, config, best)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (%(default)s; 0 picks a free one)")
     parser.add_argument(
         "--max-streams",
         type=int,
+        metavar="N",
         default=16,
         help="sequences decoded together (a choice of a request is one); the KV cache holds this many of "
         "the full context (%(default)s)",
@@ -25,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-queue",
         type=int,
+        metavar="N",
         default=256,
         help="sequences waiting for a place among them; more get HTTP 429 (%(default)s)",
     )
@@ -36,8 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="after a stream's first chunk, at most one chunk per MS milliseconds; tokens made faster share "
         "one (%(default)g; 0: a chunk per token, as llama.cpp's server sends)",
     )
-    parser.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1/ (default: no key)")
-    parser.add_argument("--max-context", type=int, help="KV-cache positions (default: the model's, at most 4096)")
+    parser.add_argument(
+        "--api-key", metavar="KEY", help="require `Authorization: Bearer KEY` on /v1/ (default: no key)"
+    )
+    parser.add_argument(
+        "--max-context", type=int, metavar="N", help="KV-cache positions (default: the model's, at most 4096)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

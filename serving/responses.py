@@ -19,7 +19,7 @@ class Chat:
         return {
             "index": index,
             "message": {"role": "assistant", "content": text},
-            "logprobs": None if logprobs is None else {"content": [_chat_logprob(t) for t in logprobs]},
+            "logprobs": Chat.logprobs(logprobs),
             "finish_reason": finish,
         }
 
@@ -29,8 +29,13 @@ class Chat:
         return {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
 
     @staticmethod
-    def delta(index: int, text: str, finish: str | None) -> dict:
-        return {"index": index, "delta": {"content": text} if text else {}, "logprobs": None, "finish_reason": finish}
+    def delta(index: int, text: str, finish: str | None, logprobs: tuple[TokenLogprob, ...] | None = None) -> dict:
+        delta = {"content": text} if text else {}
+        return {"index": index, "delta": delta, "logprobs": Chat.logprobs(logprobs), "finish_reason": finish}
+
+    @staticmethod
+    def logprobs(tokens: tuple[TokenLogprob, ...] | None) -> dict | None:
+        return None if tokens is None else {"content": [_chat_logprob(t) for t in tokens]}
 
 
 class Completion:
@@ -43,7 +48,7 @@ class Completion:
         return {
             "index": index,
             "text": text,
-            "logprobs": None if logprobs is None else _completion_logprobs(logprobs),
+            "logprobs": Completion.logprobs(logprobs),
             "finish_reason": finish,
         }
 
@@ -52,8 +57,12 @@ class Completion:
         return None
 
     @staticmethod
-    def delta(index: int, text: str, finish: str | None) -> dict:
-        return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+    def delta(index: int, text: str, finish: str | None, logprobs: tuple[TokenLogprob, ...] | None = None) -> dict:
+        return {"index": index, "text": text, "logprobs": Completion.logprobs(logprobs), "finish_reason": finish}
+
+    @staticmethod
+    def logprobs(tokens: tuple[TokenLogprob, ...] | None) -> dict | None:
+        return None if tokens is None else _completion_logprobs(tokens)
 
 
 def envelope(kind: type[Chat] | type[Completion], ident: str, model: str, **fields: Any) -> dict:

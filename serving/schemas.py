@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import adapter
 from .errors import ApiError
 
-MAX_CHOICES = 16  # n: choices run one after another, so this bounds one request's time
+MAX_CHOICES = 16  # n: each choice is a sequence of the engine, so this bounds one request's share of it
 
 
 class _Strict(BaseModel):
@@ -106,8 +106,6 @@ class ChatRequest(_Sampling):
             raise ApiError(400, "tools (function calling) are not supported: leave them out", "tools")
         if self.response_format and self.response_format.get("type") != "text":
             raise ApiError(400, 'only response_format {"type": "text"} is supported', "response_format")
-        if self.logprobs and self.stream:
-            raise ApiError(400, "logprobs are not supported with stream=true: drop one of them", "logprobs")
         if self.top_logprobs is not None and not self.logprobs:
             raise ApiError(400, "top_logprobs needs logprobs: true: set it, or drop top_logprobs", "top_logprobs")
 
@@ -132,8 +130,6 @@ class CompletionRequest(_Sampling):
             raise ApiError(400, "echo is not supported: leave it out", "echo")
         if self.suffix:
             raise ApiError(400, "suffix (fill in the middle) is not supported: leave it out", "suffix")
-        if self.logprobs is not None and self.stream:
-            raise ApiError(400, "logprobs are not supported with stream=true: drop one of them", "logprobs")
 
     def model_requests(self) -> list[adapter.Request]:
         prompt = self.prompt

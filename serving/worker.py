@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from shaderbay.models.engine import Engine
 from shaderbay.models.generation import TextStream
 from shaderbay.models.requests import Sequence
 
@@ -86,7 +87,6 @@ class Worker:
         self._live: dict[int, _Choice] = {}  # by sequence id: in the engine
         self._pending: deque[_Choice] = deque()  # admitted here, waiting for room in the engine
         self._scoring: list[_Choice] = []  # finished, waiting for their log-probabilities
-        self._failure: Exception | None = None  # the engine's failed step: every request after gets it
         self._thread = threading.Thread(target=self._serve, name="shaderbay-engine", daemon=True)
         self._thread.start()
 
@@ -136,20 +136,17 @@ class Worker:
         engine, metrics = self.engine, self.metrics
         shown = (-1, -1)
         while True:
-            idle = (engine.idle or self._failure is not None) and not self._pending and not self._scoring
+            idle = engine.idle and not self._pending and not self._scoring
             if not self._read_inbox(block=idle):
                 break
             while self._pending and len(self._live) < self.max_streams:
                 self._start(self._pending.popleft())
             opened = None
-            if self._failure is None and not engine.idle:
+            if not engine.idle:
                 try:
                     engine.step()
-                except Exception as exc:  # noqa: BLE001 - the backend failed: every request ends with the error
-                    log.error("the engine failed a step; the server answers every request with it", exc_info=exc)
-                    self._failure = exc
-                    for choice in list(self._live.values()):
-                        self._fail(choice.job, exc)
+                except Exception as exc:  # noqa: BLE001 - its requests end with the error (a 500), others go on
+                    engine = self._recover(exc)
                     continue
                 tokens = 0
                 for choice in list(self._live.values()):
@@ -190,11 +187,30 @@ class Worker:
                     self._drop(choice)
             block = False
 
+    def _recover(self, exc: Exception) -> Engine:
+        """After a failed step: the requests in the engine end with the error, and a new engine on the
+        same model serves the next ones (the failed one's rows, steps in flight and blocks are in no
+        known state; its cached prefixes go with it). A backend that stays broken fails each step
+        again, and each request gets its 500."""
+        log.error(
+            "the engine failed a step (%s: %s): its requests get a 500, the server goes on", type(exc).__name__, exc
+        )
+        affected = [*self._live.values(), *self._scoring]
+        self._live.clear()
+        self._scoring.clear()
+        for choice in affected:
+            choice.seq = None  # gone with the old engine: nothing to cancel
+        llama = self.engine.llama
+        with contextlib.suppress(Exception):  # the new engine's writes must not race the old steps in flight
+            llama.backend.wait()
+        # the engine thread is the model's only user (the server's logprobs pass goes through model.engine too)
+        self.model.engine = self.engine = Engine(llama)
+        for choice in affected:
+            self._fail(choice.job, exc)
+        return self.engine
+
     def _start(self, choice: _Choice) -> None:
         prepared = choice.prepared
-        if self._failure is not None:
-            self._fail(choice.job, self._failure)
-            return
         try:
             choice.seq = self.engine.add(prepared.request)
         except Exception as exc:  # noqa: BLE001 - a request the engine refuses (typed): its task answers with it

@@ -8,6 +8,7 @@ the decision-tree function picks each branch from synthetic figures.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from shaderbay.benches import cli
 from shaderbay.benches.preflight import preflight
 from shaderbay.benches.probe import Probe
 from shaderbay.benches.results import ModelKernel, ResultError, load_result
-from shaderbay.benches.shapes import kernel_bytes, named_shape
+from shaderbay.benches.shapes import kernel_bytes, kernel_flops, named_shape
 from shaderbay.benches.verdict import bandwidth_utilisation, verdict
 from shaderbay.conformance.plugin import required_backends
 from shaderbay.plugins import discover
@@ -97,6 +98,37 @@ def test_streams_bench_reports_each_stream_count(tmp_path, capsys):
     assert "| numpy | 3 |" in out_md.read_text()
     with pytest.raises(SystemExit):
         cli.main(["--streams", "0,4"])
+
+
+def test_streams_profile_gives_each_stream_count_its_kernels_and_split(tmp_path, capsys):
+    out_json, out_md = tmp_path / "out.json", tmp_path / "RESULTS.md"
+    gpus = sorted({"vulkan", "wgpu"} & set(discover()))
+    assert gpus, "the GPU backends are installed in CI"
+    argv = [
+        "--synthetic", "tiny", "--backend", ",".join(gpus), "--prompt-tokens", "4", "--new-tokens", "10",
+        "--streams", "1,3", "--prefill-tokens", "16", "--repeats", "1", "--copy-mib", "1", "--no-preflight",
+        "--json", str(out_json), "--markdown", str(out_md),
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    result = load_result(out_json.read_text())
+    for row in result.results:
+        assert row.ok, row.error
+        for x in row.streams:
+            # the window's steps all have every row: one shape per kernel, rows = the stream count
+            rows = {m.group(1) for k in x.kernels or [] if (m := re.search(r" r(\d+)$", k.key))}
+            assert rows == {str(x.streams)}
+            assert {"matmul", "decode_attention", "argmax"} <= {k.kernel for k in x.kernels}
+            b = x.split
+            assert b.gpu_ms == pytest.approx(sum(k.ns for k in x.kernels) / 1e6)
+            assert b.wall_ms == pytest.approx(x.ms_per_step, rel=0.5)  # the timed runs' mean against their median
+            assert 0 < b.gpu_ms < 2 * b.profile_wall_ms  # the step's GPU time comes back, not some other step's
+            shares = b.matmul + b.attention + b.pick + b.other
+            assert b.idle == pytest.approx(max(1 - shares, 0))
+            assert f"{row.backend} at {x.streams}: " in text
+            assert f"{row.backend} at {x.streams} streams: decode kernels by GPU time per step" in text
+    md = out_md.read_text()
+    assert "Top decode kernels by GPU time per step, each stream count" in md and "GPU idle" in md
 
 
 def test_failing_backend_only_marks_its_row(tmp_path, capsys):
@@ -201,6 +233,15 @@ def test_kernel_bytes_count_weights_and_activations():
     cache = {"k_cache": "f16"}
     params = {"rows": 1, "n_heads": 4, "n_kv_heads": 2, "head_dim": 8, "block_size": 10, "blocks_per_seq": 10}
     assert kernel_bytes("attention", params, cache, {}, context=10) < kernel_bytes("attention", params, cache, {})
+
+
+def test_decode_attention_flops_count_each_row_as_its_own_sequence():
+    p = {"head_dim": 64, "n_heads": 9, "block_size": 16, "blocks_per_seq": 32}
+    one = kernel_flops("decode_attention", {**p, "rows": 1}, context=200)
+    assert one == 4 * 64 * 9 * 200
+    assert kernel_flops("decode_attention", {**p, "rows": 64}, context=200) == 64 * one
+    # a prompt's chunk: consecutive positions 197..199
+    assert kernel_flops("attention", {**p, "rows": 3}, context=200) == 4 * 64 * 9 * (198 + 199 + 200)
 
 
 def test_named_shapes_match_the_bandwidth_ceilings_of_the_platform_notes():

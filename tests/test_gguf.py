@@ -391,6 +391,10 @@ def test_truncated_gguf(tiny_gguf, tmp_path):
     head.write_bytes(data[:2000])  # ends inside the vocabulary
     with pytest.raises(CheckpointError, match="truncated; download it again"):
         convert_gguf(head, tmp_path / "o1")
+    for cut in range(1990, 2010):  # inside a string's length field, at its end, inside its text
+        head.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError, match="truncated; download it again"):
+            read_gguf_metadata(head)
     body = tmp_path / "body.gguf"
     body.write_bytes(data[: len(data) - 1000])  # header intact, last tensor cut
     with pytest.raises(CheckpointError, match="reaches past the end of the file: the file is truncated"):

@@ -9,6 +9,7 @@ import pytest
 import shaderbay
 from gguf import quants
 from shaderbay.backends.numpy.quants import GGML_TYPES, LAYOUTS, dequantize, quantize, values
+from shaderbay.backends.numpy.widen import row_blocks, weights_f64
 from shaderbay.dtypes import BLOCK_DTYPES, host_shape, nbytes, value_shape
 from shaderbay.errors import BindingError
 from shaderbay.models.checkpoint import MemoryCheckpoint
@@ -52,6 +53,26 @@ def test_dequantize_keeps_rows(dtype: str) -> None:
     values = dequantize(raw, dtype)
     assert values.shape == (3, 4 * BLOCK_DTYPES[dtype].block)
     np.testing.assert_array_equal(values.reshape(-1), dequantize(raw.reshape(-1), dtype))
+
+
+@pytest.mark.parametrize("dtype", [*FORMATS, "f16", "bf16", "f32"])
+def test_matmul_widening_is_the_reference_values_bit_for_bit(dtype: str) -> None:
+    """The matrix products' float64 weights (widen.py's faster forms) are `values` widened, rows and
+    all, fresh or in the reused scratch (a larger matrix first, so a smaller one reads a grown buffer)."""
+    per_row = 1 if dtype in ("q4_k", "q6_k") else 8
+    if dtype in BLOCK_DTYPES:
+        raw = random_blocks(dtype, 40 * per_row, seed=3)
+    else:
+        raw = np.random.default_rng(3).integers(0, 1 << 16, (40 * per_row, 256), dtype=np.uint16)
+        raw = np.where((raw & 0x7C00) == 0x7C00, raw & 0xBFFF, raw)  # finite f16 (and bf16) bit patterns
+        raw = raw.view(np.float16) if dtype == "f16" else values(raw, "bf16") if dtype == "f32" else raw
+    for rows in (40, 5):
+        matrix = raw.reshape(40, -1)[:rows]
+        expected = (matrix if dtype in ("f16", "f32") else values(matrix, dtype)).astype(np.float64)
+        whole = weights_f64(matrix, dtype, 7)  # filled 7 rows at a time
+        by_blocks = np.concatenate([block.copy() for _, block in row_blocks(matrix, dtype, 3)])  # one scratch
+        for got in (whole, by_blocks):
+            np.testing.assert_array_equal(got.view(np.uint64), expected.view(np.uint64))
 
 
 @pytest.mark.parametrize("dtype", FORMATS)

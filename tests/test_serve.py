@@ -14,6 +14,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+import faulty_backend
 import openai
 import pytest
 import shaderbay
@@ -152,6 +153,46 @@ def test_logprobs(client, model_id, direct):
     lp = text.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 5
     assert all(len(top) <= 2 for top in lp.top_logprobs)
+
+
+def test_streamed_logprobs_equal_whole_ones(client, model_id):
+    """A stream's log-probabilities (in a chunk after each choice's text: see app._chunks) are the
+    non-streamed answer's; the `openai` client's stream accumulator gathers them into the message."""
+    options = dict(model=model_id, messages=HELLO, max_tokens=8, temperature=0, logprobs=True, top_logprobs=3)
+    whole = client.chat.completions.create(**options).choices[0]
+    chunks = [c.choices[0] for c in client.chat.completions.create(stream=True, **options)]
+    assert "".join(c.delta.content or "" for c in chunks) == whole.message.content
+    streamed = [t for c in chunks if c.logprobs is not None for t in c.logprobs.content]
+    _assert_same_logprobs(streamed, whole.logprobs.content, top=3)
+    assert chunks[-1].finish_reason == "length" and chunks[-1].logprobs is not None
+    assert [c.finish_reason for c in chunks[:-1]] == [None] * (len(chunks) - 1)
+    with client.chat.completions.stream(**options) as stream:
+        for _ in stream:
+            pass
+        accumulated = stream.current_completion_snapshot.choices[0]
+    assert accumulated.message.content == whole.message.content
+    _assert_same_logprobs(accumulated.logprobs.content, whole.logprobs.content, top=3)
+
+    options = dict(model=model_id, prompt="hello", max_tokens=5, temperature=0, logprobs=2, n=2)
+    whole = client.completions.create(**options).choices
+    chunks = [c.choices[0] for c in client.completions.create(stream=True, **options)]
+    for index in (0, 1):
+        mine = [c for c in chunks if c.index == index]
+        assert "".join(c.text for c in mine) == whole[index].text
+        scored = [c.logprobs for c in mine if c.logprobs is not None]
+        assert len(scored) == 1 and mine[-1].finish_reason == "length"
+        assert scored[0].tokens == whole[index].logprobs.tokens
+        assert scored[0].token_logprobs == pytest.approx(whole[index].logprobs.token_logprobs, abs=1e-5)
+        assert all(len(top) == 2 for top in scored[0].top_logprobs)
+
+
+def _assert_same_logprobs(got, expected, top: int) -> None:
+    assert [t.token for t in got] == [t.token for t in expected] and got
+    for g, e in zip(got, expected, strict=True):
+        assert g.logprob == pytest.approx(e.logprob, abs=1e-5)
+        assert len(g.top_logprobs) == top
+        assert [a.token for a in g.top_logprobs] == [a.token for a in e.top_logprobs]
+        assert [a.logprob for a in g.top_logprobs] == pytest.approx([a.logprob for a in e.top_logprobs], abs=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -306,6 +347,41 @@ def test_max_streams_queue_and_429(tiny_chat_checkpoint, tmp_path):
         _wait_for(url, running=0, queue=0)
         # the two long ones were cut short: the engine made far fewer than their 2 x 4,032 tokens
         assert _metric(_metrics(url), "shaderbay_step_tokens_sum") < CONTEXT - 64
+
+
+def test_a_failing_step_is_a_500_and_the_server_goes_on(tiny_chat_checkpoint, direct, tmp_path, monkeypatch):
+    """An engine step that raises (a planted fault: tests/faulty_backend.py) gives its requests a 500
+    in OpenAI's shape (in the stream, once it has started), is logged, and the next requests are served."""
+    prompt = direct.encode("hello")
+    greedy = list(direct.tokens(prompt, 16))
+    # the fault: the first token the greedy answer makes from its fourth on that it has not made before
+    k = next(i for i in range(3, len(greedy)) if greedy[i] not in prompt + greedy[:i])
+    monkeypatch.setenv(faulty_backend.ENV_TOKEN, str(greedy[k]))
+    monkeypatch.setenv("PYTHONPATH", faulty_backend.install(tmp_path / "site"))
+    log = tmp_path / "serve.log"
+    with serve("--model", str(tiny_chat_checkpoint), "--backend", faulty_backend.NAME, log=log) as url:
+        client = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
+        model_id = client.models.list().data[0].id
+        with pytest.raises(openai.InternalServerError) as caught:  # the prefill fails
+            client.completions.create(model=model_id, prompt=[greedy[k]], max_tokens=4)
+        assert caught.value.body["type"] == "server_error" and "planted fault" in caught.value.body["message"]
+
+        stream = client.completions.create(model=model_id, prompt=prompt, max_tokens=16, temperature=0, stream=True)
+        received = []
+        with pytest.raises(openai.APIError) as caught:  # a decode step fails: the response has started
+            for chunk in stream:
+                received.append(chunk.choices[0].text)
+        assert not isinstance(caught.value, openai.APIStatusError) and received
+        assert caught.value.body["type"] == "server_error" and "planted fault" in caught.value.body["message"]
+        assert direct.decode(greedy[:k]).startswith("".join(received))
+
+        # the same prompt, stopping before the fault, is served (its log-probabilities too)
+        after = client.completions.create(model=model_id, prompt=prompt, max_tokens=k, temperature=0, logprobs=1)
+        assert after.choices[0].text == direct.generate(prompt, k) and len(after.choices[0].logprobs.tokens) == k
+        _wait_for(url, running=0, queue=0)
+    text = log.read_text()
+    assert text.count("the engine failed a step (RuntimeError: planted fault") == 2
+    assert "Traceback" in text and 'raise RuntimeError(f"planted fault' in text
 
 
 def _wait_for(url: str, running: int, queue: int, timeout: float = 5.0) -> None:

@@ -15,6 +15,7 @@ from shaderbay.dtypes import host_shape, nbytes
 from shaderbay.kernels import BATCH_ROWS, SAMPLE_SETTINGS, uniform
 
 from .quants import values
+from .widen import row_blocks, weights_f64
 
 Arrays = dict[str, np.ndarray]
 
@@ -51,10 +52,6 @@ def _silu(g: np.ndarray) -> np.ndarray:
         return g / (1.0 + np.exp(-g))
 
 
-def _weights_f64(w: np.ndarray, wdtype: str) -> np.ndarray:
-    return (w if wdtype in ("f32", "f16") else values(w, wdtype)).astype(np.float64)
-
-
 _BLOCK = 1 << 16  # weight elements widened at a time for a batch of rows (a cache-sized block)
 
 
@@ -65,12 +62,11 @@ def _times_weights(x64: np.ndarray, w: np.ndarray, wdtype: str) -> np.ndarray:
     float64 bits of ~7% of the outputs, which rounding to float32 sometimes shows), and w is widened
     block by block, never whole. Above BATCH_ROWS (prefill), one product."""
     rows, n, k = x64.shape[0], w.shape[0], x64.shape[1]
-    if rows > BATCH_ROWS:
-        return x64 @ _weights_f64(w, wdtype).T
     step = max(1, _BLOCK // k)
+    if rows > BATCH_ROWS:
+        return x64 @ weights_f64(w, wdtype, step).T
     y = np.empty((rows, n))
-    for start in range(0, n, step):
-        block = _weights_f64(w[start : start + step], wdtype)
+    for start, block in row_blocks(w, wdtype, step):
         for r in range(rows):
             np.matmul(block, x64[r], out=y[r, start : start + step])
     return y
@@ -160,8 +156,9 @@ def kv_write(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
     for r in range(rows):
         (row,) = cache_rows(b, p, int(b["seqs"][r]), [int(b["positions"][r])])
         if row >= 0:
-            k_cache[row] = src[r, p["k_offset"] : p["k_offset"] + kv_dim]
-            v_cache[row] = src[r, p["v_offset"] : p["v_offset"] + kv_dim]
+            with np.errstate(over="ignore"):  # past f16's range a value rounds to inf, as the GPU stores it
+                k_cache[row] = src[r, p["k_offset"] : p["k_offset"] + kv_dim]
+                v_cache[row] = src[r, p["v_offset"] : p["v_offset"] + kv_dim]
 
 
 def attention(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ _SCALARS = {
     GGUFValueType.INT64: np.dtype("<i8"),
     GGUFValueType.FLOAT64: np.dtype("<f8"),
 }
+_U64 = struct.Struct("<Q")
 _MAX_ARRAY_DEPTH = 3  # arrays of arrays are legal GGUF; no model nests deeper, a hostile file could recurse
 _MAX_DIMS = 4  # GGML_MAX_DIMS
 _MAX_ALIGNMENT = 1 << 16
@@ -140,6 +142,29 @@ class _Cursor:
         except UnicodeDecodeError:
             raise self.corrupt("a string is not valid UTF-8") from None
 
+    def strings(self, n: int) -> list[str]:
+        """An array of n strings: `string()`'s checks in one loop over local names (the vocabulary and
+        merges are ~100k strings: 0.06 s instead of 0.10 s on this 2-core VM)."""
+        self.need(n * 8)  # each string has at least its 8-byte length
+        buf, pos, size = self.buf, self.pos, self.size
+        out = [""] * n
+        length_at = _U64.unpack_from
+        try:
+            for i in range(n):
+                (length,) = length_at(buf, pos)
+                pos += 8
+                if length > size - pos:
+                    raise self.truncated()
+                out[i] = str(buf[pos : pos + length], "utf-8")
+                pos += length
+        except struct.error:  # a length field past the end of the file
+            raise self.truncated() from None
+        except UnicodeDecodeError:
+            raise self.corrupt("a string is not valid UTF-8") from None
+        finally:
+            self.pos = pos
+        return out
+
     def value(self, vtype: int, depth: int = 0) -> Any:
         if vtype == GGUFValueType.STRING:
             return self.string()
@@ -148,8 +173,7 @@ class _Cursor:
                 raise self.corrupt(f"arrays nest more than {_MAX_ARRAY_DEPTH} deep")
             item, n = self.u32(), self.u64()
             if item == GGUFValueType.STRING:
-                self.need(n * 8)  # each string has at least its 8-byte length
-                return [self.string() for _ in range(n)]
+                return self.strings(n)
             if item == GGUFValueType.ARRAY:
                 self.need(n * 12)  # each array has at least its type and length
                 return [self.value(item, depth + 1) for _ in range(n)]

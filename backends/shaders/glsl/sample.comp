@@ -63,183 +63,9 @@ shared uint cand_idx[CAP];
 shared uvec4 red[RED_SLOTS];
 shared uint cand_count;
 
-// --- reductions: every invocation calls them, every invocation gets the result ----------
+#include "sample_reductions.glsl"
 
-vec4 wg_sum4(vec4 v) {
-#if SUBGROUPS
-    vec4 s = subgroupAdd(v);
-    if (gl_SubgroupInvocationID == 0u) {
-        red[gl_SubgroupID] = floatBitsToUint(s);
-    }
-    barrier();
-    vec4 total = vec4(0.0);
-    for (uint i = 0u; i < gl_NumSubgroups; ++i) {
-        total += uintBitsToFloat(red[i]);
-    }
-    barrier();
-    return total;
-#else
-    uint t = gl_LocalInvocationIndex;
-    red[t] = floatBitsToUint(v);
-    barrier();
-    for (uint s = WG_SIZE / 2u; s > 0u; s >>= 1u) {
-        if (t < s) {
-            red[t] = floatBitsToUint(uintBitsToFloat(red[t]) + uintBitsToFloat(red[t + s]));
-        }
-        barrier();
-    }
-    vec4 total = uintBitsToFloat(red[0]);
-    barrier();
-    return total;
-#endif
-}
-
-// (largest key, smallest index among the entries with that key)
-uvec2 wg_best(uint key, uint idx) {
-#if SUBGROUPS
-    uint mk = subgroupMax(key);
-    uint mi = subgroupMin(key == mk ? idx : NO_INDEX);
-    if (gl_SubgroupInvocationID == 0u) {
-        red[gl_SubgroupID] = uvec4(mk, mi, 0u, 0u);
-    }
-    barrier();
-    uvec2 best = red[0].xy;
-    for (uint i = 1u; i < gl_NumSubgroups; ++i) {
-        uvec2 o = red[i].xy;
-        if (o.x > best.x || (o.x == best.x && o.y < best.y)) {
-            best = o;
-        }
-    }
-    barrier();
-    return best;
-#else
-    uint t = gl_LocalInvocationIndex;
-    red[t] = uvec4(key, idx, 0u, 0u);
-    barrier();
-    for (uint s = WG_SIZE / 2u; s > 0u; s >>= 1u) {
-        if (t < s) {
-            uvec2 a = red[t].xy;
-            uvec2 o = red[t + s].xy;
-            if (o.x > a.x || (o.x == a.x && o.y < a.y)) {
-                red[t] = uvec4(o, 0u, 0u);
-            }
-        }
-        barrier();
-    }
-    uvec2 best = red[0].xy;
-    barrier();
-    return best;
-#endif
-}
-
-// exclusive prefix sum over the invocations (in invocation order); `total` gets the sum
-float wg_scan(float v, out float total) {
-#if SUBGROUPS
-    float ex = subgroupExclusiveAdd(v);
-    float s = subgroupAdd(v);
-    if (gl_SubgroupInvocationID == 0u) {
-        red[gl_SubgroupID].x = floatBitsToUint(s);
-    }
-    barrier();
-    float before = 0.0;
-    float all = 0.0;
-    for (uint i = 0u; i < gl_NumSubgroups; ++i) {
-        float x = uintBitsToFloat(red[i].x);
-        before += i < gl_SubgroupID ? x : 0.0;
-        all += x;
-    }
-    barrier();
-    total = all;
-    return before + ex;
-#else
-    uint t = gl_LocalInvocationIndex;
-    cand_prob[t] = v;
-    barrier();
-    for (uint off = 1u; off < WG_SIZE; off <<= 1u) {
-        float add = t >= off ? cand_prob[t - off] : 0.0;
-        barrier();
-        cand_prob[t] += add;
-        barrier();
-    }
-    float ex = t > 0u ? cand_prob[t - 1u] : 0.0;
-    total = cand_prob[WG_SIZE - 1u];
-    barrier();
-    return ex;
-#endif
-}
-
-// --- the penalised logits -----------------------------------------------------------------
-// The bitmap covers the window [w0, w0 + BITMAP_IDS) of ids. A vocabulary larger than that
-// with a penalty (`multiwin`) walks every pass window by window, refilling the bitmap from
-// the history at each window (all invocations: barriers); otherwise it is filled once.
-
-uint g_n;
-uint g_row;   // the row's first logit
-uint g_hist;  // its slot's history row
-float g_pen;  // its slot's settings
-float g_temp;
-float g_top_p;
-float g_min_p;
-uint g_used;
-bool g_penalty;
-bool g_multiwin;
-uint g_win;  // window length: BITMAP_IDS with multiwin, else n (one window)
-
-void load_window(uint w0) {
-    uint t = gl_LocalInvocationIndex;
-    barrier();  // every invocation is done with the previous window
-    for (uint i = t; i < BITMAP_WORDS; i += WG_SIZE) {
-        bitmap[i] = 0u;
-    }
-    barrier();
-    for (uint i = t; i < g_used; i += WG_SIZE) {
-        uint id = history[g_hist + i];
-        if (id < g_n && id >= w0 && id - w0 < BITMAP_IDS) {
-            atomicOr(bitmap[(id - w0) >> 5], 1u << ((id - w0) & 31u));
-        }
-    }
-    barrier();
-}
-
-// the logit l of id e (in the window starting at w0), penalised
-float penalise(float l, uint e, uint w0) {
-    if (g_penalty) {
-        uint i = e - w0;
-        if (((bitmap[i >> 5] >> (i & 31u)) & 1u) != 0u) {
-            l = l > 0.0 ? l / g_pen : l * g_pen;
-        }
-    }
-    return l;
-}
-
-// the penalised logits of ids eb + j * WG_SIZE, j < 4 (those >= w1: 0), loaded together
-vec4 load4(uint eb, uint w0, uint w1) {
-    uint e1 = eb + WG_SIZE;
-    uint e2 = eb + 2u * WG_SIZE;
-    uint e3 = eb + 3u * WG_SIZE;
-    vec4 l = vec4(eb < w1 ? logits[g_row + eb] : 0.0, e1 < w1 ? logits[g_row + e1] : 0.0,
-                  e2 < w1 ? logits[g_row + e2] : 0.0, e3 < w1 ? logits[g_row + e3] : 0.0);
-    if (g_penalty) {
-        l.x = eb < w1 ? penalise(l.x, eb, w0) : 0.0;
-        l.y = e1 < w1 ? penalise(l.y, e1, w0) : 0.0;
-        l.z = e2 < w1 ? penalise(l.z, e2, w0) : 0.0;
-        l.w = e3 < w1 ? penalise(l.w, e3, w0) : 0.0;
-    }
-    return l;
-}
-
-float key_value(uint key) {  // the inverse of order_key (for keys of numbers)
-    return uintBitsToFloat((key & 0x80000000u) != 0u ? (key & 0x7FFFFFFFu) : ~key);
-}
-
-uint hash32(uint x) {
-    x ^= x >> 16;
-    x *= 0x7FEB352Du;
-    x ^= x >> 15;
-    x *= 0x846CA68Bu;
-    x ^= x >> 16;
-    return x;
-}
+#include "sample_logits.glsl"
 
 void main() {
     uint t = gl_LocalInvocationIndex;
@@ -271,63 +97,12 @@ void main() {
 
         uint token = 0u;
         if (g_temp <= 0.0) {
-            // --- greedy ---------------------------------------------------------------------
-            uint bk = 0u;
-            uint bi = NO_INDEX;
-            for (uint w0 = 0u; w0 < n; w0 += g_win) {
-                if (g_multiwin) {
-                    load_window(w0);
-                }
-                uint w1 = min(n, w0 + g_win);
-                for (uint eb = w0 + t; eb < w1; eb += 8u * WG_SIZE) {
-                    vec4 la = load4(eb, w0, w1);
-                    vec4 lb = load4(eb + 4u * WG_SIZE, w0, w1);
-                    [[unroll]] for (uint j4 = 0u; j4 < 8u; ++j4) {
-                        uint e = eb + j4 * WG_SIZE;
-                        if (e >= w1) {
-                            break;
-                        }
-                        float l = j4 < 4u ? la[j4 & 3u] : lb[j4 & 3u];
-                        uint k = order_key(l);
-                        if (k > bk || (k == bk && e < bi)) {
-                            bk = k;
-                            bi = e;
-                        }
-                    }
-                }
-            }
-            uvec2 best = wg_best(bk, bi);
-            token = best.y == NO_INDEX ? 0u : best.y;
+            token = greedy_token();
         } else {
             float T = g_temp;
-            // --- pass 1: M and S ---------------------------------------------------------------
-            float m = LOWEST;
-            float s = 0.0;
-            for (uint w0 = 0u; w0 < n; w0 += g_win) {
-                if (g_multiwin) {
-                    load_window(w0);
-                }
-                uint w1 = min(n, w0 + g_win);
-                for (uint eb = w0 + t; eb < w1; eb += 8u * WG_SIZE) {
-                    vec4 la = load4(eb, w0, w1);
-                    vec4 lb = load4(eb + 4u * WG_SIZE, w0, w1);
-                    [[unroll]] for (uint j4 = 0u; j4 < 8u; ++j4) {
-                        uint e = eb + j4 * WG_SIZE;
-                        if (e >= w1) {
-                            break;
-                        }
-                        float l = j4 < 4u ? la[j4 & 3u] : lb[j4 & 3u];
-                        if (l > m) {
-                            s = s * exp((m - l) / T) + 1.0;
-                            m = l;
-                        } else {
-                            s += exp((l - m) / T);
-                        }
-                    }
-                }
-            }
-            float M = key_value(wg_best(order_key(m), 0u).x);
-            float S = wg_sum4(vec4(s * exp((m - M) / T), 0.0, 0.0, 0.0)).x;
+            vec2 mass = max_and_sum(T);  // pass 1
+            float M = mass.x;
+            float S = mass.y;
 
             uint kk = (top_k >= 1.0 && top_k < float(n)) ? uint(top_k) : n;
             bool topp = g_top_p < 1.0;
@@ -350,39 +125,24 @@ void main() {
                 vec4 td = M - vec4(20.0, 28.0, 40.0, 80.0) * T;
                 vec4 ca = vec4(0.0), cb = vec4(0.0), cc = vec4(0.0), cd = vec4(0.0);
                 vec4 ma = vec4(0.0), mb = vec4(0.0), mc = vec4(0.0), md = vec4(0.0);
-                for (uint w0 = 0u; w0 < n; w0 += g_win) {
-                    if (g_multiwin) {
-                        load_window(w0);
+                FOR_EACH_LOGIT({
+                    if (l >= td.w) {
+                        float pr = exp((l - M) / T) / S;
+                        vec4 l4 = vec4(l);
+                        vec4 ga = vec4(greaterThanEqual(l4, ta));
+                        vec4 gb = vec4(greaterThanEqual(l4, tb));
+                        vec4 gc = vec4(greaterThanEqual(l4, tc));
+                        vec4 gd = vec4(greaterThanEqual(l4, td));
+                        ca += ga;
+                        cb += gb;
+                        cc += gc;
+                        cd += gd;
+                        ma += ga * pr;
+                        mb += gb * pr;
+                        mc += gc * pr;
+                        md += gd * pr;
                     }
-                    uint w1 = min(n, w0 + g_win);
-                    for (uint eb = w0 + t; eb < w1; eb += 8u * WG_SIZE) {
-                        vec4 la = load4(eb, w0, w1);
-                        vec4 lb = load4(eb + 4u * WG_SIZE, w0, w1);
-                        [[unroll]] for (uint j4 = 0u; j4 < 8u; ++j4) {
-                            uint e = eb + j4 * WG_SIZE;
-                            if (e >= w1) {
-                                break;
-                            }
-                            float l = j4 < 4u ? la[j4 & 3u] : lb[j4 & 3u];
-                            if (l >= td.w) {
-                                float pr = exp((l - M) / T) / S;
-                                vec4 l4 = vec4(l);
-                                vec4 ga = vec4(greaterThanEqual(l4, ta));
-                                vec4 gb = vec4(greaterThanEqual(l4, tb));
-                                vec4 gc = vec4(greaterThanEqual(l4, tc));
-                                vec4 gd = vec4(greaterThanEqual(l4, td));
-                                ca += ga;
-                                cb += gb;
-                                cc += gc;
-                                cd += gd;
-                                ma += ga * pr;
-                                mb += gb * pr;
-                                mc += gc * pr;
-                                md += gd * pr;
-                            }
-                        }
-                    }
-                }
+                })
                 ca = wg_sum4(ca);
                 cb = wg_sum4(cb);
                 cc = wg_sum4(cc);
@@ -425,29 +185,14 @@ void main() {
                     cand_count = 0u;
                 }
                 barrier();
-                for (uint w0 = 0u; w0 < n; w0 += g_win) {
-                    if (g_multiwin) {
-                        load_window(w0);
+                FOR_EACH_LOGIT({
+                    if (l >= theta || n <= CAP) {
+                        uint slot = atomicAdd(cand_count, 1u);
+                        cand_key[slot] = order_key(l);
+                        cand_prob[slot] = exp((l - M) / T) / S;
+                        cand_idx[slot] = e;
                     }
-                    uint w1 = min(n, w0 + g_win);
-                    for (uint eb = w0 + t; eb < w1; eb += 8u * WG_SIZE) {
-                        vec4 la = load4(eb, w0, w1);
-                        vec4 lb = load4(eb + 4u * WG_SIZE, w0, w1);
-                        [[unroll]] for (uint j4 = 0u; j4 < 8u; ++j4) {
-                            uint e = eb + j4 * WG_SIZE;
-                            if (e >= w1) {
-                                break;
-                            }
-                            float l = j4 < 4u ? la[j4 & 3u] : lb[j4 & 3u];
-                            if (l >= theta || n <= CAP) {
-                                uint slot = atomicAdd(cand_count, 1u);
-                                cand_key[slot] = order_key(l);
-                                cand_prob[slot] = exp((l - M) / T) / S;
-                                cand_idx[slot] = e;
-                            }
-                        }
-                    }
-                }
+                })
                 barrier();
                 uint C = cand_count;
 
@@ -520,40 +265,25 @@ void main() {
                         uint floor1 = lo + step;  // pivot 1: below it nothing counts
                         vec4 ca = vec4(0.0), cb = vec4(0.0), cc = vec4(0.0), cd = vec4(0.0);
                         vec4 ma = vec4(0.0), mb = vec4(0.0), mc = vec4(0.0), md = vec4(0.0);
-                        for (uint w0 = 0u; w0 < n; w0 += g_win) {
-                            if (g_multiwin) {
-                                load_window(w0);
+                        FOR_EACH_LOGIT({
+                            uint key = order_key(l);
+                            if (key >= floor1) {
+                                float b = float(min((key - lo) / step, 15u));  // pivots at or below key
+                                float pr = exp((l - M) / T) / S;
+                                vec4 ga = vec4(greaterThanEqual(vec4(b), vec4(1.0, 2.0, 3.0, 4.0)));
+                                vec4 gb = vec4(greaterThanEqual(vec4(b), vec4(5.0, 6.0, 7.0, 8.0)));
+                                vec4 gc = vec4(greaterThanEqual(vec4(b), vec4(9.0, 10.0, 11.0, 12.0)));
+                                vec4 gd = vec4(greaterThanEqual(vec4(b), vec4(13.0, 14.0, 15.0, 16.0)));
+                                ca += ga;
+                                cb += gb;
+                                cc += gc;
+                                cd += gd;
+                                ma += ga * pr;
+                                mb += gb * pr;
+                                mc += gc * pr;
+                                md += gd * pr;
                             }
-                            uint w1 = min(n, w0 + g_win);
-                            for (uint eb = w0 + t; eb < w1; eb += 8u * WG_SIZE) {
-                                vec4 la = load4(eb, w0, w1);
-                                vec4 lb = load4(eb + 4u * WG_SIZE, w0, w1);
-                                [[unroll]] for (uint j4 = 0u; j4 < 8u; ++j4) {
-                                    uint e = eb + j4 * WG_SIZE;
-                                    if (e >= w1) {
-                                        break;
-                                    }
-                                    float l = j4 < 4u ? la[j4 & 3u] : lb[j4 & 3u];
-                                    uint key = order_key(l);
-                                    if (key >= floor1) {
-                                        float b = float(min((key - lo) / step, 15u));  // pivots at or below key
-                                        float pr = exp((l - M) / T) / S;
-                                        vec4 ga = vec4(greaterThanEqual(vec4(b), vec4(1.0, 2.0, 3.0, 4.0)));
-                                        vec4 gb = vec4(greaterThanEqual(vec4(b), vec4(5.0, 6.0, 7.0, 8.0)));
-                                        vec4 gc = vec4(greaterThanEqual(vec4(b), vec4(9.0, 10.0, 11.0, 12.0)));
-                                        vec4 gd = vec4(greaterThanEqual(vec4(b), vec4(13.0, 14.0, 15.0, 16.0)));
-                                        ca += ga;
-                                        cb += gb;
-                                        cc += gc;
-                                        cd += gd;
-                                        ma += ga * pr;
-                                        mb += gb * pr;
-                                        mc += gc * pr;
-                                        md += gd * pr;
-                                    }
-                                }
-                            }
-                        }
+                        })
                         ca = wg_sum4(ca);
                         cb = wg_sum4(cb);
                         cc = wg_sum4(cc);
