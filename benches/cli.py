@@ -73,6 +73,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also aggregate decode tok/s with N sequences at once, for each N (e.g. 1,4,16,64; the issue's "
         "figures use --prompt-tokens 128 --new-tokens 128)",
     )
+    parser.add_argument(
+        "--no-batch-invariance",
+        action="store_true",
+        help="with --streams: load(batch_invariant=False): one row on the matrix-vector kernels, batches on the "
+        "tensor cores (a sequence's last bits may then depend on its batch)",
+    )
     parser.add_argument("--max-context", type=int, help="KV-cache positions (default: what the runs need)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; else sampled")
     parser.add_argument("--target", type=float, metavar="TOK_S", help="decode tokens/s counted as acceptable")
@@ -200,6 +206,7 @@ def _run_model(
         target_tok_s=args.target,
         time_budget=args.time_budget,
         streams=args.streams,
+        batch_invariant=not args.no_batch_invariance,
     )
     settings.update(
         max_context=s.context(), in_memory=s.in_memory, target_tok_s=s.target_tok_s, time_budget=s.time_budget

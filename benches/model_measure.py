@@ -105,7 +105,8 @@ def start(run: Run, source: Source, settings: Settings, prompt: list[int], track
         tracks.attach(run.name, backend.tracer)
         c0 = probe.snapshot()
         context, streams = settings.context(), settings.pool_streams()
-        run.model = load(source.load_arg(), backend=backend, max_context=context, streams=streams, progress=False)
+        run.model = load(source.load_arg(), backend=backend, max_context=context, streams=streams,
+                         batch_invariant=settings.batch_invariant, progress=False)  # fmt: skip
         t_loaded = time.perf_counter_ns()
         c1 = probe.snapshot()
         for _ in tokens(run.model, prompt, 1, settings):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+STREAM_WARM_STEPS = 4  # steps after the last join before the window: past RUN_AHEAD, new recordings prepared
+STREAM_JOIN_STEPS = 2  # steps a joining stream may take (one prefill and its first decode step)
+
 
 @dataclass
 class Settings:
@@ -25,9 +28,16 @@ class Settings:
     target_tok_s: float | None = None
     seed: int = 0
     streams: list[int] = field(default_factory=list)  # --streams: aggregate decode at each stream count
+    batch_invariant: bool = True  # load(batch_invariant=...) of the model (with --streams)
+
+    def stream_tokens(self, streams: int) -> int:
+        """What each of `streams` requests may generate: its joining, the warm-up and the timed window
+        (benches/model_streams.py)."""
+        return self.new_tokens + STREAM_WARM_STEPS + STREAM_JOIN_STEPS * streams
 
     def context(self) -> int:
         need = max(self.prompt_tokens + self.new_tokens, self.prefill_tokens)
+        need = max([need] + [self.prompt_tokens + self.stream_tokens(n) for n in self.streams])
         return max(self.max_context or 0, need)
 
     def pool_streams(self) -> int:

@@ -1,10 +1,12 @@
 """`shaderbay bench --streams 1,4,16,64`: aggregate decode throughput with many sequences at once.
 
-For each stream count S, S requests (distinct random prompts of `prompt_tokens`, `new_tokens` new
-tokens each, greedy unless --temperature, EOS ignored) go to the model's engine together. They
-join one prefill at a time; the figure is the steady state: from the step after the last one has
-its first token until the first one finishes, every step advances all S rows, and the aggregate
-rate is the tokens generated over that window's wall time. Host CPU inside the API over the same
+For each stream count S, S requests (distinct random prompts of `prompt_tokens`, greedy unless
+--temperature, EOS ignored) go to the model's engine together. They join one prefill at a time,
+so the first ones decode while the later ones join; the figure is the steady state: once every
+one has its first token and STREAM_WARM_STEPS more steps have run (the S-row step's recordings prepared
+and the run-ahead full), `new_tokens` steps of all S rows are timed, and the aggregate rate is
+the tokens generated over that window's wall time. The requests may generate enough for the
+joining and the window (Settings.stream_tokens); the rest is cancelled. Host CPU inside the API over the same
 window gives the API share; the profile start repeats each S with timestamps: the GPU share, the
 GPU time per step by kernel and shape, and where the step's wall time went (benches/model_kernels.py);
 the decision tree gives the verdict at each S (benches/verdict.py).
@@ -22,7 +24,7 @@ from shaderbay.models.sampling import Sampling
 
 from .model_kernels import kernel_rows, step_split
 from .model_measure import GpuTimings, Run
-from .model_settings import Settings
+from .model_settings import STREAM_WARM_STEPS, Settings
 from .results import Streams
 from .verdict import bandwidth_utilisation, verdict
 
@@ -51,17 +53,18 @@ def streams_once(run: Run, batch: list[list[int]], settings: Settings, profile: 
     """Serve `batch` together; the steady-state window's figures (see the module docstring)."""
     engine, probe = run.model.engine, run.probe
     sampling = Sampling(temperature=settings.temperature)
-    seqs = [
-        engine.add(Request(tuple(p), settings.new_tokens, sampling, settings.seed + i)) for i, p in enumerate(batch)
-    ]
+    budget = settings.stream_tokens(len(batch))
+    seqs = [engine.add(Request(tuple(p), budget, sampling, settings.seed + i)) for i, p in enumerate(batch)]
     while not all(s.generated for s in seqs):
+        engine.step()
+    for _ in range(STREAM_WARM_STEPS):
         engine.step()
     probe.take_submitted()
     counters = probe.counters
     before = sum(len(s.generated) for s in seqs)
     cpu0, t0 = counters.api_cpu_ns, time.perf_counter_ns()
     steps, gpu_steps = 0, []
-    while not any(s.finished for s in seqs):
+    while steps < settings.new_tokens and not any(s.finished for s in seqs):
         engine.step()
         steps += 1
         # each step's list: its last completed submit, the same rows (see decode_once); not the window's
@@ -73,8 +76,8 @@ def streams_once(run: Run, batch: list[list[int]], settings: Settings, profile: 
     wall, cpu = time.perf_counter_ns() - t0, counters.api_cpu_ns - cpu0
     probe.take_submitted()
     tokens = sum(len(s.generated) for s in seqs) - before
-    for _ in engine.run(seqs):  # the rest, untimed
-        pass
+    for seq in seqs:
+        engine.cancel(seq)
     return StreamsRun(tokens, steps, wall, cpu, gpu_steps if profile else None)
 
 

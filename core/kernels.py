@@ -57,6 +57,9 @@ class Constant:
     name: str
     choices: tuple[Any, ...]
     default: Any
+    # False: the constant chooses among a backend's variants and changes no compiled code (the
+    # variant table keys its rows by the compiled constants only); NumPy's meaning ignores it.
+    compiled: bool = True
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,10 @@ class KernelSpec:
                     f"kernel {self.name!r}: constant {name}={value!r} is not one of {known[name].choices}"
                 )
         return {c.name: given.get(c.name, c.default) for c in self.constants}
+
+    def compiled_constants(self, constants: dict[str, Any]) -> dict[str, Any]:
+        """The compiled constants of a resolved set (the ones a variant is built for)."""
+        return {c.name: constants[c.name] for c in self.constants if c.compiled}
 
     def bindings_for(self, constants: dict[str, Any]) -> tuple[Binding, ...]:
         return tuple(b for b in self.bindings if b.present(constants))
@@ -202,7 +209,11 @@ CATALOGUE: dict[str, KernelSpec] = {
             "silu(gate) * up. epilogue 'silu_mul' pairs adjacent outputs y of a row, w's rows being "
             "interleaved gate and up rows: out[r, j] = silu(y[2j]) * y[2j+1], n/2 columns. accumulate "
             "adds into out (a fused residual add). Batch-invariant up to BATCH_ROWS rows: with "
-            f"rows <= {BATCH_ROWS}, out[r] is bit for bit what rows = 1 gives for x[r] (and out[r]).",
+            f"rows <= {BATCH_ROWS}, out[r] is bit for bit what rows = 1 gives for x[r] (and out[r]), "
+            "within one rows_form. rows_form 'vector' (default): the matrix-vector forms, fastest for "
+            "one row; 'matrix': the matrix units (tensor cores) for every rows count up to BATCH_ROWS "
+            "where the device has them (else as 'vector'), fastest for many rows; the two may differ "
+            "in the last bits.",
             bindings=(
                 Binding("x", "f32", ("rows", "2 * k if prologue == 'silu_mul' else k")),
                 Binding("w", "{wdtype}", ("n", "k")),
@@ -217,6 +228,7 @@ CATALOGUE: dict[str, KernelSpec] = {
                 Constant("accumulate", (False, True), False),
                 Constant("prologue", ("none", "rmsnorm", "silu_mul"), "none"),
                 Constant("epilogue", ("none", "silu_mul"), "none"),
+                Constant("rows_form", ("vector", "matrix"), "vector", compiled=False),
             ),
             constraints=(
                 "rows >= 1",

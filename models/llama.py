@@ -58,6 +58,7 @@ class Llama:
         cache_dtype: str,
         prefill_chunk: int = 512,
         streams: int = 1,
+        batch_invariant: bool = True,
     ):
         try:
             self.layout = _layout(backend, config, weights, max_context, cache_dtype, prefill_chunk, streams)
@@ -70,6 +71,12 @@ class Llama:
         self.max_context = int(max_context)
         self.cache_dtype = cache_dtype
         self.chunk = self.layout.chunk
+        # With several streams the products run in the matrix units' form where the device has them, for
+        # one row as well as 64 when batch-invariant (a row's sums never depend on how many rows share
+        # its step), else from two rows on; one row alone otherwise takes the matrix-vector form, the
+        # fastest for a row.
+        one_row = "matrix" if streams > 1 and batch_invariant else "vector"
+        self.row_forms = (one_row, "matrix" if streams > 1 else "vector")  # rows_form of one row, of several
         # rows per pass when every position's logits are wanted: each block of them must fit a binding
         widest = max(p.shape[0] for _, p in weights.lm_head_parts) * 4
         self.all_chunk = max(1, min(self.chunk, backend.caps.max_binding_size // widest))
@@ -144,6 +151,7 @@ class Llama:
             accumulate=accumulate,
             prologue="rmsnorm" if norm is not None else "none",
             epilogue="silu_mul" if pairs else "none",
+            rows_form=self.row_forms[rows > 1],
         )
         n, k = w.shape
         bindings = {"x": x, "w": w, "out": out}

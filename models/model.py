@@ -336,6 +336,7 @@ def load(
     dtype: str | None = None,
     prefill_chunk: int = 512,
     streams: int = 1,
+    batch_invariant: bool = True,
     progress: bool | None = None,
 ) -> Model:
     """Load a checkpoint onto a backend.
@@ -349,6 +350,11 @@ def load(
     tensor's own format where the backend runs it).
     streams: how many sequences of max_context positions the paged KV cache holds at once (shorter
     ones share it: its blocks go to the live tokens; requests that do not fit wait).
+    batch_invariant: with streams > 1, whether a sequence's tokens are the same alone and in any batch
+    (the default). On a device with tensor cores (Vulkan's cooperative matrices) every product of a
+    multi-stream model then runs on them, one row too, which is slower for a row alone than the
+    matrix-vector kernels (benches/RESULTS.md); False runs one row on those and only batches on the
+    tensor cores: a sequence's answer may then change in its last bits when others join.
     """
     t0 = time.perf_counter()
     ckpt, name = _open(model, dtype)
@@ -374,7 +380,8 @@ def load(
         except BaseException:
             Llama.free_weights(dev, weights)
             raise
-        llama = Llama(dev, config, weights, max_context, cache, prefill_chunk, streams)  # frees everything if it fails
+        # frees everything if it fails
+        llama = Llama(dev, config, weights, max_context, cache, prefill_chunk, streams, batch_invariant)
         tokenizer = ckpt.tokenizer()
         defaults = generation_defaults(ckpt.path) if ckpt.path is not None else None
     except BaseException:

@@ -67,11 +67,13 @@ def test_a_sequence_gets_the_same_tokens_alone_and_in_a_changing_batch(model_bac
         assert model.engine.pool.num_used == 0
 
 
-def test_sixteen_rows_at_once_each_get_their_tokens_alone(model_backend):
-    """Block weights (q8_0) too: every row of the matrix products is its own, whatever the batch."""
+@pytest.mark.parametrize("dtype", ["q8_0", "f16"])
+def test_sixteen_rows_at_once_each_get_their_tokens_alone(model_backend, dtype):
+    """Block weights (q8_0) and float16 (whose products several streams run on the tensor cores where
+    the device has them): every row of the matrix products is its own, whatever the batch."""
     rng = np.random.default_rng(1)
     prompts = [rng.integers(3, 250, rng.integers(2, 30)).tolist() for _ in range(16)]
-    with shaderbay.load("synthetic:tiny:q8_0", backend=model_backend, max_context=64, streams=16) as model:
+    with shaderbay.load(f"synthetic:tiny:{dtype}", backend=model_backend, max_context=64, streams=16) as model:
         want = [list(model.tokens(p, 8, ignore_eos=True)) for p in prompts]
         assert [d.token_ids for d in model.generate_batch(prompts, 8, ignore_eos=True)] == want
 

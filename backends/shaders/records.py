@@ -28,7 +28,7 @@ class Variant:
     name: str  # the spv file's stem; unique in the table
     kernel: str  # the catalogue kernel it implements
     source: str  # the GLSL file under glsl/, e.g. "rmsnorm.comp"
-    constants: Mapping[str, Any] = field(hash=False)  # every catalogue constant of the kernel, resolved
+    constants: Mapping[str, Any] = field(hash=False)  # every compiled catalogue constant, resolved
     workgroup: tuple[int, int, int]  # local size, fixed at compile time (WG_X, WG_Y, WG_Z)
     grid: Grid = field(hash=False, compare=False)  # params -> workgroup counts (gx, gy, gz)
     defines: Mapping[str, Any] = field(default_factory=dict, hash=False)  # extra -D defines
@@ -94,9 +94,11 @@ def groups(count: int, per_group: int = 1) -> int:
 
 
 def combos(kernel_name: str) -> list[dict[str, Any]]:
-    """Every full choice of a kernel's catalogue constants."""
+    """Every full choice of a kernel's compiled catalogue constants."""
     out: list[dict[str, Any]] = [{}]
     for c in kernel(kernel_name).constants:
+        if not c.compiled:
+            continue
         out = [{**o, c.name: v} for o in out for v in c.choices]
     return out
 
@@ -106,6 +108,8 @@ def stem(kernel_name: str, constants: Mapping[str, Any], *tags: str) -> str:
     spec = kernel(kernel_name)
     parts = [kernel_name]
     for c in spec.constants:
+        if not c.compiled:
+            continue
         v = constants[c.name]
         if isinstance(v, bool):
             parts.append(c.name if v else f"no{c.name}")

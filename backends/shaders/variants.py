@@ -159,8 +159,9 @@ def variants_for(kernel_name: str, constants: Mapping[str, Any] | None = None) -
     rows = [v for v in table() if v.kernel == kernel_name]
     if constants is None:
         return rows
-    resolved = kernel(kernel_name).resolve_constants(dict(constants))
-    return [v for v in rows if dict(v.constants) == resolved]
+    spec = kernel(kernel_name)
+    compiled = spec.compiled_constants(spec.resolve_constants(dict(constants)))
+    return [v for v in rows if dict(v.constants) == compiled]
 
 
 def by_name(name: str) -> Variant:
@@ -215,9 +216,12 @@ def select(kernel_name: str, constants: Mapping[str, Any], params: Mapping[str, 
     if not candidates:
         raise UnsupportedKernel(f"no GPU variant of {kernel_name}({_fmt(constants)}) is shipped")
     names = capabilities(caps)
+    spec = kernel(kernel_name)
+    # the choosing constants (e.g. matmul's rows_form) are seen by the variants' `when` with the params
+    seen = {**spec.resolve_constants(dict(constants)), **params}
     best: Variant | None = None
     for v in candidates:
-        if usable(v, caps, names) and v.applies(params) and (best is None or v.priority > best.priority):
+        if usable(v, caps, names) and v.applies(seen) and (best is None or v.priority > best.priority):
             best = v
     if best is None:
         raise UnsupportedKernel(

@@ -45,6 +45,10 @@ matmul (matmul_vec.comp, matmul_tiled.comp)
     `matmul_<consts>_tiled16`: the same with a 16 x 64 tile (1 x 4 each), for rows <= BATCH_ROWS whose
     k the vec forms cannot take (measured: 140 us vs 178 for the 64-row tile at 1B qkv, 16 rows):
     one row an invocation, so batch-invariant too.
+    `matmul_<consts>_coop` (matmul_coop.comp): f16/bf16 weights on the tensor cores where the
+    device lists COOP_SHAPE, rows > BATCH_ROWS (prefill): a 64 x 128 tile a workgroup.
+    `matmul_<consts>_cooprows[_wide]`: the same source with k split over subgroup groups, for
+    rows_form 'matrix' at 1..BATCH_ROWS rows (several streams): see COOP_ROWS_* below.
 
 attention (attention.comp)
     `attention_<cache>[_vec][_decode][_sg]`: one workgroup per (row, head), grid (n_heads,
@@ -117,28 +121,52 @@ COOP_FRAGS = (2, 2)  # 16 x 16 accumulators of a subgroup, along rows and column
 COOP_BK = 64  # depth of the staged slice of k (a multiple of 16; 32 in two alternating slices: 1.14x the time)
 
 
-def _coop(c: dict) -> Variant:
-    """matmul_coop.comp: f16/bf16 weights, more rows than the matrix-vector form takes, k % 8 == 0."""
-    (wm, wn), (fm, fn) = COOP_WARPS, COOP_FRAGS
+def _coop(c: dict, tag: str, warps: tuple[int, int, int], frags: tuple[int, int], bk: int, when, priority: int):
+    """matmul_coop.comp: f16/bf16 weights, k % 8 == 0; `warps` along rows, columns and k."""
+    (wm, wn, wk), (fm, fn) = warps, frags
     bm, bn = 16 * wm * fm, 16 * wn * fn
-    # the slice of x's hi and lo rows and w's rows, then the output tile over it (uvec4, padded rows)
-    staged = 16 * max((2 * bm + bn) * (COOP_BK // 8 + 1), bm * (bn // 4 + 1))
+    # each k group's slice of x's hi and lo rows and w's rows, or its output tile (uvec4, padded rows)
+    staged = 16 * wk * max((2 * bm + bn) * (bk // 8 + 1), bm * (bn // 4 + 1))
     if c["prologue"] == "rmsnorm":
-        staged += 4 * bm * COOP_BK // 8
+        staged += 4 * wk * bm * bk // 8
     return Variant(
-        stem("matmul", c, "coop"),
+        stem("matmul", c, tag),
         "matmul",
         "matmul_coop.comp",
         c,
-        (32 * wm * wn, 1, 1),
+        (32 * wm * wn * wk, 1, 1),
         lambda p: (groups(p["rows"], bm), groups(p["n"], bn), 1),
-        defines={"WARPS_M": wm, "WARPS_N": wn, "FM": fm, "FN": fn, "BK": COOP_BK},
+        defines={"WARPS_M": wm, "WARPS_N": wn, "WARPS_K": wk, "FM": fm, "FN": fn, "BK": bk},
         needs=COOP_NEEDS,
         subgroup_size=32,
-        when=lambda p: p["rows"] > BATCH_ROWS and p["k"] % 8 == 0,
-        priority=30,
+        when=lambda p: when(p) and p["k"] % 8 == 0,
+        priority=priority,
         shared_bytes=staged,
     )
+
+
+# rows_form 'matrix' (decode rows, 1..BATCH_ROWS): k split over COOP_ROWS_WARPS_K groups of
+# COOP_ROWS_BK-deep slices, which alone fix a row's sums (matmul_coop.comp): every rows count and
+# tile gives a row the same bits. The tile depends on n only: 16 x 32 (two subgroups a group) up to
+# COOP_ROWS_WIDE_N outputs, 16 x 64 (one subgroup, four fragments) above (the LM heads). H200, f16,
+# per decode step of the 1B shape's products at 1 / 16 / 64 rows (benches/RESULTS.md): 16 x 32 tiles
+# 42.9 / 45.8 / 63.9 us on down, 16 x 64 on the LM head 243 / 304 / 857; the matrix-vector forms'
+# step 0.82 / 4.65 / 17.97 ms against 1.96 / 2.18 / 4.74 ms for this form.
+COOP_ROWS_BK, COOP_ROWS_WARPS_K = 32, 4
+COOP_ROWS_WIDE_N = 32768
+COOP_ROWS_TILES = {"cooprows": ((1, 2), (1, 1)), "cooprows_wide": ((1, 1), (1, 4))}  # (warps m, n), frags
+
+
+def _coop_rows(c: dict) -> list[Variant]:
+    out = []
+    for tag, ((wm, wn), frags) in COOP_ROWS_TILES.items():
+        wide = tag.endswith("wide")
+
+        def when(p, wide=wide):
+            return p["rows_form"] == "matrix" and p["rows"] <= BATCH_ROWS and (p["n"] > COOP_ROWS_WIDE_N) == wide
+
+        out.append(_coop(c, tag, (wm, wn, COOP_ROWS_WARPS_K), frags, COOP_ROWS_BK, when, 40))
+    return out
 
 
 def _chunk(wdtype: str) -> int:
@@ -197,7 +225,9 @@ def _matmul() -> list[Variant]:
                 )
             )
         if c["wdtype"] in ("f16", "bf16"):
-            rows.append(_coop(c))
+            wm, wn = COOP_WARPS
+            rows.append(_coop(c, "coop", (wm, wn, 1), COOP_FRAGS, COOP_BK, lambda p: p["rows"] > BATCH_ROWS, 30))
+            rows.extend(_coop_rows(c))
     return rows
 
 

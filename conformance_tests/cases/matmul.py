@@ -152,6 +152,13 @@ INVARIANCE_COMBOS = tuple(
         ("q4_k", False, True, "rmsnorm", "none"),
         ("q6_k", True, True, "none", "silu_mul"),
     )
+) + tuple(  # the matrix units' form (tensor cores where the device has them; else the vector forms)
+    {"wdtype": w, "bias": b, "accumulate": a, "prologue": p, "epilogue": e, "rows_form": "matrix"}
+    for w, b, a, p, e in (
+        ("f16", False, True, "none", "silu_mul"),
+        ("f16", True, False, "rmsnorm", "none"),
+        ("bf16", False, False, "silu_mul", "none"),
+    )
 )
 
 

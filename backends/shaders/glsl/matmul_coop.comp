@@ -26,8 +26,8 @@
 // load reads at once fall in different banks.
 //
 // Loaders: the slice of x is BM rows of BK/8 chunks of 8 elements (two vec4 loads, a uvec4
-// store to each of the hi and lo rows; norm_weight in vec4 too), chunk q = t + WG_SIZE i being row q / (BK/8); w's
-// likewise (one uvec4 load). k is a multiple of 8 (the variant's `when`), so chunks are whole
+// store to each of the hi and lo rows; norm_weight in vec4 too), chunk q = t + GROUP i being
+// row q / (BK/8), t the invocation's index in its group; w's likewise (one uvec4 load). k is a multiple of 8 (the variant's `when`), so chunks are whole
 // and rows start on 16 bytes.
 //
 // The accumulators are stored to shared memory (over the slice) and the epilogue (rmsnorm
@@ -35,6 +35,13 @@
 //
 // Grid: x over row tiles (consecutive workgroups share a tile of w, read once from memory),
 // y over column tiles (both grid-stride).
+//
+// WARPS_K > 1 (the decode rows' form, few rows): the workgroup is WARPS_K groups of WARPS_M x
+// WARPS_N subgroups, group g multiplying the slices g, g + WARPS_K, ... into accumulators of its
+// own, each staged in a region of its own; at the end the groups' tiles are added in group order.
+// Few rows make few tiles: splitting k puts more loads in flight on each tile. A row's sums depend
+// on BK and WARPS_K, never on BM or the rows: every variant with the same two gives each row the
+// same bits whatever the other rows (the rows form's batch invariance).
 #extension GL_GOOGLE_include_directive : require  // glslc implies it; glslangValidator does not
 #extension GL_EXT_control_flow_attributes : enable
 #extension GL_KHR_cooperative_matrix : require
@@ -50,24 +57,30 @@ layout(std430, set = 0, binding = BINDING_W) readonly buffer W4 { uvec4 w4[]; };
 layout(std430, set = 0, binding = BINDING_NORM_WEIGHT) readonly buffer N4 { vec4 norm4[]; };
 #endif
 
+#ifndef WARPS_K
+#define WARPS_K 1
+#endif
+#define GROUP (uint(WG_SIZE) / uint(WARPS_K))  // invocations of a group (WARPS_M x WARPS_N subgroups)
 #define BM (uint(WARPS_M) * uint(FM) * 16u)
 #define BN (uint(WARPS_N) * uint(FN) * 16u)
 #define CHUNKS_PER_ROW (uint(BK) / 8u)
 #define RS (CHUNKS_PER_ROW + 1u)  // uvec4 per staged row: BK halves and 16 bytes of padding
-#define A_PER (BM * CHUNKS_PER_ROW / uint(WG_SIZE))  // chunks of x per invocation and slice
-#define B_PER (BN * CHUNKS_PER_ROW / uint(WG_SIZE))
+#define A_PER (BM * CHUNKS_PER_ROW / GROUP)  // chunks of x per invocation and slice
+#define B_PER (BN * CHUNKS_PER_ROW / GROUP)
 #define STAGE ((2u * BM + BN) * RS)  // uvec4 of the staged slice: x's hi rows, x's lo rows, w rows
 #define LO (BM * RS)  // where a slice's x lo rows start
 #define WS (2u * BM * RS)  // where a slice's w rows start
 #define OS (BN / 4u + 1u)  // uvec4 per row of the staged output tile (4 floats each, one of padding)
+#define TILE (BM * OS)  // uvec4 of one group's output tile
 
-#if (WARPS_M * FM * 2 * BK) % WG_SIZE != 0 || (WARPS_N * FN * 2 * BK) % WG_SIZE != 0
+#if (WARPS_M * FM * 2 * BK * WARPS_K) % WG_SIZE != 0 || (WARPS_N * FN * 2 * BK * WARPS_K) % WG_SIZE != 0
 #error "matmul_coop.comp: every invocation loads whole chunks of both slices"
 #endif
 
-shared uvec4 smem[max(STAGE, BM * OS)];  // the slice; after the k loop, the output tile
+// each group's slice; after the k loop, each group's output tile
+shared uvec4 smem[uint(WARPS_K) * max(STAGE, TILE)];
 #if defined(PROLOGUE_RMSNORM)
-shared float chunk_ss[BM * CHUNKS_PER_ROW];  // sum(x * x) of each loader's chunks of a row
+shared float chunk_ss[uint(WARPS_K) * BM * CHUNKS_PER_ROW];  // sum(x * x) of each loader's chunks of a row
 #endif
 
 #define ACC coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>
@@ -97,7 +110,7 @@ void split8(vec4 a, vec4 b, out uvec4 hi, out uvec4 lo) {
 void load_slice(uint k0, uint m0, uint j0, uint t) {
     uint k = p.k;
     [[unroll]] for (uint i = 0u; i < A_PER; ++i) {
-        uint q = t + uint(WG_SIZE) * i;
+        uint q = t + GROUP * i;
         uint row = m0 + q / CHUNKS_PER_ROW;
         uint kk = k0 + (q % CHUNKS_PER_ROW) * 8u;
         vec4 a = vec4(0.0);  // the chunk's first 4 values
@@ -123,7 +136,7 @@ void load_slice(uint k0, uint m0, uint j0, uint t) {
         split8(a, b, xr_hi[i], xr_lo[i]);
     }
     [[unroll]] for (uint i = 0u; i < B_PER; ++i) {
-        uint q = t + uint(WG_SIZE) * i;
+        uint q = t + GROUP * i;
         uint row = j0 + q / CHUNKS_PER_ROW;
         uint kk = k0 + (q % CHUNKS_PER_ROW) * 8u;
         uvec4 v = uvec4(0u);
@@ -139,21 +152,25 @@ void load_slice(uint k0, uint m0, uint j0, uint t) {
 
 void store_slice(uint base, uint t) {
     [[unroll]] for (uint i = 0u; i < A_PER; ++i) {
-        uint q = t + uint(WG_SIZE) * i;
+        uint q = t + GROUP * i;
         uint at = base + (q / CHUNKS_PER_ROW) * RS + q % CHUNKS_PER_ROW;
         smem[at] = xr_hi[i];
         smem[at + LO] = xr_lo[i];
     }
     [[unroll]] for (uint i = 0u; i < B_PER; ++i) {
-        uint q = t + uint(WG_SIZE) * i;
+        uint q = t + GROUP * i;
         smem[base + WS + (q / CHUNKS_PER_ROW) * RS + q % CHUNKS_PER_ROW] = wr[i];
     }
 }
 
 void main() {
-    uint t = gl_LocalInvocationIndex;
-    uint wm = gl_SubgroupID / uint(WARPS_N);
-    uint wn = gl_SubgroupID % uint(WARPS_N);
+    uint t = gl_LocalInvocationIndex % GROUP;  // the loader's index in its group
+    uint g = gl_LocalInvocationIndex / GROUP;  // its group: the slices it stages
+    uint gs = gl_SubgroupID / uint(WARPS_M * WARPS_N);  // the subgroup's group: the slices it multiplies
+    uint sg = gl_SubgroupID % uint(WARPS_M * WARPS_N);
+    uint wm = sg / uint(WARPS_N);
+    uint wn = sg % uint(WARPS_N);
+    uint region = gs * max(STAGE, TILE);
     uint rows = p.rows;
     uint n = p.n;
     uint k = p.k;
@@ -171,25 +188,26 @@ void main() {
             [[unroll]] for (uint i = 0u; i < A_PER; ++i) {
                 ss[i] = 0.0;
             }
-            load_slice(0u, m0, j0, t);
+            load_slice(g * uint(BK), m0, j0, t);
 
-            for (uint k0 = 0u; k0 < k; k0 += uint(BK)) {
-                store_slice(0u, t);
+            // every group walks the same number of steps (barriers); a slice past k stages zeros
+            for (uint k0 = 0u; k0 < k; k0 += uint(BK * WARPS_K)) {
+                store_slice(g * max(STAGE, TILE), t);
                 barrier();
-                if (k0 + uint(BK) < k) {
-                    load_slice(k0 + uint(BK), m0, j0, t);  // in flight during the math below
+                if (k0 + uint(BK * WARPS_K) < k) {
+                    load_slice(k0 + (uint(WARPS_K) + g) * uint(BK), m0, j0, t);  // in flight during the math below
                 }
                 [[unroll]] for (uint kk = 0u; kk < CHUNKS_PER_ROW; kk += 2u) {  // 16 deep, in uvec4 columns
                     coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> a_hi[FM];
                     coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> a_lo[FM];
                     coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> b[FN];
                     [[unroll]] for (uint i = 0u; i < uint(FM); ++i) {
-                        uint at = (wm * uint(FM) + i) * 16u * RS + kk;
+                        uint at = region + (wm * uint(FM) + i) * 16u * RS + kk;
                         coopMatLoad(a_hi[i], smem, at, RS, gl_CooperativeMatrixLayoutRowMajor);
                         coopMatLoad(a_lo[i], smem, at + LO, RS, gl_CooperativeMatrixLayoutRowMajor);
                     }
                     [[unroll]] for (uint j = 0u; j < uint(FN); ++j) {
-                        uint at = WS + (wn * uint(FN) + j) * 16u * RS + kk;
+                        uint at = region + WS + (wn * uint(FN) + j) * 16u * RS + kk;
                         coopMatLoad(b[j], smem, at, RS, gl_CooperativeMatrixLayoutColumnMajor);
                     }
                     // all hi products, then all lo (into the same accumulators): consecutive products
@@ -210,18 +228,18 @@ void main() {
 
             [[unroll]] for (uint i = 0u; i < uint(FM); ++i) {
                 [[unroll]] for (uint j = 0u; j < uint(FN); ++j) {
-                    uint at = (wm * uint(FM) + i) * 16u * OS + (wn * uint(FN) + j) * 4u;
+                    uint at = region + (wm * uint(FM) + i) * 16u * OS + (wn * uint(FN) + j) * 4u;
                     coopMatStore(acc[i * uint(FN) + j], smem, at, OS, gl_CooperativeMatrixLayoutRowMajor);
                 }
             }
 #if defined(PROLOGUE_RMSNORM)
             [[unroll]] for (uint i = 0u; i < A_PER; ++i) {
-                chunk_ss[t + uint(WG_SIZE) * i] = ss[i];
+                chunk_ss[g * BM * CHUNKS_PER_ROW + t + GROUP * i] = ss[i];
             }
 #endif
             barrier();
 
-            for (uint e = t; e < BM * (BN / 4u); e += uint(WG_SIZE)) {
+            for (uint e = gl_LocalInvocationIndex; e < BM * (BN / 4u); e += uint(WG_SIZE)) {
                 uint r = e / (BN / 4u);
                 uint m = m0 + r;
                 uint col = j0 + 4u * (e % (BN / 4u));
@@ -229,10 +247,15 @@ void main() {
                     continue;
                 }
                 vec4 y = uintBitsToFloat(smem[r * OS + e % (BN / 4u)]);
+                [[unroll]] for (uint h = 1u; h < uint(WARPS_K); ++h) {
+                    y += uintBitsToFloat(smem[h * max(STAGE, TILE) + r * OS + e % (BN / 4u)]);
+                }
 #if defined(PROLOGUE_RMSNORM)
                 float sq = 0.0;
-                [[unroll]] for (uint q = 0u; q < CHUNKS_PER_ROW; ++q) {
-                    sq += chunk_ss[r * CHUNKS_PER_ROW + q];
+                [[unroll]] for (uint h = 0u; h < uint(WARPS_K); ++h) {
+                    [[unroll]] for (uint q = 0u; q < CHUNKS_PER_ROW; ++q) {
+                        sq += chunk_ss[(h * BM + r) * CHUNKS_PER_ROW + q];
+                    }
                 }
                 y *= 1.0 / sqrt(sq / float(k) + p.eps);
 #endif
