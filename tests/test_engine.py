@@ -205,3 +205,19 @@ def test_bad_requests_are_refused_when_added(tiny):
         engine.add(Request((3, 4), 2, id=12345))
     assert [e.finish_reason for e in engine.run([seq])][-1] == "length"
     assert engine.idle
+
+
+@pytest.mark.parametrize(
+    ("streams", "invariant", "forms"),
+    [(1, True, ("vector", "vector")), (4, True, ("matrix", "matrix")), (4, False, ("vector", "matrix"))],
+)
+def test_the_rows_form_of_the_products_follows_streams_and_batch_invariance(numpy_backend, streams, invariant, forms):
+    """A multi-stream model asks every product for the matrix units' form (one row too, so a row's sums
+    never depend on its batch) unless batch_invariant=False; one stream keeps the matrix-vector form."""
+    with shaderbay.load(
+        "synthetic:tiny:f16", backend=numpy_backend, max_context=64, streams=streams, batch_invariant=invariant
+    ) as model:
+        assert model.llama.row_forms == forms
+        model.generate_batch([[3, 4, 5], [6, 7]], 3, ignore_eos=True)
+        used = {key[1] for key in model.llama._pipelines if key[0] == "matmul"}
+        assert {dict(c)["rows_form"] for c in used} == set(forms[: 1 + (streams > 1)])
