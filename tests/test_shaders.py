@@ -122,6 +122,34 @@ def test_selection_follows_capabilities_and_the_env(monkeypatch):
         assert variants.select("rmsnorm", {}, params, _caps(True)).needs == {"subgroups"}, no
 
 
+def _matvec_choices(caps: Caps) -> dict[tuple, str]:
+    """The matmul variant chosen for every constant choice at 1, 2 and 64 rows of a 576-wide k."""
+    out = {}
+    for c in records.combos("matmul"):
+        for rows in (1, 2, 64):
+            params = {"rows": rows, "n": 960, "k": 576, "eps": 1e-5}
+            out[(tuple(c.values()), rows)] = variants.select("matmul", c, params, caps).name
+    return out
+
+
+@pytest.mark.parametrize("sg", [True, False])
+def test_cpu_devices_take_the_cpu_matrix_vector_forms_and_gpus_keep_theirs(monkeypatch, sg):
+    monkeypatch.delenv(variants.ENV_GPU_FORMS, raising=False)
+    monkeypatch.delenv(variants.ENV_NO_SUBGROUPS, raising=False)
+    cpu = _matvec_choices(_caps(sg, size=8, device_type="software"))
+    for (consts, rows), name in cpu.items():
+        assert "_cpu_vec" in name, (consts, rows, name)
+        # batch invariance: the 1-row form and the batched one share workgroup size, unroll and reduction
+        alone, batched = variants.by_name(cpu[(consts, 1)]), variants.by_name(name)
+        assert (alone.workgroup, alone.needs) == (batched.workgroup, batched.needs), name
+        assert alone.defines["UNROLL"] == batched.defines["UNROLL"], name
+    for kind in ("discrete", "integrated", "other"):
+        gpu = _matvec_choices(_caps(sg, device_type=kind))
+        assert not any("_cpu_" in name for name in gpu.values()), kind
+    monkeypatch.setenv(variants.ENV_GPU_FORMS, "1")
+    assert _matvec_choices(_caps(sg, size=8, device_type="software")) == _matvec_choices(_caps(sg, size=8))
+
+
 def test_a_variant_needing_more_shared_memory_than_the_device_has_is_unusable():
     rmsnorm = variants.by_name("rmsnorm")
     assert variants.usable(rmsnorm, _caps(max_shared_memory=rmsnorm.shared_bytes))

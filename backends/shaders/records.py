@@ -120,6 +120,8 @@ def stem(kernel_name: str, constants: Mapping[str, Any], *tags: str) -> str:
 
 
 SG_NEEDS = frozenset({"subgroups"})  # what a variant using subgroup operations needs
+CPU = "cpu"  # the device is a CPU (lavapipe): each workgroup costs tens of microseconds, so fewer, fuller ones pay
+CPU_NEEDS = frozenset({CPU})
 
 
 COOPMAT = "coopmat_"  # the prefix of cooperative-matrix capability names (native Vulkan only)

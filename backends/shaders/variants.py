@@ -10,7 +10,8 @@ A backend creates a `Pipeline` from (kernel, constants) but picks the variant pe
 dispatch, because parameters matter too (rows == 1 takes the matrix-vector variant):
 `select(kernel, constants, params, caps)`. Variants are picked from capabilities and
 parameters, never from a backend's name. `SHADERBAY_NO_SUBGROUPS=1` hides every variant
-that needs subgroups, so the conformance suite can cover both kinds.
+that needs subgroups, so the conformance suite can cover both kinds; `SHADERBAY_GPU_FORMS=1`
+hides those made for CPU devices, so lavapipe can test the GPUs' forms.
 
 Conventions every shader follows (both GPU backends rely on them):
 
@@ -44,10 +45,13 @@ from shaderbay.config import env_flag
 from shaderbay.errors import KernelCompileError, UnsupportedKernel
 from shaderbay.kernels import ARGMAX_SLICES, CATALOGUE, kernel
 
-from .records import SG_NEEDS, Variant, combos, coopmat_need, groups, stem
+from .records import CPU, SG_NEEDS, Variant, combos, coopmat_need, groups, stem
 from .variants_heavy import heavy_variants
 
 ENV_NO_SUBGROUPS = "SHADERBAY_NO_SUBGROUPS"
+# a CPU device (lavapipe) runs the variants made for GPUs, as a GPU would: how CI tests those forms
+ENV_GPU_FORMS = "SHADERBAY_GPU_FORMS"
+CPU_DEVICE_TYPES = ("cpu", "software")  # Caps.device_type of a device whose "GPU" is the host's cores
 
 # --- the simple kernels' rows -----------------------------------------------------------
 
@@ -177,7 +181,8 @@ def capabilities(caps: Caps) -> frozenset[str]:
     "subgroups" means subgroup basic, vote, arithmetic, ballot and shuffle operations in
     compute shaders (what wgpu's "subgroup" feature gives); "f16" means shader float16
     arithmetic; "coopmat_<m>x<n>x<k>_<a>_<b>_<c>_<result>" a subgroup-scope cooperative-matrix
-    shape of `caps.cooperative_matrix`.
+    shape of `caps.cooperative_matrix`; "cpu" a device whose workgroups run on the host's cores
+    (lavapipe), unless `SHADERBAY_GPU_FORMS=1`.
     """
     names = set()
     if caps.f16:
@@ -185,6 +190,8 @@ def capabilities(caps: Caps) -> frozenset[str]:
     if caps.subgroups and caps.subgroup_size > 0:
         names.add("subgroups")
     names.update(coopmat_need(s) for s in caps.cooperative_matrix if s.scope == "subgroup")
+    if caps.device_type in CPU_DEVICE_TYPES and not env_flag(ENV_GPU_FORMS):
+        names.add(CPU)
     if subgroups_disabled():
         names.discard("subgroups")
     return frozenset(names)
@@ -192,6 +199,11 @@ def capabilities(caps: Caps) -> frozenset[str]:
 
 def subgroups_disabled() -> bool:
     return bool(env_flag(ENV_NO_SUBGROUPS))
+
+
+def selection_env() -> tuple[bool, bool]:
+    """The environment flags `select` depends on: part of a backend's key for a cached choice."""
+    return subgroups_disabled(), bool(env_flag(ENV_GPU_FORMS))
 
 
 def usable(variant: Variant, caps: Caps, names: frozenset[str] | None = None) -> bool:

@@ -10,7 +10,7 @@ where it only applies to some (e.g. `lambda p: p["rows"] == 1` for matrix-vector
 `priority` to order the applicable ones.
 
 Names are `records.stem(kernel, constants, *tags)`; every constant combination has a
-full set. 1243 spv files in all with the simple kernels' (matmul 1200, attention 13,
+full set. 2011 spv files in all with the simple kernels' (matmul 1968, attention 13,
 decode_attention 8, sample 2).
 
 matmul (matmul_vec.comp, matmul_tiled.comp)
@@ -37,6 +37,13 @@ matmul (matmul_vec.comp, matmul_tiled.comp)
     rows sharing the unit's x loads and sums),
     read as 32-bit words (16-byte loads for q4_k's 16-byte-aligned blocks) and dequantized in
     registers; the tiled forms dequantize 4 values at a time into the shared-memory tile.
+    `matmul_<consts>_cpu_vec[_sg]` / `_cpu_vec2x4[_sg]`: the same two forms for CPU devices (the
+    "cpu" capability: lavapipe), every weight dtype: CPU_VEC_WG (8) invocations, one SIMD vector of
+    llvmpipe, CPU_VEC_OUTS outputs a workgroup, one unit or chunk in flight. lavapipe, the default model
+    (benches/RESULTS.md): the first token's matrix products ~4x faster than with the GPU forms, whose
+    64-128 invocations leave most lanes idle on 576-wide rows. Batch-invariant between themselves (the
+    same WG and UNROLL); a CPU device runs no GPU matrix-vector form, so its rows never mix the two.
+    `SHADERBAY_GPU_FORMS=1` gives lavapipe the GPU forms instead (to test them).
     `matmul_<consts>_tiled`: 16 x 16 invocations, a 64 x 64 output tile (4 x 4 adjacent each,
     read from shared memory as two vec4s a k step), BK 16, one slice of register prefetch;
     grid (ceil(n / 64), ceil(rows / 64)). Everything else (prefill, odd k). ~21-23 TFLOP/s
@@ -93,7 +100,7 @@ from shaderbay.backend import CoopMatrixShape
 from shaderbay.dtypes import BLOCK_DTYPES
 from shaderbay.kernels import BATCH_ROWS, DECODE_ATTENTION_SLICES, SAMPLE_SETTINGS
 
-from .records import SG_NEEDS, Variant, combos, coopmat_need, groups, stem
+from .records import CPU_NEEDS, SG_NEEDS, Variant, combos, coopmat_need, groups, stem
 
 # --- matmul -----------------------------------------------------------------------------
 
@@ -109,6 +116,16 @@ VEC_ROWS_Q = 4  # their outputs per workgroup (H200, first q4_0 kernel, 1B: 2 ro
 # 16 x 4 on f16 (1B at 64 rows: 18.0 ms a step, 22.9, 26.2, 29.7); on q4_0 it beat 8 x 2 and 16 x 2,
 # and 8 x 4 at 4 rows by 1.7x (lost by 9% at 16 rows, 5% at 64).
 BATCH_XR, BATCH_OUTS = 4, 4
+# CPU devices (lavapipe): one SIMD vector of invocations a workgroup, every dtype. On llvmpipe a
+# workgroup's invocations run 8 to a vector, so the forms above leave most lanes idle on short rows (a
+# 576-wide q4_1 row is 18 units for 64 invocations) and pay each lane's share of the reduction.
+# lavapipe, the default model's shapes, one row (benches/RESULTS.md): WG 8 beat 4, 16, 32 and 64
+# (8 outputs: qkv 0.77 ms, 64 x 64: 5.0); 8 outputs beat 4; UNROLL 1 beat 2 (qkv 0.77 ms vs 1.05). The
+# batched form: 2 x 4 beat 4 x 2 (16 rows, gate_up 37 ms vs 65); x rows times outputs stays <= WG.
+CPU_VEC_WG = 8
+CPU_VEC_OUTS = 8
+CPU_VEC_UNROLL = 1
+CPU_BATCH_XR, CPU_BATCH_OUTS = 2, 4
 TILED_TM = 4  # rows per invocation: a 64-row tile
 TILED_TN = 4  # columns per invocation: a 64-column tile
 TILED_BK = 16
@@ -176,24 +193,24 @@ def _chunk(wdtype: str) -> int:
     return 4 if wdtype == "f32" else 8
 
 
-def _vec(c: dict, xr: int, outs: int, sg: bool) -> Variant:
+def _vec(c: dict, xr: int, outs: int, sg: bool, cpu: bool = False) -> Variant:
     """matmul_vec.comp: xr x rows by outs outputs a workgroup; one x row a workgroup (xr = 1) for any
     rows up to BATCH_ROWS, several from 2 rows on."""
     epc = _chunk(c["wdtype"])
-    wg = VEC_WG_Q if c["wdtype"] in BLOCK_DTYPES else VEC_WG
+    wg = CPU_VEC_WG if cpu else VEC_WG_Q if c["wdtype"] in BLOCK_DTYPES else VEC_WG
     nsums = xr * outs + (xr if c["prologue"] == "rmsnorm" else 0)
     lo = 1 if xr == 1 else 2
     return Variant(
-        stem("matmul", c, "vec" if xr == 1 else f"vec{xr}x{outs}", "sg" if sg else ""),
+        stem("matmul", c, "cpu" if cpu else "", "vec" if xr == 1 else f"vec{xr}x{outs}", "sg" if sg else ""),
         "matmul",
         "matmul_vec.comp",
         c,
         (wg, 1, 1),
         lambda p: (groups(p["rows"], xr), groups(p["n"], outs), 1),
-        defines={"SUBGROUPS": sg, "ROWS": outs, "XR": xr, "UNROLL": f"{VEC_UNROLL}u"},
-        needs=SG_NEEDS if sg else frozenset(),
+        defines={"SUBGROUPS": sg, "ROWS": outs, "XR": xr, "UNROLL": f"{CPU_VEC_UNROLL if cpu else VEC_UNROLL}u"},
+        needs=(SG_NEEDS if sg else frozenset()) | (CPU_NEEDS if cpu else frozenset()),
         when=lambda p: lo <= p["rows"] <= BATCH_ROWS and p["k"] % epc == 0,
-        priority=(20 if sg else 10) + (xr > 1),
+        priority=(20 if sg else 10) + (xr > 1) + (30 if cpu else 0),
         shared_bytes=4 * nsums * (wg // 4 if sg else wg),
     )
 
@@ -205,6 +222,8 @@ def _matmul() -> list[Variant]:
         forms = ((1, VEC_ROWS_Q if blocks else VEC_ROWS), (BATCH_XR, BATCH_OUTS))
         for sg in (True, False):
             rows.extend(_vec(c, xr, outs, sg) for xr, outs in forms)
+            cpu_forms = ((1, CPU_VEC_OUTS), (CPU_BATCH_XR, CPU_BATCH_OUTS))
+            rows.extend(_vec(c, xr, outs, sg, cpu=True) for xr, outs in cpu_forms)
         for tm, tag in ((TILED_TM, "tiled"), (1, "tiled16")):
             bm, bn = 16 * tm, 16 * TILED_TN
             shared = 4 * TILED_BK * (bm + bn + 2 * TILED_PAD)

@@ -102,10 +102,10 @@ class CommandQueue:
         self.sweep()
         plan: list[tuple] = []  # (op, variant, VkPipeline, grid); variant None for a copy
         variants: list[str] = []
-        no_sg = V.subgroups_disabled()
+        env = V.selection_env()
         for op in cmd.ops:
             if isinstance(op, Dispatch):
-                variant, handle, grid = self._pipes.choose(op.pipeline, op, no_sg)  # type: ignore[arg-type]
+                variant, handle, grid = self._pipes.choose(op.pipeline, op, env)  # type: ignore[arg-type]
                 plan.append((op, variant, handle, grid))
                 variants.append(variant.name)
             else:

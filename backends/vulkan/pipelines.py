@@ -76,9 +76,9 @@ class Pipelines:
         set_layout, layout = self._layout(len(spec.bindings_for(constants)), push)
         return VulkanPipeline(spec, constants, set_layout, layout)
 
-    def choose(self, pipe: VulkanPipeline, op: Dispatch, no_subgroups: bool) -> Choice:
-        """The variant, VkPipeline and grid for a dispatch; made once per parameter set."""
-        key = (op.param_bytes, no_subgroups)
+    def choose(self, pipe: VulkanPipeline, op: Dispatch, env: tuple[bool, ...]) -> Choice:
+        """The variant, VkPipeline and grid for a dispatch; made once per parameter set (and `V.selection_env()`)."""
+        key = (op.param_bytes, env)
         choice = pipe.chosen.get(key)
         if choice is None:
             variant = V.select(pipe.spec.name, pipe.constants, op.params, self._gpu.caps)
