@@ -37,7 +37,7 @@ matmul (matmul_vec.comp, matmul_tiled.comp)
     rows sharing the unit's x loads and sums),
     read as 32-bit words (16-byte loads for q4_k's 16-byte-aligned blocks) and dequantized in
     registers; the tiled forms dequantize 4 values at a time into the shared-memory tile.
-    `matmul_<consts>_cpu_vec[_sg]` / `_cpu_vec2x4[_sg]`: the same two forms for CPU devices (the
+    `matmul_<consts>_cpu_vec` / `_cpu_vec2x4`: the same two forms for CPU devices (the
     "cpu" capability: lavapipe), every weight dtype: CPU_VEC_WG (8) invocations, one SIMD vector of
     llvmpipe, CPU_VEC_OUTS outputs a workgroup, one unit or chunk in flight. lavapipe, the default model
     (benches/RESULTS.md): the first token's matrix products ~4x faster than with the GPU forms, whose
@@ -126,6 +126,9 @@ CPU_VEC_WG = 8
 CPU_VEC_OUTS = 8
 CPU_VEC_UNROLL = 1
 CPU_BATCH_XR, CPU_BATCH_OUTS = 2, 4
+# Without subgroup operations only: a workgroup is one subgroup there, so they would reduce the same 8
+# sums, and the 384 files they took (8.4 MB) put the package past what the GPU machine's runs carry.
+CPU_FORMS = ((1, CPU_VEC_OUTS), (CPU_BATCH_XR, CPU_BATCH_OUTS))
 TILED_TM = 4  # rows per invocation: a 64-row tile
 TILED_TN = 4  # columns per invocation: a 64-column tile
 TILED_BK = 16
@@ -222,8 +225,7 @@ def _matmul() -> list[Variant]:
         forms = ((1, VEC_ROWS_Q if blocks else VEC_ROWS), (BATCH_XR, BATCH_OUTS))
         for sg in (True, False):
             rows.extend(_vec(c, xr, outs, sg) for xr, outs in forms)
-            cpu_forms = ((1, CPU_VEC_OUTS), (CPU_BATCH_XR, CPU_BATCH_OUTS))
-            rows.extend(_vec(c, xr, outs, sg, cpu=True) for xr, outs in cpu_forms)
+        rows.extend(_vec(c, xr, outs, False, cpu=True) for xr, outs in CPU_FORMS)
         for tm, tag in ((TILED_TM, "tiled"), (1, "tiled16")):
             bm, bn = 16 * tm, 16 * TILED_TN
             shared = 4 * TILED_BK * (bm + bn + 2 * TILED_PAD)
