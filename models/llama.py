@@ -77,6 +77,7 @@ class Llama:
         # fastest for a row.
         one_row = "matrix" if streams > 1 and batch_invariant else "vector"
         self.row_forms = (one_row, "matrix" if streams > 1 else "vector")  # rows_form of one row, of several
+        self.batch_invariant = self.row_forms[0] == self.row_forms[1]
         # rows per pass when every position's logits are wanted: each block of them must fit a binding
         widest = max(p.shape[0] for _, p in weights.lm_head_parts) * 4
         self.all_chunk = max(1, min(self.chunk, backend.caps.max_binding_size // widest))

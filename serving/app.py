@@ -141,7 +141,13 @@ def create_app(
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_id, "backend": model.backend.name, "waiting": worker.waiting}
+        return {
+            "status": "ok",
+            "model": model_id,
+            "backend": model.backend.name,
+            "waiting": worker.waiting,
+            "batch_invariant": model.llama.batch_invariant,
+        }
 
     @app.get("/metrics")
     async def prometheus():

@@ -43,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "one (%(default)g; 0: a chunk per token, as llama.cpp's server sends)",
     )
     parser.add_argument(
+        "--no-batch-invariance",
+        action="store_true",
+        help="one request alone decodes on the matrix-vector kernels, batches on the tensor cores (faster alone; "
+        "an answer's last bits may then depend on the other requests)",
+    )
+    parser.add_argument(
         "--api-key", metavar="KEY", help="require `Authorization: Bearer KEY` on /v1/ (default: no key)"
     )
     parser.add_argument(
@@ -64,7 +70,13 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.stream_interval <= 1000:
         raise ConfigError(f"--stream-interval must be 0 to 1000 ms, got {args.stream_interval}")
     sock = _listen(args.host, args.port)
-    model = shaderbay.load(args.model, backend=args.backend, max_context=args.max_context, streams=args.max_streams)
+    model = shaderbay.load(
+        args.model,
+        backend=args.backend,
+        max_context=args.max_context,
+        streams=args.max_streams,
+        batch_invariant=not args.no_batch_invariance,
+    )
     try:
         interval = args.stream_interval / 1e3
         app = create_app(

@@ -243,6 +243,7 @@ def test_health_and_metrics(client, model_id, base_url):
     root = base_url.removesuffix("/v1")
     health = json.load(urllib.request.urlopen(root + "/health"))
     assert health["status"] == "ok" and health["model"] == model_id and health["backend"] == "numpy"
+    assert health["batch_invariant"] is True
     text = urllib.request.urlopen(root + "/metrics").read().decode()
     assert re.search(r'shaderbay_requests_total\{endpoint="/v1/chat/completions",status="200"\} [1-9]', text)
     assert _metric(text, "shaderbay_completion_tokens_total") >= 3
@@ -325,7 +326,9 @@ def test_max_streams_queue_and_429(tiny_chat_checkpoint, tmp_path):
     """--max-streams 2 decodes two sequences together, --max-queue 1 lets one more wait, the next gets
     a 429; a client that disconnects frees its sequence at once, and the waiting one takes its place."""
     args = ("--model", str(tiny_chat_checkpoint), "--backend", "numpy", "--max-streams", "2", "--max-queue", "1")
-    with serve(*args, log=tmp_path / "serve.log") as url, ThreadPoolExecutor(1) as pool:
+    with serve(*args, "--no-batch-invariance", log=tmp_path / "serve.log") as url, ThreadPoolExecutor(1) as pool:
+        health = json.load(urllib.request.urlopen(url.removesuffix("/v1") + "/health"))
+        assert health["batch_invariant"] is False
         client = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
         model_id = client.models.list().data[0].id
         long = dict(model=model_id, messages=HELLO, max_tokens=CONTEXT - 64, extra_body={"ignore_eos": True})
