@@ -2,12 +2,15 @@
 against the engine directly on the same backend and model (issue 16's 64-client target).
 
 The engine figure is `shaderbay bench --streams N`'s (benches/model_streams.py): N random prompts of
-`prompt_tokens`, `new_tokens` each, EOS ignored, greedy; the aggregate rate over the window from
-the step after the last one has its first token until the first one finishes. The HTTP figure
-takes the same window as the clients see it, each on its own connection streaming a completion of
-the same shape: from the moment the last client has its first chunk until one has its last, the
-tokens the engine made in it (the server's /metrics, `shaderbay_step_tokens_sum`, read at both
-ends) over its wall time. End to end (first request sent to the last token) is shown beside it.
+`prompt_tokens`, greedy, EOS ignored; once every stream has its first token and STREAM_WARM_STEPS
+more steps have run, `new_tokens` steps of all N rows are timed. The HTTP figure takes the same
+window as the server runs it, each client on its own connection streaming a completion of the same
+shape: once the last client has its first chunk, the engine's token count (the server's /metrics,
+`shaderbay_step_tokens_sum`) is followed until N * STREAM_WARM_STEPS more tokens (the window's
+start) and then N * new_tokens more (its end); the figure is the tokens made between the two
+readings over the time between them. The clients ask for what the engine's requests may make
+(Settings.stream_tokens) and a little more, so that none finishes inside the window (a run where
+one does counts as no figure). End to end (first request sent to the last token) is shown beside it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import shaderbay
 from shaderbay.benches.model_measure import Run
-from shaderbay.benches.model_settings import Settings
+from shaderbay.benches.model_settings import STREAM_WARM_STEPS, Settings
 from shaderbay.benches.model_streams import prompts, streams_once
 from shaderbay.benches.probe import Probe
 from shaderbay.plugins import create_backend
@@ -55,17 +58,23 @@ def engine_rate(run: Run, batch: list[list[int]], settings: Settings) -> float:
     return timed.tokens / (timed.wall_ns / 1e9)
 
 
+POLL_S = 0.02  # between /metrics readings while the window is followed: each is an exact (time, count)
+
+
 @dataclass
 class Window:
-    """What the clients of one HTTP run saw; (time, engine tokens so far) at the window's two ends."""
+    """What one HTTP run's clients saw, and the engine's (time, tokens so far) at the window's ends."""
 
     clients: int
     start: tuple[float, float] | None = None
     end: tuple[float, float] | None = None
-    first_chunks: int = 0
+    first_finish: float | None = None  # when the first client had its last chunk
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
+        self.first_chunks = 0
+        self.all_started = threading.Event()
+        self.all_done = threading.Event()  # every client has returned: stop following
 
 
 def _engine_tokens(url: str) -> tuple[float, float]:
@@ -79,6 +88,21 @@ def _engine_tokens(url: str) -> tuple[float, float]:
     connection.close()
     line = next(ln for ln in text.splitlines() if ln.startswith(STEP_TOKENS + " "))
     return (t0 + time.perf_counter()) / 2, float(line.split()[1])
+
+
+def _follow(url: str, window: Window, warm_tokens: int, window_tokens: int) -> None:
+    """Once every client has its first chunk: the window's two readings (see the module docstring)."""
+    window.all_started.wait()
+    _, joined = _engine_tokens(url)
+    reading = _engine_tokens(url)
+    while reading[1] < joined + warm_tokens and not window.all_done.is_set():
+        time.sleep(POLL_S)
+        reading = _engine_tokens(url)
+    window.start = reading
+    while reading[1] < window.start[1] + window_tokens and not window.all_done.is_set():
+        time.sleep(POLL_S)
+        reading = _engine_tokens(url)
+    window.end = reading
 
 
 def _client(url: str, body: dict, window: Window, out: list) -> None:
@@ -102,33 +126,42 @@ def _client(url: str, body: dict, window: Window, out: list) -> None:
             first = False
             with window.lock:
                 window.first_chunks += 1
-                if window.first_chunks == window.clients:  # the last one has its first token
-                    window.start = _engine_tokens(url)
-        if chunk["choices"][0]["finish_reason"] is not None:
-            with window.lock:
-                if window.end is None and window.start is not None:  # the first one to finish
-                    window.end = _engine_tokens(url)
+                if window.first_chunks == window.clients:
+                    window.all_started.set()
     connection.close()
+    with window.lock:
+        window.first_finish = min(window.first_finish or last, last)
     out.append((usage, last))
 
 
-def http_run(url: str, model_id: str, batch: list[list[int]], new_tokens: int) -> tuple[float, float, int]:
+def http_run(url: str, model_id: str, batch: list[list[int]], settings: Settings) -> tuple[float, float, int]:
     """(windowed aggregate tok/s, end-to-end tok/s, tokens received) of one run of len(batch) clients."""
-    window, out = Window(len(batch)), []
-    base = {"model": model_id, "max_tokens": new_tokens, "temperature": 0, "ignore_eos": True, "stream": True}
-    base["stream_options"] = {"include_usage": True}
+    n = len(batch)
+    window, out = Window(n), []
+    base = {"model": model_id, "max_tokens": client_tokens(settings, n), "temperature": 0, "ignore_eos": True}
+    base |= {"stream": True, "stream_options": {"include_usage": True}}
     threads = [threading.Thread(target=_client, args=(url, base | {"prompt": p}, window, out)) for p in batch]
+    follower = threading.Thread(target=_follow, args=(url, window, n * STREAM_WARM_STEPS, n * settings.new_tokens))
     t0 = time.perf_counter()
-    for t in threads:
+    for t in [follower, *threads]:
         t.start()
     for t in threads:
         t.join()
-    received = sum(n for n, _ in out)
+    window.all_done.set()
+    window.all_started.set()  # a client that failed before its first chunk: the follower still ends
+    follower.join()
+    received = sum(k for k, _ in out)
     end_to_end = received / (max(last for _, last in out) - t0)
-    if window.start is None or window.end is None or window.end[0] <= window.start[0]:
-        return float("nan"), end_to_end, received  # every stream finished before the last began
+    if window.end is None or window.first_finish is None or window.first_finish < window.end[0]:
+        return float("nan"), end_to_end, received  # a client finished inside the window
     rate = (window.end[1] - window.start[1]) / (window.end[0] - window.start[0])
     return rate, end_to_end, received
+
+
+def client_tokens(settings: Settings, n: int) -> int:
+    """What each client asks for: the engine's requests' budget and a quarter of the window more,
+    as the clients' requests reach the engine over a few steps rather than at once."""
+    return settings.stream_tokens(n) + settings.new_tokens // 4
 
 
 def main(args) -> None:
@@ -145,10 +178,10 @@ def main(args) -> None:
         serve(*server_args, log=Path(tmp) / "serve.log") as url,
     ):
         model_id = _model_id(url)
-        engine_rate(run, batch, settings), http_run(url, model_id, batch, args.tokens)  # warm both up
+        engine_rate(run, batch, settings), http_run(url, model_id, batch, settings)  # warm both up
         for _ in range(args.runs):  # alternating, so that both see the same machine
             engine.append(engine_rate(run, batch, settings))
-            runs.append(http_run(url, model_id, batch, args.tokens))
+            runs.append(http_run(url, model_id, batch, settings))
     rate, e2e, direct = (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs),
                          statistics.median(engine))  # fmt: skip
     print(
@@ -160,8 +193,9 @@ def main(args) -> None:
     print(f"  HTTP, {n} streaming clients, the same window   {rate:9.1f} tok/s  {rate / direct:6.1%} of the engine's")
     print(f"  HTTP end to end (first request to last token)  {e2e:9.1f} tok/s")
     received = [r[2] for r in runs]
-    lost = "none lost" if all(r == n * args.tokens for r in received) else "SOME LOST"
-    print(f"  tokens received per run {received} of {n * args.tokens}: {lost}")
+    asked = n * client_tokens(settings, n)
+    lost = "none lost" if all(r == asked for r in received) else "SOME LOST"
+    print(f"  tokens received per run {received} of {asked}: {lost}")
 
 
 def _model_id(url: str) -> str:

@@ -7,7 +7,7 @@ import logging
 import socket
 import sys
 
-from .worker import DEFAULT_STREAM_INTERVAL
+from .worker import DEFAULT_MAX_STREAMS, DEFAULT_STREAM_INTERVAL
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-streams",
         type=int,
         metavar="N",
-        default=16,
+        default=DEFAULT_MAX_STREAMS,
         help="sequences decoded together (a choice of a request is one); the KV cache holds this many of "
         "the full context (%(default)s)",
     )

@@ -35,6 +35,7 @@ log = logging.getLogger("shaderbay.serve")
 # Seconds between a stream's chunks after its first: tokens made faster share a chunk. 10 ms is
 # below what a reader sees and keeps the server's share of the interpreter small (handover.py).
 DEFAULT_STREAM_INTERVAL = 0.01
+DEFAULT_MAX_STREAMS = 16  # `shaderbay serve --max-streams`
 # Seconds the engine thread waits at most, when one request is all it serves, for that request's task
 # to send its first text on, so that the event loop does not queue for the interpreter lock behind
 # the engine on its way to the first chunk (the time to first token). Never while others are served.
