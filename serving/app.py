@@ -48,7 +48,7 @@ def create_app(
     """The app serving `model` (which the caller keeps and closes; loaded with streams=max_streams, its
     KV pool holds them) through one worker thread: at most `max_streams` sequences decoded together,
     `max_queue` more waiting; a stream sends a chunk at most every `stream_interval` seconds after its
-    first (tokens made faster share one)."""
+    first, longer with many streams (handover.Pace; tokens made faster share one)."""
     metrics = Metrics()
     worker: Worker | None = None
     model_id = model.name or "shaderbay"

@@ -39,8 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_STREAM_INTERVAL * 1e3,
         metavar="MS",
-        help="after a stream's first chunk, at most one chunk per MS milliseconds; tokens made faster share "
-        "one (%(default)g; 0: a chunk per token, as llama.cpp's server sends)",
+        help="after a stream's first chunk, at most one chunk per MS milliseconds, longer with many streams "
+        "(%(default)g; at most 500 chunks a second in all); tokens made faster share one (0: a chunk per token, "
+        "as llama.cpp's server sends)",
     )
     parser.add_argument(
         "--no-batch-invariance",

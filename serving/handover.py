@@ -1,12 +1,13 @@
 """How one request's items travel from the engine thread to its asyncio task: in batches.
 
 The task takes everything sent since it last took; the engine thread wakes the event loop only when
-the task is waiting, and then at most once per `interval` unless the item is urgent (a stream's
-first text, its end, an error), so a task busy sending (or a loop busy with others) costs the engine
-no wake-ups and no hand-overs of the interpreter lock, and catches up in one piece. Each wake-up and
-chunk costs the event loop about 0.1 ms of the interpreter lock, which the engine thread then lacks:
-on a model making a token in 0.35-0.5 ms, a chunk per token cost 23-29% of the tokens/s
-(benches/RESULTS.md, issue 16).
+the task is waiting, and then at most once per the pace's interval unless the item is urgent (a
+stream's first text, its end, an error), so a task busy sending (or a loop busy with others) costs the
+engine no wake-ups and no hand-overs of the interpreter lock, and catches up in one piece. Each
+wake-up and chunk costs the event loop about 0.1 ms of the interpreter lock, which the engine thread
+then lacks: on a model making a token in 0.35-0.5 ms, a chunk per token cost 23-29% of the tokens/s;
+64 streams at a chunk each every 10 ms kept the loop busy most of the time, and the engine at 83% of
+its rate (benches/RESULTS.md, issue 16). So the interval grows with the streams (Pace).
 """
 
 from __future__ import annotations
@@ -18,11 +19,32 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+# Chunks a second the event loop sends at most, all streams together (urgent items aside): about 5%
+# of the interpreter lock at ~0.1 ms a chunk
+LOOP_CHUNKS_PER_S = 500
+
+
+@dataclass
+class Pace:
+    """The least time between two wake-ups of a stream for items that are not urgent: the server's
+    stream interval, or longer when so many streams are live that their chunks would crowd the loop
+    (none asked for, 0: a chunk per token, whatever it costs)."""
+
+    stream_interval: float  # seconds
+    interval: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.streams(1)
+
+    def streams(self, live: int) -> None:
+        """(engine thread) `live` streams are being decoded."""
+        self.interval = self.stream_interval and max(self.stream_interval, live / LOOP_CHUNKS_PER_S)
+
 
 @dataclass
 class Handover:
     loop: asyncio.AbstractEventLoop
-    interval: float  # seconds: the least time between two wake-ups for items that are not urgent
+    pace: Pace  # shared by every request's Handover
     # set by the task once it has sent its first text on (or has gone): see Worker's FIRST_CHUNK_WAIT
     first_sent: threading.Event = field(default_factory=threading.Event)
     gone: bool = False  # the event loop has closed: nobody listens any more
@@ -42,7 +64,7 @@ class Handover:
                 self._next_wake = now
             if self._waiting is None or now < self._next_wake:
                 return
-            waiting, self._waiting, self._next_wake = self._waiting, None, now + self.interval
+            waiting, self._waiting, self._next_wake = self._waiting, None, now + self.pace.interval
         try:
             self.loop.call_soon_threadsafe(_wake, waiting)
         except RuntimeError:  # the event loop has closed (shutdown)

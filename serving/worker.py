@@ -27,7 +27,7 @@ from shaderbay.models.generation import TextStream
 from shaderbay.models.requests import Sequence
 
 from . import adapter
-from .handover import Handover
+from .handover import Handover, Pace
 from .metrics import Metrics
 
 log = logging.getLogger("shaderbay.serve")
@@ -80,7 +80,7 @@ class Worker:
         self.engine = model.engine
         self.max_streams = max_streams
         self.max_queue = max_queue
-        self.stream_interval = stream_interval
+        self.pace = Pace(stream_interval)
         self.metrics = metrics
         self.waiting = 0  # sequences not yet decoding (set by the engine thread)
         self._inbox: queue.SimpleQueue[tuple[str, _Job] | None] = queue.SimpleQueue()
@@ -100,7 +100,7 @@ class Worker:
                 f"the server already has {self._admitted} sequences running or waiting (--max-streams "
                 f"{self.max_streams}, --max-queue {self.max_queue}): retry later"
             )
-        job = _Job(Handover(asyncio.get_running_loop(), self.stream_interval))
+        job = _Job(Handover(asyncio.get_running_loop(), self.pace))
         job.choices = [_Choice(job, i, p) for i, p in enumerate(prepared)]
         job.left = n
         self._admitted += n
@@ -159,6 +159,7 @@ class Worker:
             counts = (len(engine.scheduler.running), len(self._pending) + len(engine.scheduler.waiting))
             if counts != shown:
                 shown = counts
+                self.pace.streams(len(self._live))
                 metrics.running_sequences.set(counts[0])
                 metrics.queue_length.set(counts[1])
                 self.waiting = counts[1]

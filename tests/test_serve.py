@@ -18,6 +18,7 @@ import faulty_backend
 import openai
 import pytest
 import shaderbay
+from shaderbay.serving.handover import LOOP_CHUNKS_PER_S, Pace
 from shaderbay.serving.process import serve
 
 KEY = "test-key"
@@ -413,3 +414,16 @@ def test_default_model(tmp_path):
         answer = client.chat.completions.create(model=model_id, messages=question, max_tokens=24, temperature=0)
         assert answer.choices[0].message.content == expected
         assert expected.strip() and name
+
+
+def test_chunk_interval_grows_with_the_streams():
+    """Many streams share the event loop's chunk budget; a few keep the asked interval; 0 stays 0."""
+    pace = Pace(0.01)
+    assert pace.interval == 0.01
+    pace.streams(64)
+    assert pace.interval == pytest.approx(64 / LOOP_CHUNKS_PER_S) and pace.interval > 0.01
+    pace.streams(2)
+    assert pace.interval == 0.01
+    every_token = Pace(0.0)
+    every_token.streams(64)
+    assert every_token.interval == 0.0
