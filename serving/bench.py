@@ -32,9 +32,9 @@ def prompt(model, run: int) -> list[int]:
     return np.random.default_rng(run + 1).integers(0, model.config.vocab_size, PROMPT_TOKENS).tolist()
 
 
-def direct_run(model, tokens: int, run: int) -> tuple[float, float]:
-    """(time to first token, tokens/s from the request to the last token) of one generation through
-    the model's events."""
+def direct_run(model, tokens: int, run: int) -> tuple[float, float, float]:
+    """(time to first token, tokens/s from the request to the last token, tokens/s after the first)
+    of one generation through the model's events."""
     request = adapter.Request(prompt(model, run), tokens, {"temperature": 0, "ignore_eos": True})
     t0 = time.perf_counter()
     first = last = None
@@ -44,10 +44,10 @@ def direct_run(model, tokens: int, run: int) -> tuple[float, float]:
             last = time.perf_counter()
             first = first or last
             count += len(item.token_ids)
-    return first - t0, count / (last - t0)
+    return first - t0, count / (last - t0), (count - 1) / (last - first)
 
 
-def http_run(url: str, model, tokens: int, run: int) -> tuple[float, float]:
+def http_run(url: str, model, tokens: int, run: int) -> tuple[float, float, float]:
     """The same through a streamed completion."""
     body = {"model": model.name, "prompt": prompt(model, run), "max_tokens": tokens, "temperature": 0}
     body |= {"ignore_eos": True, "stream": True}
@@ -64,7 +64,7 @@ def http_run(url: str, model, tokens: int, run: int) -> tuple[float, float]:
             last = time.perf_counter()
             first = first or last
     connection.close()
-    return first - t0, tokens / (last - t0)
+    return first - t0, tokens / (last - t0), (tokens - 1) / (last - first)  # the first chunk: the first token
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,12 +106,13 @@ def main(argv: list[str] | None = None) -> None:
                 direct.append(direct_run(model, args.tokens, run))
                 http.append(http_run(url, model, args.tokens, run))
     ttft = [statistics.median(r[0] for r in runs) for runs in (direct, http)]
-    rate = [statistics.median(r[1] for r in runs) for runs in (direct, http)]
-    ratio = statistics.median(h[1] / d[1] for h, d in zip(http, direct, strict=True))
     print(f"{model.name} on {args.backend} (--max-streams {args.max_streams}, batch-invariant: {invariant}): ", end="")
     print(f"medians of {args.runs} requests of {args.tokens} tokens each way")
-    print(f"  tokens/s      direct {rate[0]:8.1f}  HTTP stream {rate[1]:8.1f}  ratio (median of pairs) {ratio:6.1%}")
-    print(f"  first token   direct {ttft[0] * 1e3:6.2f} ms  HTTP {ttft[1] * 1e3:6.2f} ms  ", end="")
+    for i, what in ((1, "tokens/s, request to last token"), (2, "tokens/s after the first token")):
+        rate = [statistics.median(r[i] for r in runs) for runs in (direct, http)]
+        ratio = statistics.median(h[i] / d[i] for h, d in zip(http, direct, strict=True))
+        print(f"  {what:32} direct {rate[0]:8.1f}  HTTP {rate[1]:8.1f}  ratio (median of pairs) {ratio:6.1%}")
+    print(f"  {'first token':32} direct {ttft[0] * 1e3:6.2f} ms  HTTP {ttft[1] * 1e3:6.2f} ms  ", end="")
     print(f"added {(ttft[1] - ttft[0]) * 1e3:5.2f} ms")
 
 

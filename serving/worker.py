@@ -174,10 +174,9 @@ class Worker:
     def _read_inbox(self, block: bool) -> bool:
         """Take the requests and cancellations posted (waiting for one if `block`); False at close."""
         while True:
-            try:
-                message = self._inbox.get(block=block)
-            except queue.Empty:
+            if not block and self._inbox.empty():  # the usual case between two steps: no exception raised
                 return True
+            message = self._inbox.get()
             if message is None:
                 return False
             kind, job = message
