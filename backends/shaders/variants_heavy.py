@@ -100,7 +100,7 @@ from shaderbay.backend import CoopMatrixShape
 from shaderbay.dtypes import BLOCK_DTYPES
 from shaderbay.kernels import BATCH_ROWS, DECODE_ATTENTION_SLICES, SAMPLE_SETTINGS
 
-from .records import CPU_NEEDS, SG_NEEDS, Variant, ceil_div, combos, coopmat_need, groups, stem
+from .records import CPU_NEEDS, SG_NEEDS, Variant, combos, coopmat_need, groups, stem
 
 # --- matmul -----------------------------------------------------------------------------
 
@@ -363,71 +363,6 @@ def _decode_attention() -> list[Variant]:
     return rows
 
 
-DECODE_GQA_HEADS = 4  # q heads a decode_attention_gqa.comp workgroup serves at most (GQ)
-DECODE_GQA_PART_BYTES = 16384  # at most for adding up the groups, PASS_HEADS heads at a time
-DECODE_GQA_SHARED_BYTES = 32768  # at most in all (lavapipe's limit; the H200's is 48 KiB)
-
-
-def _gqa_shared_bytes(wg: int, ue: int, sg: bool, pass_heads: int, cache_dtype: str) -> int:
-    """decode_attention_gqa.comp's shared memory: q, the chunk maxima (or scores), weights and cache
-    rows, the passes' groups and sums, `arrived`, the new row's k and v."""
-    gq = DECODE_GQA_HEADS
-    new_row = 2 * 256 * (2 if cache_dtype == "f16" else 4)
-    return 4 * (gq * 256 + gq * (wg // 4 if sg else wg) + gq * wg + wg + pass_heads * wg * (ue + 1) + 1) + new_row
-
-
-def _decode_attention_gqa() -> list[Variant]:
-    """decode_attention_gqa.comp: a workgroup per block of up to DECODE_GQA_HEADS q heads of one kv head,
-    where a kv head serves several (its K and V loaded once for them); the sizes of attention.comp's form."""
-    rows: list[Variant] = []
-    for c in combos("decode_attention"):
-        unit = 8 if c["cache_dtype"] == "f16" else 4  # elements per 16-byte load
-        for vec in (True, False):
-            ue = unit if vec else 2
-            for sg in (True, False):
-                wg = max(ATTN_WG_DECODE if sg else ATTN_WG_PREFILL, 256 // ue)
-                pass_heads = max(
-                    n
-                    for n in range(1, DECODE_GQA_HEADS + 1)
-                    if n == 1
-                    or (
-                        4 * n * wg * ue <= DECODE_GQA_PART_BYTES
-                        and _gqa_shared_bytes(wg, ue, sg, n, c["cache_dtype"]) <= DECODE_GQA_SHARED_BYTES
-                    )
-                )
-
-                def when(p, unit=unit, vec=vec):
-                    return p["n_heads"] > p["n_kv_heads"] and (not vec or p["head_dim"] % unit == 0)
-
-                rows.append(
-                    Variant(
-                        stem("decode_attention", c, "vec" if vec else "", "gqa", "sg" if sg else ""),
-                        "decode_attention",
-                        "decode_attention_gqa.comp",
-                        c,
-                        (wg, 1, 1),
-                        lambda p, wg=wg: (
-                            groups(p["n_kv_heads"] * ceil_div(p["n_heads"] // p["n_kv_heads"], DECODE_GQA_HEADS)),
-                            _slices(p["block_size"] * p["blocks_per_seq"], wg),
-                            groups(p["rows"]),
-                        ),
-                        defines={
-                            "VEC": vec,
-                            "SUBGROUPS": sg,
-                            "DECODE_ROPE_KV": True,
-                            "SLICES": SLICES_DEFINE,
-                            "GQ": f"{DECODE_GQA_HEADS}u",
-                            "PASS_HEADS": f"{pass_heads}u",
-                        },
-                        needs=SG_NEEDS if sg else frozenset(),
-                        when=when,
-                        priority=20 + (10 if vec else 0) + (1 if sg else 0),
-                        shared_bytes=_gqa_shared_bytes(wg, ue, sg, pass_heads, c["cache_dtype"]),
-                    )
-                )
-    return rows
-
-
 # --- sample -------------------------------------------------------------------------------
 
 SAMPLE_WG_SG = 512  # with subgroup reductions
@@ -464,4 +399,4 @@ def _sample() -> list[Variant]:
 
 
 def heavy_variants() -> list[Variant]:
-    return _matmul() + _attention() + _attention_coop() + _decode_attention() + _decode_attention_gqa() + _sample()
+    return _matmul() + _attention() + _attention_coop() + _decode_attention() + _sample()
