@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from shaderbay.errors import ModelError
 from starlette.exceptions import HTTPException
 
-from .worker import ServerBusy
+from .worker import EngineFailed, ServerBusy
 
 log = logging.getLogger("shaderbay.serve")
 
@@ -38,6 +38,8 @@ def as_api_error(exc: Exception) -> ApiError:
         return ApiError(400, str(exc), getattr(exc, "param", None))
     if isinstance(exc, ServerBusy):
         return ApiError(429, str(exc), code="server_busy")
+    if isinstance(exc, EngineFailed):  # logged by the worker, once for every request it failed
+        return ApiError(500, f"internal error ({exc}); the server logged it")
     log.error("unexpected error while serving a request", exc_info=exc)
     return ApiError(500, f"internal error ({type(exc).__name__}: {exc}); the server logged it")
 

@@ -46,6 +46,14 @@ class ServerBusy(Exception):
     """More requests are waiting than the server admits (--max-queue)."""
 
 
+class EngineFailed(Exception):
+    """An engine step failed under the request (`cause`); the worker has logged it, once for all of them."""
+
+    def __init__(self, cause: Exception):
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
+
+
 _DONE = object()  # the last item of every request that finished
 _ADD, _CANCEL = "add", "cancel"
 
@@ -194,7 +202,10 @@ class Worker:
         known state; its cached prefixes go with it). A backend that stays broken fails each step
         again, and each request gets its 500."""
         log.error(
-            "the engine failed a step (%s: %s): its requests get a 500, the server goes on", type(exc).__name__, exc
+            "the engine failed a step (%s: %s): its requests get a 500, the server goes on",
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
         )
         affected = [*self._live.values(), *self._scoring]
         self._live.clear()
@@ -206,8 +217,9 @@ class Worker:
             llama.backend.wait()
         # the engine thread is the model's only user (the server's logprobs pass goes through model.engine too)
         self.model.engine = self.engine = Engine(llama)
+        failed = EngineFailed(exc)
         for choice in affected:
-            self._fail(choice.job, exc)
+            self._fail(choice.job, failed)
         return self.engine
 
     def _start(self, choice: _Choice) -> None:

@@ -385,7 +385,9 @@ def test_a_failing_step_is_a_500_and_the_server_goes_on(tiny_chat_checkpoint, di
         _wait_for(url, running=0, queue=0)
     text = log.read_text()
     assert text.count("the engine failed a step (RuntimeError: planted fault") == 2
-    assert "Traceback" in text and 'raise RuntimeError(f"planted fault' in text
+    # each failure logged once, with its traceback (not again per request)
+    assert text.count("Traceback") == 2 and 'raise RuntimeError(f"planted fault' in text
+    assert "unexpected error while serving a request" not in text
 
 
 def _wait_for(url: str, running: int, queue: int, timeout: float = 5.0) -> None:
