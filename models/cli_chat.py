@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
 
 from shaderbay.errors import ShaderbayError
@@ -58,18 +59,45 @@ def run(args: argparse.Namespace) -> int:
         model.close()
 
 
+class StopRequest:
+    """While active, a first Ctrl-C asks the reply to stop at its next token (a flag, which no code on
+    the way can swallow, as a finaliser running when a KeyboardInterrupt lands would), a second one
+    interrupts at once (a long prompt still being read)."""
+
+    def __init__(self) -> None:
+        self.asked = False
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = True
+
+    def __enter__(self) -> StopRequest:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+
 def answer(chat, text: str) -> None:
     """Stream the reply; Ctrl-C ends it early (the part shown stays in the conversation)."""
     out = sys.stdout
+    stop = StopRequest()
     try:
-        events = chat.stream(text)
-        with contextlib.closing(events):
-            for event in events:
-                out.write(event.text)
-                out.flush()
+        with stop:
+            events = chat.stream(text)
+            with contextlib.closing(events):
+                for event in events:
+                    out.write(event.text)
+                    out.flush()
+                    if stop.asked:
+                        break
     except KeyboardInterrupt:
-        out.write("\n[stopped]")
+        pass
     except ShaderbayError as exc:  # e.g. a conversation grown past the context: the session goes on
         print(f"shaderbay: {exc}", file=sys.stderr)
+    if stop.asked:
+        out.write("\n[stopped]")
     out.write("\n")
     out.flush()
