@@ -53,6 +53,7 @@ install:
 
 shaders:
 	$(PY) -m shaderbay.backends.shaders.build
+	$(PY) -m shaderbay.backends.wgpu.preflight --ship
 
 bench:
 	$(PY) -m shaderbay.cli bench --backend all

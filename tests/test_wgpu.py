@@ -361,3 +361,15 @@ def test_preflight_turns_a_translator_abort_into_an_error(be, tmp_path, monkeypa
         pre.check(rope)
     again = Preflight(info, be.caps, "test")  # verdicts persist on disk
     assert again.verdicts == pre.verdicts and len(again.verdicts) == 3
+
+
+def test_the_package_ships_every_variants_translator_verdict(be):
+    """A fresh install starts without the preflight's child (~50 s here, minutes on a GPU): every variant
+    wgpu may be given has its verdict in translated.json, under this wgpu's key (`make shaders` writes it)."""
+    from shaderbay.backends.wgpu.preflight import OK, SHIPPED, translatable
+
+    preflight = be.pipelines.preflight
+    assert preflight is not None and preflight.shipped, f"no verdicts in {SHIPPED}: run `make shaders`"
+    missing = [v.name for v in translatable() if preflight.key(v) not in preflight.shipped]
+    assert not missing, f"{len(missing)} variants without a shipped verdict (e.g. {missing[:3]}): run `make shaders`"
+    assert set(preflight.shipped.values()) == {OK}  # a variant that crashes the translator is not shipped

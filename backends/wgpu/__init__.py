@@ -13,7 +13,8 @@ The modules, in reading order:
   device.py           the device (features, limits at their maximum) and its Caps
   native.py           the native fast path: encode, submit, wait, read back through the C functions
   buffers.py          buffers, writes, reads through a kept staging buffer, mapped read-back
-  preflight.py        each new SPIR-V tried in a child process first (a translator panic aborts)
+  preflight.py        each new SPIR-V tried in a child process first (a translator panic aborts);
+                      the verdicts of the shipped SPIR-V ship too (translated.json)
   preflight_child.py  that child
   pipelines.py        limits, variant choice, shader modules, compute pipelines
   commands.py         typed steps, the one encoding loop, submit, wait, timestamps

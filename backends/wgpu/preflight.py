@@ -6,13 +6,16 @@ backend hands a variant's SPIR-V to wgpu for the first time, a child process bui
 (shader module and compute pipeline, with the backend's own layouts, on the same adapter):
 the child dies instead of the caller, and the backend raises KernelCompileError naming
 the variant and the panic. One child checks every variant usable on the device at once,
-and the verdicts are cached on disk, keyed by the SPIR-V's hash and the wgpu version, so
-this costs about a second per install and shader change.
+and the verdicts are cached on disk, keyed by the SPIR-V's hash, the wgpu version and the API
+wgpu translates to. That costs ~50 s on lavapipe (every variant built once) and minutes on a
+GPU, so the package ships the verdicts of every variant under the pinned wgpu on Vulkan
+(translated.json, written by `python -m shaderbay.backends.wgpu.preflight --ship` at `make
+shaders`): there the check costs nothing until a shader changes.
 
     python -m shaderbay.backends.wgpu.preflight_child [VARIANT ...]   # the child; also a manual check
 
 SHADERBAY_WGPU_PREFLIGHT=0 turns the check off (then a translator panic aborts the process).
-The verdicts live in the cache folder (shaderbay.config.cache_dir) as wgpu-translate.json.
+The verdicts found here live in the cache folder (shaderbay.config.cache_dir) as wgpu-translate.json.
 """
 
 from __future__ import annotations
@@ -29,13 +32,14 @@ from shaderbay.config import cache_dir
 from shaderbay.errors import KernelCompileError
 
 from ..shaders import variants
-from ..shaders.records import Variant
+from ..shaders.records import COOPMAT, Variant
 from .adapter import pin_adapter_env
 
 ENV_PREFLIGHT = "SHADERBAY_WGPU_PREFLIGHT"
 CHILD = "shaderbay.backends.wgpu.preflight_child"  # run by name: it imports the backend, which imports this
 OK = "ok"
 TIMEOUT_S = 600
+SHIPPED = Path(__file__).with_name("translated.json")  # the package's verdicts (see the docstring)
 
 
 def cache_path() -> Path:
@@ -52,12 +56,12 @@ class Preflight:
         self.caps = caps
         self.version = wgpu_version
         self.path = cache_path()
-        self.verdicts: dict[str, str] = {}
+        self.shipped = _read(SHIPPED)
+        self.verdicts = _read(self.path)  # the ones found on this machine
         self.broken = False
-        try:
-            self.verdicts = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            pass
+
+    def verdict(self, key: str) -> str | None:
+        return self.verdicts.get(key, self.shipped.get(key))
 
     def key(self, variant: Variant) -> str:
         digest = hashlib.sha256(variants.spirv(variant)).hexdigest()[:32]
@@ -66,9 +70,9 @@ class Preflight:
     def check(self, variant: Variant) -> None:
         """Raise KernelCompileError if the variant's SPIR-V kills wgpu's translator."""
         key = self.key(variant)
-        if key not in self.verdicts and not self.broken:
+        if self.verdict(key) is None and not self.broken:
             self.run([variant] + [v for v in self._usable() if v.name != variant.name])
-        verdict = self.verdicts.get(key, OK)
+        verdict = self.verdict(key) or OK
         if verdict != OK:
             raise KernelCompileError(
                 f"wgpu's SPIR-V translator crashes on {variant.name} (kernel {variant.kernel}); the backend "
@@ -80,7 +84,7 @@ class Preflight:
         out = []
         for v in variants.table():
             try:
-                if variants.usable(v, self.caps) and self.key(v) not in self.verdicts:
+                if variants.usable(v, self.caps) and self.verdict(self.key(v)) is None:
                     out.append(v)
             except KernelCompileError:  # its SPIR-V is not shipped; it will say so when used
                 pass
@@ -130,6 +134,37 @@ class Preflight:
             pass  # a read-only home: keep the verdicts for this process only
 
 
+def _read(path: Path) -> dict[str, str]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def translatable() -> list[Variant]:
+    """Every variant wgpu may be given: all but the tensor-core ones (wgpu has no cooperative matrices)."""
+    return [v for v in variants.table() if not any(n.startswith(COOPMAT) for n in v.needs)]
+
+
+def ship() -> int:
+    """Try every translatable variant on this machine's wgpu adapter and write their verdicts to SHIPPED
+    (whatever the variants' needs: the child only builds them). Returns how many were tried."""
+    from .backend import create
+
+    backend = create()
+    preflight = backend.pipelines.preflight
+    if preflight is None:
+        raise SystemExit(f"{ENV_PREFLIGHT}=0: nothing to ship")
+    todo = translatable()
+    preflight.verdicts, preflight.shipped = {}, {}  # every verdict found afresh
+    preflight.path = SHIPPED
+    preflight.run(todo)
+    backend.close()
+    if preflight.broken:
+        raise SystemExit("the preflight child could not run here: no verdicts shipped")
+    return len(todo)
+
+
 def _panic_line(stderr: str, code: int) -> str:
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     for i, line in enumerate(lines):
@@ -137,3 +172,12 @@ def _panic_line(stderr: str, code: int) -> str:
             detail = lines[i + 1] if i + 1 < len(lines) else ""
             return f"{line} {detail}".strip()
     return f"exit status {code}: " + (lines[-1] if lines else "no message")
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Ship the translator's verdicts (see the module docstring).")
+    parser.add_argument("--ship", action="store_true", help=f"try every variant and write {SHIPPED.name}")
+    if parser.parse_args().ship:
+        print(f"{ship()} variants tried; verdicts in {SHIPPED}")
