@@ -7,7 +7,9 @@ engine no wake-ups and no hand-overs of the interpreter lock, and catches up in 
 wake-up and chunk costs the event loop about 0.1 ms of the interpreter lock, which the engine thread
 then lacks: on a model making a token in 0.35-0.5 ms, a chunk per token cost 23-29% of the tokens/s;
 64 streams at a chunk each every 10 ms kept the loop busy most of the time, and the engine at 83% of
-its rate (benches/RESULTS.md, issue 16). So the interval grows with the streams (Pace).
+its rate (benches/RESULTS.md, issue 16). So the interval grows with the streams (Pace), and the
+tasks due a wake-up are woken together once the engine thread has routed a step's tokens (Waker):
+each wake-up from another thread is a write to the loop's self-pipe, ~40 us of the engine thread.
 """
 
 from __future__ import annotations
@@ -41,13 +43,33 @@ class Pace:
         self.interval = self.stream_interval and max(self.stream_interval, live / LOOP_CHUNKS_PER_S)
 
 
+class Waker:
+    """(engine thread) The waiting tasks of every Handover that are due a wake-up, woken together by
+    `flush` in one call into the event loop."""
+
+    def __init__(self) -> None:
+        self._due: list[asyncio.Future] = []
+
+    def add(self, waiting: asyncio.Future) -> None:
+        self._due.append(waiting)
+
+    def flush(self) -> None:
+        if not self._due:
+            return
+        due, self._due = self._due, []
+        try:
+            due[0].get_loop().call_soon_threadsafe(_wake, due)  # the server's one loop
+        except RuntimeError:  # the event loop has closed (shutdown): nobody listens any more
+            pass
+
+
 @dataclass
 class Handover:
     loop: asyncio.AbstractEventLoop
     pace: Pace  # shared by every request's Handover
+    waker: Waker  # the same
     # set by the task once it has sent its first text on (or has gone): see Worker's FIRST_CHUNK_WAIT
     first_sent: threading.Event = field(default_factory=threading.Event)
-    gone: bool = False  # the event loop has closed: nobody listens any more
     _pending: list = field(default_factory=list)
     _waiting: asyncio.Future | None = None  # the task's, while it waits for items
     # perf_counter time before which only urgent items wake the task: none before the first urgent one
@@ -55,8 +77,8 @@ class Handover:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def send(self, item: Any, *, urgent: bool = False) -> None:
-        """(engine thread) Queue `item`; an item held back goes with the next one (there is always one:
-        every request ends with an urgent item)."""
+        """(engine thread) Queue `item`, waking the task at the waker's next flush if it is due; an item held
+        back goes with the next one (there is always one: every request ends with an urgent item)."""
         with self._lock:
             self._pending.append(item)
             now = time.perf_counter()
@@ -65,10 +87,7 @@ class Handover:
             if self._waiting is None or now < self._next_wake:
                 return
             waiting, self._waiting, self._next_wake = self._waiting, None, now + self.pace.interval
-        try:
-            self.loop.call_soon_threadsafe(_wake, waiting)
-        except RuntimeError:  # the event loop has closed (shutdown)
-            self.gone = True
+        self.waker.add(waiting)
 
     async def take(self) -> list[Any]:
         """(event loop) Every item sent since the last take, waiting for one if there is none."""
@@ -83,6 +102,7 @@ class Handover:
         return batch
 
 
-def _wake(waiting: asyncio.Future) -> None:
-    if not waiting.done():  # not given up on (a cancelled task)
-        waiting.set_result(None)
+def _wake(due: list[asyncio.Future]) -> None:
+    for waiting in due:
+        if not waiting.done():  # not given up on (a cancelled task)
+            waiting.set_result(None)

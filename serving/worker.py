@@ -27,7 +27,7 @@ from shaderbay.models.generation import TextStream
 from shaderbay.models.requests import Sequence
 
 from . import adapter
-from .handover import Handover, Pace
+from .handover import Handover, Pace, Waker
 from .metrics import Metrics
 
 log = logging.getLogger("shaderbay.serve")
@@ -89,6 +89,7 @@ class Worker:
         self.max_streams = max_streams
         self.max_queue = max_queue
         self.pace = Pace(stream_interval)
+        self.waker = Waker()
         self.metrics = metrics
         self.waiting = 0  # sequences not yet decoding (set by the engine thread)
         self._inbox: queue.SimpleQueue[tuple[str, _Job] | None] = queue.SimpleQueue()
@@ -108,7 +109,7 @@ class Worker:
                 f"the server already has {self._admitted} sequences running or waiting (--max-streams "
                 f"{self.max_streams}, --max-queue {self.max_queue}): retry later"
             )
-        job = _Job(Handover(asyncio.get_running_loop(), self.pace))
+        job = _Job(Handover(asyncio.get_running_loop(), self.pace, self.waker))
         job.choices = [_Choice(job, i, p) for i, p in enumerate(prepared)]
         job.left = n
         self._admitted += n
@@ -145,6 +146,7 @@ class Worker:
         engine, metrics = self.engine, self.metrics
         shown = (-1, -1)
         while True:
+            self.waker.flush()  # what the last turn sent (a failed step's errors too), before waiting for work
             idle = engine.idle and not self._pending and not self._scoring
             if not self._read_inbox(block=idle):
                 break
@@ -171,6 +173,7 @@ class Worker:
                 metrics.running_sequences.set(counts[0])
                 metrics.queue_length.set(counts[1])
                 self.waiting = counts[1]
+            self.waker.flush()  # before waiting for the first chunk to go out
             if opened is not None and len(self._live) <= 1 and self._inbox.empty():
                 opened.handover.first_sent.wait(FIRST_CHUNK_WAIT)
         for choice in [*self._live.values(), *self._pending, *self._scoring]:
@@ -178,6 +181,7 @@ class Worker:
             if not choice.job.done:
                 choice.job.done = True
                 choice.job.handover.send(_DONE, urgent=True)
+        self.waker.flush()
 
     def _read_inbox(self, block: bool) -> bool:
         """Take the requests and cancellations posted (waiting for one if `block`); False at close."""
