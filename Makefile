@@ -53,7 +53,7 @@ install:
 
 shaders:
 	$(PY) -m shaderbay.backends.shaders.build
-	$(PY) -m shaderbay.backends.wgpu.preflight --ship
+	$(PY) -m shaderbay.backends.wgpu.translated
 
 bench:
 	$(PY) -m shaderbay.cli bench --backend all

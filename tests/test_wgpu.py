@@ -366,7 +366,8 @@ def test_preflight_turns_a_translator_abort_into_an_error(be, tmp_path, monkeypa
 def test_the_package_ships_every_variants_translator_verdict(be):
     """A fresh install starts without the preflight's child (~50 s here, minutes on a GPU): every variant
     wgpu may be given has its verdict in translated.json, under this wgpu's key (`make shaders` writes it)."""
-    from shaderbay.backends.wgpu.preflight import OK, SHIPPED, translatable
+    from shaderbay.backends.wgpu.preflight import OK, SHIPPED
+    from shaderbay.backends.wgpu.translated import translatable
 
     preflight = be.pipelines.preflight
     assert preflight is not None and preflight.shipped, f"no verdicts in {SHIPPED}: run `make shaders`"

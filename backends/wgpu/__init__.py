@@ -16,6 +16,7 @@ The modules, in reading order:
   preflight.py        each new SPIR-V tried in a child process first (a translator panic aborts);
                       the verdicts of the shipped SPIR-V ship too (translated.json)
   preflight_child.py  that child
+  translated.py       the verdicts the package ships (translated.json), tried at `make shaders`
   pipelines.py        limits, variant choice, shader modules, compute pipelines
   commands.py         typed steps, the one encoding loop, submit, wait, timestamps
   backend.py          WgpuBackend, which wires them to the core interface, and `create`

@@ -9,8 +9,8 @@ the variant and the panic. One child checks every variant usable on the device a
 and the verdicts are cached on disk, keyed by the SPIR-V's hash, the wgpu version and the API
 wgpu translates to. That costs ~50 s on lavapipe (every variant built once) and minutes on a
 GPU, so the package ships the verdicts of every variant under the pinned wgpu on Vulkan
-(translated.json, written by `python -m shaderbay.backends.wgpu.preflight --ship` at `make
-shaders`): there the check costs nothing until a shader changes.
+(translated.json, written by `python -m shaderbay.backends.wgpu.translated` at `make shaders`):
+there the check costs nothing until a shader changes.
 
     python -m shaderbay.backends.wgpu.preflight_child [VARIANT ...]   # the child; also a manual check
 
@@ -32,7 +32,7 @@ from shaderbay.config import cache_dir
 from shaderbay.errors import KernelCompileError
 
 from ..shaders import variants
-from ..shaders.records import COOPMAT, Variant
+from ..shaders.records import Variant
 from .adapter import pin_adapter_env
 
 ENV_PREFLIGHT = "SHADERBAY_WGPU_PREFLIGHT"
@@ -141,30 +141,6 @@ def _read(path: Path) -> dict[str, str]:
         return {}
 
 
-def translatable() -> list[Variant]:
-    """Every variant wgpu may be given: all but the tensor-core ones (wgpu has no cooperative matrices)."""
-    return [v for v in variants.table() if not any(n.startswith(COOPMAT) for n in v.needs)]
-
-
-def ship() -> int:
-    """Try every translatable variant on this machine's wgpu adapter and write their verdicts to SHIPPED
-    (whatever the variants' needs: the child only builds them). Returns how many were tried."""
-    from .backend import create
-
-    backend = create()
-    preflight = backend.pipelines.preflight
-    if preflight is None:
-        raise SystemExit(f"{ENV_PREFLIGHT}=0: nothing to ship")
-    todo = translatable()
-    preflight.verdicts, preflight.shipped = {}, {}  # every verdict found afresh
-    preflight.path = SHIPPED
-    preflight.run(todo)
-    backend.close()
-    if preflight.broken:
-        raise SystemExit("the preflight child could not run here: no verdicts shipped")
-    return len(todo)
-
-
 def _panic_line(stderr: str, code: int) -> str:
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     for i, line in enumerate(lines):
@@ -172,12 +148,3 @@ def _panic_line(stderr: str, code: int) -> str:
             detail = lines[i + 1] if i + 1 < len(lines) else ""
             return f"{line} {detail}".strip()
     return f"exit status {code}: " + (lines[-1] if lines else "no message")
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Ship the translator's verdicts (see the module docstring).")
-    parser.add_argument("--ship", action="store_true", help=f"try every variant and write {SHIPPED.name}")
-    if parser.parse_args().ship:
-        print(f"{ship()} variants tried; verdicts in {SHIPPED}")
