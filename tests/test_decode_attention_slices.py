@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from shaderbay.backends.numpy.kernels import REFERENCE, cache_rows
+from shaderbay.backends.shaders import variants
+from shaderbay.backends.shaders.records import WIDE_SUBGROUPS
 from shaderbay.conformance.harness import relative_error
 from shaderbay.conformance.plugin import session_backend
 from shaderbay.conformance.tolerances import tolerance
@@ -24,12 +26,19 @@ POSITIONS = (5, 255, 256, 700, 1800, 2047)  # one chunk, then 2, 3, 8 slices of 
 CACHES = {"f16": np.float16, "f32": np.float32}
 
 
-# head_dim 256 with an f32 cache: more slices than the merge holds at once (it takes them in batches)
-@pytest.mark.parametrize(("cache_dtype", "HD"), [("f16", 64), ("f32", 256)])
+# head_dim 256 with an f32 cache: more slices than the merge holds at once (it takes them in batches);
+# gpu_forms: the forms GPUs get (on lavapipe, whose subgroups hold 8, the `_keys` one: a key per 8 invocations)
+@pytest.mark.parametrize(
+    ("cache_dtype", "HD", "gpu_forms"), [("f16", 64, False), ("f16", 64, True), ("f32", 256, False)]
+)
 @pytest.mark.parametrize("backend_name", ["vulkan", "wgpu"])
-def test_replays_across_the_split_agree_with_numpy(backend_name, cache_dtype, HD, pytestconfig):
+def test_replays_across_the_split_agree_with_numpy(backend_name, cache_dtype, HD, gpu_forms, pytestconfig, monkeypatch):
     b = session_backend(pytestconfig, backend_name)
     CONSTANTS = {"cache_dtype": cache_dtype}
+    if gpu_forms:
+        monkeypatch.setenv(variants.ENV_GPU_FORMS, "1")
+        form = variants.select("decode_attention", CONSTANTS, {"head_dim": HD}, b.caps).name
+        assert "_keys" in form or WIDE_SUBGROUPS not in variants.capabilities(b.caps), form
     bits = np.uint16 if cache_dtype == "f16" else np.uint32
     tol = tolerance("decode_attention", CONSTANTS)
     rng = np.random.default_rng(3)

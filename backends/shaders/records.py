@@ -33,6 +33,7 @@ class Variant:
     grid: Grid = field(hash=False, compare=False)  # params -> workgroup counts (gx, gy, gz)
     defines: Mapping[str, Any] = field(default_factory=dict, hash=False)  # extra -D defines
     needs: frozenset[str] = frozenset()  # capabilities it requires: "subgroups", "f16", ...
+    unless: frozenset[str] = frozenset()  # capabilities under which it is not used (a form slower there)
     subgroup_size: int = 0  # 0: any subgroup size; else the device's must equal this
     when: Predicate | None = field(default=None, hash=False, compare=False)  # params -> applicable?
     priority: int = 0  # among applicable variants, the highest wins (ties: table order)
@@ -120,6 +121,7 @@ def stem(kernel_name: str, constants: Mapping[str, Any], *tags: str) -> str:
 
 
 SG_NEEDS = frozenset({"subgroups"})  # what a variant using subgroup operations needs
+WIDE_SUBGROUPS = "subgroups8"  # subgroups of at least 8 invocations (shuffles within groups of 8)
 CPU = "cpu"  # the device is a CPU (lavapipe): each workgroup costs tens of microseconds, so fewer, fuller ones pay
 CPU_NEEDS = frozenset({CPU})
 

@@ -45,7 +45,7 @@ from shaderbay.config import env_flag
 from shaderbay.errors import KernelCompileError, UnsupportedKernel
 from shaderbay.kernels import ARGMAX_SLICES, CATALOGUE, kernel
 
-from .records import CPU, SG_NEEDS, Variant, combos, coopmat_need, groups, stem
+from .records import CPU, SG_NEEDS, WIDE_SUBGROUPS, Variant, combos, coopmat_need, groups, stem
 from .variants_heavy import heavy_variants
 
 ENV_NO_SUBGROUPS = "SHADERBAY_NO_SUBGROUPS"
@@ -180,8 +180,9 @@ def capabilities(caps: Caps) -> frozenset[str]:
 
     "subgroups" means subgroup basic, vote, arithmetic, ballot and shuffle operations in
     compute shaders (what wgpu's "subgroup" feature gives); "f16" means shader float16
-    arithmetic; "coopmat_<m>x<n>x<k>_<a>_<b>_<c>_<result>" a subgroup-scope cooperative-matrix
-    shape of `caps.cooperative_matrix`; "cpu" a device whose workgroups run on the host's cores
+    arithmetic; WIDE_SUBGROUPS ("subgroups8") subgroups of at least 8 invocations;
+    "coopmat_<m>x<n>x<k>_<a>_<b>_<c>_<result>" a subgroup-scope cooperative-matrix shape of
+    `caps.cooperative_matrix`; "cpu" a device whose workgroups run on the host's cores
     (lavapipe), unless `SHADERBAY_GPU_FORMS=1`.
     """
     names = set()
@@ -189,11 +190,13 @@ def capabilities(caps: Caps) -> frozenset[str]:
         names.add("f16")
     if caps.subgroups and caps.subgroup_size > 0:
         names.add("subgroups")
+        if caps.subgroup_size >= 8:
+            names.add(WIDE_SUBGROUPS)
     names.update(coopmat_need(s) for s in caps.cooperative_matrix if s.scope == "subgroup")
     if caps.device_type in CPU_DEVICE_TYPES and not env_flag(ENV_GPU_FORMS):
         names.add(CPU)
     if subgroups_disabled():
-        names.discard("subgroups")
+        names -= {"subgroups", WIDE_SUBGROUPS}
     return frozenset(names)
 
 
@@ -209,7 +212,7 @@ def selection_env() -> tuple[bool, bool]:
 def usable(variant: Variant, caps: Caps, names: frozenset[str] | None = None) -> bool:
     """Whether a device with these capabilities can run the variant (parameters aside)."""
     names = capabilities(caps) if names is None else names
-    if not variant.needs <= names:
+    if not variant.needs <= names or variant.unless & names:
         return False
     if variant.subgroup_size and variant.subgroup_size != caps.subgroup_size:
         return False

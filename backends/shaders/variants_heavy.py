@@ -11,7 +11,7 @@ where it only applies to some (e.g. `lambda p: p["rows"] == 1` for matrix-vector
 
 Names are `records.stem(kernel, constants, *tags)`; every constant combination has a
 full set. 2011 spv files in all with the simple kernels' (matmul 1968, attention 13,
-decode_attention 8, sample 2).
+decode_attention 9, sample 2).
 
 matmul (matmul_vec.comp, matmul_tiled.comp)
     `matmul_<consts>_vec_sg` / `_vec`: matrix-vector, when rows <= BATCH_ROWS and k is a
@@ -84,6 +84,12 @@ decode_attention (attention.comp with DECODE_ROPE_KV)
     dependent shared load at a time: what the word-wise packing and SUM_GROUPS took on. `_vec` as
     attention's; `_sg`: 256 invocations (attention's `_decode` form), else 64 (128 for
     2-element units) with the scan.
+    `decode_attention_f16_vec_keys_sg` (KEY_LANES; head_dim 8..64, subgroups of at least 8):
+    a key per group of head_dim / 8 invocations, which read its K and V units side by side in
+    one round trip, sum the score by shuffles and keep their own online softmax, KL_KEYS keys
+    in flight a group, no barrier within a chunk. H200, one row: decode attention after 4,000
+    tokens 360 -> 296 us a 1B token (the `_vec_sg` form with the same slices), 478 -> 429 us a
+    135M one; 16 and 64 rows 8% and 5% less; 4 keys in flight instead of 8: 313 and 442.
 
 sample (sample.comp)
     `sample_sg` (512 invocations) / `sample` (128): one workgroup; see sample.comp.
@@ -100,7 +106,7 @@ from shaderbay.backend import CoopMatrixShape
 from shaderbay.dtypes import BLOCK_DTYPES
 from shaderbay.kernels import BATCH_ROWS, DECODE_ATTENTION_SLICES, SAMPLE_SETTINGS
 
-from .records import CPU_NEEDS, SG_NEEDS, Variant, combos, coopmat_need, groups, stem
+from .records import CPU_NEEDS, SG_NEEDS, WIDE_SUBGROUPS, Variant, combos, coopmat_need, groups, stem
 
 # --- matmul -----------------------------------------------------------------------------
 
@@ -326,9 +332,24 @@ def _attention_coop() -> list[Variant]:
 SLICES_DEFINE = f"{DECODE_ATTENTION_SLICES}u"
 
 
-def _slices(capacity: int, wg: int) -> int:
-    """decode_attention's grid y: a slice per chunk of keys a slot can hold, at most the catalogue's."""
-    return min(DECODE_ATTENTION_SLICES, groups(capacity, wg))
+# decode_attention's workgroups a row aims at (heads x slices): one wave on the H200 (132 SMs,
+# three 256-invocation, 80-register `_vec_sg` workgroups each). More slices than a wave holds
+# run in two waves of the whole chain (rope, chunks, merge): at 4k keys the 1B's 32 heads x 16
+# slices took 29 us a layer, 32 x 8 slices 22 us; with the `_keys` form 384 and 256 tie, 512
+# and 1,024 are 25-32% slower (benches/RESULTS.md, 2026-12-04).
+DECODE_ROW_GROUPS = 384
+
+
+def _slices(n_heads: int, capacity: int, wg: int) -> int:
+    """decode_attention's grid y: a slice per chunk of keys a slot can hold, at most the catalogue's
+    and what keeps a row's workgroups within DECODE_ROW_GROUPS (head counts only: batch-invariant)."""
+    return max(1, min(DECODE_ATTENTION_SLICES, groups(capacity, wg), DECODE_ROW_GROUPS // n_heads))
+
+
+# `_keys`: a key per group of head_dim / 8 invocations (a head's 16-byte units side by side,
+# within one subgroup of at least 8), K and V read together, KL_KEYS keys in flight per group
+KEY_LANES_HEAD_DIMS = (8, 16, 32, 64)
+DECODE_KEYS_IN_FLIGHT = 8
 
 
 def _decode_attention() -> list[Variant]:
@@ -350,7 +371,7 @@ def _decode_attention() -> list[Variant]:
                         (wg, 1, 1),
                         lambda p, wg=wg: (
                             groups(p["n_heads"]),
-                            _slices(p["block_size"] * p["blocks_per_seq"], wg),
+                            _slices(p["n_heads"], p["block_size"] * p["blocks_per_seq"], wg),
                             groups(p["rows"]),
                         ),
                         defines={"VEC": vec, "SUBGROUPS": sg, "DECODE_ROPE_KV": True, "SLICES": SLICES_DEFINE},
@@ -360,6 +381,23 @@ def _decode_attention() -> list[Variant]:
                         shared_bytes=4 * (256 + (wg // 4 if sg else wg) + 3 * wg + wg * ue + 1) + new_row,
                     )
                 )
+                if vec and sg and c["cache_dtype"] == "f16":
+                    rows.append(
+                        Variant(
+                            stem("decode_attention", c, "vec", "keys", "sg"),
+                            "decode_attention",
+                            "attention.comp",
+                            c,
+                            (wg, 1, 1),
+                            rows[-1].grid,
+                            defines={**rows[-1].defines, "KEY_LANES": True, "KL_KEYS": f"{DECODE_KEYS_IN_FLIGHT}u"},
+                            needs=SG_NEEDS | {WIDE_SUBGROUPS},
+                            unless=CPU_NEEDS,  # lavapipe: 1.3x the `_vec_sg` form's time (default model)
+                            when=lambda p: p["head_dim"] in KEY_LANES_HEAD_DIMS,
+                            priority=rows[-1].priority + 1,
+                            shared_bytes=rows[-1].shared_bytes,
+                        )
+                    )
     return rows
 
 

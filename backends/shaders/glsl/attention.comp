@@ -40,7 +40,13 @@
 // rows, so a row's result is the same in any batch): up to one chunk, slice 0 alone does the head as above; longer, each slice scores
 // its keys and combine_slices() merges them (a 4k context on the H200: 64 us a layer on one
 // workgroup per head).
+// KEY_LANES (decode_attention, 16-byte f16 units, subgroups): the chunk loop of the `_keys`
+// variant: a key per group of `units` invocations instead of one per invocation, its K and
+// V read in one round trip (variants_heavy.py has the measurements).
 #extension GL_EXT_control_flow_attributes : enable
+#if defined(KEY_LANES) && KEY_LANES
+#extension GL_KHR_shader_subgroup_shuffle : require
+#endif
 #include "common.glsl"
 
 layout(local_size_x = WG_X, local_size_y = WG_Y, local_size_z = WG_Z) in;
@@ -81,6 +87,12 @@ layout(push_constant) uniform Params {
 #endif
 
 #define UE uint(UE_N)  // elements per unit
+#ifndef KEY_LANES
+#define KEY_LANES 0
+#endif
+#if KEY_LANES && (UE_N != 8 || !SUBGROUPS || !DECODE_ROPE_KV)
+#error "KEY_LANES: decode_attention's form for 16-byte f16 units, with subgroups"
+#endif
 
 #if DECODE_ROPE_KV
 // q, then k, then v of each row: qkv (read only, as are positions and inv_freq)
@@ -293,12 +305,82 @@ void main() {
                 qs[d] = q[r * p.q_stride + h * hd + d] * p.scale;
             }
 #endif
+#if KEY_LANES
+            // the first chunk's cache rows, looked up while the prologue's loads are in flight
+            krow[t] = begin + t < end ? cache_row(seq, begin + t) : NO_ROW;
+#endif
             barrier();
 
             float m = LOWEST;
             float l = 0.0;
             vec4 acc_a = vec4(0.0);
             vec4 acc_b = vec4(0.0);
+#if KEY_LANES
+            // A key per group (its `units` invocations, side by side in one subgroup): each reads
+            // its unit of the key's K and V rows, the score is summed across the group by shuffles
+            // (every invocation of the group gets the same bits), and each group keeps its own
+            // online softmax over keys grp, grp + G, ... of a chunk, KL_KEYS of them in flight.
+            // No barrier within a chunk; the groups' maxima are brought to one at the end.
+            vec4 q_a = vec4(qs[u * UE], qs[u * UE + 1u], qs[u * UE + 2u], qs[u * UE + 3u]);
+            vec4 q_b = vec4(qs[u * UE + 4u], qs[u * UE + 5u], qs[u * UE + 6u], qs[u * UE + 7u]);
+            for (uint c = begin; c < end; c += WG_SIZE) {
+                if (c != begin) {
+                    barrier();  // every group is done with the previous chunk's rows
+                    krow[t] = c + t < end ? cache_row(seq, c + t) : NO_ROW;
+                    barrier();
+                }
+                for (uint i0 = 0u; i0 < WG_SIZE; i0 += KL_KEYS * G) {  // the same trips for every group
+                    UNIT kb[KL_KEYS];
+                    UNIT vb[KL_KEYS];
+                    [[unroll]] for (uint b = 0u; b < KL_KEYS; ++b) {
+                        uint i = i0 + b * G + grp;
+                        uint row = i < WG_SIZE ? krow[i] : NO_ROW;
+                        kb[b] = row != NO_ROW ? K_UNIT(c + i, row * kv_units + kv0 + u, u) : UNIT(0);
+                        vb[b] = row != NO_ROW ? V_UNIT(c + i, row * kv_units + kv0 + u, u) : UNIT(0);
+                    }
+                    float sc[KL_KEYS];
+                    float mc = LOWEST;
+                    [[unroll]] for (uint b = 0u; b < KL_KEYS; ++b) {
+                        Unit8 kk = expand(kb[b]);
+                        float s = dot(kk.a, q_a) + dot(kk.b, q_b);
+                        for (uint o = 1u; o < units; o <<= 1u) {
+                            s += subgroupShuffleXor(s, o);
+                        }
+                        uint i = i0 + b * G + grp;
+                        sc[b] = i < WG_SIZE && krow[i] != NO_ROW ? s : LOWEST;
+                        mc = max(mc, sc[b]);
+                    }
+                    float m_new = max(m, mc);
+                    float corr = exp(m - m_new);
+                    acc_a *= corr;
+                    acc_b *= corr;
+                    l *= corr;
+                    [[unroll]] for (uint b = 0u; b < KL_KEYS; ++b) {
+                        float pr = sc[b] != LOWEST ? exp(sc[b] - m_new) : 0.0;
+                        Unit8 vv = expand(vb[b]);
+                        l += pr;
+                        acc_a += pr * vv.a;
+                        acc_b += pr * vv.b;
+                    }
+                    m = m_new;
+                }
+            }
+            // the groups' sums and outputs brought to the workgroup's maximum
+            float mg = subgroupMax(m);
+            if (gl_SubgroupInvocationID == 0u) {
+                chunk_red[gl_SubgroupID] = mg;
+            }
+            barrier();
+            float m_wg = chunk_red[0];
+            for (uint i = 1u; i < gl_NumSubgroups; ++i) {
+                m_wg = max(m_wg, chunk_red[i]);
+            }
+            float f = exp(m - m_wg);
+            acc_a *= f;
+            acc_b *= f;
+            l *= f;
+            m = m_wg;
+#else
             for (uint c = begin; c < end; c += WG_SIZE) {
                 uint j = c + t;
                 uint row = j < end ? cache_row(seq, j) : NO_ROW;
@@ -374,6 +456,7 @@ void main() {
                 }
                 m = m_new;
             }
+#endif
 
             // add up the groups
             if (accumulating) {
