@@ -76,6 +76,7 @@ class Caps:
     max_storage_buffers: int  # storage buffers one kernel may bind
     copy_alignment: int = 4  # copy offsets and sizes are multiples of this
     cooperative_matrix: tuple[CoopMatrixShape, ...] = ()  # tensor-core products in shaders (Vulkan)
+    translated: bool = False  # kernels reach the driver through a shader translator (wgpu's naga), not as shipped
     extras: dict[str, Any] = field(default_factory=dict)  # informative only (drivers, versions): never branched on
 
     def summary(self) -> str:

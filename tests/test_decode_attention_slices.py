@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from shaderbay.backends.numpy.kernels import REFERENCE, cache_rows
 from shaderbay.backends.shaders import variants
-from shaderbay.backends.shaders.records import WIDE_SUBGROUPS
 from shaderbay.conformance.harness import relative_error
 from shaderbay.conformance.plugin import session_backend
 from shaderbay.conformance.tolerances import tolerance
@@ -27,7 +26,7 @@ CACHES = {"f16": np.float16, "f32": np.float32}
 
 
 # head_dim 256 with an f32 cache: more slices than the merge holds at once (it takes them in batches);
-# gpu_forms: the forms GPUs get (on lavapipe, whose subgroups hold 8, the `_keys` one: a key per 8 invocations)
+# gpu_forms: the forms GPUs get (on vulkan over lavapipe, whose subgroups hold 8, the `_keys` one)
 @pytest.mark.parametrize(
     ("cache_dtype", "HD", "gpu_forms"), [("f16", 64, False), ("f16", 64, True), ("f32", 256, False)]
 )
@@ -38,7 +37,8 @@ def test_replays_across_the_split_agree_with_numpy(backend_name, cache_dtype, HD
     if gpu_forms:
         monkeypatch.setenv(variants.ENV_GPU_FORMS, "1")
         form = variants.select("decode_attention", CONSTANTS, {"head_dim": HD}, b.caps).name
-        assert "_keys" in form or WIDE_SUBGROUPS not in variants.capabilities(b.caps), form
+        keys = variants.by_name("decode_attention_f16_vec_keys_sg")
+        assert form == keys.name or not variants.usable(keys, b.caps), form
     bits = np.uint16 if cache_dtype == "f16" else np.uint32
     tol = tolerance("decode_attention", CONSTANTS)
     rng = np.random.default_rng(3)

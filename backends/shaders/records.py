@@ -122,6 +122,7 @@ def stem(kernel_name: str, constants: Mapping[str, Any], *tags: str) -> str:
 
 SG_NEEDS = frozenset({"subgroups"})  # what a variant using subgroup operations needs
 WIDE_SUBGROUPS = "subgroups8"  # subgroups of at least 8 invocations (shuffles within groups of 8)
+TRANSLATED = "translated"  # kernels go through a shader translator (wgpu): a form may cost more there
 CPU = "cpu"  # the device is a CPU (lavapipe): each workgroup costs tens of microseconds, so fewer, fuller ones pay
 CPU_NEEDS = frozenset({CPU})
 

@@ -45,7 +45,7 @@ from shaderbay.config import env_flag
 from shaderbay.errors import KernelCompileError, UnsupportedKernel
 from shaderbay.kernels import ARGMAX_SLICES, CATALOGUE, kernel
 
-from .records import CPU, SG_NEEDS, WIDE_SUBGROUPS, Variant, combos, coopmat_need, groups, stem
+from .records import CPU, SG_NEEDS, TRANSLATED, WIDE_SUBGROUPS, Variant, combos, coopmat_need, groups, stem
 from .variants_heavy import heavy_variants
 
 ENV_NO_SUBGROUPS = "SHADERBAY_NO_SUBGROUPS"
@@ -183,7 +183,8 @@ def capabilities(caps: Caps) -> frozenset[str]:
     arithmetic; WIDE_SUBGROUPS ("subgroups8") subgroups of at least 8 invocations;
     "coopmat_<m>x<n>x<k>_<a>_<b>_<c>_<result>" a subgroup-scope cooperative-matrix shape of
     `caps.cooperative_matrix`; "cpu" a device whose workgroups run on the host's cores
-    (lavapipe), unless `SHADERBAY_GPU_FORMS=1`.
+    (lavapipe), unless `SHADERBAY_GPU_FORMS=1`; TRANSLATED ("translated") a backend whose kernels
+    go through a shader translator (`caps.translated`: wgpu).
     """
     names = set()
     if caps.f16:
@@ -195,6 +196,8 @@ def capabilities(caps: Caps) -> frozenset[str]:
     names.update(coopmat_need(s) for s in caps.cooperative_matrix if s.scope == "subgroup")
     if caps.device_type in CPU_DEVICE_TYPES and not env_flag(ENV_GPU_FORMS):
         names.add(CPU)
+    if caps.translated:
+        names.add(TRANSLATED)
     if subgroups_disabled():
         names -= {"subgroups", WIDE_SUBGROUPS}
     return frozenset(names)

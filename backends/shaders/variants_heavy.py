@@ -89,7 +89,8 @@ decode_attention (attention.comp with DECODE_ROPE_KV)
     one round trip, sum the score by shuffles and keep their own online softmax, KL_KEYS keys
     in flight a group, no barrier within a chunk. H200, one row: decode attention after 4,000
     tokens 360 -> 296 us a 1B token (the `_vec_sg` form with the same slices), 478 -> 429 us a
-    135M one; 16 and 64 rows 8% and 5% less; 4 keys in flight instead of 8: 313 and 442.
+    135M one; 16 and 64 rows 8% and 5% less; 4 keys in flight instead of 8: 313 and 442. Not on
+    CPU devices (lavapipe: 1.3x the time) nor through wgpu's translator (H200: 552 against 483 us).
 
 sample (sample.comp)
     `sample_sg` (512 invocations) / `sample` (128): one workgroup; see sample.comp.
@@ -106,7 +107,7 @@ from shaderbay.backend import CoopMatrixShape
 from shaderbay.dtypes import BLOCK_DTYPES
 from shaderbay.kernels import BATCH_ROWS, DECODE_ATTENTION_SLICES, SAMPLE_SETTINGS
 
-from .records import CPU_NEEDS, SG_NEEDS, WIDE_SUBGROUPS, Variant, combos, coopmat_need, groups, stem
+from .records import CPU_NEEDS, SG_NEEDS, TRANSLATED, WIDE_SUBGROUPS, Variant, combos, coopmat_need, groups, stem
 
 # --- matmul -----------------------------------------------------------------------------
 
@@ -392,7 +393,8 @@ def _decode_attention() -> list[Variant]:
                             rows[-1].grid,
                             defines={**rows[-1].defines, "KEY_LANES": True, "KL_KEYS": f"{DECODE_KEYS_IN_FLIGHT}u"},
                             needs=SG_NEEDS | {WIDE_SUBGROUPS},
-                            unless=CPU_NEEDS,  # lavapipe: 1.3x the `_vec_sg` form's time (default model)
+                            # lavapipe: 1.3x the `_vec_sg` form's time (default model); wgpu on the H200: 1.14x
+                            unless=CPU_NEEDS | {TRANSLATED},
                             when=lambda p: p["head_dim"] in KEY_LANES_HEAD_DIMS,
                             priority=rows[-1].priority + 1,
                             shared_bytes=rows[-1].shared_bytes,

@@ -86,6 +86,7 @@ def device_caps(adapter: Any, device: Any, extras: dict[str, Any]) -> Caps:
         max_push_constants=int(limits.get("max-immediate-size", 0)),
         max_storage_buffers=int(limits["max-storage-buffers-per-shader-stage"]),
         copy_alignment=4,
+        translated=True,  # SPIR-V -> naga's IR -> the driver's language
         extras={
             "api": "wgpu " + getattr(wgpu, "__version__", "?"),
             "backend_type": info.get("backend_type"),

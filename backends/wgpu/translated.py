@@ -8,14 +8,17 @@ fresh install never waits for the preflight on shipped SPIR-V. `make shaders` ru
 from __future__ import annotations
 
 from ..shaders import variants
-from ..shaders.records import COOPMAT, Variant
+from ..shaders.records import COOPMAT, TRANSLATED, Variant
 from .backend import create
 from .preflight import ENV_PREFLIGHT, SHIPPED
 
 
 def translatable() -> list[Variant]:
-    """Every variant wgpu may be given: all but the tensor-core ones (wgpu has no cooperative matrices)."""
-    return [v for v in variants.table() if not any(n.startswith(COOPMAT) for n in v.needs)]
+    """Every variant wgpu may be given: all but the tensor-core ones (wgpu has no cooperative matrices) and
+    those kept from translated kernels."""
+    return [
+        v for v in variants.table() if not any(n.startswith(COOPMAT) for n in v.needs) and TRANSLATED not in v.unless
+    ]
 
 
 def ship() -> int:
