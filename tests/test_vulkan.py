@@ -9,6 +9,7 @@ names vulkan, and the validation test likewise needs vulkan-validationlayers.
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from shaderbay.resources import Usage
 vk = pytest.importorskip("vulkan")
 
 from shaderbay.backends.vulkan import backend as vb  # noqa: E402
-from shaderbay.backends.vulkan import loader, memory, transfers  # noqa: E402
+from shaderbay.backends.vulkan import loader, memory, statistics, transfers  # noqa: E402
 
 
 def _required() -> bool:
@@ -227,6 +228,26 @@ def test_tracer_gets_gpu_spans(be):
     be.run(cmd)
     gpu = [e for e in be.tracer.events if e["cat"] == "gpu"]
     assert [e["name"] for e in gpu] == ["embed", "add", "argmax"]
+
+
+def test_pipeline_statistics_on_request(monkeypatch, capfd):
+    """SHADERBAY_VULKAN_STATS=1: a line of statistics per created pipeline where the driver lists the
+    extension (NVIDIA), else a warning saying it does not (lavapipe); the kernels run either way."""
+    monkeypatch.setenv(statistics.ENV_STATS, "1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        be = _make()
+    try:
+        cmd, *_ = _chain(be)
+        be.run(cmd)
+        printed = capfd.readouterr().err
+        if be.gpu.statistics.extensions:
+            assert "shaderbay vulkan: pipeline add:" in printed, printed
+        else:
+            assert any(statistics.EXTENSION in str(w.message) for w in caught), [str(w.message) for w in caught]
+            assert "shaderbay vulkan: pipeline" not in printed
+    finally:
+        be.close()
 
 
 # --- memory ---------------------------------------------------------------------------------

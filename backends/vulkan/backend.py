@@ -12,6 +12,8 @@ staging.
 The modules, in reading order:
   loader.py     the `vulkan` package, error checks, struct helpers
   device.py     instance, validation messenger, device choice, logical device and queue, Caps
+  coopmat.py    VK_KHR_cooperative_matrix: the feature to enable, the shapes for Caps
+  statistics.py what the driver made of each pipeline (registers, shared memory), on request
   memory.py     memory blocks, sub-allocation, staging, VulkanBuffer
   pipelines.py  layouts, shader modules, variant choice, the pipeline cache, VulkanPipeline
   transfers.py  small writes queued in submission order while lists run (vkCmdUpdateBuffer)
@@ -24,6 +26,8 @@ Environment:
                                validation) and collect its messages in
                                `backend.validation_messages`
   SHADERBAY_VULKAN_TIMESTAMPS=1 time every dispatch on the GPU (also on while the tracer is)
+  SHADERBAY_VULKAN_STATS=1     print each pipeline's statistics (registers, ...) as it is created,
+                               where the driver lists VK_KHR_pipeline_executable_properties
   SHADERBAY_CACHE              directory of the pipeline cache (see shaderbay.config.cache_dir)
 """
 

@@ -26,6 +26,7 @@ from .loader import (
     version_str,
     vk,
 )
+from .statistics import PipelineStatistics
 
 ENV_DEVICE = "SHADERBAY_VULKAN_DEVICE"
 ENV_VALIDATE = "SHADERBAY_VULKAN_VALIDATE"
@@ -266,12 +267,14 @@ class Device:
         self.full_subgroups = bool(f13.computeFullSubgroups)
         coop = CoopMatrix(self.instance, pd)
         coop.chain(f2)
+        self.statistics = PipelineStatistics(pd)
+        self.statistics.chain(f2)
         _, p11, p12, p13 = _query(pd, "Properties", api13)
         mem = ffi.new("VkPhysicalDeviceMemoryProperties*")
         lib.vkGetPhysicalDeviceMemoryProperties(pd, mem)
         self.memory_types = [int(mem.memoryTypes[i].propertyFlags) for i in range(mem.memoryTypeCount)]
 
-        ext_c = [ffi.new("char[]", e.encode()) for e in coop.extensions]
+        ext_c = [ffi.new("char[]", e.encode()) for e in coop.extensions + self.statistics.extensions]
         ext_arr = ffi.new("char*[]", ext_c) if ext_c else ffi.NULL
         priority = ffi.new("float[]", [1.0])
         queue_info = new(
@@ -293,6 +296,7 @@ class Device:
         out = ffi.new("VkDevice*")
         check(lib.vkCreateDevice(pd, dev_info, ffi.NULL, out), "vkCreateDevice")
         self.handle = out[0]
+        self.statistics.bind(self.handle)
         q = ffi.new("VkQueue*")
         lib.vkGetDeviceQueue(self.handle, self.family, 0, q)
         self.queue = q[0]

@@ -241,6 +241,7 @@ class Pipelines:
             stage=stage[0],
             layout=pipe.layout,
             basePipelineIndex=-1,
+            flags=self._gpu.statistics.flags,
         )
         out = ffi.new("VkPipeline*")
         with self._tracer.span("vkCreateComputePipelines", variant=variant.name):
@@ -248,6 +249,7 @@ class Pipelines:
         if r < 0:
             raise KernelCompileError(f"creating the pipeline for {variant.name} failed: {result_name(r)}")
         pipe.handles[variant.name] = out[0]
+        self._gpu.statistics.report(self._dev, out[0], variant.name)
         self._handles.append(out[0])
         self.created += 1
         self._dirty = True
