@@ -1,4 +1,4 @@
-"""The prefill matrix product at many-row shapes, every f16/bf16 constant choice, on each GPU backend.
+"""The prefill matrix product at many-row shapes, every f16/bf16/block-weight constant choice, on each GPU backend.
 
 The conformance suite's generated shapes have few rows (the matrix-vector form's); prefill takes
 the tiled or the cooperative-matrix variant, chosen by capability. Here each constant choice runs
@@ -26,14 +26,14 @@ SHAPES = (
     {"rows": 70, "n": 136, "k": 264},  # no size a multiple of a tile; k a multiple of 8, not of 32
     {"rows": 128, "n": 128, "k": 256},  # whole tiles
 )
-COMBOS = [c for c in records.combos("matmul") if c["wdtype"] in ("f16", "bf16")]
+COMBOS = [c for c in records.combos("matmul") if c["wdtype"] != "f32"]
 
 
-def _model_products(shape: str, rows: int) -> list[tuple[str, dict, dict]]:
-    """The prefill products models/llama.py records for `rows` prompt rows of a synthetic shape in f16:
-    (label, constants, shape) of qkv, o, gate_up and down."""
+def _model_products(shape: str, rows: int, wdtype: str) -> list[tuple[str, dict, dict]]:
+    """The prefill products models/llama.py records for `rows` prompt rows of a synthetic shape with
+    wdtype weights: (label, constants, shape) of qkv, o, gate_up and down."""
     c = ModelConfig.from_dict(synthetic_config(shape))
-    base = {"wdtype": "f16", "bias": False, "accumulate": False, "prologue": "none", "epilogue": "none"}
+    base = {"wdtype": wdtype, "bias": False, "accumulate": False, "prologue": "none", "epilogue": "none"}
     return [
         ("qkv", {**base, "prologue": "rmsnorm"}, {"rows": rows, "n": c.qkv_dim, "k": c.dim}),
         ("o", {**base, "accumulate": True}, {"rows": rows, "n": c.dim, "k": c.q_dim}),
@@ -46,8 +46,9 @@ def _model_products(shape: str, rows: int) -> list[tuple[str, dict, dict]]:
     ]
 
 
-# tests/test_device_agreement.py's model and prompt length (one prefill chunk)
-MODEL_PRODUCTS = _model_products("smollm2-135m", 72)
+# tests/test_device_agreement.py's model and prompt length (one prefill chunk); its f16 weights, and
+# the block formats of the default model (q4_1) and of a Q4_K_M file's two
+MODEL_PRODUCTS = [p for w in ("f16", "q4_1", "q4_k", "q6_k") for p in _model_products("smollm2-135m", 72, w)]
 
 
 @pytest.mark.parametrize("constants", COMBOS, ids=["-".join(str(v) for v in c.values()) for c in COMBOS])
@@ -66,7 +67,9 @@ def test_prefill_matmul_agrees_with_numpy(constants, pytestconfig):
 
 
 @pytest.mark.parametrize("backend_name", ["numpy", "wgpu", "vulkan"])
-@pytest.mark.parametrize(("label", "constants", "shape"), MODEL_PRODUCTS, ids=[p[0] for p in MODEL_PRODUCTS])
+@pytest.mark.parametrize(
+    ("label", "constants", "shape"), MODEL_PRODUCTS, ids=[f"{p[0]}-{p[1]['wdtype']}" for p in MODEL_PRODUCTS]
+)
 def test_model_prefill_products_keep_float32_activations(backend_name, label, constants, shape, pytestconfig):
     """Each product of the device agreement test's prefill, within the budget a whole model needs
     (MODEL_PRODUCT), not only the f16 kernel budget: activations rounded to f16 pass the latter."""

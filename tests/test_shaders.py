@@ -16,6 +16,7 @@ from dataclasses import replace
 import pytest
 from shaderbay.backend import Caps
 from shaderbay.backends.shaders import build, records, variants
+from shaderbay.dtypes import BLOCK_DTYPES
 from shaderbay.kernels import CATALOGUE
 
 SPIRV_MAGIC = 0x07230203
@@ -244,6 +245,9 @@ def test_cooperative_matrix_variant_only_with_the_shape():
     coop = _caps(cooperative_matrix=(COOP_SHAPE,))
     assert variants.select("matmul", f16, params, coop).source == "matmul_coop.comp"
     assert variants.select("matmul", {"wdtype": "bf16"}, params, coop).source == "matmul_coop.comp"
+    for blocks in BLOCK_DTYPES:  # dequantized as they are staged
+        assert variants.select("matmul", {"wdtype": blocks}, params, coop).source == "matmul_coop.comp"
+        assert variants.select("matmul", {"wdtype": blocks}, params, _caps()).source == "matmul_tiled.comp"
     assert variants.select("matmul", f16, params, _caps()).source == "matmul_tiled.comp"  # no shape listed
     assert variants.select("matmul", {"wdtype": "f32"}, params, coop).source == "matmul_tiled.comp"
     assert variants.select("matmul", f16, {**params, "rows": 1}, coop).source == "matmul_vec.comp"

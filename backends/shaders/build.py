@@ -186,7 +186,12 @@ def _declare(ident: str, macro: str, dtype: str) -> list[str]:
             f"vec2 load2_{ident}(uint pair) {{ return unpack_bf16x2({ident}[pair]); }}",
         ]
     if dtype in BLOCK_DTYPES:
-        return [decl + "  // GGUF blocks in 32-bit words", f"#define QWORD(i) {ident}[i]", '#include "quant.glsl"']
+        return [
+            decl + "  // GGUF blocks in 32-bit words",
+            f"#define QWORD(i) {ident}[i]",
+            f"#define QLAST (uint({ident}.length()) - 1u)",
+            '#include "quant.glsl"',
+        ]
     raise ValueError(f"no GLSL declaration for dtype {dtype}")
 
 

@@ -53,7 +53,9 @@ matmul (matmul_vec.comp, matmul_tiled.comp)
     k the vec forms cannot take (measured: 140 us vs 178 for the 64-row tile at 1B qkv, 16 rows):
     one row an invocation, so batch-invariant too.
     `matmul_<consts>_coop` (matmul_coop.comp): f16/bf16 weights on the tensor cores where the
-    device lists COOP_SHAPE, rows > BATCH_ROWS (prefill): a 64 x 128 tile a workgroup.
+    device lists COOP_SHAPE, rows > BATCH_ROWS (prefill): a 64 x 128 tile a workgroup. GGUF block
+    weights too, dequantized by the loaders into f16 hi and lo rows (a value is an f16 scale times a
+    small integer: ~14 significant bits), a 128 x 64 tile (COOP_Q_*).
     `matmul_<consts>_cooprows[_wide]`: the same source with k split over subgroup groups, for
     rows_form 'matrix' at 1..BATCH_ROWS rows (several streams): see COOP_ROWS_* below.
 
@@ -146,14 +148,21 @@ COOP_NEEDS = frozenset({"f16", coopmat_need(COOP_SHAPE)})
 COOP_WARPS = (2, 4)  # subgroups of 32 of a workgroup, along rows and columns
 COOP_FRAGS = (2, 2)  # 16 x 16 accumulators of a subgroup, along rows and columns: a 64 x 128 tile
 COOP_BK = 64  # depth of the staged slice of k (a multiple of 16; 32 in two alternating slices: 1.14x the time)
+# GGUF block weights: w dequantized as it is staged and split into hi and lo rows like x (three
+# products a step), so the f16 tile's 64-deep slice would pass the 48 KiB: a 128 x 64 tile of 8
+# subgroups of 2 x 2, BK 32 (rows shared by a dequantized tile: twice the f16 tile's). H200, 1B q4_0
+# prefill of 512 (benches/RESULTS.md): 27,282 tok/s against 25,966 with the 64 x 128 tile at BK 32.
+COOP_Q_WARPS = (4, 2)
+COOP_Q_FRAGS, COOP_Q_BK = (2, 2), 32
 
 
 def _coop(c: dict, tag: str, warps: tuple[int, int, int], frags: tuple[int, int], bk: int, when, priority: int):
-    """matmul_coop.comp: f16/bf16 weights, k % 8 == 0; `warps` along rows, columns and k."""
+    """matmul_coop.comp: f16/bf16 or block weights, k % 8 == 0; `warps` along rows, columns and k."""
     (wm, wn, wk), (fm, fn) = warps, frags
     bm, bn = 16 * wm * fm, 16 * wn * fn
+    w_parts = 2 if c["wdtype"] in BLOCK_DTYPES else 1  # block weights stage w's hi and lo rows
     # each k group's slice of x's hi and lo rows and w's rows, or its output tile (uvec4, padded rows)
-    staged = 16 * wk * max((2 * bm + bn) * (bk // 8 + 1), bm * (bn // 4 + 1))
+    staged = 16 * wk * max((2 * bm + w_parts * bn) * (bk // 8 + 1), bm * (bn // 4 + 1))
     if c["prologue"] == "rmsnorm":
         staged += 4 * wk * bm * bk // 8
     return Variant(
@@ -256,6 +265,9 @@ def _matmul() -> list[Variant]:
             wm, wn = COOP_WARPS
             rows.append(_coop(c, "coop", (wm, wn, 1), COOP_FRAGS, COOP_BK, lambda p: p["rows"] > BATCH_ROWS, 30))
             rows.extend(_coop_rows(c))
+        elif blocks:
+            wm, wn = COOP_Q_WARPS
+            rows.append(_coop(c, "coop", (wm, wn, 1), COOP_Q_FRAGS, COOP_Q_BK, lambda p: p["rows"] > BATCH_ROWS, 30))
     return rows
 
 

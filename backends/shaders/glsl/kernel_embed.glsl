@@ -28,22 +28,27 @@ vec2 load2_table(uint pair) { return unpack_bf16x2(table[pair]); }
 #elif defined(DTYPE_TABLE_Q8_0)
 layout(std430, set = 0, binding = BINDING_TABLE) buffer Buffer_TABLE { uint table[]; };  // GGUF blocks in 32-bit words
 #define QWORD(i) table[i]
+#define QLAST (uint(table.length()) - 1u)
 #include "quant.glsl"
 #elif defined(DTYPE_TABLE_Q4_0)
 layout(std430, set = 0, binding = BINDING_TABLE) buffer Buffer_TABLE { uint table[]; };  // GGUF blocks in 32-bit words
 #define QWORD(i) table[i]
+#define QLAST (uint(table.length()) - 1u)
 #include "quant.glsl"
 #elif defined(DTYPE_TABLE_Q4_1)
 layout(std430, set = 0, binding = BINDING_TABLE) buffer Buffer_TABLE { uint table[]; };  // GGUF blocks in 32-bit words
 #define QWORD(i) table[i]
+#define QLAST (uint(table.length()) - 1u)
 #include "quant.glsl"
 #elif defined(DTYPE_TABLE_Q4_K)
 layout(std430, set = 0, binding = BINDING_TABLE) buffer Buffer_TABLE { uint table[]; };  // GGUF blocks in 32-bit words
 #define QWORD(i) table[i]
+#define QLAST (uint(table.length()) - 1u)
 #include "quant.glsl"
 #elif defined(DTYPE_TABLE_Q6_K)
 layout(std430, set = 0, binding = BINDING_TABLE) buffer Buffer_TABLE { uint table[]; };  // GGUF blocks in 32-bit words
 #define QWORD(i) table[i]
+#define QLAST (uint(table.length()) - 1u)
 #include "quant.glsl"
 #endif
 

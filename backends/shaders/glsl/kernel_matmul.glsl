@@ -33,22 +33,27 @@ vec2 load2_w(uint pair) { return unpack_bf16x2(w[pair]); }
 #elif defined(DTYPE_W_Q8_0)
 layout(std430, set = 0, binding = BINDING_W) buffer Buffer_W { uint w[]; };  // GGUF blocks in 32-bit words
 #define QWORD(i) w[i]
+#define QLAST (uint(w.length()) - 1u)
 #include "quant.glsl"
 #elif defined(DTYPE_W_Q4_0)
 layout(std430, set = 0, binding = BINDING_W) buffer Buffer_W { uint w[]; };  // GGUF blocks in 32-bit words
 #define QWORD(i) w[i]
+#define QLAST (uint(w.length()) - 1u)
 #include "quant.glsl"
 #elif defined(DTYPE_W_Q4_1)
 layout(std430, set = 0, binding = BINDING_W) buffer Buffer_W { uint w[]; };  // GGUF blocks in 32-bit words
 #define QWORD(i) w[i]
+#define QLAST (uint(w.length()) - 1u)
 #include "quant.glsl"
 #elif defined(DTYPE_W_Q4_K)
 layout(std430, set = 0, binding = BINDING_W) buffer Buffer_W { uint w[]; };  // GGUF blocks in 32-bit words
 #define QWORD(i) w[i]
+#define QLAST (uint(w.length()) - 1u)
 #include "quant.glsl"
 #elif defined(DTYPE_W_Q6_K)
 layout(std430, set = 0, binding = BINDING_W) buffer Buffer_W { uint w[]; };  // GGUF blocks in 32-bit words
 #define QWORD(i) w[i]
+#define QLAST (uint(w.length()) - 1u)
 #include "quant.glsl"
 #endif
 

@@ -1,6 +1,6 @@
 #version 450
 // matmul, cooperative-matrix (tensor core) form for prefill: out[r] (+)= prologue(x[r]) @ w.T
-// (+ bias), f16 or bf16 weights, on devices reporting the subgroup-scope 16 x 16 x 16 product
+// (+ bias), f16, bf16 or GGUF block weights, on devices reporting the subgroup-scope 16 x 16 x 16 product
 // f16 x f16 + f32 -> f32 (VK_KHR_cooperative_matrix). Compiled by the pinned glslangValidator
 // (build.py: Debian 12's glslc predates GL_KHR_cooperative_matrix); never given to wgpu.
 //
@@ -19,9 +19,14 @@
 // compounded over a model's layers to ~4x its logits budget). hi is cut by a bit mask, not by an
 // f16 round trip x - f32(f16(x)), which a compiler may fold to 0: with it, the split changed
 // nothing on the H200, as if lo were 0. w is copied as it is (f16) or converted (bf16 -> f16:
-// exact for every bf16 value in f16's range). One slice is staged at a time (two barriers a
+// exact for every bf16 value in f16's range). GGUF blocks (quant.glsl) are dequantized in f32 by
+// the loaders and split like x: a block value (an f16 scale times a small integer, up to ~14
+// significant bits; the k-quants' ~21) does not fit f16, and rounded it would err by ~1e-4 of a
+// product, 10x MODEL_PRODUCT. Their slice stages w's hi and lo rows too, and each step adds a
+// third product, x hi times w lo (x lo times w lo, 2^-22 of the sum, is left out). One slice is staged at a time (two barriers a
 // slice, so that a 64-deep slice fits in 48 KiB, the H200's limit under Vulkan): the next
-// slice's global loads are issued into registers before the current one is multiplied, so
+// slice's global loads are issued into registers before the current one is multiplied, and
+// the arithmetic on them (prologue, split, dequantizing) waits until that slice is stored, so
 // load latency overlaps the math. Staged rows are padded by 16 bytes so the 8 rows a matrix
 // load reads at once fall in different banks.
 //
@@ -52,7 +57,9 @@
 
 // x and w seen 16 bytes at a time (rows start on 16-byte boundaries: k % 8 == 0)
 layout(std430, set = 0, binding = BINDING_X) readonly buffer X4 { vec4 x4[]; };
+#if !defined(QBLOCK)
 layout(std430, set = 0, binding = BINDING_W) readonly buffer W4 { uvec4 w4[]; };
+#endif
 #if defined(PROLOGUE_RMSNORM)
 layout(std430, set = 0, binding = BINDING_NORM_WEIGHT) readonly buffer N4 { vec4 norm4[]; };
 #endif
@@ -67,7 +74,12 @@ layout(std430, set = 0, binding = BINDING_NORM_WEIGHT) readonly buffer N4 { vec4
 #define RS (CHUNKS_PER_ROW + 1u)  // uvec4 per staged row: BK halves and 16 bytes of padding
 #define A_PER (BM * CHUNKS_PER_ROW / GROUP)  // chunks of x per invocation and slice
 #define B_PER (BN * CHUNKS_PER_ROW / GROUP)
-#define STAGE ((2u * BM + BN) * RS)  // uvec4 of the staged slice: x's hi rows, x's lo rows, w rows
+#if defined(QBLOCK)
+#define W_PARTS 2u  // w's hi and lo rows
+#else
+#define W_PARTS 1u
+#endif
+#define STAGE ((2u * BM + W_PARTS * BN) * RS)  // uvec4 of the staged slice: x's hi rows, x's lo rows, w's rows (hi, lo)
 #define LO (BM * RS)  // where a slice's x lo rows start
 #define WS (2u * BM * RS)  // where a slice's w rows start
 #define OS (BN / 4u + 1u)  // uvec4 per row of the staged output tile (4 floats each, one of padding)
@@ -85,10 +97,27 @@ shared float chunk_ss[uint(WARPS_K) * BM * CHUNKS_PER_ROW];  // sum(x * x) of ea
 
 #define ACC coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>
 
-// the slice being prefetched
-uvec4 xr_hi[A_PER];
-uvec4 xr_lo[A_PER];
+// the slice being prefetched, as loaded: the arithmetic on it (prologue, split, dequantizing) waits
+// for store_slice, after the math on the current slice, so that the loads' latency hides behind it
+vec4 xa[A_PER];  // each chunk's first 4 values of x (silu_mul: of gate)
+vec4 xb[A_PER];  // and its last 4
+#if defined(PROLOGUE_SILU_MUL)
+vec4 ua[A_PER];  // up's
+vec4 ub[A_PER];
+#endif
+#if defined(PROLOGUE_RMSNORM)
+vec4 na[A_PER];  // norm_weight's
+vec4 nb[A_PER];
+#endif
+#if defined(QBLOCK)
+#if BK % 32 != 0
+#error "matmul_coop.comp: block weights need whole 32-value blocks in a slice"
+#endif
+QRaw8 wq8[B_PER];
+uint wvalid;  // bit i: w chunk i lies within the matrix (else read in bounds and staged as zeros)
+#else
 uvec4 wr[B_PER];
+#endif
 float ss[A_PER];
 
 uvec4 pack8(vec4 a, vec4 b) {
@@ -97,7 +126,7 @@ uvec4 pack8(vec4 a, vec4 b) {
 
 #define HI_MASK 0xFFFFE000u  // f32 bits of x's 11 significant bits (f16's)
 
-// x's 8 values (a, b) as f16 parts hi and lo = x - hi (see the header)
+// 8 values (a, b) as f16 parts hi and lo = x - hi (see the header)
 void split8(vec4 a, vec4 b, out uvec4 hi, out uvec4 lo) {
     precise vec4 ha = uintBitsToFloat(floatBitsToUint(a) & uvec4(HI_MASK));
     precise vec4 hb = uintBitsToFloat(floatBitsToUint(b) & uvec4(HI_MASK));
@@ -113,53 +142,95 @@ void load_slice(uint k0, uint m0, uint j0, uint t) {
         uint q = t + GROUP * i;
         uint row = m0 + q / CHUNKS_PER_ROW;
         uint kk = k0 + (q % CHUNKS_PER_ROW) * 8u;
-        vec4 a = vec4(0.0);  // the chunk's first 4 values
-        vec4 b = vec4(0.0);  // and its last 4
+        xa[i] = vec4(0.0);
+        xb[i] = vec4(0.0);
+#if defined(PROLOGUE_SILU_MUL)
+        ua[i] = vec4(0.0);
+        ub[i] = vec4(0.0);
+#endif
+#if defined(PROLOGUE_RMSNORM)
+        na[i] = vec4(0.0);
+        nb[i] = vec4(0.0);
+#endif
         if (row < p.rows && kk < k) {
 #if defined(PROLOGUE_SILU_MUL)
             uint at = (row * 2u * k + kk) / 4u;
-            vec4 g0 = x4[at];
-            vec4 g1 = x4[at + 1u];
-            a = g0 / (1.0 + exp(-g0)) * x4[at + k / 4u];
-            b = g1 / (1.0 + exp(-g1)) * x4[at + k / 4u + 1u];
+            ua[i] = x4[at + k / 4u];
+            ub[i] = x4[at + k / 4u + 1u];
 #else
             uint at = (row * k + kk) / 4u;
-            a = x4[at];
-            b = x4[at + 1u];
 #endif
+            xa[i] = x4[at];
+            xb[i] = x4[at + 1u];
 #if defined(PROLOGUE_RMSNORM)
-            ss[i] += dot(a, a) + dot(b, b);
-            a *= norm4[kk / 4u];
-            b *= norm4[kk / 4u + 1u];
+            na[i] = norm4[kk / 4u];
+            nb[i] = norm4[kk / 4u + 1u];
 #endif
         }
-        split8(a, b, xr_hi[i], xr_lo[i]);
     }
+#if defined(QBLOCK)
+    wvalid = 0u;
+#endif
     [[unroll]] for (uint i = 0u; i < B_PER; ++i) {
         uint q = t + GROUP * i;
         uint row = j0 + q / CHUNKS_PER_ROW;
         uint kk = k0 + (q % CHUNKS_PER_ROW) * 8u;
+#if defined(QBLOCK)
+        wq8[i] = qraw8(min(row, p.n - 1u) * (k / QBLOCK) * QBYTES, min(kk, k - 8u));
+        wvalid |= row < p.n && kk < k ? 1u << i : 0u;
+#else
         uvec4 v = uvec4(0u);
         if (row < p.n && kk < k) {
             v = w4[(row * k + kk) / 8u];
-#if defined(WDTYPE_BF16)
-            v = pack8(vec4(unpack_bf16x2(v.x), unpack_bf16x2(v.y)), vec4(unpack_bf16x2(v.z), unpack_bf16x2(v.w)));
-#endif
         }
         wr[i] = v;
+#endif
     }
 }
 
 void store_slice(uint base, uint t) {
     [[unroll]] for (uint i = 0u; i < A_PER; ++i) {
         uint q = t + GROUP * i;
+        vec4 a = xa[i];
+        vec4 b = xb[i];
+#if defined(PROLOGUE_SILU_MUL)
+        a = a / (1.0 + exp(-a)) * ua[i];
+        b = b / (1.0 + exp(-b)) * ub[i];
+#endif
+#if defined(PROLOGUE_RMSNORM)
+        ss[i] += dot(a, a) + dot(b, b);
+        a *= na[i];
+        b *= nb[i];
+#endif
         uint at = base + (q / CHUNKS_PER_ROW) * RS + q % CHUNKS_PER_ROW;
-        smem[at] = xr_hi[i];
-        smem[at + LO] = xr_lo[i];
+        uvec4 hi;
+        uvec4 lo;
+        split8(a, b, hi, lo);
+        smem[at] = hi;
+        smem[at + LO] = lo;
     }
     [[unroll]] for (uint i = 0u; i < B_PER; ++i) {
         uint q = t + GROUP * i;
-        smem[base + WS + (q / CHUNKS_PER_ROW) * RS + q % CHUNKS_PER_ROW] = wr[i];
+        uint at = base + WS + (q / CHUNKS_PER_ROW) * RS + q % CHUNKS_PER_ROW;
+#if defined(QBLOCK)
+        vec4 a;
+        vec4 b;
+        qvalues8(wq8[i], (q % CHUNKS_PER_ROW) * 8u, a, b);  // the chunk's place in its block: BK % 32 == 0
+        if ((wvalid & (1u << i)) == 0u) {
+            a = vec4(0.0);
+            b = vec4(0.0);
+        }
+        uvec4 hi;
+        uvec4 lo;
+        split8(a, b, hi, lo);
+        smem[at] = hi;
+        smem[at + BN * RS] = lo;  // w's lo rows follow its hi rows
+#elif defined(WDTYPE_BF16)
+        uvec4 v = wr[i];
+        smem[at] = pack8(vec4(unpack_bf16x2(v.x), unpack_bf16x2(v.y)), vec4(unpack_bf16x2(v.z), unpack_bf16x2(v.w)));
+#else
+        smem[at] = wr[i];
+#endif
     }
 }
 
@@ -201,6 +272,9 @@ void main() {
                     coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> a_hi[FM];
                     coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> a_lo[FM];
                     coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> b[FN];
+#if defined(QBLOCK)
+                    coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> b_lo[FN];
+#endif
                     [[unroll]] for (uint i = 0u; i < uint(FM); ++i) {
                         uint at = region + (wm * uint(FM) + i) * 16u * RS + kk;
                         coopMatLoad(a_hi[i], smem, at, RS, gl_CooperativeMatrixLayoutRowMajor);
@@ -209,9 +283,12 @@ void main() {
                     [[unroll]] for (uint j = 0u; j < uint(FN); ++j) {
                         uint at = region + WS + (wn * uint(FN) + j) * 16u * RS + kk;
                         coopMatLoad(b[j], smem, at, RS, gl_CooperativeMatrixLayoutColumnMajor);
+#if defined(QBLOCK)
+                        coopMatLoad(b_lo[j], smem, at + BN * RS, RS, gl_CooperativeMatrixLayoutColumnMajor);
+#endif
                     }
                     // all hi products, then all lo (into the same accumulators): consecutive products
-                    // go to different ones
+                    // go to different ones; block weights: then x hi times w lo
                     [[unroll]] for (uint i = 0u; i < uint(FM); ++i) {
                         [[unroll]] for (uint j = 0u; j < uint(FN); ++j) {
                             acc[i * uint(FN) + j] = coopMatMulAdd(a_hi[i], b[j], acc[i * uint(FN) + j]);
@@ -222,6 +299,13 @@ void main() {
                             acc[i * uint(FN) + j] = coopMatMulAdd(a_lo[i], b[j], acc[i * uint(FN) + j]);
                         }
                     }
+#if defined(QBLOCK)
+                    [[unroll]] for (uint i = 0u; i < uint(FM); ++i) {
+                        [[unroll]] for (uint j = 0u; j < uint(FN); ++j) {
+                            acc[i * uint(FN) + j] = coopMatMulAdd(a_hi[i], b_lo[j], acc[i * uint(FN) + j]);
+                        }
+                    }
+#endif
                 }
                 barrier();  // every subgroup is done reading the slice before the next is stored
             }

@@ -55,10 +55,12 @@ layout(std430, set = 0, binding = BINDING_W) readonly buffer Buffer_W { uvec4 w4
 layout(std430, set = 0, binding = BINDING_W) readonly buffer Buffer_W { uvec4 w4[]; };
 #define QVEC4(i) w4[i]
 #define QWORD(i) w4[(i) >> 2][(i) & 3u]
+#define QLAST (4u * uint(w4.length()) - 1u)
 #include "quant.glsl"
 #else  // other GGUF blocks: 32-bit loads
 layout(std430, set = 0, binding = BINDING_W) readonly buffer Buffer_W { uint wq[]; };
 #define QWORD(i) wq[i]
+#define QLAST (uint(wq.length()) - 1u)
 #include "quant.glsl"
 #endif
 #ifdef BINDING_NORM_WEIGHT

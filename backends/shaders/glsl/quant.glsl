@@ -3,7 +3,8 @@
 // the arithmetic follows it (scale times value, minus the minimum) but may fuse multiply-adds.
 //
 // The including shader binds the blocks as 32-bit words and defines QWORD(i), the i-th word;
-// and QVEC4(i), the i-th 16 bytes (a wide load where the binding is a uvec4 array). Blocks of
+// QLAST, the binding's last word (where a read past a run is clamped); and QVEC4(i), the i-th
+// 16 bytes (a wide load where the binding is a uvec4 array). Blocks of
 // 34, 18 and 210 bytes start at any even byte, so a run of words at an even offset is read as
 // the words around it, joined by 16-bit halves where it starts mid-word (qword*). Blocks of
 // 20 bytes (q4_1) start on a word, of 144 (q4_k) on 16 bytes (rows are whole blocks).
@@ -304,6 +305,73 @@ float unit_dot(uint rb, uint u, vec4 xv[8], vec4 xs) {
     return qhalf(base + 208u) * dot(sc, 64.0 * f - 96.0 * xs);  // 64 (f - sum x) - 32 sum x
 }
 
+#endif
+
+// --- eight values in two steps ----------------------------------------------------------
+// Values j..j+7 (j % 8 == 0) of the row whose blocks start at byte rb, as qraw8 (the loads) and
+// qvalues8 (the arithmetic, exact in f32), so that a kernel can issue the loads long before it
+// needs the values: matmul_coop.comp's loaders keep the next slice's raw words in registers
+// while the matrix units work (dequantizing as they load, the H200 spent ~40% of a 1B prefill
+// waiting on them). q8_0, q4_0, q4_1: the run of bytes (8 or 4 of them, at an even offset: three
+// words, the last clamped to the binding) and the scale's word; the k-quants dequantize at once.
+
+#if defined(WDTYPE_Q8_0) || defined(WDTYPE_Q4_0) || defined(WDTYPE_Q4_1)
+struct QRaw8 {
+    uvec3 w;   // the words around the run of quants
+    uint s;    // the word with the scale (q4_1: d and m)
+    uint off;  // the run's byte offset (its parity of halves picks the words' halves)
+    uint sh;   // the scale's bit offset in s
+};
+
+QRaw8 qraw8(uint rb, uint j) {
+    uint base = rb + (j / QBLOCK) * QBYTES;
+    uint i = j % QBLOCK;
+#if defined(WDTYPE_Q8_0)
+    uint off = base + 2u + i;
+#elif defined(WDTYPE_Q4_0)
+    uint off = base + 2u + (i & 15u);
+#else
+    uint off = base + 4u + (i & 15u);
+#endif
+    uint o = off >> 2;
+    return QRaw8(uvec3(QWORD(o), QWORD(o + 1u), QWORD(min(o + 2u, QLAST))), QWORD(base >> 2), off, (base & 2u) * 8u);
+}
+
+void qvalues8(QRaw8 r, uint j, out vec4 a, out vec4 b) {
+    uvec2 q = (r.off & 2u) != 0u ? (r.w.xy >> 16) | (r.w.yz << 16) : r.w.xy;
+#if defined(WDTYPE_Q8_0)
+    float d = unpackHalf2x16(r.s >> r.sh).x;
+    a = d * ((u8x4(q.x ^ 0x80808080u) - 1.0) * 256.0 - 128.0);  // 1 + (q + 128) / 256 -> q
+    b = d * ((u8x4(q.y ^ 0x80808080u) - 1.0) * 256.0 - 128.0);
+#else
+    bool high = j % QBLOCK >= 16u;
+    vec4 ua = ((high ? hi4(q.x) : lo4(q.x)) - 1.0) * 16.0;  // 1 + u / 16 -> u
+    vec4 ub = ((high ? hi4(q.y) : lo4(q.y)) - 1.0) * 16.0;
+#if defined(WDTYPE_Q4_0)
+    float d = unpackHalf2x16(r.s >> r.sh).x;
+    a = d * (ua - 8.0);
+    b = d * (ub - 8.0);
+#else
+    vec2 dm = unpackHalf2x16(r.s);
+    a = dm.x * ua + dm.y;
+    b = dm.x * ub + dm.y;
+#endif
+#endif
+}
+#else
+struct QRaw8 {
+    vec4 a;
+    vec4 b;
+};
+
+QRaw8 qraw8(uint rb, uint j) {
+    return QRaw8(dequant4(rb, j), dequant4(rb, j + 4u));
+}
+
+void qvalues8(QRaw8 r, uint j, out vec4 a, out vec4 b) {
+    a = r.a;
+    b = r.b;
+}
 #endif
 
 #endif  // QUANT_GLSL
