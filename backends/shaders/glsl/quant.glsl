@@ -88,10 +88,6 @@ vec4 hi_nibbles(uint qw) {
     return vec4(uvec4(qw >> 4, qw >> 12, qw >> 20, qw >> 28) & 15u);
 }
 
-vec4 s8x4(uint qw) {  // four int8
-    return vec4(ivec4(uvec4(qw << 24, qw << 16, qw << 8, qw)) >> 24);
-}
-
 // 1 + u / 16 of the low (lo4) and high (hi4) nibbles of the 4 bytes, 1 + u / 256 of the bytes
 vec4 lo4(uint qw) {
     return uintBitsToFloat((uvec4(qw << 19, qw << 11, qw << 3, qw >> 5) & 0x00780000u) | 0x3F800000u);
@@ -118,11 +114,6 @@ uint qbyte(uvec4 v, uint i) {  // byte i of 16
 #if defined(WDTYPE_Q8_0)
 // block: f16 d, 32 int8; value = q * d
 
-vec4 dequant4(uint rb, uint j) {
-    uint base = rb + (j / 32u) * 34u;
-    return s8x4(qword(base + 2u + j % 32u)) * qhalf(base);
-}
-
 uint unit_x4(uint u, uint i) {
     return 8u * u + i;
 }
@@ -148,19 +139,6 @@ float unit_dot(uint rb, uint u, vec4 xv[8], vec4 xs) {
 #else
 #define QS_AT 4u
 #endif
-
-vec4 dequant4(uint rb, uint j) {
-    uint base = rb + (j / 32u) * QBYTES;
-    uint i = j % 32u;
-    uint qw = qword(base + QS_AT + (i & 15u));
-    vec4 q = i < 16u ? lo_nibbles(qw) : hi_nibbles(qw);
-#if defined(WDTYPE_Q4_0)
-    return qhalf(base) * (q - 8.0);
-#else
-    vec2 dm = unpackHalf2x16(QWORD(base >> 2));
-    return dm.x * q + dm.y;
-#endif
-}
 
 uint unit_x4(uint u, uint i) {
     return 8u * u + i;  // vec4s 0..3: the low nibbles of the 4 words, 4..7: the high ones
@@ -313,7 +291,9 @@ float unit_dot(uint rb, uint u, vec4 xv[8], vec4 xs) {
 // needs the values: matmul_coop.comp's loaders keep the next slice's raw words in registers
 // while the matrix units work (dequantizing as they load, the H200 spent ~40% of a 1B prefill
 // waiting on them). q8_0, q4_0, q4_1: the run of bytes (8 or 4 of them, at an even offset: three
-// words, the last clamped to the binding) and the scale's word; the k-quants dequantize at once.
+// words, the last clamped to the binding) and the scale's word, and their dequant4 goes through
+// the same two steps (one dequantizer: the tiled and embed kernels, which CI runs, check the one
+// the tensor cores' loaders use); the k-quants dequantize at once.
 
 #if defined(WDTYPE_Q8_0) || defined(WDTYPE_Q4_0) || defined(WDTYPE_Q4_1)
 struct QRaw8 {
@@ -328,10 +308,8 @@ QRaw8 qraw8(uint rb, uint j) {
     uint i = j % QBLOCK;
 #if defined(WDTYPE_Q8_0)
     uint off = base + 2u + i;
-#elif defined(WDTYPE_Q4_0)
-    uint off = base + 2u + (i & 15u);
 #else
-    uint off = base + 4u + (i & 15u);
+    uint off = base + QS_AT + (i & 15u);
 #endif
     uint o = off >> 2;
     return QRaw8(uvec3(QWORD(o), QWORD(o + 1u), QWORD(min(o + 2u, QLAST))), QWORD(base >> 2), off, (base & 2u) * 8u);
@@ -357,6 +335,13 @@ void qvalues8(QRaw8 r, uint j, out vec4 a, out vec4 b) {
     b = dm.x * ub + dm.y;
 #endif
 #endif
+}
+
+vec4 dequant4(uint rb, uint j) {  // the staged kernels' values, through the same path
+    vec4 a;
+    vec4 b;
+    qvalues8(qraw8(rb, j & ~7u), j & ~7u, a, b);
+    return (j & 4u) != 0u ? b : a;
 }
 #else
 struct QRaw8 {
