@@ -151,6 +151,20 @@ def test_cpu_devices_take_the_cpu_matrix_vector_forms_and_gpus_keep_theirs(monke
     assert _matvec_choices(_caps(sg, size=8, device_type="software")) == _matvec_choices(_caps(sg, size=8))
 
 
+@pytest.mark.parametrize("head_dim,wg", [(64, 8), (128, 16), (256, 32)])
+def test_cpu_devices_take_one_slice_of_decode_attention_in_the_smallest_workgroup(monkeypatch, head_dim, wg):
+    monkeypatch.delenv(variants.ENV_GPU_FORMS, raising=False)
+    monkeypatch.delenv(variants.ENV_NO_SUBGROUPS, raising=False)
+    params = {"rows": 3, "n_heads": 32, "n_kv_heads": 8, "head_dim": head_dim, "block_size": 16, "blocks_per_seq": 256}
+    cpu = variants.select("decode_attention", {"cache_dtype": "f16"}, params, _caps(True, size=8, device_type="software"))
+    assert cpu.name == f"decode_attention_f16_vec_cpu{wg}_sg"
+    assert cpu.grid(params) == (32, 1, 3)  # a workgroup a (head, row): no slices
+    gpu = variants.select("decode_attention", {"cache_dtype": "f16"}, params, _caps(True, device_type="discrete"))
+    assert "_cpu" not in gpu.name and gpu.grid(params)[1] > 1
+    monkeypatch.setenv(variants.ENV_GPU_FORMS, "1")
+    assert "_cpu" not in variants.select("decode_attention", {"cache_dtype": "f16"}, params, _caps(True, size=8)).name
+
+
 def test_a_variant_needing_more_shared_memory_than_the_device_has_is_unusable():
     rmsnorm = variants.by_name("rmsnorm")
     assert variants.usable(rmsnorm, _caps(max_shared_memory=rmsnorm.shared_bytes))

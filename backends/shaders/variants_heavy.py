@@ -10,8 +10,8 @@ where it only applies to some (e.g. `lambda p: p["rows"] == 1` for matrix-vector
 `priority` to order the applicable ones.
 
 Names are `records.stem(kernel, constants, *tags)`; every constant combination has a
-full set. 1844 spv files in all with the simple kernels' (matmul 1800, attention 13,
-decode_attention 9, sample 2).
+full set. 1850 spv files in all with the simple kernels' (matmul 1800, attention 13,
+decode_attention 15, sample 2).
 
 matmul (matmul_vec.comp, matmul_tiled.comp)
     `matmul_<consts>_vec_sg` / `_vec`: matrix-vector, when rows <= BATCH_ROWS and k is a
@@ -93,6 +93,9 @@ decode_attention (attention.comp with DECODE_ROPE_KV)
     tokens 360 -> 296 us a 1B token (the `_vec_sg` form with the same slices), 478 -> 429 us a
     135M one; 16 and 64 rows 8% and 5% less; 4 keys in flight instead of 8: 313 and 442. Not on
     CPU devices (lavapipe: 1.3x the time) nor through wgpu's translator (H200: 552 against 483 us).
+    `decode_attention_<cache>_vec_cpu{8,16,32}_sg` (CPU devices, the "cpu" capability): one slice, the
+    smallest workgroup that holds a head's units (see CPU_DECODE_WGS): lavapipe, the default model at
+    its default context, 3.8x the decode rate of the `_vec_sg` form.
 
 sample (sample.comp)
     `sample_sg` (512 invocations) / `sample` (128): one workgroup; see sample.comp.
@@ -359,6 +362,14 @@ def _slices(n_heads: int, capacity: int, wg: int) -> int:
     return max(1, min(DECODE_ATTENTION_SLICES, groups(capacity, wg), DECODE_ROW_GROUPS // n_heads))
 
 
+# CPU devices (lavapipe): one slice (a workgroup a head: the heads are already more than the host's
+# cores, and each slice past the live keys still costs a workgroup launch) of as few invocations as
+# hold a head's units (one SIMD vector of llvmpipe for head_dim 64: a barrier is then no task switch).
+# lavapipe, the default model through the API (max_context 4096), decode after a 72-token prompt
+# (benches/RESULTS.md): 682 ms a token with the `_vec_sg` form (256 invocations, 16 slices), 241 with
+# it in one slice, 179 with 8 invocations (16: 180, 32: 204, 64: 201).
+CPU_DECODE_WGS = (8, 16, 32)
+
 # `_keys`: a key per group of head_dim / 8 invocations (a head's 16-byte units side by side,
 # within one subgroup of at least 8), K and V read together, KL_KEYS keys in flight per group
 KEY_LANES_HEAD_DIMS = (8, 16, 32, 64)
@@ -412,6 +423,23 @@ def _decode_attention() -> list[Variant]:
                             shared_bytes=rows[-1].shared_bytes,
                         )
                     )
+                if vec and sg:
+                    for cwg in CPU_DECODE_WGS:  # the smallest that holds a head's units
+                        rows.append(
+                            Variant(
+                                stem("decode_attention", c, "vec", f"cpu{cwg}", "sg"),
+                                "decode_attention",
+                                "attention.comp",
+                                c,
+                                (cwg, 1, 1),
+                                lambda p: (groups(p["n_heads"]), 1, groups(p["rows"])),
+                                defines={"VEC": vec, "SUBGROUPS": sg, "DECODE_ROPE_KV": True, "SLICES": SLICES_DEFINE},
+                                needs=SG_NEEDS | CPU_NEEDS,
+                                when=lambda p, unit=unit, cwg=cwg: p["head_dim"] % unit == 0 and p["head_dim"] <= cwg * unit,
+                                priority=40 + len(CPU_DECODE_WGS) - CPU_DECODE_WGS.index(cwg),
+                                shared_bytes=4 * (256 + cwg // 4 + 3 * cwg + cwg * ue + 1) + new_row,
+                            )
+                        )
     return rows
 
 
