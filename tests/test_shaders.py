@@ -156,7 +156,8 @@ def test_cpu_devices_take_one_slice_of_decode_attention_in_the_smallest_workgrou
     monkeypatch.delenv(variants.ENV_GPU_FORMS, raising=False)
     monkeypatch.delenv(variants.ENV_NO_SUBGROUPS, raising=False)
     params = {"rows": 3, "n_heads": 32, "n_kv_heads": 8, "head_dim": head_dim, "block_size": 16, "blocks_per_seq": 256}
-    cpu = variants.select("decode_attention", {"cache_dtype": "f16"}, params, _caps(True, size=8, device_type="software"))
+    software = _caps(True, size=8, device_type="software")
+    cpu = variants.select("decode_attention", {"cache_dtype": "f16"}, params, software)
     assert cpu.name == f"decode_attention_f16_vec_cpu{wg}_sg"
     assert cpu.grid(params) == (32, 1, 3)  # a workgroup a (head, row): no slices
     gpu = variants.select("decode_attention", {"cache_dtype": "f16"}, params, _caps(True, device_type="discrete"))

@@ -435,7 +435,7 @@ def _decode_attention() -> list[Variant]:
                                 lambda p: (groups(p["n_heads"]), 1, groups(p["rows"])),
                                 defines={"VEC": vec, "SUBGROUPS": sg, "DECODE_ROPE_KV": True, "SLICES": SLICES_DEFINE},
                                 needs=SG_NEEDS | CPU_NEEDS,
-                                when=lambda p, unit=unit, cwg=cwg: p["head_dim"] % unit == 0 and p["head_dim"] <= cwg * unit,
+                                when=lambda p, u=unit, cwg=cwg: p["head_dim"] % u == 0 and p["head_dim"] <= cwg * u,
                                 priority=40 + len(CPU_DECODE_WGS) - CPU_DECODE_WGS.index(cwg),
                                 shared_bytes=4 * (256 + cwg // 4 + 3 * cwg + cwg * ue + 1) + new_row,
                             )
