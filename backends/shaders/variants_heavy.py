@@ -10,7 +10,7 @@ where it only applies to some (e.g. `lambda p: p["rows"] == 1` for matrix-vector
 `priority` to order the applicable ones.
 
 Names are `records.stem(kernel, constants, *tags)`; every constant combination has a
-full set. 1850 spv files in all with the simple kernels' (matmul 1800, attention 13,
+full set. 1856 spv files in all with the simple kernels' (matmul 1800, attention 19,
 decode_attention 15, sample 2).
 
 matmul (matmul_vec.comp, matmul_tiled.comp)
@@ -37,9 +37,10 @@ matmul (matmul_vec.comp, matmul_tiled.comp)
     rows sharing the unit's x loads and sums),
     read as 32-bit words (16-byte loads for q4_k's 16-byte-aligned blocks) and dequantized in
     registers; the tiled forms dequantize 4 values at a time into the shared-memory tile.
-    `matmul_<consts>_cpu_vec` / `_cpu_vec2x4`: the same two forms for CPU devices (the
+    `matmul_<consts>_cpu_vec` / `_cpu_vec8x16`: the same two forms for CPU devices (the
     "cpu" capability: lavapipe), every weight dtype: CPU_VEC_WG (8) invocations, one SIMD vector of
-    llvmpipe, CPU_VEC_OUTS outputs a workgroup, one unit or chunk in flight. lavapipe, the default model
+    llvmpipe, CPU_VEC_OUTS outputs a workgroup, one unit or chunk in flight; the batched one for every
+    rows count from 2 (prefill too). lavapipe, the default model
     (benches/RESULTS.md): the first token's matrix products ~4x faster than with the GPU forms, whose
     64-128 invocations leave most lanes idle on 576-wide rows. Batch-invariant between themselves (the
     same WG and UNROLL); a CPU device runs no GPU matrix-vector form, so its rows never mix the two.
@@ -94,8 +95,9 @@ decode_attention (attention.comp with DECODE_ROPE_KV)
     135M one; 16 and 64 rows 8% and 5% less; 4 keys in flight instead of 8: 313 and 442. Not on
     CPU devices (lavapipe: 1.3x the time) nor through wgpu's translator (H200: 552 against 483 us).
     `decode_attention_<cache>_vec_cpu{8,16,32}_sg` (CPU devices, the "cpu" capability): one slice, the
-    smallest workgroup that holds a head's units (see CPU_DECODE_WGS): lavapipe, the default model at
-    its default context, 3.8x the decode rate of the `_vec_sg` form.
+    smallest workgroup that holds a head's units (see CPU_ATTN_WGS): lavapipe, the default model at
+    its default context, 3.8x the decode rate of the `_vec_sg` form. attention's `_vec_cpu{8,16,32}_sg`
+    likewise, for every rows count (lavapipe, 135M shape: 1.5x at 128 rows, 1.16x at 512).
 
 sample (sample.comp)
     `sample_sg` (512 invocations) / `sample` (128): one workgroup; see sample.comp.
@@ -133,11 +135,14 @@ BATCH_XR, BATCH_OUTS = 4, 4
 # 576-wide q4_1 row is 18 units for 64 invocations) and pay each lane's share of the reduction.
 # lavapipe, the default model's shapes, one row (benches/RESULTS.md): WG 8 beat 4, 16, 32 and 64
 # (8 outputs: qkv 0.77 ms, 64 x 64: 5.0); 8 outputs beat 4; UNROLL 1 beat 2 (qkv 0.77 ms vs 1.05). The
-# batched form: 2 x 4 beat 4 x 2 (16 rows, gate_up 37 ms vs 65); x rows times outputs stays <= WG.
+# batched form (an invocation writing several outputs): at 64 rows of the default model's products
+# (q4_1), 8 x 16 took 76 ms a layer against 2 x 4's 184 (8 x 8: 91, 16 x 8: 85, 16 x 16: 77, 8 x 32:
+# 78, 4 x 16: 87); it also takes every rows count above BATCH_ROWS on these devices (prefill: 605 ms
+# a layer at 512 rows against the tiled kernel's 657).
 CPU_VEC_WG = 8
 CPU_VEC_OUTS = 8
 CPU_VEC_UNROLL = 1
-CPU_BATCH_XR, CPU_BATCH_OUTS = 2, 4
+CPU_BATCH_XR, CPU_BATCH_OUTS = 8, 16
 # Without subgroup operations only: a workgroup is one subgroup there, so they would reduce the same 8
 # sums, and the 384 files they took (8.4 MB) put the package past what the GPU machine's runs carry.
 CPU_FORMS = ((1, CPU_VEC_OUTS), (CPU_BATCH_XR, CPU_BATCH_OUTS))
@@ -217,7 +222,7 @@ def _chunk(wdtype: str) -> int:
 
 def _vec(c: dict, xr: int, outs: int, sg: bool, cpu: bool = False) -> Variant:
     """matmul_vec.comp: xr x rows by outs outputs a workgroup; one x row a workgroup (xr = 1) for any
-    rows up to BATCH_ROWS, several from 2 rows on."""
+    rows up to BATCH_ROWS, several from 2 rows on (on CPU devices, beyond BATCH_ROWS too)."""
     epc = _chunk(c["wdtype"])
     wg = CPU_VEC_WG if cpu else VEC_WG_Q if c["wdtype"] in BLOCK_DTYPES else VEC_WG
     nsums = xr * outs + (xr if c["prologue"] == "rmsnorm" else 0)
@@ -231,7 +236,7 @@ def _vec(c: dict, xr: int, outs: int, sg: bool, cpu: bool = False) -> Variant:
         lambda p: (groups(p["rows"], xr), groups(p["n"], outs), 1),
         defines={"SUBGROUPS": sg, "ROWS": outs, "XR": xr, "UNROLL": f"{CPU_VEC_UNROLL if cpu else VEC_UNROLL}u"},
         needs=(SG_NEEDS if sg else frozenset()) | (CPU_NEEDS if cpu else frozenset()),
-        when=lambda p: lo <= p["rows"] <= BATCH_ROWS and p["k"] % epc == 0,
+        when=lambda p: lo <= p["rows"] and (cpu and xr > 1 or p["rows"] <= BATCH_ROWS) and p["k"] % epc == 0,
         priority=(20 if sg else 10) + (xr > 1) + (30 if cpu else 0),
         shared_bytes=4 * nsums * (wg // 4 if sg else wg),
     )
@@ -278,6 +283,14 @@ def _matmul() -> list[Variant]:
 
 ATTN_WG_DECODE = 256  # one row: few workgroups, as many invocations per (row, head) as pay
 ATTN_WG_PREFILL = 64  # many rows (many short causal prefixes): more, smaller workgroups
+# CPU devices (lavapipe), attention and decode_attention: the smallest workgroup that holds a head's
+# units, and in decode_attention one slice (a workgroup a head: the heads are already more than the host's
+# cores, and each slice past the live keys still costs a workgroup launch) of as few invocations as
+# hold a head's units (one SIMD vector of llvmpipe for head_dim 64: a barrier is then no task switch).
+# lavapipe, the default model through the API (max_context 4096), decode after a 72-token prompt
+# (benches/RESULTS.md): 682 ms a token with the `_vec_sg` form (256 invocations, 16 slices), 241 with
+# it in one slice, 179 with 8 invocations (16: 180, 32: 204, 64: 201).
+CPU_ATTN_WGS = (8, 16, 32)
 
 
 def _attention() -> list[Variant]:
@@ -311,6 +324,22 @@ def _attention() -> list[Variant]:
                             shared_bytes=4 * (256 + (wg // 4 if sg else wg) + 3 * wg + wg * ue),
                         )
                     )
+        for cwg in CPU_ATTN_WGS:
+            rows.append(
+                Variant(
+                    stem("attention", c, "vec", f"cpu{cwg}", "sg"),
+                    "attention",
+                    "attention.comp",
+                    c,
+                    (cwg, 1, 1),
+                    lambda p: (groups(p["n_heads"]), groups(p["rows"]), 1),
+                    defines={"VEC": True, "SUBGROUPS": True},
+                    needs=SG_NEEDS | CPU_NEEDS,
+                    when=lambda p, u=unit, cwg=cwg: p["head_dim"] % u == 0 and p["head_dim"] <= cwg * u,
+                    priority=40 + len(CPU_ATTN_WGS) - CPU_ATTN_WGS.index(cwg),
+                    shared_bytes=4 * (256 + cwg // 4 + 3 * cwg + cwg * unit),
+                )
+            )
     return rows
 
 
@@ -361,14 +390,6 @@ def _slices(n_heads: int, capacity: int, wg: int) -> int:
     and what keeps a row's workgroups within DECODE_ROW_GROUPS (head counts only: batch-invariant)."""
     return max(1, min(DECODE_ATTENTION_SLICES, groups(capacity, wg), DECODE_ROW_GROUPS // n_heads))
 
-
-# CPU devices (lavapipe): one slice (a workgroup a head: the heads are already more than the host's
-# cores, and each slice past the live keys still costs a workgroup launch) of as few invocations as
-# hold a head's units (one SIMD vector of llvmpipe for head_dim 64: a barrier is then no task switch).
-# lavapipe, the default model through the API (max_context 4096), decode after a 72-token prompt
-# (benches/RESULTS.md): 682 ms a token with the `_vec_sg` form (256 invocations, 16 slices), 241 with
-# it in one slice, 179 with 8 invocations (16: 180, 32: 204, 64: 201).
-CPU_DECODE_WGS = (8, 16, 32)
 
 # `_keys`: a key per group of head_dim / 8 invocations (a head's 16-byte units side by side,
 # within one subgroup of at least 8), K and V read together, KL_KEYS keys in flight per group
@@ -424,7 +445,7 @@ def _decode_attention() -> list[Variant]:
                         )
                     )
                 if vec and sg:
-                    for cwg in CPU_DECODE_WGS:  # the smallest that holds a head's units
+                    for cwg in CPU_ATTN_WGS:  # the smallest that holds a head's units
                         rows.append(
                             Variant(
                                 stem("decode_attention", c, "vec", f"cpu{cwg}", "sg"),
@@ -436,7 +457,7 @@ def _decode_attention() -> list[Variant]:
                                 defines={"VEC": vec, "SUBGROUPS": sg, "DECODE_ROPE_KV": True, "SLICES": SLICES_DEFINE},
                                 needs=SG_NEEDS | CPU_NEEDS,
                                 when=lambda p, u=unit, cwg=cwg: p["head_dim"] % u == 0 and p["head_dim"] <= cwg * u,
-                                priority=40 + len(CPU_DECODE_WGS) - CPU_DECODE_WGS.index(cwg),
+                                priority=40 + len(CPU_ATTN_WGS) - CPU_ATTN_WGS.index(cwg),
                                 shared_bytes=4 * (256 + cwg // 4 + 3 * cwg + cwg * ue + 1) + new_row,
                             )
                         )
