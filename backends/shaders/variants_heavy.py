@@ -39,8 +39,7 @@ matmul (matmul_vec.comp, matmul_tiled.comp)
     registers; the tiled forms dequantize 4 values at a time into the shared-memory tile.
     `matmul_<consts>_cpu_vec` / `_cpu_vec8x16`: the same two forms for CPU devices (the
     "cpu" capability: lavapipe), every weight dtype: CPU_VEC_WG (8) invocations, one SIMD vector of
-    llvmpipe, CPU_VEC_OUTS outputs a workgroup, one unit or chunk in flight; the batched one for every
-    rows count from 2 (prefill too). lavapipe, the default model
+    llvmpipe, CPU_VEC_OUTS outputs a workgroup, one unit or chunk in flight. lavapipe, the default model
     (benches/RESULTS.md): the first token's matrix products ~4x faster than with the GPU forms, whose
     64-128 invocations leave most lanes idle on 576-wide rows. Batch-invariant between themselves (the
     same WG and UNROLL); a CPU device runs no GPU matrix-vector form, so its rows never mix the two.
@@ -137,8 +136,8 @@ BATCH_XR, BATCH_OUTS = 4, 4
 # (8 outputs: qkv 0.77 ms, 64 x 64: 5.0); 8 outputs beat 4; UNROLL 1 beat 2 (qkv 0.77 ms vs 1.05). The
 # batched form (an invocation writing several outputs): at 64 rows of the default model's products
 # (q4_1), 8 x 16 took 76 ms a layer against 2 x 4's 184 (8 x 8: 91, 16 x 8: 85, 16 x 16: 77, 8 x 32:
-# 78, 4 x 16: 87); it also takes every rows count above BATCH_ROWS on these devices (prefill: 605 ms
-# a layer at 512 rows against the tiled kernel's 657).
+# 78, 4 x 16: 87). Above BATCH_ROWS it was only 4-8% faster than the tiled kernel (512 rows: 605 ms a
+# layer against 657), which lavapipe keeps there: it is what the prefill tests check on it.
 CPU_VEC_WG = 8
 CPU_VEC_OUTS = 8
 CPU_VEC_UNROLL = 1
@@ -222,7 +221,7 @@ def _chunk(wdtype: str) -> int:
 
 def _vec(c: dict, xr: int, outs: int, sg: bool, cpu: bool = False) -> Variant:
     """matmul_vec.comp: xr x rows by outs outputs a workgroup; one x row a workgroup (xr = 1) for any
-    rows up to BATCH_ROWS, several from 2 rows on (on CPU devices, beyond BATCH_ROWS too)."""
+    rows up to BATCH_ROWS, several from 2 rows on."""
     epc = _chunk(c["wdtype"])
     wg = CPU_VEC_WG if cpu else VEC_WG_Q if c["wdtype"] in BLOCK_DTYPES else VEC_WG
     nsums = xr * outs + (xr if c["prologue"] == "rmsnorm" else 0)
@@ -236,7 +235,7 @@ def _vec(c: dict, xr: int, outs: int, sg: bool, cpu: bool = False) -> Variant:
         lambda p: (groups(p["rows"], xr), groups(p["n"], outs), 1),
         defines={"SUBGROUPS": sg, "ROWS": outs, "XR": xr, "UNROLL": f"{CPU_VEC_UNROLL if cpu else VEC_UNROLL}u"},
         needs=(SG_NEEDS if sg else frozenset()) | (CPU_NEEDS if cpu else frozenset()),
-        when=lambda p: lo <= p["rows"] and (cpu and xr > 1 or p["rows"] <= BATCH_ROWS) and p["k"] % epc == 0,
+        when=lambda p: lo <= p["rows"] <= BATCH_ROWS and p["k"] % epc == 0,
         priority=(20 if sg else 10) + (xr > 1) + (30 if cpu else 0),
         shared_bytes=4 * nsums * (wg // 4 if sg else wg),
     )
