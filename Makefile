@@ -17,12 +17,12 @@ run: system-deps install
 	$(PY) -m shaderbay.cli generate --max-tokens 96 --repetition-penalty 1.1 "$(PROMPT)"
 
 # lavapipe runs the matrix-vector forms made for CPU devices unless SHADERBAY_GPU_FORMS=1: the suite runs the
-# GPUs' forms (with and without subgroups), then the CPU devices' own matrix products and decode attention
+# GPUs' forms (with and without subgroups), then the CPU devices' own matrix products and attention
 test: system-deps install lint
 	$(PY) -m pytest -q -m "not slow" tests
 	$(VALIDATE) SHADERBAY_GPU_FORMS=1 $(PY) -m pytest -q -p no:cacheprovider --pyargs shaderbay.conformance --backend $(BACKENDS)
 	$(VALIDATE) SHADERBAY_GPU_FORMS=1 SHADERBAY_NO_SUBGROUPS=1 $(PY) -m pytest -q -p no:cacheprovider --pyargs shaderbay.conformance --backend $(GPU_BACKENDS)
-	$(VALIDATE) $(PY) -m pytest -q -p no:cacheprovider --pyargs shaderbay.conformance --backend $(GPU_BACKENDS) -k "matmul or batch_invariant or decode_attention"
+	$(VALIDATE) $(PY) -m pytest -q -p no:cacheprovider --pyargs shaderbay.conformance --backend $(GPU_BACKENDS) -k "matmul or batch_invariant or attention"
 
 # Long checks on the real default model (every golden prompt on every backend): run before resolving.
 test-slow: install
