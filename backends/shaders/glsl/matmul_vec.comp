@@ -94,7 +94,9 @@ layout(std430, set = 0, binding = BINDING_OUT) buffer Buffer_OUT { float out_[];
 #else
 #define OUTS ROWS
 #endif
-#define NWRITE ((XR * OUTS + WG_SIZE - 1) / WG_SIZE)  // outputs an invocation writes: t, t + WG_SIZE, ...
+#if XR * OUTS > WG_SIZE
+#error "one invocation writes each output of a workgroup: XR * OUTS must not exceed WG_SIZE"
+#endif
 
 #if SUBGROUPS
 // one slot per subgroup and sum; subgroups of at least 4 invocations
@@ -186,6 +188,9 @@ void main() {
 #else
     uint xrow4 = k / 4u;
 #endif
+    // invocation t writes output t % OUTS of x row t / OUTS of the workgroup
+    uint wxr = t / uint(OUTS);
+    uint wr = t % uint(OUTS);
 
     // x-row groups vary fastest: the workgroups sharing a weight slice run side by side (L2)
     for (uint blk = gl_WorkGroupID.y; blk < nblocks; blk += gl_NumWorkGroups.y) {
@@ -211,28 +216,18 @@ void main() {
             [[unroll]] for (uint xr = 0u; xr < XR; ++xr) {
                 ss[xr] = 0.0;
             }
-            // output e = t + i * WG_SIZE of the workgroup (i < NWRITE) is output e % OUTS of its x row e / OUTS
-            bool writes[NWRITE];
-            uint o[NWRITE];
-            [[unroll]] for (uint i = 0u; i < NWRITE; ++i) {
-                uint e = t + i * WG_SIZE;
-                uint row = xg * XR + e / uint(OUTS);
-                uint wr = e % uint(OUTS);
+            uint row = xg * XR + wxr;
 #if defined(EPILOGUE_SILU_MUL)
-                // output pairs (gate, up) of the block's rows: ROWS is even and j0 too
-                writes[i] = e < XR * OUTS && row < p.rows && j0 + 2u * wr + 1u < n;
-                o[i] = row * (n / 2u) + j0 / 2u + wr;
+            // output pairs (gate, up) of the block's rows: ROWS is even and j0 too
+            bool writes = t < XR * OUTS && row < p.rows && j0 + 2u * wr + 1u < n;
+            uint o = row * (n / 2u) + j0 / 2u + wr;
 #else
-                writes[i] = e < XR * OUTS && row < p.rows && j0 + wr < n;
-                o[i] = row * n + j0 + wr;
+            bool writes = t < XR * OUTS && row < p.rows && j0 + wr < n;
+            uint o = row * n + j0 + wr;
 #endif
-            }
 #if ACCUMULATE
             // loaded before the weights, so that its latency hides behind theirs
-            float prev[NWRITE];
-            [[unroll]] for (uint i = 0u; i < NWRITE; ++i) {
-                prev[i] = writes[i] ? out_[o[i]] : 0.0;
-            }
+            float prev = writes ? out_[o] : 0.0;
 #endif
 
 #if defined(QBLOCK)
@@ -359,23 +354,18 @@ void main() {
             }
             uint parts = 1u;
 #endif
-            [[unroll]] for (uint i = 0u; i < NWRITE; ++i) {
-                uint e = t + i * WG_SIZE;
-                uint wxr = e / uint(OUTS);
-                uint wr = e % uint(OUTS);
-                if (writes[i]) {
+            if (writes) {
 #if defined(EPILOGUE_SILU_MUL)
-                    uint s = wxr * ROWS + 2u * wr;
-                    float g = finished(s, wxr, j0 + 2u * wr, parts);
-                    float y = g / (1.0 + exp(-g)) * finished(s + 1u, wxr, j0 + 2u * wr + 1u, parts);
+                uint s = wxr * ROWS + 2u * wr;
+                float g = finished(s, wxr, j0 + 2u * wr, parts);
+                float y = g / (1.0 + exp(-g)) * finished(s + 1u, wxr, j0 + 2u * wr + 1u, parts);
 #else
-                    float y = finished(wxr * ROWS + wr, wxr, j0 + wr, parts);
+                float y = finished(wxr * ROWS + wr, wxr, j0 + wr, parts);
 #endif
 #if ACCUMULATE
-                    y += prev[i];
+                y += prev;
 #endif
-                    out_[o[i]] = y;
-                }
+                out_[o] = y;
             }
             barrier();  // red is reused by the next block
         }
