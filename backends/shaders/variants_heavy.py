@@ -291,6 +291,28 @@ ATTN_WG_PREFILL = 64  # many rows (many short causal prefixes): more, smaller wo
 CPU_ATTN_WGS = (8, 16, 32)
 
 
+def _cpu_attention(kernel: str, c: dict, unit: int, defines: dict, grid) -> list[Variant]:
+    """attention.comp on CPU devices: 16-byte units, subgroups, the smallest of CPU_ATTN_WGS that
+    holds a head's units (decode_attention: one slice, `grid`)."""
+    return [
+        Variant(
+            stem(kernel, c, "vec", f"cpu{wg}", "sg"),
+            kernel,
+            "attention.comp",
+            c,
+            (wg, 1, 1),
+            grid,
+            defines={"VEC": True, "SUBGROUPS": True, **defines},
+            needs=SG_NEEDS | CPU_NEEDS,
+            when=lambda p, wg=wg: p["head_dim"] % unit == 0 and p["head_dim"] <= wg * unit,
+            priority=40 + len(CPU_ATTN_WGS) - i,
+            shared_bytes=4 * (256 + wg // 4 + 3 * wg + wg * unit + 1)
+            + (2 * 256 * (2 if c["cache_dtype"] == "f16" else 4) if "DECODE_ROPE_KV" in defines else 0),
+        )
+        for i, wg in enumerate(CPU_ATTN_WGS)
+    ]
+
+
 def _attention() -> list[Variant]:
     rows: list[Variant] = []
     for c in combos("attention"):
@@ -322,22 +344,7 @@ def _attention() -> list[Variant]:
                             shared_bytes=4 * (256 + (wg // 4 if sg else wg) + 3 * wg + wg * ue),
                         )
                     )
-        for cwg in CPU_ATTN_WGS:
-            rows.append(
-                Variant(
-                    stem("attention", c, "vec", f"cpu{cwg}", "sg"),
-                    "attention",
-                    "attention.comp",
-                    c,
-                    (cwg, 1, 1),
-                    lambda p: (groups(p["n_heads"]), groups(p["rows"]), 1),
-                    defines={"VEC": True, "SUBGROUPS": True},
-                    needs=SG_NEEDS | CPU_NEEDS,
-                    when=lambda p, u=unit, cwg=cwg: p["head_dim"] % u == 0 and p["head_dim"] <= cwg * u,
-                    priority=40 + len(CPU_ATTN_WGS) - CPU_ATTN_WGS.index(cwg),
-                    shared_bytes=4 * (256 + cwg // 4 + 3 * cwg + cwg * unit),
-                )
-            )
+        rows.extend(_cpu_attention("attention", c, unit, {}, lambda p: (groups(p["n_heads"]), groups(p["rows"]), 1)))
     return rows
 
 
@@ -443,22 +450,12 @@ def _decode_attention() -> list[Variant]:
                         )
                     )
                 if vec and sg:
-                    for cwg in CPU_ATTN_WGS:  # the smallest that holds a head's units
-                        rows.append(
-                            Variant(
-                                stem("decode_attention", c, "vec", f"cpu{cwg}", "sg"),
-                                "decode_attention",
-                                "attention.comp",
-                                c,
-                                (cwg, 1, 1),
-                                lambda p: (groups(p["n_heads"]), 1, groups(p["rows"])),
-                                defines={"VEC": vec, "SUBGROUPS": sg, "DECODE_ROPE_KV": True, "SLICES": SLICES_DEFINE},
-                                needs=SG_NEEDS | CPU_NEEDS,
-                                when=lambda p, u=unit, cwg=cwg: p["head_dim"] % u == 0 and p["head_dim"] <= cwg * u,
-                                priority=40 + len(CPU_ATTN_WGS) - CPU_ATTN_WGS.index(cwg),
-                                shared_bytes=4 * (256 + cwg // 4 + 3 * cwg + cwg * ue + 1) + new_row,
-                            )
+                    extra = {"DECODE_ROPE_KV": True, "SLICES": SLICES_DEFINE}
+                    rows.extend(
+                        _cpu_attention(
+                            "decode_attention", c, unit, extra, lambda p: (groups(p["n_heads"]), 1, groups(p["rows"]))
                         )
+                    )
     return rows
 
 
