@@ -4,10 +4,16 @@ right sizes on a backend."""
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+from typing import Any
+
 import numpy as np
 import pytest
 import shaderbay
 from gguf import quants
+from shaderbay.backends.numpy import blockdot
+from shaderbay.backends.numpy.kernels import REFERENCE
 from shaderbay.backends.numpy.quants import GGML_TYPES, LAYOUTS, dequantize, quantize, values
 from shaderbay.backends.numpy.widen import row_blocks, weights_f64
 from shaderbay.dtypes import BLOCK_DTYPES, host_shape, nbytes, value_shape
@@ -73,6 +79,141 @@ def test_matmul_widening_is_the_reference_values_bit_for_bit(dtype: str) -> None
         by_blocks = np.concatenate([block.copy() for _, block in row_blocks(matrix, dtype, 3)])  # one scratch
         for got in (whole, by_blocks):
             np.testing.assert_array_equal(got.view(np.uint64), expected.view(np.uint64))
+
+
+def _exact_by_brute_force(block: np.ndarray, dtype: str) -> bool:
+    """Every value of one block is what blockdot's rearranged sum adds: d * q (+ m) in float64."""
+    b = block.view(LAYOUTS[dtype])[0]
+    d, m = np.float64(b["d"]), np.float64(b["m"]) if dtype == "q4_1" else 0.0
+    if not (np.isfinite(d) and np.isfinite(m)):
+        return False
+    q = np.arange(16.0)
+    return bool((np.float32(d) * q.astype(np.float32) + np.float32(m) == d * q + m).all())
+
+
+def test_q4_1_exactness_check_is_sound_and_holds_for_quantized_weights() -> None:
+    """blockdot.exact never passes a block whose values d * q + m round in float32 (the block products
+    would then differ from the values'), and passes what the quantizer makes (the default model's
+    matrices pass too: checked when loading it, benches/RESULTS.md 2026-12-05)."""
+    raw = random_blocks("q4_1", 3000, seed=11)  # independent random d and m: many inexact
+    verdicts = [
+        (blockdot.scales(block[None], "q4_1") is not None, _exact_by_brute_force(block, "q4_1")) for block in raw
+    ]
+    assert all(brute for fast, brute in verdicts if fast)
+    assert sum(fast for fast, _ in verdicts) > 100 and sum(not brute for _, brute in verdicts) > 100
+    weights = np.random.default_rng(2).standard_normal((64, 256)).astype(np.float32)
+    assert blockdot.scales(quantize(weights * 0.02, "q4_1"), "q4_1") is not None
+    assert blockdot.scales(quantize(weights + 50.0, "q4_1"), "q4_1") is not None  # a large offset, a small spread
+    assert blockdot.scales(raw, "q4_1") is None
+
+
+def _exact_matrix(dtype: str, rows: int, k: int, seed: int) -> np.ndarray:
+    """rows x k of blocks: quantized random weights, rows of random and extreme blocks (q4_1: the
+    extremes that stay exact: a zero d or m beside the largest scale), a zero block."""
+    rng = np.random.default_rng(seed)
+    w = quantize(rng.standard_normal((rows, k)).astype(np.float32) * rng.uniform(0.01, 3.0, (rows, 1)), dtype)
+    per_row = k // 32
+    blocks = w.reshape(-1).view(LAYOUTS[dtype])
+    extreme = random_blocks(dtype, 3 * per_row, seed).reshape(-1).view(LAYOUTS[dtype])
+    if dtype == "q4_1":
+        extreme["d"][::2], extreme["m"][1::2] = 0, 0
+    blocks[: 3 * per_row] = extreme
+    blocks[-1] = np.zeros((), LAYOUTS[dtype])
+    assert blockdot.scales(w, dtype) is not None
+    return w
+
+
+def _exact_f32(terms: list[float]) -> np.float32:
+    """The float32 nearest the exact sum of the terms, ties to even: obviously right, slowly (Fractions)."""
+    total = sum((Fraction(t) for t in terms), Fraction(0))
+    near = np.float32(float(total))
+    candidates = [np.nextafter(near, np.float32(-np.inf)), near, np.nextafter(near, np.float32(np.inf))]
+    return min(candidates, key=lambda c: (abs(Fraction(float(c)) - total), int(c.view(np.uint32)) & 1))
+
+
+@pytest.mark.parametrize("dtype", blockdot.FORMATS)
+def test_block_products_are_the_values_products_within_their_bound(dtype: str) -> None:
+    """blockdot.times' float64 sums over blocks lie within the error bound it reports of x @ values(w).T
+    (exact here: every product of a float32 value and a float32 x is exact in float64, and fsum adds)."""
+    rows, n, k = 3, 41, 96
+    w = _exact_matrix(dtype, n, k, seed=4)
+    x = np.random.default_rng(6).uniform(-2.0, 2.0, (rows, k)).astype(np.float32).astype(np.float64)
+    x[-1] = 0.0
+    got, bound = blockdot.times(x, w, dtype, *blockdot.scales(w, dtype))
+    values64 = values(w, dtype).astype(np.float64)
+    exact = np.array([[math.fsum(values64[i] * x[r]) for i in range(n)] for r in range(rows)])
+    one, one_bound = blockdot.times(x[:1], w, dtype, *blockdot.scales(w, dtype, by_block=True))
+    assert np.all(np.abs(one[0] - exact[0]) <= one_bound[0])
+    assert np.all(np.abs(got - exact) <= bound) and np.all(bound <= 1e-12 * (np.abs(x) @ np.abs(values64).T) + 1e-300)
+
+
+def _reference_product(x: np.ndarray, w: np.ndarray, dtype: str, **constants: Any) -> np.ndarray:
+    """The reference matmul kernel's float32 x @ values(w).T (+ bias, accumulated onto `out`)."""
+    rows, (n, k) = x.shape[0], value_shape(dtype, w.shape)
+    out = constants.pop("out", np.zeros((rows, n), np.float32)).ravel().copy()
+    bias = constants.pop("bias", None)
+    params = {"rows": rows, "n": n, "k": k, "eps": 0.0}
+    c = {"wdtype": dtype, "prologue": "none", "epilogue": "none", "bias": bias is not None, "accumulate": False}
+    c.update(constants)
+    bindings = {"x": x.ravel(), "w": w.reshape(-1), "out": out}
+    if bias is not None:
+        bindings["bias"] = bias
+    REFERENCE["matmul"](bindings, params, c)
+    return out.reshape(rows, -1)
+
+
+def _halfway_rows() -> tuple[np.ndarray, np.ndarray]:
+    """One q8_0 block and x rows whose exact products lie a hair (2^-60) from a float32 halfway point
+    that float64 cannot see, on the side ties-to-even would not pick: 1 + 2^-24 + 2^-60 (-> 1 + 2^-23)
+    and 1 + 3 * 2^-24 - 2^-60 (-> 1 + 2^-23)."""
+    block = np.zeros((), LAYOUTS["q8_0"])
+    block["d"] = -(2.0**-7)
+    block["qs"][:3] = (-128, -1, -1)  # values 1, 2^-7, 2^-7
+    x = np.zeros((2, 32), np.float32)
+    x[0, :3] = (1.0, 2.0**-17, 2.0**-53)
+    x[1, :3] = (1.0 + 2.0**-23, 2.0**-17, -(2.0**-53))
+    return np.frombuffer(block.tobytes(), np.uint8)[None].copy(), x
+
+
+def test_decode_products_are_exactly_rounded_and_the_same_in_any_batch() -> None:
+    """The reference's q8_0 / q4_0 / q4_1 products up to BATCH_ROWS are the float32 nearest the exact sum
+    (with bias and the accumulated output), so a row's bits are the same alone and among others, even
+    where float64's sum sits on a float32 halfway point."""
+    w, x = _halfway_rows()
+    want = np.float32(1.0 + 2.0**-23)
+    assert (_reference_product(x, w, "q8_0")[:, 0] == want).all()
+    for r in range(2):
+        assert _reference_product(x[r : r + 1], w, "q8_0")[0, 0] == want
+    rng = np.random.default_rng(8)
+    for dtype in blockdot.FORMATS:
+        w = _exact_matrix(dtype, 23, 64, seed=5)
+        x = rng.uniform(-1.0, 1.0, (5, 64)).astype(np.float32)
+        bias, prev = rng.uniform(-1.0, 1.0, 23).astype(np.float32), rng.uniform(-1.0, 1.0, (5, 23)).astype(np.float32)
+        got = _reference_product(x, w, dtype, bias=bias, out=prev, accumulate=True)
+        values64 = values(w, dtype).astype(np.float64)
+        for r in range(5):
+            alone = _reference_product(x[r : r + 1], w, dtype, bias=bias, out=prev[r : r + 1], accumulate=True)
+            np.testing.assert_array_equal(alone[0].view(np.uint32), got[r].view(np.uint32))
+            for i in range(23):
+                terms = [*(values64[i] * x[r].astype(np.float64)), float(bias[i]), float(prev[r, i])]
+                assert got[r, i] == _exact_f32(terms)
+
+
+def test_an_inexact_q4_1_matrix_is_multiplied_through_its_values() -> None:
+    """A q4_1 block whose d * q + m rounds in float32 (m far above d) sends the matrix down the values'
+    path: the reference product is then the rounded values', which the block sums would miss."""
+    w = _exact_matrix("q4_1", 8, 64, seed=9)
+    blocks = w.reshape(-1).view(LAYOUTS["q4_1"])
+    blocks["d"][5], blocks["m"][5] = np.float16(1.234e-4), np.float16(1000.0)
+    blocks["qs"][5] = np.arange(16, dtype=np.uint8) * 29  # nibbles of every value
+    assert blockdot.scales(w, "q4_1") is None and not _exact_by_brute_force(w.reshape(-1)[5 * 20 : 6 * 20], "q4_1")
+    x = np.zeros((2, 64), np.float32)
+    x[:, 32:] = np.tile([1.0, -1.0], 16)  # block 5 is row 2's second: its m cancels, its rounding shows
+    x64 = x.astype(np.float64)
+    want = (x64 @ values(w, "q4_1").astype(np.float64).T).astype(np.float32)
+    np.testing.assert_array_equal(_reference_product(x, w, "q4_1"), want)
+    d, m = (blocks[name].reshape(8, 2).astype(np.float64) for name in ("d", "m"))  # w's scales, unchecked
+    assert not np.array_equal(blockdot.times(x64, w, "q4_1", d, m)[0].astype(np.float32), want)
 
 
 @pytest.mark.parametrize("dtype", FORMATS)

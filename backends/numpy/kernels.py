@@ -14,6 +14,7 @@ import numpy as np
 from shaderbay.dtypes import host_shape, nbytes
 from shaderbay.kernels import BATCH_ROWS, SAMPLE_SETTINGS, uniform
 
+from . import blockdot
 from .quants import values
 from .widen import row_blocks, weights_f64
 
@@ -81,16 +82,31 @@ def matmul(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
         x = b["x"][: rows * k].reshape(rows, k)
         if c["prologue"] == "rmsnorm":
             x = _rms_normalise(x, b["norm_weight"][:k], p["eps"])
-    y = _times_weights(x.astype(np.float64), _matrix(b["w"], c["wdtype"], n, k), c["wdtype"])
+    wdtype, w, x64 = c["wdtype"], _matrix(b["w"], c["wdtype"], n, k), x.astype(np.float64)
+    # decode's q8_0 / q4_0 / q4_1 products from the blocks (faster for a row alone), rounded exactly to
+    # float32 so that a row's bits do not depend on the rows count; other products in float64 row by row
+    bound, addends = None, []
+    scales = blockdot.scales(w, wdtype, rows == 1) if rows <= BATCH_ROWS and wdtype in blockdot.FORMATS else None
+    if scales is not None:
+        y, bound = blockdot.times(x64, w, wdtype, *scales)
+    else:
+        y = _times_weights(x64, w, wdtype)
+
+    def to_f32(y: np.ndarray) -> np.ndarray:
+        return y.astype(np.float32) if bound is None else blockdot.rounded(y, bound, addends, x64, w, wdtype)
+
     if c["bias"]:
-        y += b["bias"][:n]
+        addends.append(np.broadcast_to(b["bias"][:n].astype(np.float64), y.shape))
+        y += addends[-1]
     if c["epilogue"] == "silu_mul":  # rows of w interleave gate and up
-        y = _silu(y[:, 0::2].astype(np.float32).astype(np.float64)) * y[:, 1::2].astype(np.float32)
+        y32 = to_f32(y)
+        y, bound = _silu(y32[:, 0::2].astype(np.float64)) * y32[:, 1::2], None
         n //= 2
     out = b["out"][: rows * n].reshape(rows, n)
     if c["accumulate"]:
-        y += out
-    out[...] = y.astype(np.float32)
+        addends.append(out.astype(np.float64))
+        y += addends[-1]
+    out[...] = to_f32(y)
 
 
 def rope(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ from .quants import LAYOUTS, values
 _scratch = threading.local()
 
 
-def _buffer(name: str, size: int, dtype: type) -> np.ndarray:
+def scratch(name: str, size: int, dtype: type) -> np.ndarray:
     """This thread's scratch array `name` with at least size elements (grown, never shrunk)."""
     buf = getattr(_scratch, name, None)
     if buf is None or buf.size < size:
@@ -51,14 +51,14 @@ def _nibble_reader(raw: np.ndarray, dtype: str, max_blocks: int) -> Callable[[in
     low nibble of qs[j], j + 16 its high. The nibbles are split over the blocks' whole bytes, then each
     block's 16 bytes of low (high) nibbles move as one item."""
     size = LAYOUTS[dtype].itemsize
-    low, high = _buffer("low", max_blocks * size, np.uint8), _buffer("high", max_blocks * size, np.uint8)
+    low, high = scratch("low", max_blocks * size, np.uint8), scratch("high", max_blocks * size, np.uint8)
     low_items, high_items = low.view(_QS_ITEMS[dtype])["qs"], high.view(_QS_ITEMS[dtype])["qs"]
 
     def nibbles(b0: int, b1: int) -> np.ndarray:
         n, part = b1 - b0, raw[b0 * size : b1 * size]
         np.bitwise_and(part, 0x0F, out=low[: n * size])
         np.right_shift(part, 4, out=high[: n * size])
-        q = _buffer("q", 32 * n, np.uint8).reshape(n, 32)
+        q = scratch("q", 32 * n, np.uint8).reshape(n, 32)
         halves = q.view("V16")  # [blocks, 2]: the low nibbles' 16 bytes, then the high nibbles'
         halves[:, 0] = low_items[:n]
         halves[:, 1] = high_items[:n]
@@ -71,7 +71,7 @@ def _q8_0(raw: np.ndarray, max_blocks: int) -> Fill:
     qs, d = raw.view(_QS_ITEMS["q8_0"])["qs"], raw.view(LAYOUTS["q8_0"])["d"].astype(np.float64)[:, None]
 
     def fill(b0: int, b1: int, out: np.ndarray) -> None:
-        q = _buffer("q", out.size, np.uint8).view(np.int8).reshape(-1, 32)
+        q = scratch("q", out.size, np.uint8).view(np.int8).reshape(-1, 32)
         q.view("V32")[:, 0] = qs[b0:b1]
         np.copyto(out, q)
         np.multiply(out, d[b0:b1], out=out)
@@ -98,7 +98,7 @@ def _q4_1(raw: np.ndarray, max_blocks: int) -> Fill:
     d, m = blocks["d"].astype(np.float32)[:, None], blocks["m"].astype(np.float32)[:, None]
 
     def fill(b0: int, b1: int, out: np.ndarray) -> None:
-        y = _buffer("f32", out.size, np.float32).reshape(-1, 32)
+        y = scratch("f32", out.size, np.float32).reshape(-1, 32)
         np.copyto(y, nibbles(b0, b1))
         np.multiply(y, d[b0:b1], out=y)
         np.add(y, m[b0:b1], out=y)
@@ -133,7 +133,7 @@ def row_blocks(w: np.ndarray, wdtype: str, step: int) -> Iterator[tuple[int, np.
     rows, cols = value_shape(wdtype, w.shape)
     fill = _filler(w, wdtype, step)
     for start in range(0, rows, step):
-        out = _buffer("f64", min(step, rows - start) * cols, np.float64).reshape(-1, cols)
+        out = scratch("f64", min(step, rows - start) * cols, np.float64).reshape(-1, cols)
         fill(start, out)
         yield start, out
 
