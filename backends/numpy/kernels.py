@@ -100,7 +100,7 @@ def matmul(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
         y += addends[-1]
     if c["epilogue"] == "silu_mul":  # rows of w interleave gate and up
         y32 = to_f32(y)
-        y, bound = _silu(y32[:, 0::2].astype(np.float64)) * y32[:, 1::2], None  # exact inputs: no bound
+        y, bound = _silu(y32[:, 0::2].astype(np.float64)) * y32[:, 1::2], None  # its float64 arithmetic is the meaning
         n //= 2
     out = b["out"][: rows * n].reshape(rows, n)
     if c["accumulate"]:
