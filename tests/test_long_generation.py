@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import shaderbay
 from shaderbay.errors import ContextLengthExceeded
+from shaderbay.models.synthetic import synthetic_checkpoint
 
 PROMPT = [5, 6, 7, 8]
 
@@ -47,7 +48,8 @@ def test_ten_thousand_tokens_through_a_small_context(small):
 
 @pytest.mark.slow
 def test_ten_thousand_tokens_in_one_generation(numpy_backend):
-    with shaderbay.load("synthetic:tiny:f32", backend=numpy_backend, max_context=10_016) as model:
+    long_tiny = synthetic_checkpoint("tiny", "f32", max_position_embeddings=10_016)  # tiny's own: 2048
+    with shaderbay.load(long_tiny, backend=numpy_backend, max_context=10_016) as model:
         tokens = list(model.tokens(PROMPT, 10_000, ignore_eos=True))
         assert len(tokens) == 10_000
         _last_agrees(model, tokens)
