@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from shaderbay.backends.numpy.kernels import visible_rows
 from shaderbay.backends.shaders import variants
-from shaderbay.backends.shaders.variants_heavy import ATTN_COOP_HEAD_DIM, COOP_SHAPE
+from shaderbay.backends.shaders.records import COOP_SHAPE
+from shaderbay.backends.shaders.variants_attention import ATTN_COOP_HEAD_DIM
 from shaderbay.conformance.cases import RngValues, kernel_cases
 from shaderbay.conformance.harness import Case, compare_outputs, explain_error, run_case
 from shaderbay.conformance.plugin import session_backend

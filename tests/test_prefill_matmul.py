@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 from shaderbay.backends.shaders import records, variants
-from shaderbay.backends.shaders.variants_heavy import COOP_SHAPE
+from shaderbay.backends.shaders.records import COOP_SHAPE
 from shaderbay.conformance.cases import RngValues, kernel_cases
 from shaderbay.conformance.harness import compare_outputs, explain_error, run_case
 from shaderbay.conformance.plugin import session_backend

@@ -253,7 +253,7 @@ def test_wgpu_accepts_every_shipped_kernel():
 
 
 def test_cooperative_matrix_variant_only_with_the_shape():
-    from shaderbay.backends.shaders.variants_heavy import COOP_SHAPE
+    from shaderbay.backends.shaders.records import COOP_SHAPE
 
     params = {"rows": 512, "n": 2048, "k": 2048, "eps": 1e-5}
     f16 = {"wdtype": "f16"}
@@ -273,7 +273,7 @@ def test_cooperative_matrix_variant_only_with_the_shape():
 
 
 def test_cooperative_attention_only_with_the_shape_and_past_batch_rows():
-    from shaderbay.backends.shaders.variants_heavy import COOP_SHAPE
+    from shaderbay.backends.shaders.records import COOP_SHAPE
     from shaderbay.kernels import BATCH_ROWS
 
     params = {"rows": BATCH_ROWS + 1, "n_heads": 32, "n_kv_heads": 8, "head_dim": 64, "q_stride": 2048,

@@ -1,7 +1,7 @@
 """The variant record and the helpers its rows are built with.
 
 A leaf module: both `variants.py` (the simple kernels' rows, the table, the choice) and
-`variants_heavy.py` (the heavy kernels' rows) import it, and it imports neither.
+`variants_heavy.py` with `variants_attention.py` (the heavy kernels' rows) import it, and it imports none.
 """
 
 from __future__ import annotations
@@ -133,3 +133,8 @@ COOPMAT = "coopmat_"  # the prefix of cooperative-matrix capability names (nativ
 def coopmat_need(shape: CoopMatrixShape) -> str:
     """The capability name of a subgroup-scope cooperative-matrix shape, e.g. coopmat_16x16x16_f16_f16_f32_f32."""
     return f"{COOPMAT}{shape.m}x{shape.n}x{shape.k}_{shape.a}_{shape.b}_{shape.c}_{shape.result}"
+
+
+# what matmul_coop.comp and attention_coop.comp multiply
+COOP_SHAPE = CoopMatrixShape(16, 16, 16, "f16", "f16", "f32", "f32", "subgroup")
+COOP_NEEDS = frozenset({"f16", coopmat_need(COOP_SHAPE)})
