@@ -5,7 +5,8 @@ models (qkv with the RMSNorm prologue, o and down accumulating, gate/up with the
 epilogue, the LM head) for 1, 4, 16 and 64 rows, one weight upload per matrix, and reports the
 matrix products of one decode step (per-layer matrices times the layers, plus the head).
 `--form NAME` forces a matrix-vector variant (e.g. `vec`, `vec4x4`) from 2 rows on, or a
-cooperative-matrix one (`coop...`) at every rows count, to compare forms. `--check` also compares,
+cooperative-matrix one (`coop...`) or a block-weight trial (`vecq...`) at every rows count, to compare
+forms; `--rows N` times N rows only. `--check` also compares,
 bit for bit, each row of a 64-row product with the row alone.
 """
 
@@ -46,7 +47,8 @@ def forcing(form: str | None):
     def chosen(kernel, constants, params, caps):
         v = select(kernel, constants, params, caps)
         coop = bool(form) and form.startswith("coop")  # a tensor-core form: every rows count, 1 too
-        if form and kernel == "matmul" and (params["rows"] > 1 or coop) and "_vec" in v.name:
+        every = coop or bool(form) and form.startswith("vecq")  # so is a trial of the block weights' one-row form
+        if form and kernel == "matmul" and (params["rows"] > 1 or every) and "_vec" in v.name:
             stem = v.name.rsplit("_vec", 1)[0]
             return variants.by_name(f"{stem}_{form}" + ("_sg" if v.name.endswith("_sg") and not coop else ""))
         return v
@@ -71,6 +73,7 @@ def main() -> None:
     ap.add_argument("--wdtype", action="append", help="f16, q4_0, ... (repeatable; default f16 and q4_0)")
     ap.add_argument("--form", help="matrix-vector variant forced from 2 rows on (e.g. vec, vec4x4)")
     ap.add_argument("--check", action="store_true", help="bit-for-bit check of 64 rows against rows alone")
+    ap.add_argument("--rows", type=int, action="append", help=f"rows counts (repeatable; default {ROWS})")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
     variants.select = forcing(args.form)
@@ -84,7 +87,7 @@ def main() -> None:
                 case.constants["wdtype"] = wdtype
                 pieces, buffers = build(backend, case, rng)
                 ((pipe, bindings, params),) = pieces
-                for rows in ROWS:
+                for rows in args.rows or ROWS:
                     ns, _ = time_pieces(backend, [(pipe, bindings, {**params, "rows": rows})], mname, min_time=0.03)
                     figures.append({"wdtype": wdtype, "shape": sname, "matrix": mname, "rows": rows, "us": ns / 1e3})
                     times = 1 if mname == "head" else shape[-1]

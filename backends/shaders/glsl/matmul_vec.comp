@@ -51,6 +51,12 @@ layout(std430, set = 0, binding = BINDING_W) readonly buffer Buffer_W { vec4 w4[
 layout(std430, set = 0, binding = BINDING_W) readonly buffer Buffer_W { uvec4 w4[]; };
 #define EPC 8
 #define W4 uvec4
+#elif defined(Q_STAGED)  // GGUF blocks, a round's words of the workgroup's rows copied to shared memory
+layout(std430, set = 0, binding = BINDING_W) readonly buffer Buffer_W { uint wq[]; };
+shared uint wsh[ROWS * QSTRIDE];
+#define QWORD(i) wsh[i]
+#define QLAST (ROWS * QSTRIDE - 1u)
+#include "quant.glsl"
 #elif defined(WDTYPE_Q4_K)  // 144-byte blocks: 16-byte loads
 layout(std430, set = 0, binding = BINDING_W) readonly buffer Buffer_W { uvec4 w4[]; };
 #define QVEC4(i) w4[i]
@@ -231,9 +237,28 @@ void main() {
 #endif
 
 #if defined(QBLOCK)
-            for (uint u0 = t; u0 < nch; u0 += UNROLL * WG_SIZE) {
+            for (uint s0 = 0u; s0 < nch; s0 += UNROLL * WG_SIZE) {
+#if defined(Q_STAGED)
+                // the round's bytes of each row, one word an invocation (coalesced), at QSTRIDE words a row
+                uint qb0 = (s0 * QUNIT / QBLOCK) * QBYTES;
+                uint qb1 = (min(s0 + UNROLL * WG_SIZE, nch) * QUNIT / QBLOCK) * QBYTES;
+                uint rb[ROWS];
+                barrier();  // the previous round's words are read
+                [[unroll]] for (uint r = 0u; r < ROWS; ++r) {
+                    uint g0 = (wb[r] + qb0) >> 2;
+                    uint words = ((wb[r] + qb1 + 3u) >> 2) - g0;
+                    for (uint i = t; i < words; i += WG_SIZE) {
+                        wsh[r * QSTRIDE + i] = wq[g0 + i];
+                    }
+                    rb[r] = 4u * r * QSTRIDE + ((wb[r] + qb0) & 3u);
+                }
+                barrier();
+#endif
                 [[unroll]] for (uint q = 0u; q < UNROLL; ++q) {
-                    uint u = min(u0 + q * WG_SIZE, nch - 1u);  // past the row: unit repeated, x zeroed
+                    uint u = s0 + t + q * WG_SIZE;
+                    if (u >= nch) {
+                        continue;
+                    }
                     // unit_dot loads the unit's words again for each x row (the same addresses: merged
                     // by the compiler or served by L1). Split into a load returning a struct and a dot
                     // product, the one-row form ran up to 2.9x slower on the H200 (q4_0, 1B o projection)
@@ -245,9 +270,6 @@ void main() {
 #if defined(PROLOGUE_SILU_MUL)
                             xv[i] = silu_mul4(xv[i], x4[xbase[xr] + k / 4u + xi]);
 #endif
-                            if (u0 + q * WG_SIZE >= nch) {
-                                xv[i] = vec4(0.0);
-                            }
 #if defined(PROLOGUE_RMSNORM)
                             ss[xr] += dot(xv[i], xv[i]);
                             xv[i] *= nw4[xi];
@@ -255,7 +277,11 @@ void main() {
                         }
                         vec4 xs = unit_xsums(xv);
                         [[unroll]] for (uint r = 0u; r < ROWS; ++r) {
+#if defined(Q_STAGED)
+                            acc[xr * ROWS + r] += unit_dot(rb[r], u - s0, xv, xs);
+#else
                             acc[xr * ROWS + r] += unit_dot(wb[r], u, xv, xs);
+#endif
                         }
                     }
                 }
