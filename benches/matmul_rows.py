@@ -5,9 +5,8 @@ models (qkv with the RMSNorm prologue, o and down accumulating, gate/up with the
 epilogue, the LM head) for 1, 4, 16 and 64 rows, one weight upload per matrix, and reports the
 matrix products of one decode step (per-layer matrices times the layers, plus the head).
 `--form NAME` forces a matrix-vector variant (e.g. `vec`, `vec4x4`) from 2 rows on, or a
-cooperative-matrix one (`coop...`) or a block-weight trial (`vecq...`) at every rows count, to compare
-forms; `--rows N` times N rows only. `--check` also compares,
-bit for bit, each row of a 64-row product with the row alone.
+cooperative-matrix one (`coop...`) at every rows count, to compare forms; `--rows N` times N rows
+only. `--check` also compares, bit for bit, each row of a 64-row product with the row alone.
 """
 
 from __future__ import annotations
@@ -47,8 +46,7 @@ def forcing(form: str | None):
     def chosen(kernel, constants, params, caps):
         v = select(kernel, constants, params, caps)
         coop = bool(form) and form.startswith("coop")  # a tensor-core form: every rows count, 1 too
-        every = coop or bool(form) and form.startswith("vecq")  # so is a trial of the block weights' one-row form
-        if form and kernel == "matmul" and (params["rows"] > 1 or every) and "_vec" in v.name:
+        if form and kernel == "matmul" and (params["rows"] > 1 or coop) and "_vec" in v.name:
             stem = v.name.rsplit("_vec", 1)[0]
             return variants.by_name(f"{stem}_{form}" + ("_sg" if v.name.endswith("_sg") and not coop else ""))
         return v

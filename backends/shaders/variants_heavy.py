@@ -178,52 +178,26 @@ def _chunk(wdtype: str) -> int:
     return 4 if wdtype == "f32" else 8
 
 
-def _vec(
-    c: dict, xr: int, outs: int, sg: bool, cpu: bool = False, tag: str = "", wg: int = 0, unroll: int = 0, staged: bool = False
-) -> Variant:
+def _vec(c: dict, xr: int, outs: int, sg: bool, cpu: bool = False) -> Variant:
     """matmul_vec.comp: xr x rows by outs outputs a workgroup; one x row a workgroup (xr = 1) for any
     rows up to BATCH_ROWS, several from 2 rows on."""
     epc = _chunk(c["wdtype"])
-    wg = wg or (CPU_VEC_WG if cpu else VEC_WG_Q if c["wdtype"] in BLOCK_DTYPES else VEC_WG)
-    unroll = unroll or (CPU_VEC_UNROLL if cpu else VEC_UNROLL)
+    wg = CPU_VEC_WG if cpu else VEC_WG_Q if c["wdtype"] in BLOCK_DTYPES else VEC_WG
     nsums = xr * outs + (xr if c["prologue"] == "rmsnorm" else 0)
     lo = 1 if xr == 1 else 2
-    defines = {"SUBGROUPS": sg, "ROWS": outs, "XR": xr, "UNROLL": f"{unroll}u"}
-    shared = 4 * nsums * (wg // 4 if sg else wg)
-    if staged:
-        fmt = BLOCK_DTYPES[c["wdtype"]]
-        stride = -(-(unroll * wg * VEC_UNIT_Q // fmt.block * fmt.nbytes // 4 + 2) // 4) * 4
-        defines.update({"Q_STAGED": 1, "QSTRIDE": f"{stride}u"})
-        shared += 4 * outs * stride
     return Variant(
-        stem("matmul", c, "cpu" if cpu else "", tag or ("vec" if xr == 1 else f"vec{xr}x{outs}"), "sg" if sg else ""),
+        stem("matmul", c, "cpu" if cpu else "", "vec" if xr == 1 else f"vec{xr}x{outs}", "sg" if sg else ""),
         "matmul",
         "matmul_vec.comp",
         c,
         (wg, 1, 1),
         lambda p: (groups(p["rows"], xr), groups(p["n"], outs), 1),
-        defines=defines,
+        defines={"SUBGROUPS": sg, "ROWS": outs, "XR": xr, "UNROLL": f"{CPU_VEC_UNROLL if cpu else VEC_UNROLL}u"},
         needs=(SG_NEEDS if sg else frozenset()) | (CPU_NEEDS if cpu else frozenset()),
-        when=(lambda p: lo <= p["rows"] <= BATCH_ROWS and p["k"] % epc == 0) if not tag else (lambda p: False),
-        priority=(20 if sg else 10) + (xr > 1) + (30 if cpu else 0) if not tag else 0,
-        shared_bytes=shared,
+        when=lambda p: lo <= p["rows"] <= BATCH_ROWS and p["k"] % epc == 0,
+        priority=(20 if sg else 10) + (xr > 1) + (30 if cpu else 0),
+        shared_bytes=4 * nsums * (wg // 4 if sg else wg),
     )
-
-
-# Trials of the block weights' matrix-vector form, timed by benches.matmul_rows --form: (wg, outs, unroll, staged)
-VEC_Q_TRIALS = {
-    "vecq64r4u1": (64, 4, 1, False),
-    "vecq32r4u1": (32, 4, 1, False),
-    "vecq32r2u1": (32, 2, 1, False),
-    "vecq32r2u1s": (32, 2, 1, True),
-    "vecq64r8u1": (64, 8, 1, False),
-    "vecq64r4u2s": (64, 4, 2, True),
-    "vecq64r4u1s": (64, 4, 1, True),
-    "vecq128r4u1s": (128, 4, 1, True),
-    "vecq64r8u1s": (64, 8, 1, True),
-    "vecq128r8u1s": (128, 8, 1, True),
-    "vecq256r8u1s": (256, 8, 1, True),
-}
 
 
 def _matmul() -> list[Variant]:
@@ -234,14 +208,6 @@ def _matmul() -> list[Variant]:
         for sg in (True, False):
             rows.extend(_vec(c, xr, outs, sg) for xr, outs in forms)
         rows.extend(_vec(c, xr, outs, False, cpu=True) for xr, outs in CPU_FORMS)
-        harness = (c["accumulate"], c["prologue"], c["epilogue"]) in {
-            (False, "rmsnorm", "none"),
-            (True, "none", "none"),
-            (False, "rmsnorm", "silu_mul"),
-        }
-        if harness and not c["bias"] and c["wdtype"] in ("q4_0", "q8_0", "q4_k"):
-            for tag, (wg, outs, unroll, staged) in VEC_Q_TRIALS.items():
-                rows.append(_vec(c, 1, outs, True, tag=tag, wg=wg, unroll=unroll, staged=staged))
         for tm, tag in ((TILED_TM, "tiled"), (1, "tiled16")):
             bm, bn = 16 * tm, 16 * TILED_TN
             shared = 4 * TILED_BK * (bm + bn + 2 * TILED_PAD)

@@ -51,12 +51,6 @@ layout(std430, set = 0, binding = BINDING_W) readonly buffer Buffer_W { vec4 w4[
 layout(std430, set = 0, binding = BINDING_W) readonly buffer Buffer_W { uvec4 w4[]; };
 #define EPC 8
 #define W4 uvec4
-#elif defined(Q_STAGED)  // GGUF blocks, a round's words of the workgroup's rows copied to shared memory
-layout(std430, set = 0, binding = BINDING_W) readonly buffer Buffer_W { uint wq[]; };
-shared uint wsh[ROWS * QSTRIDE];
-#define QWORD(i) wsh[i]
-#define QLAST (ROWS * QSTRIDE - 1u)
-#include "quant.glsl"
 #elif defined(WDTYPE_Q4_K)  // 144-byte blocks: 16-byte loads
 layout(std430, set = 0, binding = BINDING_W) readonly buffer Buffer_W { uvec4 w4[]; };
 #define QVEC4(i) w4[i]
@@ -238,25 +232,9 @@ void main() {
 
 #if defined(QBLOCK)
             for (uint s0 = 0u; s0 < nch; s0 += UNROLL * WG_SIZE) {
-#if defined(Q_STAGED)
-                // the round's bytes of each row, one word an invocation (coalesced), at QSTRIDE words a row
-                uint qb0 = (s0 * QUNIT / QBLOCK) * QBYTES;
-                uint qb1 = (min(s0 + UNROLL * WG_SIZE, nch) * QUNIT / QBLOCK) * QBYTES;
-                uint rb[ROWS];
-                barrier();  // the previous round's words are read
-                [[unroll]] for (uint r = 0u; r < ROWS; ++r) {
-                    uint g0 = (wb[r] + qb0) >> 2;
-                    uint words = ((wb[r] + qb1 + 3u) >> 2) - g0;
-                    for (uint i = t; i < words; i += WG_SIZE) {
-                        wsh[r * QSTRIDE + i] = wq[g0 + i];
-                    }
-                    rb[r] = 4u * r * QSTRIDE + ((wb[r] + qb0) & 3u);
-                }
-                barrier();
-#endif
                 [[unroll]] for (uint q = 0u; q < UNROLL; ++q) {
                     uint u = s0 + t + q * WG_SIZE;
-                    if (u >= nch) {
+                    if (u >= nch) {  // past the row (uniform where the row is whole rounds)
                         continue;
                     }
                     // unit_dot loads the unit's words again for each x row (the same addresses: merged
@@ -277,11 +255,7 @@ void main() {
                         }
                         vec4 xs = unit_xsums(xv);
                         [[unroll]] for (uint r = 0u; r < ROWS; ++r) {
-#if defined(Q_STAGED)
-                            acc[xr * ROWS + r] += unit_dot(rb[r], u - s0, xv, xs);
-#else
                             acc[xr * ROWS + r] += unit_dot(wb[r], u, xv, xs);
-#endif
                         }
                     }
                 }
