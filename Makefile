@@ -8,6 +8,11 @@ BACKENDS ?= numpy,wgpu,vulkan
 GPU_BACKENDS ?= wgpu,vulkan
 # the conformance runs under the Vulkan validation layer: a test fails on any message it reports
 VALIDATE ?= SHADERBAY_VULKAN_VALIDATE=1
+# test processes (pytest-xdist). On CI's 2 cores, 2 take the run from ~40 to ~22 minutes with cold caches:
+# most of a conformance stage is lavapipe compiling each kernel on its first dispatch, one core a kernel.
+# A conformance process peaks at ~4.5 GB.
+JOBS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(JOBS)
 
 .PHONY: run test test-slow lint format system-deps install shaders bench
 
@@ -19,10 +24,10 @@ run: system-deps install
 # lavapipe runs the matrix-vector forms made for CPU devices unless SHADERBAY_GPU_FORMS=1: the suite runs the
 # GPUs' forms (with and without subgroups), then the CPU devices' own matrix products and attention
 test: system-deps install lint
-	$(PY) -m pytest -q -m "not slow" tests
-	$(VALIDATE) SHADERBAY_GPU_FORMS=1 $(PY) -m pytest -q -p no:cacheprovider --pyargs shaderbay.conformance --backend $(BACKENDS)
-	$(VALIDATE) SHADERBAY_GPU_FORMS=1 SHADERBAY_NO_SUBGROUPS=1 $(PY) -m pytest -q -p no:cacheprovider --pyargs shaderbay.conformance --backend $(GPU_BACKENDS)
-	$(VALIDATE) $(PY) -m pytest -q -p no:cacheprovider --pyargs shaderbay.conformance --backend $(GPU_BACKENDS) -k "matmul or batch_invariant or attention"
+	$(PYTEST) -m "not slow" tests
+	$(VALIDATE) SHADERBAY_GPU_FORMS=1 $(PYTEST) -p no:cacheprovider --pyargs shaderbay.conformance --backend $(BACKENDS)
+	$(VALIDATE) SHADERBAY_GPU_FORMS=1 SHADERBAY_NO_SUBGROUPS=1 $(PYTEST) -p no:cacheprovider --pyargs shaderbay.conformance --backend $(GPU_BACKENDS)
+	$(VALIDATE) $(PYTEST) -p no:cacheprovider --pyargs shaderbay.conformance --backend $(GPU_BACKENDS) -k "matmul or batch_invariant or attention"
 
 # Long checks on the real default model (every golden prompt on every backend): run before resolving.
 test-slow: install
