@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 from shaderbay.errors import ShaderbayError
+from shaderbay.models.synthetic import MIXES
 from shaderbay.plugins import discover
 from shaderbay.progress import Progress
 
@@ -52,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype",
         default="float16",
         help="weight dtype: float16 (default), bfloat16, float32, or a GGUF block format for synthetic weights "
-        "(q8_0, q4_0, q4_1, q4_k, q6_k: quantized by the reference, held in memory)",
+        "(q8_0, q4_0, q4_1, q4_k, q6_k: quantized by the reference, held in memory), or q4_k_m: llama.cpp's mix "
+        "of q4_k and q6_k (`bench` only, not `bench kernels`)",
     )
     parser.add_argument("--prompt-tokens", type=int, default=16, help="prompt before decoding (default 16)")
     parser.add_argument("--new-tokens", type=int, default=128, help="tokens generated per decode run (default 128)")
@@ -155,6 +157,10 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     if args.repeats < 1 or args.new_tokens < 2 or args.prompt_tokens < 1 or args.prefill_tokens < 1:
         print("shaderbay bench: --repeats, --prompt-tokens and --prefill-tokens must be >= 1, --new-tokens >= 2",
               file=sys.stderr)  # fmt: skip
+        return 2
+    if args.what == "kernels" and args.dtype in MIXES:
+        print(f"shaderbay bench kernels: times one weight format at a time; {args.dtype} mixes "
+              f"{' and '.join(MIXES[args.dtype])}", file=sys.stderr)  # fmt: skip
         return 2
     tracks = Tracks()
     settings: dict[str, Any] = {

@@ -38,7 +38,7 @@ class Source:
         t0 = time.perf_counter()
         if s.synthetic:
             wdtype = weight_dtype(s.dtype)
-            if s.in_memory or wdtype in BLOCK_DTYPES:  # safetensors cannot hold GGUF blocks
+            if s.in_memory or wdtype in BLOCK_DTYPES or wdtype in synthetic.MIXES:  # safetensors hold no blocks
                 self.checkpoint = synthetic.synthetic_checkpoint(s.synthetic, wdtype, seed=s.seed)
             else:
                 self.tmpdir = Path(tempfile.mkdtemp(prefix="shaderbay-bench-"))

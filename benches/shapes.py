@@ -14,22 +14,22 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from shaderbay.dtypes import BLOCK_DTYPES, bytes_per_value
+from shaderbay.dtypes import BLOCK_DTYPES, bytes_per_value, nbytes
 from shaderbay.models.checkpoint import SafetensorsCheckpoint
 from shaderbay.models.config import ModelConfig, ModelShape
-from shaderbay.models.synthetic import SHAPES, synthetic_config
+from shaderbay.models.synthetic import MIXES, SHAPES, stored_dtypes, synthetic_config
+from shaderbay.models.weights import tensor_shapes
 
 DTYPE_NAMES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16", "f32": "f32", "f16": "f16", "bf16": "bf16"}
-DTYPE_NAMES.update({name: name for name in BLOCK_DTYPES})
+DTYPE_NAMES.update({name: name for name in [*BLOCK_DTYPES, *MIXES]})
 
 
 def weight_dtype(name: str) -> str:
     try:
         return DTYPE_NAMES[name]
     except KeyError:
-        raise ValueError(
-            f"unknown dtype {name!r}; use float32, float16, bfloat16 or {', '.join(BLOCK_DTYPES)}"
-        ) from None
+        names = ", ".join([*BLOCK_DTYPES, *MIXES])
+        raise ValueError(f"unknown dtype {name!r}; use float32, float16, bfloat16 or {names}") from None
 
 
 @dataclass(frozen=True)
@@ -43,13 +43,17 @@ class Shape:
         return getattr(self.config, attr)
 
     def weights_bytes(self, wdtype: str) -> int:
-        """The weights' own size: matrices in `wdtype`; norm weights are counted in it too."""
-        return int(self.n_params * bytes_per_value(wdtype))
+        """The weights' own size, each tensor in the dtype a model of `wdtype` stores it in."""
+        dtypes = stored_dtypes(self.config, wdtype)
+        return sum(nbytes(dtypes[name], shape) for name, shape in tensor_shapes(self.config).items())
 
     def weight_bytes_per_token(self, wdtype: str) -> int:
         """Weight bytes one decode step must read: every matrix once; an untied embedding only one row."""
-        table_unread = 0 if self.tie_word_embeddings else (self.vocab_size - 1) * self.dim
-        return int((self.n_params - table_unread) * bytes_per_value(wdtype))
+        if self.tie_word_embeddings:
+            return self.weights_bytes(wdtype)
+        table = "model.embed_tokens.weight"
+        unread = (self.vocab_size - 1) * self.dim * bytes_per_value(stored_dtypes(self.config, wdtype)[table])
+        return int(self.weights_bytes(wdtype) - unread)
 
     def record(self) -> ModelShape:
         """The shape as the bench results record it."""

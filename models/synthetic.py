@@ -3,7 +3,8 @@
 `synthetic_checkpoint(name)` builds one in memory (the 1B shape in a few seconds: large
 tensors are cut from a shared pool of random numbers rather than drawn one by one); with a
 GGUF block dtype (q4_0, ...) its matrices are blocks quantized by the reference (the pool
-quantized once, tensors cut from it block by block) and its norms float32, as in a GGUF;
+quantized once, tensors cut from it block by block) and its norms float32, as in a GGUF; a mix
+(q4_k_m) gives each tensor the format llama.cpp's quantizer would;
 `write_checkpoint(name, out_dir)` writes config.json and safetensors (single or sharded)
 for tests of the loader. The same (name, dtype, seed) gives the same weights either way.
 Weights are scaled (2/sqrt(fan-in)) so that greedy generation wanders over many tokens with
@@ -25,8 +26,9 @@ from shaderbay.errors import ModelError
 
 from .checkpoint import INDEX_NAME, MemoryCheckpoint
 from .config import ModelConfig
+from .gguf.formats import common_dtype
 from .safetensors_writer import write_safetensors
-from .weights import tensor_shapes
+from .weights import GATE_UP, QKV, tensor_shapes
 
 _BASE: dict[str, Any] = {
     "hidden_act": "silu",
@@ -76,6 +78,13 @@ SHAPES: dict[str, dict[str, Any]] = {
 
 _DTYPES = {"f32": "f32", "float32": "f32", "f16": "f16", "float16": "f16", "bf16": "bf16", "bfloat16": "bf16"}
 _DTYPES.update({name: name for name in BLOCK_DTYPES})
+# Mixes of block formats, as llama.cpp's quantizer makes them (llama_tensor_get_type), by name: Q4_K_M is
+# q4_k with q6_k for the output matrix (the embedding table when tied) and for v and down in the layers
+# _more_bits picks. Matrices the device fuses then mix formats and go up as the GGUF loader takes them
+# (models/gguf/formats.common_dtype).
+MIXES = {"q4_k_m": ("q4_k", "q6_k")}
+_DTYPES.update({name: name for name in MIXES})
+_MORE_BITS_SUFFIXES = ("self_attn.v_proj.weight", "mlp.down_proj.weight")
 _TORCH = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
 # a matrix whose rows are not whole blocks of the asked format (k-quants on a 576-wide model)
 # takes this one, as llama.cpp's quantizer falls back to a 32-value format
@@ -89,7 +98,8 @@ def normalize_dtype(dtype: str) -> str:
     try:
         return _DTYPES[str(dtype).lower()]
     except KeyError:
-        raise ModelError(f"unknown weight dtype {dtype!r}; use f32, f16, bf16 or {', '.join(BLOCK_DTYPES)}") from None
+        names = ", ".join([*BLOCK_DTYPES, *MIXES])
+        raise ModelError(f"unknown weight dtype {dtype!r}; use f32, f16, bf16 or {names}") from None
 
 
 def synthetic_config(name: str, dtype: str = "f32", **overrides: Any) -> dict[str, Any]:
@@ -163,6 +173,33 @@ def stored_dtype(shape: tuple[int, ...], dtype: str) -> str:
     return dtype if shape[-1] % block_size(dtype) == 0 else FALLBACK_BLOCK_DTYPE
 
 
+def _more_bits(layer: int, n_layers: int) -> bool:
+    """llama.cpp's use_more_bits: the first and last eighth of the layers, and every third between."""
+    eighth = n_layers // 8
+    return layer < eighth or layer >= 7 * n_layers // 8 or (layer - eighth) % 3 == 2
+
+
+def stored_dtypes(config: ModelConfig, dtype: str) -> dict[str, str]:
+    """Every tensor's stored dtype (stored_dtype), a mix's per tensor."""
+    shapes = tensor_shapes(config)
+    if dtype not in MIXES:
+        return {name: stored_dtype(shape, dtype) for name, shape in shapes.items()}
+    base, more = MIXES[dtype]
+    output = "model.embed_tokens.weight" if config.tie_word_embeddings else "lm_head.weight"
+    dtypes = {}
+    for name, shape in shapes.items():
+        layer = int(name.split(".")[2]) if name.startswith("model.layers.") else -1
+        richer = name == output or (name.endswith(_MORE_BITS_SUFFIXES) and _more_bits(layer, config.n_layers))
+        dtypes[name] = stored_dtype(shape, more if richer else base)
+    for i in range(config.n_layers):
+        for group in (QKV, GATE_UP):
+            names = [f"model.layers.{i}.{n}" for n in group]
+            formats = {dtypes[n] for n in names}
+            if len(formats) > 1:
+                dtypes.update(dict.fromkeys(names, common_dtype(formats, frozenset(BLOCK_DTYPES))))
+    return dtypes
+
+
 def synthetic_arrays(config: dict[str, Any], dtype: str = "f32", seed: int = 0) -> dict[str, np.ndarray]:
     """Random weights for a config dict, by Hugging Face name, stored as `dtype` (bf16 as uint16 bits,
     blocks as uint8 rows; see stored_dtype)."""
@@ -170,8 +207,9 @@ def synthetic_arrays(config: dict[str, Any], dtype: str = "f32", seed: int = 0) 
     cfg = ModelConfig.from_dict(config, source="synthetic config")
     fill = _Filler(seed)
     arrays: dict[str, np.ndarray] = {}
+    dtypes = stored_dtypes(cfg, dtype)
     for name, shape in tensor_shapes(cfg).items():
-        stored = stored_dtype(shape, dtype)
+        stored = dtypes[name]
         if name.endswith("norm.weight"):
             arrays[name] = fill.normal(shape, 0.1, stored, shift=1.0)
         elif name.endswith(".bias"):
@@ -190,8 +228,7 @@ def synthetic_checkpoint(name: str, dtype: str = "f16", seed: int = 0, **overrid
     raw = synthetic_config(name, dtype, **overrides)
     arrays = synthetic_arrays(raw, dtype, seed)
     config = ModelConfig.from_dict(raw, source=f"synthetic {name}")
-    dtypes = {n: stored_dtype(shape, dtype) for n, shape in tensor_shapes(config).items()}
-    return MemoryCheckpoint(config, arrays, dtypes, name=name)
+    return MemoryCheckpoint(config, arrays, stored_dtypes(config, dtype), name=name)
 
 
 def write_checkpoint(
@@ -204,7 +241,7 @@ def write_checkpoint(
 ) -> Path:
     """Write config.json and model.safetensors (or `shards` files with their index) to `out_dir`."""
     dtype = normalize_dtype(dtype)
-    if dtype in BLOCK_DTYPES:
+    if dtype in BLOCK_DTYPES or dtype in MIXES:
         raise ModelError(f"safetensors cannot hold {dtype} blocks; use synthetic_checkpoint (in memory)")
     raw = synthetic_config(name, dtype) if isinstance(name, str) else dict(name)
     arrays = synthetic_arrays(raw, dtype, seed) if arrays is None else arrays

@@ -11,12 +11,19 @@ import pytest
 import shaderbay
 from fixtures_model import write_tiny_gguf
 from shaderbay.backends.numpy.kernels import sample_token
+from shaderbay.benches.shapes import Shape, named_shape
 from shaderbay.dtypes import to_f32
 from shaderbay.errors import ContextLengthExceeded, InvalidOption, ModelError, UnsupportedArchitecture
 from shaderbay.models.checkpoint import SafetensorsCheckpoint
 from shaderbay.models.config import ModelConfig
 from shaderbay.models.model import Model
-from shaderbay.models.synthetic import SHAPES, synthetic_arrays, synthetic_checkpoint, synthetic_config
+from shaderbay.models.synthetic import (
+    SHAPES,
+    stored_dtypes,
+    synthetic_arrays,
+    synthetic_checkpoint,
+    synthetic_config,
+)
 from shaderbay.rope import inverse_frequencies
 
 PROMPT = [3, 17, 42, 5, 99, 7, 1, 64, 200, 11]
@@ -200,6 +207,43 @@ def test_synthetic_weights_are_deterministic_and_varied():
     np.testing.assert_array_equal(emb, b.array("model.embed_tokens.weight"))
     assert len(np.unique(emb[:, :8], axis=0)) == 49152  # no repeated rows
     assert 0.05 < float(np.std(emb[:1000].astype(np.float32))) < 0.15
+
+
+def test_the_q4_k_m_mix_is_llama_cpps():
+    """llama.cpp's Q4_K_M: q6_k for the tied table and for v and down in the layers use_more_bits picks (16
+    layers: 0, 1, 4, 7, 10, 13, 14, 15), q4_k elsewhere; q, k, v fused on the device then go up as q8_0."""
+    config = ModelConfig.from_dict(synthetic_config("llama-3.2-1b"))
+    dtypes = stored_dtypes(config, "q4_k_m")
+    assert dtypes["model.embed_tokens.weight"] == "q6_k" and dtypes["model.norm.weight"] == "f32"
+    richer = [i for i in range(16) if dtypes[f"model.layers.{i}.mlp.down_proj.weight"] == "q6_k"]
+    assert richer == [0, 1, 4, 7, 10, 13, 14, 15]
+    for i in range(16):
+        qkv = {dtypes[f"model.layers.{i}.self_attn.{p}_proj.weight"] for p in "qkv"}
+        assert qkv == ({"q8_0"} if i in richer else {"q4_k"})
+        others = ("mlp.gate_proj", "mlp.up_proj", "self_attn.o_proj")
+        assert {dtypes[f"model.layers.{i}.{p}.weight"] for p in others} == {"q4_k"}
+    # the bench's byte counts follow the mix: between all-q4_k and all-q6_k
+    shape = named_shape("llama-3.2-1b")
+    assert shape.weights_bytes("q4_k") < shape.weights_bytes("q4_k_m") < shape.weights_bytes("q6_k")
+
+
+def test_a_q4_k_m_model_runs_with_each_tensor_in_its_format(numpy_backend):
+    ckpt = synthetic_checkpoint("tiny", "q4_k_m", hidden_size=256, intermediate_size=512, num_hidden_layers=8)
+    assert ckpt.infos()["model.layers.0.mlp.down_proj.weight"].dtype == "q6_k"  # layers 0, 3, 6, 7: more bits
+    with shaderbay.load(ckpt, backend=numpy_backend) as model:
+        layers = model.llama.weights.layers
+        assert [layer.wqkv.dtype for layer in layers] == [
+            "q8_0",
+            "q4_k",
+            "q4_k",
+            "q8_0",
+            "q4_k",
+            "q4_k",
+            "q8_0",
+            "q8_0",
+        ]
+        assert model.weight_bytes == Shape("tiny", ckpt.config).weights_bytes("q4_k_m")
+        assert len(list(model.tokens([1, 2, 3], max_tokens=4, ignore_eos=True))) == 4
 
 
 @pytest.mark.slow
