@@ -21,7 +21,6 @@ class Tracer:
         self.enabled = enabled
         self.events: list[dict[str, Any]] = []
         self._t0 = time.perf_counter_ns()
-        self._gpu_cursor_us = 0.0
 
     def span(self, name: str, cat: str = "cpu", **args: Any) -> AbstractContextManager:
         if not self.enabled:
