@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--backend", default="all", help="comma-separated backend names, or 'all' (default)")
     src = parser.add_mutually_exclusive_group()
-    src.add_argument("--model", metavar="PATH", help="a checkpoint directory (default: the default model)")
+    src.add_argument("--model", metavar="PATH", help="a checkpoint directory or GGUF file (default: the default model)")
     src.add_argument(
         "--synthetic", metavar="NAME", help=f"random weights of a named shape: {', '.join(synthetic_names())}"
     )

@@ -43,7 +43,7 @@ class Source:
             else:
                 self.tmpdir = Path(tempfile.mkdtemp(prefix="shaderbay-bench-"))
                 self.path = synthetic.write_checkpoint(s.synthetic, self.tmpdir / s.synthetic, wdtype, seed=s.seed)
-                for f in self.path.glob("*.safetensors"):
+                for f in self.files():
                     with open(f, "rb+") as fh:
                         os.fsync(fh.fileno())
             gc.collect()
@@ -61,17 +61,23 @@ class Source:
             return self.checkpoint
         return self.path
 
+    def files(self) -> list[Path]:
+        """The checkpoint's files: a GGUF, or a directory's safetensors (none for one in memory)."""
+        if self.path is None:
+            return []
+        return [self.path] if self.path.is_file() else sorted(self.path.glob("*.safetensors"))
+
     def file_bytes(self) -> int | None:
         if self.path is None:
             return None
-        return sum(f.stat().st_size for f in self.path.glob("*.safetensors"))
+        return sum(f.stat().st_size for f in self.files())
 
     def evict(self) -> bool:
         """Drop the checkpoint's files from the page cache (POSIX_FADV_DONTNEED); False where unsupported."""
         if self.path is None or not hasattr(os, "posix_fadvise"):
             return False
         done = False
-        for f in self.path.glob("*.safetensors"):
+        for f in self.files():
             try:
                 fd = os.open(f, os.O_RDONLY)
                 try:

@@ -11,12 +11,14 @@ compared with the copy bandwidth (bytes read + bytes written per second by a buf
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from shaderbay.dtypes import BLOCK_DTYPES, bytes_per_value, nbytes
-from shaderbay.models.checkpoint import SafetensorsCheckpoint
 from shaderbay.models.config import ModelConfig, ModelShape
+from shaderbay.models.model import open_checkpoint
 from shaderbay.models.synthetic import MIXES, SHAPES, stored_dtypes, synthetic_config
 from shaderbay.models.weights import tensor_shapes
 
@@ -34,17 +36,23 @@ def weight_dtype(name: str) -> str:
 
 @dataclass(frozen=True)
 class Shape:
-    """A model's hyper-parameters (its own ModelConfig, whose attributes it exposes) under a name."""
+    """A model's hyper-parameters (its own ModelConfig, whose attributes it exposes) under a name, and a
+    checkpoint's dtype of each tensor where it comes from one."""
 
     name: str
     config: ModelConfig
+    dtypes: Mapping[str, str] | None = field(default=None, compare=False, hash=False)
 
     def __getattr__(self, attr: str) -> Any:
         return getattr(self.config, attr)
 
+    def tensor_dtypes(self, wdtype: str) -> Mapping[str, str]:
+        """Each tensor's dtype: the checkpoint's, else what a model of `wdtype` stores it in."""
+        return self.dtypes if self.dtypes is not None else stored_dtypes(self.config, wdtype)
+
     def weights_bytes(self, wdtype: str) -> int:
-        """The weights' own size, each tensor in the dtype a model of `wdtype` stores it in."""
-        dtypes = stored_dtypes(self.config, wdtype)
+        """The weights' own size, each tensor in its dtype (tensor_dtypes)."""
+        dtypes = self.tensor_dtypes(wdtype)
         return sum(nbytes(dtypes[name], shape) for name, shape in tensor_shapes(self.config).items())
 
     def weight_bytes_per_token(self, wdtype: str) -> int:
@@ -52,7 +60,7 @@ class Shape:
         if self.tie_word_embeddings:
             return self.weights_bytes(wdtype)
         table = "model.embed_tokens.weight"
-        unread = (self.vocab_size - 1) * self.dim * bytes_per_value(stored_dtypes(self.config, wdtype)[table])
+        unread = (self.vocab_size - 1) * self.dim * bytes_per_value(self.tensor_dtypes(wdtype)[table])
         return int(self.weights_bytes(wdtype) - unread)
 
     def record(self) -> ModelShape:
@@ -70,12 +78,18 @@ def named_shape(name: str) -> Shape:
 
 
 def checkpoint_shape(path: Any, name: str = "") -> tuple[Shape, str]:
-    """The shape and weight dtype of a checkpoint directory (config.json and the safetensors header)."""
-    ckpt = SafetensorsCheckpoint(path)
+    """The shape (each tensor's dtype with it) of a checkpoint directory or GGUF file, and its weights'
+    dtype: the one most of the matrices' bytes are in."""
+    ckpt, _ = open_checkpoint(path)
     try:
-        return Shape(name or "model", ModelConfig.from_dir(path)), ckpt.infos()["model.embed_tokens.weight"].dtype
+        shape = Shape(name or "model", ckpt.config, {n: i.dtype for n, i in ckpt.infos().items()})
     finally:
         ckpt.close()
+    matrices = Counter()
+    for tensor, dims in tensor_shapes(shape.config).items():
+        if len(dims) > 1:
+            matrices[shape.dtypes[tensor]] += nbytes(shape.dtypes[tensor], dims)
+    return shape, matrices.most_common(1)[0][0]
 
 
 # --- bytes per dispatch ---------------------------------------------------------------------

@@ -305,7 +305,8 @@ def generation_defaults(path: Path) -> GenerationSettings | None:
     return GenerationSettings.from_generation_config(config if isinstance(config, dict) else {})
 
 
-def _open(model: str | Path | Checkpoint | None, dtype: str | None) -> tuple[Checkpoint, str]:
+def open_checkpoint(model: str | Path | Checkpoint | None, dtype: str | None = None) -> tuple[Checkpoint, str]:
+    """The checkpoint `load` reads for `model` (see load), and its name."""
     if isinstance(model, Checkpoint):
         return model, getattr(model, "name", "") or model.describe()
     if model is None:
@@ -357,7 +358,7 @@ def load(
     tensor cores: a sequence's answer may then change in its last bits when others join.
     """
     t0 = time.perf_counter()
-    ckpt, name = _open(model, dtype)
+    ckpt, name = open_checkpoint(model, dtype)
     owns = not isinstance(backend, Backend)
     dev = create_backend(backend) if owns else backend
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures_model import write_tiny_gguf
 from shaderbay.backends.numpy.backend import NumpyBackend
 from shaderbay.benches import cli
 from shaderbay.benches.preflight import preflight
@@ -80,6 +81,21 @@ def test_model_bench_end_to_end(tmp_path, capsys):
     assert out_png.read_bytes()[:8] == PNG_MAGIC
     trace = _check_trace(out_trace)
     assert _required_backends() & set(names) <= trace["processes"]
+
+
+def test_model_bench_runs_a_gguf_file_as_it_is(tmp_path, capsys):
+    """`--model file.gguf`: the blocks on the device, the weight bytes and the ceiling counted per tensor."""
+    src = write_tiny_gguf(tmp_path / "tiny.gguf", default_type="Q4_1", types={"token_embd.weight": "Q8_0"})
+    out_json = tmp_path / "out.json"
+    argv = ["--model", str(src), "--backend", "numpy", "--prompt-tokens", "4", "--new-tokens", "2", "--prefill-tokens",
+            "8", "--repeats", "1", "--copy-mib", "1", "--no-preflight", "--json", str(out_json)]  # fmt: skip
+    assert cli.main(argv) == 0
+    result = json.loads(out_json.read_text())
+    model, (row,) = result["model"], result["results"]
+    assert row["ok"], row["error"]
+    assert model["dtype"] == "q4_1" and model["checkpoint_bytes"] == src.stat().st_size
+    assert model["weights_bytes"] == row["memory"]["device_weights_bytes"] > 0
+    assert "q4_1" in capsys.readouterr().out
 
 
 def test_streams_bench_reports_each_stream_count(tmp_path, capsys):
