@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 from shaderbay.errors import ShaderbayError
+from shaderbay.models.default import DEFAULT_MODEL_NAME, default_gguf_path
 from shaderbay.models.synthetic import MIXES
 from shaderbay.plugins import discover
 from shaderbay.progress import Progress
@@ -26,7 +27,7 @@ from .kernel_cases import model_cases
 from .kernels import bench_kernel_backends
 from .machine import machine_info
 from .model_bench import bench_model
-from .model_settings import Settings
+from .model_settings import SYNTHETIC_DTYPE, Settings
 from .model_summary import model_info
 from .probe import Tracks
 from .results import SCHEMA, KernelsResult, ModelResult, Result, write_json
@@ -51,8 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--dtype",
-        default="float16",
-        help="weight dtype: float16 (default), bfloat16, float32, or a GGUF block format for synthetic weights "
+        help="weight dtype: float16 (synthetic weights' default), bfloat16, float32 (the default model converted to "
+        "it; unset, its GGUF as it is), or a GGUF block format for synthetic weights "
         "(q8_0, q4_0, q4_1, q4_k, q6_k: quantized by the reference, held in memory), or q4_k_m: llama.cpp's mix "
         "of q4_k and q6_k (`bench` only, not `bench kernels`)",
     )
@@ -228,10 +229,10 @@ def _run_model(
 def _run_kernels(
     args: argparse.Namespace, names: list[str], settings: dict[str, Any], tracks: Tracks, envelope: dict[str, Any]
 ) -> Result:
-    if args.model:
-        shape, wdtype = checkpoint_shape(args.model, args.model)
-    else:  # the default model has the smollm2-135m shape
-        shape, wdtype = named_shape(args.synthetic or "smollm2-135m"), weight_dtype(args.dtype)
+    if args.model or not args.synthetic and args.dtype is None:  # a checkpoint's own, the default model's GGUF
+        shape, wdtype = checkpoint_shape(args.model or default_gguf_path(), args.model or DEFAULT_MODEL_NAME)
+    else:  # the default model converted to a float dtype has the smollm2-135m shape
+        shape, wdtype = named_shape(args.synthetic or "smollm2-135m"), weight_dtype(args.dtype or SYNTHETIC_DTYPE)
     context = args.prompt_tokens + args.new_tokens // 2  # the mean live context of a decode run
     max_context = max(args.max_context or 0, args.prompt_tokens + args.new_tokens, args.prefill_tokens)
     phases = {p.strip() for p in args.phases.split(",")}

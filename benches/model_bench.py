@@ -74,7 +74,7 @@ def bench_model(settings: Settings, tracks: Tracks | None = None,
                 run.error = f"no backend named {run.name!r}; discovered: {', '.join(sorted(known)) or 'none'}"
         if settings.preflight:
             note("preflight")
-            failed = preflight([r.name for r in runs if r.error is None], settings.preflight_timeout, settings.dtype)
+            failed = preflight([r.name for r in runs if r.error is None], settings.preflight_timeout, settings.weights)
             for run in runs:
                 if run.name in failed:
                     run.error = failed[run.name]

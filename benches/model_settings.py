@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 STREAM_WARM_STEPS = 4  # steps after the last join before the window: past RUN_AHEAD, new recordings prepared
 STREAM_JOIN_STEPS = 2  # steps a joining stream may take (one prefill and its first decode step)
+SYNTHETIC_DTYPE = "float16"  # synthetic weights' (and a converted default model's) without --dtype
 
 
 @dataclass
@@ -13,7 +14,7 @@ class Settings:
     backends: list[str]
     model: str | None = None  # a checkpoint directory, or None for the default model
     synthetic: str | None = None  # a named random-weight shape
-    dtype: str = "float16"
+    dtype: str | None = None  # None: a checkpoint's own (the default model's GGUF as it is); synthetic: f16
     prompt_tokens: int = 16
     new_tokens: int = 128
     prefill_tokens: int = 512
@@ -29,6 +30,11 @@ class Settings:
     seed: int = 0
     streams: list[int] = field(default_factory=list)  # --streams: aggregate decode at each stream count
     batch_invariant: bool = True  # load(batch_invariant=...) of the model (with --streams)
+
+    @property
+    def weights(self) -> str:
+        """The weight dtype of synthetic weights (or of a converted default model)."""
+        return self.dtype or SYNTHETIC_DTYPE
 
     def stream_tokens(self, streams: int) -> int:
         """What each of `streams` requests may generate: its joining, the warm-up and the timed window

