@@ -18,7 +18,7 @@ from typing import Any
 
 from shaderbay.errors import ShaderbayError
 from shaderbay.models.default import DEFAULT_MODEL_NAME, default_gguf_path
-from shaderbay.models.synthetic import MIXES
+from shaderbay.models.synthetic import MIXES, normalize_dtype
 from shaderbay.plugins import discover
 from shaderbay.progress import Progress
 
@@ -31,7 +31,7 @@ from .model_settings import SYNTHETIC_DTYPE, Settings
 from .model_summary import model_info
 from .probe import Tracks
 from .results import SCHEMA, KernelsResult, ModelResult, Result, write_json
-from .shapes import checkpoint_shape, named_shape, synthetic_names, weight_dtype
+from .shapes import checkpoint_shape, named_shape, synthetic_names
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--dtype",
+        type=_dtype,
         help="weight dtype: float16 (synthetic weights' default), bfloat16, float32 (the default model converted to "
         "it; unset, its GGUF as it is), or a GGUF block format for synthetic weights "
         "(q8_0, q4_0, q4_1, q4_k, q6_k: quantized by the reference, held in memory), or q4_k_m: llama.cpp's mix "
@@ -110,6 +111,13 @@ def _counts(text: str) -> list[int]:
     if not counts or counts[0] < 1:
         raise argparse.ArgumentTypeError(f"--streams takes stream counts >= 1, got {text!r}")
     return counts
+
+
+def _dtype(text: str) -> str:
+    try:
+        return normalize_dtype(text)
+    except ShaderbayError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def backend_names(spec: str) -> list[str]:
@@ -232,7 +240,7 @@ def _run_kernels(
     if args.model or not args.synthetic and args.dtype is None:  # a checkpoint's own, the default model's GGUF
         shape, wdtype = checkpoint_shape(args.model or default_gguf_path(), args.model or DEFAULT_MODEL_NAME)
     else:  # the default model converted to a float dtype has the smollm2-135m shape
-        shape, wdtype = named_shape(args.synthetic or "smollm2-135m"), weight_dtype(args.dtype or SYNTHETIC_DTYPE)
+        shape, wdtype = named_shape(args.synthetic or "smollm2-135m"), args.dtype or SYNTHETIC_DTYPE
     context = args.prompt_tokens + args.new_tokens // 2  # the mean live context of a decode run
     max_context = max(args.max_context or 0, args.prompt_tokens + args.new_tokens, args.prefill_tokens)
     phases = {p.strip() for p in args.phases.split(",")}

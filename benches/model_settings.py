@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 STREAM_WARM_STEPS = 4  # steps after the last join before the window: past RUN_AHEAD, new recordings prepared
 STREAM_JOIN_STEPS = 2  # steps a joining stream may take (one prefill and its first decode step)
-SYNTHETIC_DTYPE = "float16"  # synthetic weights' (and a converted default model's) without --dtype
+SYNTHETIC_DTYPE = "f16"  # synthetic weights' (and a converted default model's) without --dtype
 
 
 @dataclass
@@ -14,7 +14,7 @@ class Settings:
     backends: list[str]
     model: str | None = None  # a checkpoint directory, or None for the default model
     synthetic: str | None = None  # a named random-weight shape
-    dtype: str | None = None  # None: a checkpoint's own (the default model's GGUF as it is); synthetic: f16
+    dtype: str | None = None  # normalize_dtype's name; None: a checkpoint's own (the default model's GGUF as it is)
     prompt_tokens: int = 16
     new_tokens: int = 128
     prefill_tokens: int = 512

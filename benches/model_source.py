@@ -15,7 +15,7 @@ from shaderbay.models import synthetic
 from shaderbay.models.default import DEFAULT_MODEL_NAME, default_gguf_path, default_model_dir
 
 from .model_settings import Settings
-from .shapes import Shape, checkpoint_shape, named_shape, weight_dtype
+from .shapes import Shape, checkpoint_shape, named_shape
 
 
 class Source:
@@ -28,7 +28,7 @@ class Source:
         self.path: Path | None = None
         self.generate_s = 0.0
         self.name = settings.synthetic or (Path(settings.model).name if settings.model else "default model")
-        self.wdtype = weight_dtype(settings.weights)  # a checkpoint's own dtype replaces it in prepare()
+        self.wdtype = settings.weights  # a checkpoint's own dtype replaces it in prepare()
         self.shape: Shape | None = named_shape(settings.synthetic) if settings.synthetic else None
 
     def prepare(self) -> None:
@@ -37,7 +37,7 @@ class Source:
         s = self.settings
         t0 = time.perf_counter()
         if s.synthetic:
-            wdtype = weight_dtype(s.weights)
+            wdtype = s.weights
             if s.in_memory or wdtype in BLOCK_DTYPES or wdtype in synthetic.MIXES:  # safetensors hold no blocks
                 self.checkpoint = synthetic.synthetic_checkpoint(s.synthetic, wdtype, seed=s.seed)
             else:

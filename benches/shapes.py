@@ -16,22 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shaderbay.dtypes import BLOCK_DTYPES, bytes_per_value, nbytes
+from shaderbay.dtypes import bytes_per_value, nbytes
 from shaderbay.models.config import ModelConfig, ModelShape
 from shaderbay.models.model import open_checkpoint
-from shaderbay.models.synthetic import MIXES, SHAPES, stored_dtypes, synthetic_config
+from shaderbay.models.synthetic import SHAPES, stored_dtypes, synthetic_config
 from shaderbay.models.weights import tensor_shapes
-
-DTYPE_NAMES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16", "f32": "f32", "f16": "f16", "bf16": "bf16"}
-DTYPE_NAMES.update({name: name for name in [*BLOCK_DTYPES, *MIXES]})
-
-
-def weight_dtype(name: str) -> str:
-    try:
-        return DTYPE_NAMES[name]
-    except KeyError:
-        names = ", ".join([*BLOCK_DTYPES, *MIXES])
-        raise ValueError(f"unknown dtype {name!r}; use float32, float16, bfloat16 or {names}") from None
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,9 @@ def test_model_bench_runs_a_gguf_file_as_it_is(tmp_path, capsys):
     assert model["dtype"] == "q4_1" and model["checkpoint_bytes"] == src.stat().st_size
     assert model["weights_bytes"] == row["memory"]["device_weights_bytes"] > 0
     assert "q4_1" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # argparse's usage error, not a traceback
+        cli.main(["--dtype", "q5_k"])
+    assert "unknown weight dtype 'q5_k'" in capsys.readouterr().err
 
 
 def test_the_default_model_is_benched_from_its_gguf_as_it_is(tmp_path, monkeypatch):
