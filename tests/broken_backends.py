@@ -178,11 +178,11 @@ class PlantedBugBackend(NumpyBackend):
     def _prepare(self, cmd):
         steps = super()._prepare(cmd)
         out = []
-        for (fn, args), op in zip(steps, cmd.ops, strict=True):
+        for (fn, args, written), op in zip(steps, cmd.ops, strict=True):
             if isinstance(op, Copy):
-                out.append((self.copy or fn, args))
+                out.append((self.copy or fn, args, written))
             else:
-                out.append((self.kernels.get(op.pipeline.spec.name, fn), args))
+                out.append((self.kernels.get(op.pipeline.spec.name, fn), args, written))
         return out
 
 
@@ -193,12 +193,12 @@ class SnapshotInputsBackend(NumpyBackend):
     def _prepare(self, cmd):
         steps = super()._prepare(cmd)
         frozen = []
-        for (fn, args), op in zip(steps, cmd.ops, strict=True):
+        for (fn, args, written), op in zip(steps, cmd.ops, strict=True):
             if not isinstance(op, Copy):
                 views, params, constants = args
                 reads = {bd.name for bd in op.pipeline.bindings if bd.access == "read"}
                 args = ({k: (v.copy() if k in reads else v) for k, v in views.items()}, params, constants)
-            frozen.append((fn, args))
+            frozen.append((fn, args, written))
         return frozen
 
 

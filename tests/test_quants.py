@@ -20,6 +20,7 @@ from shaderbay.dtypes import BLOCK_DTYPES, host_shape, nbytes, value_shape
 from shaderbay.errors import BindingError
 from shaderbay.models.checkpoint import MemoryCheckpoint
 from shaderbay.models.synthetic import FALLBACK_BLOCK_DTYPE, synthetic_checkpoint
+from shaderbay.resources import Tensor
 
 FORMATS = sorted(BLOCK_DTYPES)
 # f16 bit patterns of extreme, finite scales: the largest, the smallest normal and subnormal, zero
@@ -292,6 +293,44 @@ def test_reference_kernels_read_blocks(numpy_backend, dtype: str, rows: int) -> 
             k=k - 1,
             eps=0.0,
         )
+
+
+@pytest.mark.parametrize("dtype", ["q4_1", "q8_0"])
+def test_a_replayed_product_follows_every_write_to_its_weights(numpy_backend, dtype: str) -> None:
+    """NumPy keeps a recorded product's block scales between replays: a host write, a copy and a kernel
+    writing the weights' buffer must each be seen by the next replay."""
+    be, n, k = numpy_backend, 4, 64
+    rng = np.random.default_rng(5)
+    blocks = [quantize(rng.standard_normal((n, k)).astype(np.float32) * s, dtype) for s in (1.0, 3.0, 0.5)]
+    x = rng.standard_normal((1, k)).astype(np.float32)
+    w, spare, out = be.upload(blocks[0], dtype), be.upload(blocks[2], dtype), be.empty((1, n))
+    replay = be.command_list()
+    replay.dispatch(be.pipeline("matmul", wdtype=dtype), {"x": be.upload(x), "w": w, "out": out}, rows=1, n=n, k=k,
+                    eps=0.0)  # fmt: skip
+
+    def product(raw: np.ndarray) -> np.ndarray:
+        return (x.astype(np.float64) @ values(raw, dtype).astype(np.float64).T).astype(np.float32)
+
+    be.run(replay)
+    np.testing.assert_array_equal(be.read(out), product(blocks[0]))
+    be.write(w, blocks[1])  # a host write
+    be.run(replay)
+    np.testing.assert_array_equal(be.read(out), product(blocks[1]))
+    copy = be.command_list()
+    copy.copy(spare.buffer, w.buffer, spare.nbytes, spare.offset, w.offset)
+    be.run(copy)
+    be.run(replay)
+    np.testing.assert_array_equal(be.read(out), product(blocks[2]))
+    # a kernel writing the weights' buffer: an f32 embedding lookup copying blocks[1]'s words over it
+    table = be.upload(np.frombuffer(blocks[1].tobytes(), np.float32).reshape(n, -1))
+    words = Tensor(w.buffer, w.offset, "f32", table.shape)
+    ids = be.upload(np.arange(n, dtype=np.uint32))
+    lookup = be.command_list()
+    lookup.dispatch(be.pipeline("embed", wdtype="f32"), {"table": table, "ids": ids, "out": words}, rows=n,
+                    dim=table.shape[1], vocab=n)  # fmt: skip
+    be.run(lookup)
+    be.run(replay)
+    np.testing.assert_array_equal(be.read(out), product(blocks[1]))
 
 
 # --- models with block weights ----------------------------------------------------------------

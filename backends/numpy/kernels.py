@@ -73,7 +73,8 @@ def _times_weights(x64: np.ndarray, w: np.ndarray, wdtype: str) -> np.ndarray:
     return y
 
 
-def matmul(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
+def matmul(b: Arrays, p: dict[str, Any], c: dict[str, Any], scales: Callable = blockdot.scales) -> None:
+    """`scales`: blockdot.scales, or what gives its result for these weights without making it again."""
     rows, n, k = p["rows"], p["n"], p["k"]
     if c["prologue"] == "silu_mul":
         gate_up = b["x"][: rows * 2 * k].reshape(rows, 2 * k).astype(np.float64)
@@ -86,9 +87,9 @@ def matmul(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
     # decode's q8_0 / q4_0 / q4_1 products from the blocks (faster for a row alone), rounded exactly to
     # float32 so that a row's bits do not depend on the rows count; other products in float64 row by row
     bound, addends = None, []
-    scales = blockdot.scales(w, wdtype, rows == 1) if rows <= BATCH_ROWS and wdtype in blockdot.FORMATS else None
-    if scales is not None:
-        y, bound = blockdot.times(x64, w, wdtype, *scales)
+    made = scales(w, wdtype, rows == 1) if rows <= BATCH_ROWS and wdtype in blockdot.FORMATS else None
+    if made is not None:
+        y, bound = blockdot.times(x64, w, wdtype, *made)
     else:
         y = _times_weights(x64, w, wdtype)
 
