@@ -1,7 +1,7 @@
 """The NumPy reference backend: buffers are bytearrays, dispatches call the reference kernels.
 
 A decode step's products with q8_0/q4_0/q4_1 weights need each block's scales (blockdot.scales: a
-third of the default model's decode step here when made every token, benches/RESULTS.md 2026-12-05),
+quarter of the default model's decode step here when made every token, benches/RESULTS.md 2026-12-05),
 which depend on the weights' bytes alone. A buffer counts the writes into it (host writes, copies,
 kernels binding it writable), and a recorded product keeps its weights' scales until the count moves.
 """
