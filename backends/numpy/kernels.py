@@ -143,26 +143,32 @@ def cache_rows(b: Arrays, p: dict[str, Any], seq: int, positions: np.ndarray) ->
 
 def visible_rows(b: Arrays, p: dict[str, Any], seq: int, pos: int) -> np.ndarray:
     """The cache rows a query of slot `seq` at position `pos` attends to, in position order."""
-    length = min(pos + 1, p["block_size"] * p["blocks_per_seq"])
-    rows = cache_rows(b, p, seq, np.arange(length))
-    return rows[rows >= 0]
+    return _visible_prefixes(b, p, seq, np.array([pos]))[0]
+
+
+def _visible_prefixes(b: Arrays, p: dict[str, Any], seq: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The cache rows the latest of `positions` (of slot `seq`) attends to, and how many of them each
+    position attends to: its own are a prefix of them (one block table, read in position order)."""
+    lengths = np.minimum(np.asarray(positions, np.int64) + 1, p["block_size"] * p["blocks_per_seq"])
+    rows = cache_rows(b, p, seq, np.arange(lengths.max()))
+    valid = rows >= 0
+    return rows[valid], np.cumsum(valid)[lengths - 1]
 
 
 def _attend(q: np.ndarray, keys: np.ndarray, values: np.ndarray, scale: float) -> np.ndarray:
     """softmax(scale * q . keys) @ values per head (q: heads x hd; keys, values: m x kv_heads x hd,
     head h reading kv head h // group); zeros when there is no key."""
     nh, hd = q.shape
-    out = np.zeros((nh, hd), np.float32)
     if len(keys) == 0:
-        return out
-    group = nh // keys.shape[1]
-    for h in range(nh):
-        k = keys[:, h // group].astype(np.float64)
-        v = values[:, h // group].astype(np.float64)
-        scores = scale * (k @ q[h].astype(np.float64))
-        weights = np.exp(scores - scores.max())
-        out[h] = (weights / weights.sum()) @ v
-    return out
+        return np.zeros((nh, hd), np.float32)
+    nkv = keys.shape[1]
+    qg = q.reshape(nkv, nh // nkv, hd).astype(np.float64)  # the heads of each kv head
+    k = keys.transpose(1, 2, 0).astype(np.float64, copy=False)  # kv_heads x hd x m
+    v = values.transpose(1, 0, 2).astype(np.float64, copy=False)  # kv_heads x m x hd
+    scores = scale * (qg @ k)
+    weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    out = (weights / weights.sum(axis=-1, keepdims=True)) @ v
+    return out.reshape(nh, hd).astype(np.float32)
 
 
 def kv_write(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
@@ -183,10 +189,14 @@ def attention(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
     q = b["q"][: rows * q_stride].reshape(rows, q_stride)[:, : nh * hd].reshape(rows, nh, hd)
     keys = _cache_view(b["k_cache"], p, nkv * hd).reshape(-1, nkv, hd)
     values = _cache_view(b["v_cache"], p, nkv * hd).reshape(-1, nkv, hd)
+    seqs, positions = b["seqs"][:rows].astype(np.int64), b["positions"][:rows]
     out = np.empty((rows, nh, hd), np.float32)
-    for r in range(rows):
-        seen = visible_rows(b, p, int(b["seqs"][r]), int(b["positions"][r]))
-        out[r] = _attend(q[r], keys[seen], values[seen], p["scale"])
+    for seq in np.unique(seqs):
+        mine = np.flatnonzero(seqs == seq)
+        seen, counts = _visible_prefixes(b, p, int(seq), positions[mine])
+        k, v = keys[seen].astype(np.float64), values[seen].astype(np.float64)  # once for all its rows
+        for r, m in zip(mine, counts, strict=True):
+            out[r] = _attend(q[r], k[:m], v[:m], p["scale"])
     b["out"][: rows * nh * hd] = out.ravel()
 
 
