@@ -152,7 +152,7 @@ def _visible_prefixes(b: Arrays, p: dict[str, Any], seq: int, positions: np.ndar
     lengths = np.minimum(np.asarray(positions, np.int64) + 1, p["block_size"] * p["blocks_per_seq"])
     rows = cache_rows(b, p, seq, np.arange(lengths.max()))
     valid = rows >= 0
-    return rows[valid], np.cumsum(valid)[lengths - 1]
+    return rows[valid], np.concatenate([[0], np.cumsum(valid)])[lengths]
 
 
 def _attend(q: np.ndarray, keys: np.ndarray, values: np.ndarray, scale: float) -> np.ndarray:
