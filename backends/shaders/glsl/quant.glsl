@@ -105,8 +105,8 @@ float hsum(vec4 v) {
     return (v.x + v.y) + (v.z + v.w);
 }
 
-uint qbyte(uvec4 v, uint i) {  // byte i of 16
-    return (v[i >> 2] >> ((i & 3u) * 8u)) & 255u;
+float byte_value(uint w, uint shift) {  // the byte at `shift` as a float: placed under 2^23's exponent
+    return uintBitsToFloat(0x4B000000u | ((w >> shift) & 255u)) - 8388608.0;
 }
 
 // --- formats -----------------------------------------------------------------------------
@@ -172,18 +172,19 @@ float unit_dot(uint rb, uint u, vec4 xv[8], vec4 xs) {
 // (header: the first 16 bytes), 128 bytes: chunk c (64 values) is bytes 32c..32c+31, sub-block
 // 2c in their low nibbles, 2c + 1 in the high ones; value = (d * sc) * q - dmin * m
 
-// ggml's get_scale_min_k4 of sub-block j, the scale bytes being header bytes 4..15
-vec2 q4k_scale_min(uvec4 head, uint j) {
-    uint sc, m;
-    if (j < 4u) {
-        sc = qbyte(head, 4u + j) & 63u;
-        m = qbyte(head, 8u + j) & 63u;
-    } else {
-        sc = (qbyte(head, 8u + j) & 15u) | ((qbyte(head, j) >> 6) << 4);
-        m = (qbyte(head, 8u + j) >> 4) | ((qbyte(head, 4u + j) >> 6) << 4);
-    }
-    vec2 d = unpackHalf2x16(head.x);
-    return vec2(d.x * float(sc), d.y * float(m));
+// ggml's get_scale_min_k4 on whole words (header words y, z, w: the 12 scale bytes): the 6-bit scales
+// (x) and minimums (y) of sub-blocks 4 high .. 4 high + 3, a byte each. Word-wise and without a branch,
+// since neighbouring invocations read different halves of a block
+uvec2 q4k_scales_mins(uvec4 head, bool high) {
+    return high ? uvec2((head.w & 0x0F0F0F0Fu) | ((head.y >> 2) & 0x30303030u),
+                        ((head.w >> 4) & 0x0F0F0F0Fu) | ((head.z >> 2) & 0x30303030u))
+                : uvec2(head.y, head.z) & 0x3F3F3F3Fu;
+}
+
+// d * scale and dmin * minimum of sub-block j, from its half's words
+vec2 q4k_scale_min(uvec4 head, uvec2 sm, uint j) {
+    uint sh = (j & 3u) * 8u;
+    return unpackHalf2x16(head.x) * vec2(byte_value(sm.x, sh), byte_value(sm.y, sh));
 }
 
 vec4 dequant4(uint rb, uint j) {
@@ -191,7 +192,8 @@ vec4 dequant4(uint rb, uint j) {
     uint i = j % 256u;
     uint c = i / 64u;
     uint hi = (i / 32u) & 1u;
-    vec2 sm = q4k_scale_min(QVEC4(base >> 4), 2u * c + hi);
+    uvec4 head = QVEC4(base >> 4);
+    vec2 sm = q4k_scale_min(head, q4k_scales_mins(head, c >= 2u), 2u * c + hi);
     uint qw = QWORD((base + 16u + 32u * c + (i & 31u)) >> 2);
     return sm.x * (hi != 0u ? hi_nibbles(qw) : lo_nibbles(qw)) - sm.y;
 }
@@ -212,8 +214,9 @@ float unit_dot(uint rb, uint u, vec4 xv[8], vec4 xs) {
     uint v = u % 8u;
     uvec4 head = QVEC4(base >> 4);
     uvec4 qw = QVEC4((base >> 4) + 1u + v);
-    vec2 lo = q4k_scale_min(head, v & ~1u);
-    vec2 hi = q4k_scale_min(head, v | 1u);
+    uvec2 sm = q4k_scales_mins(head, v >= 4u);
+    vec2 lo = q4k_scale_min(head, sm, v & ~1u);
+    vec2 hi = q4k_scale_min(head, sm, v | 1u);
     float fl = dot(lo4(qw.x), xv[0]) + dot(lo4(qw.y), xv[1]) + dot(lo4(qw.z), xv[2]) + dot(lo4(qw.w), xv[3]);
     float fh = dot(hi4(qw.x), xv[4]) + dot(hi4(qw.y), xv[5]) + dot(hi4(qw.z), xv[6]) + dot(hi4(qw.w), xv[7]);
     return lo.x * (16.0 * (fl - xs.x)) - lo.y * xs.x + hi.x * (16.0 * (fh - xs.y)) - hi.y * xs.y;
@@ -275,7 +278,8 @@ float unit_dot(uint rb, uint u, vec4 xv[8], vec4 xs) {
     uvec2 qh = qwords2(base + 128u + 32u * h + l);
     uvec2 sw = qwords2(base + 192u + 8u * h);  // scales 8h..8h+7: sub-block 8h + 2s + l / 16
     uint sh = (l / 16u) * 8u;
-    vec4 sc = vec4(ivec4(uvec4(sw.x << (24u - sh), sw.x << (8u - sh), sw.y << (24u - sh), sw.y << (8u - sh))) >> 24);
+    sw ^= 0x80808080u;  // int8 scales as q + 128
+    vec4 sc = vec4(byte_value(sw.x, sh), byte_value(sw.x, sh + 16u), byte_value(sw.y, sh), byte_value(sw.y, sh + 16u)) - 128.0;
     vec4 f = vec4(dot(q6k_f(ql0.x, qh.x, 0u), xv[0]) + dot(q6k_f(ql0.y, qh.y, 0u), xv[1]),
                   dot(q6k_f(ql1.x, qh.x, 1u), xv[2]) + dot(q6k_f(ql1.y, qh.y, 1u), xv[3]),
                   dot(q6k_f(ql0.x, qh.x, 2u), xv[4]) + dot(q6k_f(ql0.y, qh.y, 2u), xv[5]),
