@@ -274,7 +274,7 @@ def test_cooperative_matrix_variant_only_with_the_shape():
 
 def test_prefill_tile_in_fewer_subgroups_only_for_products_of_many_tiles():
     from shaderbay.backends.shaders.records import COOP_SHAPE
-    from shaderbay.backends.shaders.variants_heavy import COOP_FAT_MIN_TILES
+    from shaderbay.backends.shaders.variants_heavy import COOP_4X2_MIN_TILES
 
     coop = _caps(cooperative_matrix=(COOP_SHAPE,))
     f16 = {"wdtype": "f16"}
@@ -283,8 +283,8 @@ def test_prefill_tile_in_fewer_subgroups_only_for_products_of_many_tiles():
     def tag(n: int, wdtype: dict = f16) -> str:
         return variants.select("matmul", wdtype, {**tiles, "n": n}, coop).name.rsplit("_", 1)[1]
 
-    assert tag(16384) == tag(128256) == tag(COOP_FAT_MIN_TILES // 8 * 128) == "coop4x2"  # 1B gate_up, LM head
-    assert tag(2048) == tag((COOP_FAT_MIN_TILES // 8 - 1) * 128) == "coop"  # 1B o and down: 128 tiles
+    assert tag(16384) == tag(128256) == tag(COOP_4X2_MIN_TILES // 8 * 128) == "coop4x2"  # 1B gate_up, LM head
+    assert tag(2048) == tag((COOP_4X2_MIN_TILES // 8 - 1) * 128) == "coop"  # 1B o and down: 128 tiles
     assert tag(16384, {"wdtype": "bf16"}) == "coop4x2"
     assert tag(16384, {"wdtype": "q4_0"}) == "coop"  # block weights keep their own tile
 

@@ -55,7 +55,7 @@ matmul (matmul_vec.comp, matmul_tiled.comp)
     one row an invocation, so batch-invariant too.
     `matmul_<consts>_coop` (matmul_coop.comp): f16/bf16 weights on the tensor cores where the
     device lists COOP_SHAPE, rows > BATCH_ROWS (prefill): a 64 x 128 tile a workgroup (`_coop4x2`, the
-    same tile in half the subgroups, where a product has many tiles: COOP_FAT_*). GGUF block
+    same tile in half the subgroups, where a product has many tiles: COOP_4X2_*). GGUF block
     weights too, dequantized by the loaders into f16 hi and lo rows (a value is an f16 scale times a
     small integer: ~14 significant bits), a 128 x 64 tile (COOP_Q_*).
     `matmul_<consts>_cooprows[_wide]`: the same source with k split over subgroup groups, for
@@ -116,12 +116,12 @@ COOP_WARPS = (2, 4)  # subgroups of 32 of a workgroup, along rows and columns
 COOP_FRAGS = (2, 2)  # 16 x 16 accumulators of a subgroup, along rows and columns: a 64 x 128 tile
 COOP_BK = 64  # depth of the staged slice of k (a multiple of 16; 32 in two alternating slices: 1.14x the time)
 # The same tile in 4 subgroups of 4 x 2 accumulators: a staged w fragment feeds 4 products instead of 2,
-# with half the subgroups a workgroup. H200, f16, 512 rows (benches/RESULTS.md 2026-12-05 12:50): 1B
+# with half the subgroups a workgroup. H200, f16, 512 rows (benches/RESULTS.md 2026-12-05 12:49): 1B
 # gate_up 437 -> 333 us, qkv 104 -> 89, the LM head 9.8 -> 7.7 ms; slower on products of few tiles (1B o
 # and down, 128 tiles for 132 SMs: 51 -> 59 and 225 -> 256 us; 135M qkv equal at 64), so chosen from
-# COOP_FAT_MIN_TILES tiles up. A row's sums do not change (the same BK, one k group, the same steps).
-COOP_FAT_WARPS, COOP_FAT_FRAGS = (1, 4), (4, 2)
-COOP_FAT_MIN_TILES = 192
+# COOP_4X2_MIN_TILES tiles up. A row's sums do not change (the same BK, one k group, the same steps).
+COOP_4X2_WARPS, COOP_4X2_FRAGS = (1, 4), (4, 2)
+COOP_4X2_MIN_TILES = 192
 # GGUF block weights: w dequantized as it is staged and split into hi and lo rows like x (three
 # products a step), so the f16 tile's 64-deep slice would pass the 48 KiB: a 128 x 64 tile of 8
 # subgroups of 2 x 2, BK 32 (rows shared by a dequantized tile: twice the f16 tile's). H200, 1B q4_0
@@ -131,9 +131,9 @@ COOP_Q_FRAGS, COOP_Q_BK = (2, 2), 32
 
 
 def _many_tiles(p: dict) -> bool:
-    """A prefill product of at least COOP_FAT_MIN_TILES of the f16 tiles (which both forms share)."""
+    """A prefill product of at least COOP_4X2_MIN_TILES of the f16 tiles (which both forms share)."""
     bm, bn = (16 * w * f for w, f in zip(COOP_WARPS, COOP_FRAGS, strict=True))
-    return p["rows"] > BATCH_ROWS and groups(p["rows"], bm) * groups(p["n"], bn) >= COOP_FAT_MIN_TILES
+    return p["rows"] > BATCH_ROWS and groups(p["rows"], bm) * groups(p["n"], bn) >= COOP_4X2_MIN_TILES
 
 
 def _coop(c: dict, tag: str, warps: tuple[int, int, int], frags: tuple[int, int], bk: int, when, priority: int):
@@ -244,7 +244,7 @@ def _matmul() -> list[Variant]:
         if c["wdtype"] in ("f16", "bf16"):
             wm, wn = COOP_WARPS
             rows.append(_coop(c, "coop", (wm, wn, 1), COOP_FRAGS, COOP_BK, lambda p: p["rows"] > BATCH_ROWS, 30))
-            rows.append(_coop(c, "coop4x2", (*COOP_FAT_WARPS, 1), COOP_FAT_FRAGS, COOP_BK, _many_tiles, 31))
+            rows.append(_coop(c, "coop4x2", (*COOP_4X2_WARPS, 1), COOP_4X2_FRAGS, COOP_BK, _many_tiles, 31))
             rows.extend(_coop_rows(c))
         elif blocks:
             wm, wn = COOP_Q_WARPS
