@@ -76,7 +76,7 @@ def build(backend: Any, case: KernelCase, rng: np.random.Generator) -> tuple[lis
     wdtype = case.constants.get("wdtype", "f32")
     for part in _split(case, bytes_per_value(wdtype), backend.caps.max_binding_size):
         pipe = backend.pipeline(part.kernel, **part.constants)
-        scope = {**pipe.constants, **part.params}
+        scope = {**pipe.constants, **pipe.spec.check_params(part.params, pipe.constants)}  # defaults filled in
         bindings = {}
         for b in pipe.bindings:
             dtype = pipe.dtypes[b.name]

@@ -50,6 +50,7 @@ class Param:
     name: str
     type: str  # "u32" | "i32" | "f32"
     doc: str = ""
+    default: str | None = None  # an expression over constants and the parameters before it; None: required
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ class KernelSpec:
     def check_params(self, params: dict[str, Any], constants: dict[str, Any]) -> dict[str, Any]:
         """Validated parameter values in declaration order; raises BindingError on any problem."""
         names = [p.name for p in self.params]
-        missing = [n for n in names if n not in params]
+        missing = [p.name for p in self.params if p.name not in params and p.default is None]
         extra = [n for n in params if n not in names]
         if missing or extra:
             raise BindingError(
@@ -108,7 +109,7 @@ class KernelSpec:
             )
         values: dict[str, Any] = {}
         for p in self.params:
-            v = params[p.name]
+            v = params[p.name] if p.name in params else _evaluate(p.default, {**constants, **values})
             if p.type == "f32":
                 if not isinstance(v, int | float):
                     raise BindingError(f"{self.name}: parameter {p.name} must be a number, got {v!r}")
@@ -174,6 +175,7 @@ HEAD_CONSTRAINTS = ("n_kv_heads >= 1", "n_heads % n_kv_heads == 0", "head_dim % 
 SAMPLE_SETTINGS = 8
 
 W = Constant("wdtype", WEIGHT_DTYPES, "f32")
+MATMUL_OUTPUTS = "(n // 2 if epilogue == 'silu_mul' else n)"  # a matmul row's results
 CACHE = Constant("cache_dtype", ("f32", "f16"), "f32")
 
 CATALOGUE: dict[str, KernelSpec] = {
@@ -213,15 +215,24 @@ CATALOGUE: dict[str, KernelSpec] = {
             "within one rows_form. rows_form 'vector' (default): the matrix-vector forms, fastest for "
             "one row; 'matrix': the matrix units (tensor cores) for every rows count up to BATCH_ROWS "
             "where the device has them (else as 'vector'), fastest for many rows; the two may differ "
-            "in the last bits.",
+            "in the last bits. out[r] is columns out_offset .. out_offset + (n/2 or n) - 1 of row r of a "
+            "matrix out_stride wide (by default the whole row): several products fill one row side by "
+            "side, and the other columns are left as they are.",
             bindings=(
                 Binding("x", "f32", ("rows", "2 * k if prologue == 'silu_mul' else k")),
                 Binding("w", "{wdtype}", ("n", "k")),
                 Binding("norm_weight", "f32", ("k",), when="prologue == 'rmsnorm'"),
                 Binding("bias", "f32", ("n",), when="bias"),
-                Binding("out", "f32", ("rows", "n // 2 if epilogue == 'silu_mul' else n"), "readwrite"),
+                Binding("out", "f32", ("rows", "out_stride"), "readwrite"),
             ),
-            params=(Param("rows", "u32"), Param("n", "u32"), Param("k", "u32"), Param("eps", "f32")),
+            params=(
+                Param("rows", "u32"),
+                Param("n", "u32"),
+                Param("k", "u32"),
+                Param("eps", "f32"),
+                Param("out_stride", "u32", default=MATMUL_OUTPUTS),
+                Param("out_offset", "u32", default="0"),
+            ),
             constants=(
                 W,
                 Constant("bias", (False, True), False),
@@ -236,6 +247,7 @@ CATALOGUE: dict[str, KernelSpec] = {
                 "k >= 1",
                 "k % block(wdtype) == 0",
                 "epilogue == 'none' or n % 2 == 0",
+                f"out_offset + {MATMUL_OUTPUTS} <= out_stride",
             ),
         ),
         KernelSpec(

@@ -70,7 +70,6 @@ class Buffers:
     settings: Tensor
     # a decode step's rows (ROW_SIZED): written by the host when the batch changes, then moved on by the kernels
     logits: Tensor  # (rows, vocab)
-    lm_parts: Tensor | None  # (rows, widest part) when lm_head comes in several parts
     tokens: Tensor
     row_positions: Tensor
     row_seqs: Tensor
@@ -81,11 +80,11 @@ class Buffers:
 
 
 # the buffers with a row per decode row: they grow with the largest batch seen (Llama.ensure_rows)
-ROW_SIZED = ("logits", "lm_parts", "tokens", "row_positions", "row_seqs", "readback", "argmax_scratch",
+ROW_SIZED = ("logits", "tokens", "row_positions", "row_seqs", "readback", "argmax_scratch",
              "attention_scratch")  # fmt: skip
 
 
-def allocate(new: New, c: ModelConfig, layout: Layout, cache_dtype: str, part_widths: list[int]) -> Buffers:
+def allocate(new: New, c: ModelConfig, layout: Layout, cache_dtype: str) -> Buffers:
     """Every buffer of `layout`, with room for decode steps of one row."""
     L = layout
     R = max(L.chunk, L.rows)
@@ -109,15 +108,14 @@ def allocate(new: New, c: ModelConfig, layout: Layout, cache_dtype: str, part_wi
         state=new((L.n_seqs, 4), "u32"),
         history=new((L.n_seqs, L.hist_cap), "u32"),
         settings=new((L.n_seqs, SAMPLE_SETTINGS)),
-        **row_sized(new, c, 1, part_widths),
+        **row_sized(new, c, 1),
     )
 
 
-def row_sized(new: New, c: ModelConfig, rows: int, part_widths: list[int]) -> dict[str, Any]:
+def row_sized(new: New, c: ModelConfig, rows: int) -> dict[str, Any]:
     """The ROW_SIZED buffers for decode steps of up to `rows` rows."""
     return dict(
         logits=new((rows, c.vocab_size)),
-        lm_parts=new((rows, max(part_widths))) if len(part_widths) > 1 else None,
         tokens=new(rows, "u32"),
         row_positions=new(rows, "u32"),
         row_seqs=new(rows, "u32"),

@@ -2,7 +2,8 @@
 
 Weights are uploaded once in their stored precision, with q/k/v fused into one matrix and
 gate/up into another (their rows interleaved: gate 0, up 0, gate 1, ...), so that a decode
-step's layer is five dispatches for all its rows together:
+step's layer is five dispatches for all its rows together (six where a GGUF stores v in another
+format than q and k: each format's product fills its columns of the same qkv rows):
 
     matmul(rmsnorm prologue) -> qkv
     decode_attention (each row: rope on its q and k, k and v -> its slot's blocks, attention)
@@ -61,7 +62,7 @@ class Llama:
         batch_invariant: bool = True,
     ):
         try:
-            self.layout = _layout(backend, config, weights, max_context, cache_dtype, prefill_chunk, streams)
+            self.layout = _layout(backend, config, max_context, cache_dtype, prefill_chunk, streams)
         except ModelError:
             self.free_weights(backend, weights)
             raise
@@ -84,10 +85,9 @@ class Llama:
         self._lists: OrderedDict[tuple, CommandList] = OrderedDict()
         self._pipelines: dict[tuple, object] = {}
         # every buffer the model holds, its weights included, freed by close()
-        self._owned: list[Tensor] = [t for t in (weights.embed, weights.lm_head, weights.final_norm) if t is not None]
-        self._owned += [weights.inv_freq] + [t for lw in weights.layers for t in vars(lw).values() if t is not None]
+        self._owned: list[Tensor] = weights.tensors()
         try:
-            self.s: Buffers = allocate(self._new, c, self.layout, cache_dtype, self._part_widths)
+            self.s: Buffers = allocate(self._new, c, self.layout, cache_dtype)
             self.row_capacity = 1  # decode rows the ROW_SIZED buffers hold
             for t, data in zeroed(self.s):
                 backend.write(t, data)
@@ -100,10 +100,6 @@ class Llama:
     def caches(self) -> list[tuple[Tensor, Tensor]]:
         return self.s.caches
 
-    @property
-    def _part_widths(self) -> list[int]:
-        return [p.shape[0] for _, p in self.weights.lm_head_parts]
-
     def ensure_rows(self, rows: int) -> None:
         """Room for decode steps of `rows` rows (nothing may be in flight): the ROW_SIZED buffers grow to
         the next power of two (at most layout.rows), and the recorded lists, which bind them, go."""
@@ -114,7 +110,7 @@ class Llama:
         for t in [t for t in self._owned if id(t) in old]:
             self.backend.free(t.buffer)
             self._owned.remove(t)
-        for name, t in row_sized(self._new, self.config, capacity, self._part_widths).items():
+        for name, t in row_sized(self._new, self.config, capacity).items():
             setattr(self.s, name, t)
         for t, data in zeroed(self.s):
             self.backend.write(t, data)
@@ -123,9 +119,7 @@ class Llama:
 
     @staticmethod
     def free_weights(backend: Backend, weights: Weights) -> None:
-        tensors = [t for t in (weights.embed, weights.lm_head, weights.final_norm, weights.inv_freq) if t is not None]
-        tensors += [t for lw in weights.layers for t in vars(lw).values() if t is not None]
-        for t in tensors:
+        for t in weights.tensors():
             if not backend.closed and not t.buffer.freed:
                 backend.free(t.buffer)
 
@@ -142,9 +136,9 @@ class Llama:
         return self._pipelines[key]
 
     def _matmul(self, cmd: CommandList, x: Tensor, w: Tensor, out: Tensor, rows: int, *, norm=None, bias=None,
-                accumulate=False, pairs=False, label="") -> None:  # fmt: skip
-        """out (+)= x @ w.T, x rms-normalised with `norm` first; `pairs`: w's rows interleave gate and up and
-        out gets silu(gate) * up."""
+                accumulate=False, pairs=False, first=0, label="") -> None:  # fmt: skip
+        """out[:, first:] (+)= x @ w.T, x rms-normalised with `norm` first; `pairs`: w's rows interleave gate
+        and up and out gets silu(gate) * up."""
         pipe = self._pipe(
             "matmul",
             wdtype=w.dtype,
@@ -160,7 +154,9 @@ class Llama:
             bindings["norm_weight"] = norm
         if bias is not None:
             bindings["bias"] = bias
-        cmd.dispatch(pipe, bindings, label, rows=rows, n=n, k=k, eps=self.config.rms_eps)
+        out_stride = out.shape[-1]
+        cmd.dispatch(pipe, bindings, label, rows=rows, n=n, k=k, eps=self.config.rms_eps, out_stride=out_stride,
+                     out_offset=first)  # fmt: skip
 
     def _record_body(self, cmd: CommandList, rows: int, ids: Tensor, positions: Tensor, seqs: Tensor,
                      decode: bool) -> None:  # fmt: skip
@@ -179,7 +175,9 @@ class Llama:
         paged = {"positions": positions, "seqs": seqs, "block_tables": s.block_tables}
         for i, (lw, (k_cache, v_cache)) in enumerate(zip(w.layers, s.caches, strict=True)):
             caches = {"k_cache": k_cache, "v_cache": v_cache}
-            self._matmul(cmd, x, lw.wqkv, qkv, rows, norm=lw.attn_norm, bias=lw.bqkv, label=f"L{i}.qkv")
+            for part in lw.qkv:
+                self._matmul(cmd, x, part.w, qkv, rows, norm=lw.attn_norm, bias=part.bias, first=part.first,
+                             label=f"L{i}.qkv")  # fmt: skip
             if decode:  # one dispatch: each row's rope, cache write and attention
                 scratch = s.attention_scratch.view(shape=(rows * c.n_heads, decode_scratch_row(c.head_dim)))
                 cmd.dispatch(
@@ -211,17 +209,10 @@ class Llama:
 
     def _lm_head(self, cmd: CommandList, x: Tensor, rows: int) -> Tensor:
         """logits[:rows] = lm_head(final_norm(x)); a head in several parts fills each row part by part."""
-        s, w, vocab = self.s, self.weights, self.config.vocab_size
-        logits = s.logits.view(shape=(rows, vocab))
-        if s.lm_parts is None:
-            self._matmul(cmd, x, w.lm_head_parts[0][1], logits, rows, norm=w.final_norm, label="lm_head")
-            return logits
+        w = self.weights
+        logits = self.s.logits.view(shape=(rows, self.config.vocab_size))
         for first, part in w.lm_head_parts:
-            n = part.shape[0]
-            self._matmul(cmd, x, part, s.lm_parts.view(shape=(rows, n)), rows, norm=w.final_norm, label="lm_head")
-            for r in range(rows):
-                src = s.lm_parts.offset + r * n * 4
-                cmd.copy(s.lm_parts.buffer, s.logits.buffer, n * 4, src, s.logits.offset + (r * vocab + first) * 4)
+            self._matmul(cmd, x, part, logits, rows, norm=w.final_norm, first=first, label="lm_head")
         return logits
 
     def _pick(self, cmd: CommandList, head: str, rows: int, logits: Tensor, seqs: Tensor, out: Tensor) -> None:
@@ -341,8 +332,8 @@ def _tensors(value: Tensor | list[Tensor] | None) -> list[Tensor]:
     return [] if value is None else value if isinstance(value, list) else [value]
 
 
-def _layout(backend: Backend, c: ModelConfig, weights: Weights, max_context: int, cache_dtype: str,
-            prefill_chunk: int, streams: int) -> Layout:  # fmt: skip
+def _layout(backend: Backend, c: ModelConfig, max_context: int, cache_dtype: str, prefill_chunk: int,
+            streams: int) -> Layout:  # fmt: skip
     """The pool and batch sizes for this model on this device: rows and slots as many as BATCH_ROWS
     allows and each per-row buffer can bind."""
     if cache_dtype not in ("f32", "f16"):
@@ -351,8 +342,7 @@ def _layout(backend: Backend, c: ModelConfig, weights: Weights, max_context: int
     n_blocks = pool_size(block_size=BLOCK_SIZE, max_context=max_context, max_streams=max(1, int(streams)),
                          kv_dim=c.kv_dim, n_layers=c.n_layers, cache_dtype=cache_dtype,
                          max_binding_size=binding)  # fmt: skip
-    widest = max(p.shape[0] for _, p in weights.lm_head_parts)
-    row_bytes = max(c.vocab_size * 4, widest * 4, c.n_heads * decode_scratch_row(c.head_dim) * 4, max_context * 4)
+    row_bytes = max(c.vocab_size * 4, c.n_heads * decode_scratch_row(c.head_dim) * 4, max_context * 4)
     rows = max(1, min(BATCH_ROWS, binding // row_bytes))
     chunk = max(1, min(int(prefill_chunk), max_context))
     return Layout(BLOCK_SIZE, blocks_for(max_context, BLOCK_SIZE), n_blocks, rows, rows, chunk, max_context)

@@ -26,9 +26,8 @@ from shaderbay.errors import ModelError
 
 from .checkpoint import INDEX_NAME, MemoryCheckpoint
 from .config import ModelConfig
-from .gguf.formats import common_dtype
 from .safetensors_writer import write_safetensors
-from .weights import GATE_UP, QKV, tensor_shapes
+from .weights import tensor_shapes
 
 _BASE: dict[str, Any] = {
     "hidden_act": "silu",
@@ -80,8 +79,7 @@ _DTYPES = {"f32": "f32", "float32": "f32", "f16": "f16", "float16": "f16", "bf16
 _DTYPES.update({name: name for name in BLOCK_DTYPES})
 # Mixes of block formats, as llama.cpp's quantizer makes them (llama_tensor_get_type), by name: Q4_K_M is
 # q4_k with q6_k for the output matrix (the embedding table when tied) and for v and down in the layers
-# _more_bits picks. Matrices the device fuses then mix formats and go up as the GGUF loader takes them
-# (models/gguf/formats.common_dtype).
+# _more_bits picks; each goes up in its own format, as the GGUF loader takes such a file.
 MIXES = {"q4_k_m": ("q4_k", "q6_k")}
 _DTYPES.update({name: name for name in MIXES})
 _MORE_BITS_SUFFIXES = ("self_attn.v_proj.weight", "mlp.down_proj.weight")
@@ -191,12 +189,6 @@ def stored_dtypes(config: ModelConfig, dtype: str) -> dict[str, str]:
         layer = int(name.split(".")[2]) if name.startswith("model.layers.") else -1
         richer = name == output or (name.endswith(_MORE_BITS_SUFFIXES) and _more_bits(layer, config.n_layers))
         dtypes[name] = stored_dtype(shape, more if richer else base)
-    for i in range(config.n_layers):
-        for group in (QKV, GATE_UP):
-            names = [f"model.layers.{i}.{n}" for n in group]
-            formats = {dtypes[n] for n in names}
-            if len(formats) > 1:
-                dtypes.update(dict.fromkeys(names, common_dtype(formats, frozenset(BLOCK_DTYPES))))
     return dtypes
 
 

@@ -1,7 +1,8 @@
 """A checkpoint's weights on a backend: the layout the forward pass reads (models/llama.py).
 
 Weights go up once in their stored precision (GGUF blocks as they are), with q/k/v fused into
-one matrix and gate/up into another (their rows interleaved: gate 0, up 0, gate 1, ...); the
+one matrix (one per run of a shared format where they mix formats) and gate/up into another (their
+rows interleaved: gate 0, up 0, gate 1, ...); the
 embedding table stays on the host when it is larger than the device can bind. Every tensor is
 checked finite on the way (one reduction each).
 """
@@ -25,7 +26,8 @@ from .config import ModelConfig
 
 ProgressFn = Callable[[float, float, str], None]
 
-# each layer's matrices uploaded as one (suffixes of "model.layers.{i}."); of mixed dtypes, one is float32
+# each layer's matrices uploaded as one (suffixes of "model.layers.{i}."); q/k/v of mixed dtypes go as runs
+# of one dtype, gate/up of mixed dtypes as float32
 QKV = ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight")
 GATE_UP = ("mlp.gate_proj.weight", "mlp.up_proj.weight")
 
@@ -33,18 +35,30 @@ GATE_UP = ("mlp.gate_proj.weight", "mlp.up_proj.weight")
 # --- weights --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Projection:
+    """Columns first .. first + rows of w of a fused row (qkv): one matrix product and its bias."""
+
+    first: int
+    w: Tensor
+    bias: Tensor | None = None
+
+
 @dataclass
 class LayerWeights:
     attn_norm: Tensor
-    wqkv: Tensor
+    qkv: tuple[Projection, ...]  # q/k/v in one matrix, or in one per run of a shared format
     wo: Tensor
     ffn_norm: Tensor
     wgu: Tensor
     wdown: Tensor
-    bqkv: Tensor | None = None
     bo: Tensor | None = None
     bgu: Tensor | None = None
     bdown: Tensor | None = None
+
+    def tensors(self) -> list[Tensor]:
+        parts = [t for part in self.qkv for t in (part.w, part.bias) if t is not None]
+        return [t for t in vars(self).values() if isinstance(t, Tensor)] + parts
 
 
 @dataclass
@@ -65,15 +79,21 @@ class Weights:
     def wdtype(self) -> str:
         return self.lm_head.dtype
 
+    def tensors(self) -> list[Tensor]:
+        """Every tensor uploaded for these weights, once each."""
+        held = [self.embed, self.lm_head, self.final_norm, self.inv_freq]
+        held += [t for lw in self.layers for t in lw.tensors()]
+        return list({id(t): t for t in held if t is not None}.values())
+
 
 def row_parts(t: Tensor, max_bytes: int, alignment: int) -> list[tuple[int, Tensor]]:
-    """Views of consecutive row blocks of a matrix, each at most max_bytes and starting at aligned
-    offsets in the matrix and in a float32 vector of its rows (the logits)."""
+    """Views of consecutive row blocks of a matrix, each at most max_bytes and starting at an aligned
+    offset (a binding's); each part's products fill their columns of the logits through matmul's out_offset."""
     rows, cols = t.shape
     row_bytes = nbytes(t.dtype, (1, cols))
     if t.nbytes <= max_bytes:
         return [(0, t)]
-    step = math.lcm(alignment // math.gcd(alignment, 4), alignment // math.gcd(alignment, row_bytes))
+    step = alignment // math.gcd(alignment, row_bytes)
     per = max_bytes // row_bytes // step * step
     if per < 1:
         raise ModelError(
@@ -173,30 +193,36 @@ class _Uploader:
         return t
 
     def matrix(self, *names: str) -> Tensor:
-        """Row-concatenated matrices in their stored dtype, written part by part (no host copy)."""
-        dtypes = {self.infos[n].dtype for n in names}
+        """Row-concatenated matrices of one dtype, as stored, written part by part (no host copy)."""
+        (dtype,) = {self.infos[n].dtype for n in names}
         shapes = [self.infos[n].shape for n in names]
         rows, cols = sum(s[0] for s in shapes), shapes[0][1]
-        if len(dtypes) > 1:  # mixed precisions in one fused group: widen the group to float32
-            data = np.concatenate([values(self._host(n), self.infos[n].dtype) for n in names])
-            t = self.backend.upload(np.ascontiguousarray(data, dtype=np.float32))
-            self.made.append(t)
+        t = self.backend.empty((rows, cols), dtype)
+        self.made.append(t)
+        sizes = [nbytes(dtype, (s[0], cols)) for s in shapes]
+        if any(s % 4 for s in sizes):  # writes are whole 4-byte words: the buffer's padding takes the tail
+            data = np.concatenate([self._host(n) for n in names]).tobytes()
+            self.backend.write(t.buffer, data + bytes(-len(data) % 4), t.offset)
         else:
-            (dtype,) = dtypes
-            t = self.backend.empty((rows, cols), dtype)
-            self.made.append(t)
-            sizes = [nbytes(dtype, (s[0], cols)) for s in shapes]
-            if any(s % 4 for s in sizes):  # writes are whole 4-byte words: the buffer's padding takes the tail
-                data = np.concatenate([self._host(n) for n in names]).tobytes()
-                self.backend.write(t.buffer, data + bytes(-len(data) % 4), t.offset)
-            else:
-                offset = 0
-                for n, size in zip(names, sizes, strict=True):
-                    self.backend.write(t, self._host(n), offset)
-                    offset += size
+            offset = 0
+            for n, size in zip(names, sizes, strict=True):
+                self.backend.write(t, self._host(n), offset)
+                offset += size
         self.nbytes += t.nbytes
         self._tick(list(names))
         return t
+
+    def projections(self, names: tuple[str, ...], biases: tuple[str, ...] | None) -> tuple[Projection, ...]:
+        """Matrices whose outputs share one row (q, k, v), each run of one dtype uploaded as one matrix:
+        a GGUF mixing formats (Q4_K_M's q6_k v in some layers) keeps every block as it is."""
+        parts, first, start = [], 0, 0
+        for end in range(1, len(names) + 1):
+            if end < len(names) and self.infos[names[end]].dtype == self.infos[names[start]].dtype:
+                continue
+            w = self.matrix(*names[start:end])
+            parts.append(Projection(first, w, self.f32(*biases[start:end]) if biases else None))
+            first, start = first + w.shape[0], end
+        return tuple(parts)
 
 
 def _finite(array: np.ndarray, dtype: str) -> bool:
@@ -236,8 +262,9 @@ def _upload(ckpt: Checkpoint, backend: Backend, c: ModelConfig, infos: dict[str,
         layers.append(
             LayerWeights(
                 attn_norm=up.f32(p + "input_layernorm.weight"),
-                wqkv=up.matrix(*(p + n for n in QKV)),
-                bqkv=up.f32(a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias") if c.qkv_bias else None,
+                qkv=up.projections(
+                    tuple(p + n for n in QKV), tuple(a + f"{n}_proj.bias" for n in "qkv") if c.qkv_bias else None
+                ),
                 wo=up.matrix(a + "o_proj.weight"),
                 bo=up.f32(a + "o_proj.bias") if c.o_bias else None,
                 ffn_norm=up.f32(p + "post_attention_layernorm.weight"),

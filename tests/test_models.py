@@ -151,10 +151,11 @@ def test_a_consumer_that_stops_early_leaves_nothing_running(model_backend, make_
 def test_every_backend_keeps_weights_in_stored_precision(model_backend, make_checkpoint):
     with _load(make_checkpoint("tiny", "bf16"), model_backend) as model:
         w = model.llama.weights
-        assert w.embed.dtype == "bf16" and w.layers[0].wqkv.dtype == "bf16" and w.lm_head.dtype == "bf16"
+        (qkv,) = w.layers[0].qkv  # q, k and v in one matrix
+        assert w.embed.dtype == "bf16" and qkv.w.dtype == "bf16" and w.lm_head.dtype == "bf16"
         assert w.layers[0].attn_norm.dtype == "f32"
         c = model.config
-        assert w.layers[0].wqkv.shape == (c.q_dim + 2 * c.kv_dim, c.dim)
+        assert qkv.first == 0 and qkv.w.shape == (c.q_dim + 2 * c.kv_dim, c.dim)
         assert w.layers[0].wgu.shape == (2 * c.ffn_dim, c.dim)
 
 
@@ -211,16 +212,16 @@ def test_synthetic_weights_are_deterministic_and_varied():
 
 def test_the_q4_k_m_mix_is_llama_cpps():
     """llama.cpp's Q4_K_M: q6_k for the tied table and for v and down in the layers use_more_bits picks (16
-    layers: 0, 1, 4, 7, 10, 13, 14, 15), q4_k elsewhere; q, k, v fused on the device then go up as q8_0."""
+    layers: 0, 1, 4, 7, 10, 13, 14, 15), q4_k elsewhere."""
     config = ModelConfig.from_dict(synthetic_config("llama-3.2-1b"))
     dtypes = stored_dtypes(config, "q4_k_m")
     assert dtypes["model.embed_tokens.weight"] == "q6_k" and dtypes["model.norm.weight"] == "f32"
     richer = [i for i in range(16) if dtypes[f"model.layers.{i}.mlp.down_proj.weight"] == "q6_k"]
     assert richer == [0, 1, 4, 7, 10, 13, 14, 15]
     for i in range(16):
-        qkv = {dtypes[f"model.layers.{i}.self_attn.{p}_proj.weight"] for p in "qkv"}
-        assert qkv == ({"q8_0"} if i in richer else {"q4_k"})
-        others = ("mlp.gate_proj", "mlp.up_proj", "self_attn.o_proj")
+        v = dtypes[f"model.layers.{i}.self_attn.v_proj.weight"]
+        assert v == ("q6_k" if i in richer else "q4_k")
+        others = ("self_attn.q_proj", "self_attn.k_proj", "mlp.gate_proj", "mlp.up_proj", "self_attn.o_proj")
         assert {dtypes[f"model.layers.{i}.{p}.weight"] for p in others} == {"q4_k"}
     # the bench's byte counts follow the mix: between all-q4_k and all-q6_k
     shape = named_shape("llama-3.2-1b")
@@ -232,16 +233,11 @@ def test_a_q4_k_m_model_runs_with_each_tensor_in_its_format(numpy_backend):
     assert ckpt.infos()["model.layers.0.mlp.down_proj.weight"].dtype == "q6_k"  # layers 0, 3, 6, 7: more bits
     with shaderbay.load(ckpt, backend=numpy_backend) as model:
         layers = model.llama.weights.layers
-        assert [layer.wqkv.dtype for layer in layers] == [
-            "q8_0",
-            "q4_k",
-            "q4_k",
-            "q8_0",
-            "q4_k",
-            "q4_k",
-            "q8_0",
-            "q8_0",
-        ]
+        richer = [0, 3, 6, 7]  # q and k in one q4_k product, v in a q6_k one
+        for i, layer in enumerate(layers):
+            parts = [(p.first, p.w.dtype) for p in layer.qkv]
+            qk = model.config.q_dim + model.config.kv_dim
+            assert parts == ([(0, "q4_k"), (qk, "q6_k")] if i in richer else [(0, "q4_k")]), i
         assert model.weight_bytes == Shape("tiny", ckpt.config).weights_bytes("q4_k_m")
         assert len(list(model.tokens([1, 2, 3], max_tokens=4, ignore_eos=True))) == 4
 

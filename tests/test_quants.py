@@ -18,6 +18,7 @@ from shaderbay.backends.numpy.quants import GGML_TYPES, LAYOUTS, dequantize, qua
 from shaderbay.backends.numpy.widen import row_blocks, weights_f64
 from shaderbay.dtypes import BLOCK_DTYPES, host_shape, nbytes, value_shape
 from shaderbay.errors import BindingError
+from shaderbay.kernels import kernel
 from shaderbay.models.checkpoint import MemoryCheckpoint
 from shaderbay.models.synthetic import FALLBACK_BLOCK_DTYPE, synthetic_checkpoint
 from shaderbay.resources import Tensor
@@ -153,9 +154,9 @@ def _reference_product(x: np.ndarray, w: np.ndarray, dtype: str, **constants: An
     rows, (n, k) = x.shape[0], value_shape(dtype, w.shape)
     out = constants.pop("out", np.zeros((rows, n), np.float32)).ravel().copy()
     bias = constants.pop("bias", None)
-    params = {"rows": rows, "n": n, "k": k, "eps": 0.0}
     c = {"wdtype": dtype, "prologue": "none", "epilogue": "none", "bias": bias is not None, "accumulate": False}
     c.update(constants)
+    params = kernel("matmul").check_params({"rows": rows, "n": n, "k": k, "eps": 0.0}, c)  # out's default shape
     bindings = {"x": x.ravel(), "w": w.reshape(-1), "out": out}
     if bias is not None:
         bindings["bias"] = bias
@@ -353,7 +354,7 @@ def test_a_block_model_is_its_dequantized_float32_model(numpy_backend, dtype, ov
     assert {i.dtype for i in ckpt.infos().values()} == {dtype, "f32"}
     with shaderbay.load(ckpt, backend=numpy_backend, cache_dtype="f32") as q:
         w = q.llama.weights
-        assert w.layers[0].wqkv.dtype == w.layers[0].wgu.dtype == w.embed.dtype == dtype
+        assert w.layers[0].qkv[0].w.dtype == w.layers[0].wgu.dtype == w.embed.dtype == dtype
         assert w.layers[0].attn_norm.dtype == "f32"
         got = q.logits(PROMPT, all_positions=True)
         tokens = list(q.tokens(PROMPT, 8))

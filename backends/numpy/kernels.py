@@ -103,7 +103,8 @@ def matmul(b: Arrays, p: dict[str, Any], c: dict[str, Any], scales: Callable = b
         y32 = to_f32(y)
         y, bound = _silu(y32[:, 0::2].astype(np.float64)) * y32[:, 1::2], None  # its float64 arithmetic is the meaning
         n //= 2
-    out = b["out"][: rows * n].reshape(rows, n)
+    stride, first = p["out_stride"], p["out_offset"]
+    out = b["out"][: rows * stride].reshape(rows, stride)[:, first : first + n]
     if c["accumulate"]:
         addends.append(out.astype(np.float64))
         y += addends[-1]

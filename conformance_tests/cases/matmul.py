@@ -29,13 +29,19 @@ def _matmul(v: Values, c: dict, s: dict) -> Case:
         arrays["norm_weight"] = v.floats(k, -2.0, 2.0)
     if c["bias"]:
         arrays["bias"] = v.floats(n, -1.0, 1.0)
+    # out's rows are wider than the results where columns before and after them belong to other products
+    before, after = s.get("margin", (0, 0))
+    width = n // 2 if paired else n
+    stride = before + width + after
     sizes = {}
-    outputs = rows * (n // 2 if paired else n)
     if c["accumulate"]:
-        arrays["out"] = v.floats(outputs, -4.0, 4.0)
+        arrays["out"] = v.floats(rows * stride, -4.0, 4.0)
     else:
-        sizes["out"] = outputs  # overwritten entirely: starts as poison
-    return Case("matmul", c, {"rows": rows, "n": n, "k": k, "eps": eps}, arrays, sizes=sizes)
+        sizes["out"] = rows * stride  # the results overwritten entirely: start as poison
+    written = np.zeros((rows, stride), bool)
+    written[:, before : before + width] = True
+    params = {"rows": rows, "n": n, "k": k, "eps": eps, "out_stride": stride, "out_offset": before}
+    return Case("matmul", c, params, arrays, written={"out": written.reshape(-1)}, sizes=sizes)
 
 
 # the forms a regime runs with: plain, f16 weights, each prologue and epilogue, bias and accumulate
@@ -82,6 +88,7 @@ CASES = (
                 # past BATCH_ROWS the prefill (tiled) forms take over from the matrix-vector ones
                 "rows": st.one_of(dim(9), st.sampled_from([33, 47, BATCH_ROWS, BATCH_ROWS + 1])),
                 "n": dim(70),
+                "margin": st.sampled_from([(0, 0), (0, 0), (0, 0), (1, 0), (0, 3), (5, 2)]),
             }
         ),
         ladder=(

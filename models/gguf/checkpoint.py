@@ -22,7 +22,7 @@ from shaderbay.dtypes import host_dtype, host_shape, nbytes
 
 from ..checkpoint import Checkpoint, TensorInfo
 from ..tokenizer import Tokenizer
-from ..weights import GATE_UP, QKV
+from ..weights import GATE_UP
 from .config import model_metadata
 from .convert import OUTPUT_DTYPES, normalize_dtype
 from .dequant import check_supported, dequantize
@@ -92,12 +92,11 @@ class GGUFCheckpoint(Checkpoint):
         upload = {hf: upload_dtype(t.ggml_type, runnable) for hf, t in self.tensors.items()}
         if self.forced is not None:  # norms and biases go up as float32 whatever is asked
             upload.update({hf: self.forced for hf, t in self.tensors.items() if len(t.shape) > 1})
-        for i in range(self.config.n_layers):  # matrices uploaded as one share a dtype
-            for group in (QKV, GATE_UP):
-                names = [f"model.layers.{i}.{n}" for n in group]
-                dtypes = {upload[n] for n in names}
-                if len(dtypes) > 1:
-                    upload.update(dict.fromkeys(names, common_dtype(dtypes, runnable)))
+        for i in range(self.config.n_layers):  # gate and up, interleaved in one matrix, share a dtype
+            names = [f"model.layers.{i}.{n}" for n in GATE_UP]
+            dtypes = {upload[n] for n in names}
+            if len(dtypes) > 1:
+                upload.update(dict.fromkeys(names, common_dtype(dtypes, runnable)))
         infos = {
             hf: GGUFTensorInfo(hf, t.type_name, t.shape, self.file.name, upload[hf]) for hf, t in self.tensors.items()
         }

@@ -351,12 +351,12 @@ void main() {
                 [[unroll]] for (uint h = 0u; h < 4u; h += 2u) {
                     if (col + h + 1u < n) {
                         float v = y[h] / (1.0 + exp(-y[h])) * y[h + 1u];
-                        uint o = m * (n / 2u) + (col + h) / 2u;
+                        uint o = m * p.out_stride + p.out_offset + (col + h) / 2u;
 #else
                 [[unroll]] for (uint h = 0u; h < 4u; ++h) {
                     if (col + h < n) {
                         float v = y[h];
-                        uint o = m * n + col + h;
+                        uint o = m * p.out_stride + p.out_offset + col + h;
 #endif
 #if ACCUMULATE
                         v += out_[o];

@@ -206,13 +206,13 @@ void main() {
                     uint col = j0 + uint(TN) * tx + j;
                     if (col + 1u < n) {
                         float v = y[j] / (1.0 + exp(-y[j])) * y[j + 1u];
-                        uint o = m * (n / 2u) + col / 2u;
+                        uint o = m * p.out_stride + p.out_offset + col / 2u;
 #else
                 [[unroll]] for (uint j = 0u; j < uint(TN); ++j) {
                     uint col = j0 + uint(TN) * tx + j;
                     if (col < n) {
                         float v = y[j];
-                        uint o = m * n + col;
+                        uint o = m * p.out_stride + p.out_offset + col;
 #endif
 #if ACCUMULATE
                         v += out_[o];

@@ -40,6 +40,8 @@ layout(push_constant) uniform Params {
     uint n;
     uint k;
     float eps;
+    uint out_stride;
+    uint out_offset;
 } p;
 
 layout(std430, set = 0, binding = BINDING_X) readonly buffer Buffer_X { vec4 x4[]; };
@@ -220,10 +222,10 @@ void main() {
 #if defined(EPILOGUE_SILU_MUL)
             // output pairs (gate, up) of the block's rows: ROWS is even and j0 too
             bool writes = t < XR * OUTS && row < p.rows && j0 + 2u * wr + 1u < n;
-            uint o = row * (n / 2u) + j0 / 2u + wr;
+            uint o = row * p.out_stride + p.out_offset + j0 / 2u + wr;
 #else
             bool writes = t < XR * OUTS && row < p.rows && j0 + wr < n;
-            uint o = row * n + j0 + wr;
+            uint o = row * p.out_stride + p.out_offset + j0 + wr;
 #endif
 #if ACCUMULATE
             // loaded before the weights, so that its latency hides behind theirs

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The open issues' target figures in one GPU-machine call, each with the command benches/RESULTS.md
+# records for it: 13 (quantized decode), 14 (many streams), 15 (prefill); any of them, all by default.
+#
+# Prepare here (the GPU machine has no internet; gguf is pure Python):
+#   ../shared/tools/device-prep gguf==0.19.0
+# then run there with the device tool (carry [".gl", ".whl"]; one call may take 600 s, all three ~400 s):
+#   source .gl/device-env && bash benches/issue_targets.sh 13 14 15
+# Each bench's table goes to stdout and its JSON and full log under $OUT (./targets-out without it).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-targets-out}
+mkdir -p "$out"
+python3 -m pip install -q --no-deps --no-index .whl/*.whl
+python3 -m pip install -q --no-deps --no-build-isolation -e .
+
+bench() {  # bench NAME ARGS...: one `shaderbay bench` run, its summary printed
+    local name=$1
+    shift
+    echo "=== $name: shaderbay bench $*"
+    timeout 240 shaderbay bench --time-budget 3 --repeats "${REPEATS:-2}" --in-memory --no-preflight \
+        --json "$out/$name.json" "$@" >"$out/$name.log" 2>&1
+    echo "(exit $?)"
+    grep -v '^\s*$' "$out/$name.log" | tail -30
+}
+
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv
+# whether wgpu's adapter offers its experimental cooperative matrices here (8 x 8 float32 only)
+python3 -c "import wgpu; a = wgpu.gpu.request_adapter_sync(power_preference='high-performance'); \
+print('wgpu adapter:', a.info['device'], '| cooperative-matrix:', 'cooperative-matrix' in a.features)"
+
+[ $# -gt 0 ] || set -- 13 14 15
+for issue in "$@"; do
+    case $issue in
+    13)  # quantized decode, vulkan (1B q4_0 beside wgpu), and the f16 prefill the q4_0 one is held to
+        bench 1b-q4_0 --synthetic llama-3.2-1b --dtype q4_0 --backend vulkan,wgpu
+        for d in q8_0 q4_k_m float16; do bench "1b-$d" --synthetic llama-3.2-1b --dtype "$d" --backend vulkan; done
+        for d in q4_0 q4_1; do bench "135m-$d" --synthetic smollm2-135m --dtype "$d" --backend vulkan; done
+        ;;
+    14)  # streams at 128-token prompts and 128 new tokens each; one stream after 4,000 tokens
+        for s in smollm2-135m llama-3.2-1b; do
+            REPEATS=1 bench "$s-streams" --synthetic "$s" --backend vulkan,wgpu --streams 1,16,64 \
+                --prompt-tokens 128 --new-tokens 128
+        done
+        bench 1b-4k --synthetic llama-3.2-1b --backend vulkan --prompt-tokens 4000 --new-tokens 64
+        ;;
+    15)  # prefill of 512, vulkan beside wgpu (the 4,000-token first token is 14's 1b-4k run)
+        for s in smollm2-135m llama-3.2-1b; do
+            bench "$s-prefill" --synthetic "$s" --backend vulkan,wgpu --new-tokens 16
+        done
+        ;;
+    *) echo "unknown issue $issue (13, 14 or 15)" >&2 ;;
+    esac
+done
