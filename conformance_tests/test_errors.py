@@ -135,6 +135,25 @@ def test_violated_constraints(backend) -> None:
             t.buffer.free()
 
 
+def test_matmul_results_must_fit_out_rows(backend) -> None:
+    """out_stride and out_offset place a product's columns in wider rows; they must fit in them, and
+    out must hold rows x out_stride (by default out_stride is the product's own width)."""
+    require_kernels(backend, "matmul")
+    x, w, out = backend.empty((2, 8)), backend.empty((4, 8)), backend.empty((2, 6))
+    try:
+        mm = backend.pipeline("matmul")
+        bindings = {"x": x, "w": w, "out": out}
+        backend.command_list().dispatch(mm, bindings, rows=2, n=4, k=8, eps=0.0)
+        backend.command_list().dispatch(mm, bindings, rows=2, n=4, k=8, eps=0.0, out_stride=6, out_offset=2)
+        with pytest.raises(BindingError, match="out_offset"):
+            backend.command_list().dispatch(mm, bindings, rows=2, n=4, k=8, eps=0.0, out_stride=6, out_offset=3)
+        with pytest.raises(BindingError, match="needs"):
+            backend.command_list().dispatch(mm, bindings, rows=2, n=4, k=8, eps=0.0, out_stride=7, out_offset=3)
+    finally:
+        for t in (x, w, out):
+            t.buffer.free()
+
+
 def test_sealed_list_and_foreign_list(backend, fresh_backend, add_setup) -> None:
     add, x, y = add_setup
     cmd = backend.command_list()
