@@ -17,8 +17,8 @@ python3 -m pip install -q --no-deps --no-build-isolation -e .
 bench() {  # bench NAME ARGS...: one `shaderbay bench` run, its summary printed
     local name=$1
     shift
-    echo "=== $name: shaderbay bench $*"
-    timeout 240 shaderbay bench --time-budget 3 --repeats "${REPEATS:-2}" --in-memory --no-preflight \
+    echo "=== $name: python3 -m shaderbay.benches $*"
+    timeout 240 python3 -m shaderbay.benches --time-budget 3 --repeats "${REPEATS:-2}" --in-memory --no-preflight \
         --json "$out/$name.json" "$@" >"$out/$name.log" 2>&1
     echo "(exit $?)"
     grep -v '^\s*$' "$out/$name.log" | tail -30
