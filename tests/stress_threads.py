@@ -3,6 +3,7 @@
 
     python stress_threads.py BACKEND          # the workloads below
     python stress_threads.py BACKEND exit     # exit while a daemon thread is mid-generation
+    python stress_threads.py numpy exit-kernels   # exit while a daemon thread is in NumPy's kernels
 
 Three workloads at once on one backend: two threads each generating with a model of their own,
 and a third recording small command lists and dropping them (their finalizers then run on that
@@ -82,5 +83,37 @@ def exit_mid_run(name: str) -> None:
     time.sleep(0.5)
 
 
+def exit_in_kernels(name: str) -> None:
+    """The interpreter exits while a daemon thread runs the NumPy reference's prompt attention and
+    sampler over and over, on small inputs (a NumPy function that releases the GIL inside C++, as
+    np.unique's hash does, aborts the process there: "terminate called without an active exception")."""
+    from shaderbay.backends.numpy.kernels import REFERENCE, sample_token
+
+    rng = np.random.default_rng(0)
+    rows, heads, hd = 8, 2, 8
+    p = {"rows": rows, "n_heads": heads, "n_kv_heads": 1, "head_dim": hd, "q_stride": heads * hd,
+         "block_size": 4, "blocks_per_seq": 2, "n_blocks": 4, "n_seqs": 2, "scale": 0.3}  # fmt: skip
+    b = {
+        "q": rng.standard_normal(rows * heads * hd).astype(np.float32),
+        "k_cache": rng.standard_normal(16 * hd).astype(np.float32),
+        "v_cache": rng.standard_normal(16 * hd).astype(np.float32),
+        "positions": (np.arange(rows) // 2).astype(np.uint32),
+        "seqs": (np.arange(rows) % 2).astype(np.uint32),
+        "block_tables": np.arange(4, dtype=np.uint32),
+        "out": np.empty(rows * heads * hd, np.float32),
+    }
+    logits = rng.standard_normal(1000).astype(np.float32)
+    history = rng.integers(0, 1000, 256).astype(np.uint32)
+
+    def run() -> None:
+        while True:
+            REFERENCE["attention"](b, p, {"cache_dtype": "f32"})
+            sample_token(logits, history, 1, 0, 0.8, 40, 0.95, 1.1)
+
+    threading.Thread(target=run, daemon=True).start()
+    time.sleep(0.2)
+
+
 if __name__ == "__main__":
-    (exit_mid_run if sys.argv[2:] == ["exit"] else main)(sys.argv[1])
+    modes = {"exit": exit_mid_run, "exit-kernels": exit_in_kernels}
+    modes.get(sys.argv[2] if len(sys.argv) > 2 else "", main)(sys.argv[1])

@@ -45,6 +45,19 @@ def test_exit_while_a_daemon_thread_generates(model_backend):
         assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr[-3000:]}"
 
 
+def test_exit_while_a_daemon_thread_is_in_the_numpy_kernels():
+    """The NumPy reference's prompt attention and sampler can be left at exit: before they stopped using
+    np.unique (its C++ hash), about one exit in two aborted the process here."""
+    for _ in range(8):
+        proc = subprocess.run(
+            [sys.executable, str(HERE / "stress_threads.py"), "numpy", "exit-kernels"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr[-3000:]}"
+
+
 def test_interleaved_generators_on_one_model_are_batched(numpy_backend):
     with shaderbay.load("synthetic:tiny:f32", backend=numpy_backend, max_context=64) as model:
         expected = list(model.tokens([1, 2, 3], 6, ignore_eos=True))

@@ -192,7 +192,7 @@ def attention(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
     values = _cache_view(b["v_cache"], p, nkv * hd).reshape(-1, nkv, hd)
     seqs, positions = b["seqs"][:rows].astype(np.int64), b["positions"][:rows]
     out = np.empty((rows, nh, hd), np.float32)
-    for seq in np.unique(seqs):
+    for seq in _distinct(seqs):
         mine = np.flatnonzero(seqs == seq)
         seen, counts = _visible_prefixes(b, p, int(seq), positions[mine])
         k, v = keys[seen].astype(np.float64), values[seen].astype(np.float64)  # once for all its rows
@@ -248,6 +248,13 @@ def add(b: Arrays, p: dict[str, Any], c: dict[str, Any]) -> None:
     b["x"][:n] = (b["x"][:n].astype(np.float64) + b["y"][:n]).astype(np.float32)
 
 
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """np.unique's values, by a sort: np.unique's hash (NumPy >= 2.3) releases the GIL inside C++, and a
+    daemon thread still there when the interpreter exits aborts the process (tests/test_threads.py)."""
+    ordered = np.sort(values)
+    return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))] if ordered.size else ordered
+
+
 def _first_argmax(x: np.ndarray) -> int:
     if np.all(np.isnan(x)):
         return 0
@@ -275,7 +282,7 @@ def sample_token(
     n = len(logits)
     logits = logits.astype(np.float64).copy()
     if penalty != 1.0:
-        seen = np.unique(history[history < n].astype(np.int64))
+        seen = _distinct(history[history < n].astype(np.int64))
         logits[seen] = np.where(logits[seen] > 0, logits[seen] / penalty, logits[seen] * penalty)
     if temperature <= 0:
         return _first_argmax(logits)
