@@ -179,7 +179,9 @@ def test_a_block_format_the_backend_lacks_is_converted(numpy_backend, written, c
 def test_generate_runs_a_gguf_from_the_command_line(written):
     src, _ = written["blocks32"]
     argv = [sys.executable, "-m", "shaderbay.cli", "generate", "hello", "--model", str(src), "--backend", "numpy"]
-    done = subprocess.run([*argv, "--max-tokens", "4"], capture_output=True, text=True, timeout=300)
+    # greedy: sampled, the random model's 4 tokens are now and then all whitespace, and stdout then strips to ''
+    argv += ["--max-tokens", "4", "--temperature", "0"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() and "4 new tokens" in done.stderr and src.name in done.stderr
 
