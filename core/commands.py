@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .dtypes import itemsize
 from .errors import BindingError, ClosedError, LimitExceeded, OutOfRange
 from .resources import Buffer, Pipeline, Tensor, Usage
 
@@ -40,6 +41,7 @@ class Dispatch:
     params: dict[str, Any]
     param_bytes: bytes
     label: str
+    spans: tuple[tuple[int, int], ...]  # per tensor, the bytes of its buffer the dispatch may touch [first, end)
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class CommandList:
         scope = {**constants, **values}
         caps = self.backend.caps
         tensors = []
+        spans = []
         for b in pipeline.bindings:
             t = bindings[b.name]
             if not isinstance(t, Tensor):
@@ -112,7 +115,15 @@ class CommandList:
                     f"({caps.max_binding_size}); split the tensor"
                 )
             tensors.append(t)
-        self.ops.append(Dispatch(pipeline, tuple(tensors), values, spec.pack_params(values), label or spec.name))
+            touched = b.touched(scope)
+            if touched is None:
+                spans.append((t.offset, t.offset + t.nbytes))
+            else:
+                size = itemsize(want)
+                spans.append((t.offset + touched[0] * size, t.offset + touched[1] * size))
+        self.ops.append(
+            Dispatch(pipeline, tuple(tensors), values, spec.pack_params(values), label or spec.name, tuple(spans))
+        )
 
     def copy(self, src: Buffer, dst: Buffer, size: int, src_offset: int = 0, dst_offset: int = 0) -> None:
         self._check_open()

@@ -32,6 +32,10 @@ class Binding:
     shape: tuple[str, ...]  # Python expressions over parameters and constants
     access: str = "read"  # "read" | "write" | "readwrite"
     when: str | None = None  # expression over constants: the binding exists only if true
+    # the elements a dispatch may touch, [first, end) as expressions over the parameters and constants,
+    # where that is less than the whole bound tensor: dispatches touching disjoint parts of one buffer
+    # need no barrier between them (the products writing their columns of one row side by side)
+    span: tuple[str, str] | None = None
 
     def present(self, constants: dict[str, Any]) -> bool:
         return self.when is None or bool(_evaluate(self.when, constants))
@@ -43,6 +47,13 @@ class Binding:
 
     def numel(self, scope: dict[str, Any]) -> int:
         return math.prod(int(_evaluate(expr, scope)) for expr in self.shape)
+
+    def touched(self, scope: dict[str, Any]) -> tuple[int, int] | None:
+        """[first, end) of the elements a dispatch may touch; None: all of the bound tensor."""
+        if self.span is None:
+            return None
+        first, end = (int(_evaluate(expr, scope)) for expr in self.span)
+        return first, end
 
 
 @dataclass(frozen=True)
@@ -223,7 +234,13 @@ CATALOGUE: dict[str, KernelSpec] = {
                 Binding("w", "{wdtype}", ("n", "k")),
                 Binding("norm_weight", "f32", ("k",), when="prologue == 'rmsnorm'"),
                 Binding("bias", "f32", ("n",), when="bias"),
-                Binding("out", "f32", ("rows", "out_stride"), "readwrite"),
+                Binding(
+                    "out",
+                    "f32",
+                    ("rows", "out_stride"),
+                    "readwrite",
+                    span=("out_offset", f"(rows - 1) * out_stride + out_offset + {MATMUL_OUTPUTS}"),
+                ),
             ),
             params=(
                 Param("rows", "u32"),

@@ -502,3 +502,28 @@ def test_close_releases_everything():
     with pytest.raises(ClosedError):
         be.buffer(16)
     be.close()  # twice is fine
+
+
+def test_products_writing_their_own_columns_of_one_row_need_no_barrier():
+    """Several matrix products filling one row side by side (a q/k/v split by format, the LM head's parts)
+    touch disjoint bytes of `out` at one row: they may run together, with no hazard for the synchronization
+    validation to report; what reads the row waits for both."""
+    k, widths = 64, (48, 16)
+    rng = np.random.default_rng(0)
+    with _validating() as be:
+        x = be.upload(rng.standard_normal(k, dtype=np.float32))
+        ws = [rng.standard_normal((n, k), dtype=np.float32) for n in widths]
+        out = be.empty(sum(widths), "f32")
+        matmul, add = be.pipeline("matmul", wdtype="f32"), be.pipeline("add")
+        cmd = be.command_list()
+        first = 0
+        for w in ws:
+            cmd.dispatch(matmul, {"x": x, "w": be.upload(w), "out": out}, rows=1, n=w.shape[0], k=k, eps=0.0,
+                         out_stride=sum(widths), out_offset=first)  # fmt: skip
+            first += w.shape[0]
+        cmd.dispatch(add, {"x": out, "y": out}, n=sum(widths))  # reads both parts' columns
+        be.run(cmd)
+        assert be.prepared_info(cmd)["barriers"] == 1
+        want = 2 * np.concatenate([w @ be.read(x) for w in ws])
+        np.testing.assert_allclose(be.read(out), want, rtol=1e-5, atol=1e-5)
+    assert be.validation_messages == []

@@ -412,8 +412,8 @@ def _barrier(src_compute: bool, src_copy: bool, dst_copy: bool) -> tuple[int, in
 def _ranges(op: Dispatch) -> tuple[list[Range], list[Range]]:
     """The byte ranges a dispatch reads and writes."""
     reads, writes = [], []
-    for (reading, writing), t in zip(op.pipeline.access, op.tensors, strict=True):
-        r = (id(t.buffer), t.offset, t.offset + t.nbytes)
+    for (reading, writing), t, (first, end) in zip(op.pipeline.access, op.tensors, op.spans, strict=True):
+        r = (id(t.buffer), first, end)
         if reading:
             reads.append(r)
         if writing:
