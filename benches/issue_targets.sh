@@ -2,8 +2,9 @@
 # The open issues' target figures in one GPU-machine call, each with the command benches/RESULTS.md
 # records for it: 13 (quantized decode), 14 (many streams), 15 (prefill); any of them, all by default.
 #
-# Prepare here (the GPU machine has no internet; gguf is pure Python):
-#   ../shared/tools/device-prep gguf==0.19.0
+# Prepare here (the GPU machine has no internet; it lacks gguf and pydantic, which the benches import):
+#   ../shared/tools/device-prep gguf==0.19.0 pydantic==2.13.4 pydantic_core==2.46.4 annotated-types==0.7.0 \
+#       typing-inspection==0.4.2 typing_extensions==4.16.0
 # then run there with the device tool (carry [".gl", ".whl"]; one call may take 600 s, all three ~400 s):
 #   source .gl/device-env && bash benches/issue_targets.sh 13 14 15
 # Each bench's table goes to stdout and its JSON and full log under $OUT (./targets-out without it).
@@ -14,13 +15,18 @@ mkdir -p "$out"
 python3 -m pip install -q --no-deps --no-index .whl/*.whl
 python3 -m pip install -q --no-deps --no-build-isolation -e .
 
-bench() {  # bench NAME ARGS...: one `shaderbay bench` run, its summary printed
+bench() {  # bench NAME ARGS...: one `shaderbay bench` run, its summary printed, and the SM clock during it
     local name=$1
     shift
     echo "=== $name: python3 -m shaderbay.benches $*"
+    # the clock a run's figures were taken at: the H100/H200 rest at 345 MHz and need ~1 s of work to climb
+    nvidia-smi --query-gpu=clocks.sm --format=csv,noheader,nounits -lms 200 >"$out/$name.clocks" 2>/dev/null &
+    local sampler=$!
     timeout 240 python3 -m shaderbay.benches --time-budget 3 --repeats "${REPEATS:-2}" --in-memory --no-preflight \
         --json "$out/$name.json" "$@" >"$out/$name.log" 2>&1
     echo "(exit $?)"
+    kill "$sampler" 2>/dev/null
+    sort -n "$out/$name.clocks" | awk '{v[NR] = $1} END {if (NR) printf "SM clock MHz over the run: min %d, median %d, max %d (%d samples)\n", v[1], v[int((NR + 1) / 2)], v[NR], NR}'
     grep -v '^\s*$' "$out/$name.log" | tail -30
 }
 
