@@ -1,7 +1,8 @@
 """The kernel catalogue: every kernel a Llama-family forward pass needs, declared once.
 
 A `KernelSpec` names the kernel's buffer bindings (dtype, shape as expressions over its
-parameters and constants, access), its scalar parameters (packed in declaration order,
+parameters and constants, access, and the span a dispatch touches where that is less than the
+bound tensor), its scalar parameters (packed in declaration order,
 4 bytes each: the GPU backends' push-constant block), its compile-time constants (a
 pipeline is one kernel plus one choice of constants) and its constraints. The NumPy
 backend's implementation in `shaderbay.backends.numpy.kernels` *is* each kernel's
