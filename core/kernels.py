@@ -51,10 +51,7 @@ class Binding:
 
     def touched(self, scope: dict[str, Any]) -> tuple[int, int] | None:
         """[first, end) of the elements a dispatch may touch; None: all of the bound tensor."""
-        if self.span is None:
-            return None
-        first, end = (int(_evaluate(expr, scope)) for expr in self.span)
-        return first, end
+        return None if self.span is None else (int(_evaluate(self.span[0], scope)), int(_evaluate(self.span[1], scope)))
 
 
 @dataclass(frozen=True)
@@ -188,6 +185,7 @@ SAMPLE_SETTINGS = 8
 
 W = Constant("wdtype", WEIGHT_DTYPES, "f32")
 MATMUL_OUTPUTS = "(n // 2 if epilogue == 'silu_mul' else n)"  # a matmul row's results
+MATMUL_OUT_SPAN = ("out_offset", f"(rows - 1) * out_stride + out_offset + {MATMUL_OUTPUTS}")  # its columns of out
 CACHE = Constant("cache_dtype", ("f32", "f16"), "f32")
 
 CATALOGUE: dict[str, KernelSpec] = {
@@ -235,13 +233,7 @@ CATALOGUE: dict[str, KernelSpec] = {
                 Binding("w", "{wdtype}", ("n", "k")),
                 Binding("norm_weight", "f32", ("k",), when="prologue == 'rmsnorm'"),
                 Binding("bias", "f32", ("n",), when="bias"),
-                Binding(
-                    "out",
-                    "f32",
-                    ("rows", "out_stride"),
-                    "readwrite",
-                    span=("out_offset", f"(rows - 1) * out_stride + out_offset + {MATMUL_OUTPUTS}"),
-                ),
+                Binding("out", "f32", ("rows", "out_stride"), "readwrite", span=MATMUL_OUT_SPAN),
             ),
             params=(
                 Param("rows", "u32"),
