@@ -164,12 +164,14 @@ def _coop(c: dict, tag: str, warps: tuple[int, int, int], frags: tuple[int, int]
 # rows_form 'matrix' (decode rows, 1..BATCH_ROWS): k split over COOP_ROWS_WARPS_K groups of
 # COOP_ROWS_BK-deep slices, which alone fix a row's sums (matmul_coop.comp): every rows count and
 # tile gives a row the same bits. The tile depends on n only: 16 x 32 (two subgroups a group) up to
-# COOP_ROWS_WIDE_N outputs, 16 x 64 (one subgroup, four fragments) above (the LM heads). H200, f16,
-# per decode step of the 1B shape's products at 1 / 16 / 64 rows (benches/RESULTS.md): 16 x 32 tiles
-# 42.9 / 45.8 / 63.9 us on down, 16 x 64 on the LM head 243 / 304 / 857; the matrix-vector forms'
-# step 0.82 / 4.65 / 17.97 ms against 1.96 / 2.18 / 4.74 ms for this form.
+# COOP_ROWS_WIDE_N outputs, 16 x 64 (one subgroup, four fragments) above (1B gate_up, the LM heads).
+# H200, f16, the 1B shape's products at 1 / 16 / 64 rows, us (benches/RESULTS.md 2026-12-06 03:09):
+# down 41.7 / 45.8 / 62.3 with 16 x 32 tiles (72 / 77 / 72 with 16 x 64); gate_up (n = 16384) 51.9 /
+# 107 / 141 with 16 x 32, 38.7 / 76.3 / 122 with 16 x 64; the LM head 262 / 281 / 1,000 against 250 /
+# 255 / 871. Narrower (16 x 16) and taller (32 x 64, 64 x 16) tiles and loads two or four slices ahead
+# were slower on every product there.
 COOP_ROWS_BK, COOP_ROWS_WARPS_K = 32, 4
-COOP_ROWS_WIDE_N = 32768
+COOP_ROWS_WIDE_N = 8192
 COOP_ROWS_TILES = {"cooprows": ((1, 2), (1, 1)), "cooprows_wide": ((1, 1), (1, 4))}  # (warps m, n), frags
 
 
