@@ -163,16 +163,17 @@ def _coop(c: dict, tag: str, warps: tuple[int, int, int], frags: tuple[int, int]
 
 # rows_form 'matrix' (decode rows, 1..BATCH_ROWS): k split over COOP_ROWS_WARPS_K groups of
 # COOP_ROWS_BK-deep slices, which alone fix a row's sums (matmul_coop.comp): every rows count and
-# tile gives a row the same bits. The tile depends on n only: 16 x 32 (two subgroups a group) up to
-# COOP_ROWS_WIDE_N outputs, 16 x 64 (one subgroup, four fragments) above (1B gate_up, the LM heads).
-# H200, f16, the 1B shape's products at 1 / 16 / 64 rows, us (benches/RESULTS.md 2026-12-06 03:09):
-# down 41.7 / 45.8 / 62.3 with 16 x 32 tiles (72 / 77 / 72 with 16 x 64); gate_up (n = 16384) 51.9 /
-# 107 / 141 with 16 x 32, 38.7 / 76.3 / 122 with 16 x 64; the LM head 262 / 281 / 1,000 against 250 /
-# 255 / 871. Narrower (16 x 16) and taller (32 x 64, 64 x 16) tiles and loads two or four slices ahead
-# were slower on every product there.
+# tile gives a row the same bits. The tile depends on n only: 16 x 32 (two subgroups a group of one
+# fragment each) up to COOP_ROWS_WIDE_N outputs, 16 x 64 (two subgroups of two fragments) above (1B
+# gate_up, the LM heads). H200, f16, the 1B shape's products at 1 / 16 / 64 rows, us (benches/RESULTS.md
+# 2026-12-06 03:09): down 41.7 / 45.8 / 62.3 with 16 x 32 tiles, 72 / 77 / 72 with 16 x 64 (one subgroup
+# of four fragments); gate_up (n = 16384) 51.9 / 107 / 141 against 38.7 / 76.3 / 122. Narrower (16 x 16)
+# and taller (32 x 64, 64 x 16) tiles and loads two or four slices ahead were slower on every product.
+# H100 (03:19): gate_up 36.8 / 38.0 / 117 with the one-subgroup 16 x 64 tile, 33.9 / 35.1 / 99.9 with
+# two; the LM head 245 / 257 / 841 against 221 / 237 / 745.
 COOP_ROWS_BK, COOP_ROWS_WARPS_K = 32, 4
 COOP_ROWS_WIDE_N = 8192
-COOP_ROWS_TILES = {"cooprows": ((1, 2), (1, 1)), "cooprows_wide": ((1, 1), (1, 4))}  # (warps m, n), frags
+COOP_ROWS_TILES = {"cooprows": ((1, 2), (1, 1)), "cooprows_wide": ((1, 2), (1, 2))}  # (warps m, n), frags
 
 
 def _coop_rows(c: dict) -> list[Variant]:
