@@ -11,8 +11,8 @@ import pytest
 from shaderbay.conformance.cases.matmul import (
     INVARIANCE_CHECKED,
     INVARIANCE_COMBOS,
-    INVARIANCE_K,
     INVARIANCE_ROWS,
+    INVARIANCE_SHAPES,
     invariance_case,
     rows_of,
 )
@@ -23,8 +23,8 @@ from shaderbay.conformance.test_kernels import _combo_id, _pipeline_or_skip, che
 @pytest.mark.parametrize("constants", INVARIANCE_COMBOS, ids=[_combo_id(c) for c in INVARIANCE_COMBOS])
 def test_matmul_rows_are_batch_invariant(backend, constants: dict) -> None:
     _pipeline_or_skip(backend, "matmul", constants)
-    for seed, k in enumerate(INVARIANCE_K):
-        case = invariance_case(constants, k, seed)
+    for seed, (n, k) in enumerate(INVARIANCE_SHAPES):
+        case = invariance_case(constants, n, k, seed)
         alone = {r: run_case(backend, rows_of(case, r, r + 1)).outputs["out"] for r in INVARIANCE_CHECKED}
         check_case(backend, rows_of(case, 0, max(INVARIANCE_ROWS)))  # right, besides invariant
         for rows in INVARIANCE_ROWS:

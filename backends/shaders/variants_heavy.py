@@ -11,7 +11,7 @@ where it only applies to some (e.g. `lambda p: p["rows"] == 1` for matrix-vector
 `priority` to order the applicable ones.
 
 Names are `records.stem(kernel, constants, *tags)`; every constant combination has a
-full set. 1904 spv files in all with the simple kernels' (matmul 1848, attention 19,
+full set. 1976 spv files in all with the simple kernels' (matmul 1920, attention 19,
 decode_attention 15, sample 2).
 
 matmul (matmul_vec.comp, matmul_tiled.comp)
@@ -24,6 +24,9 @@ matmul (matmul_vec.comp, matmul_tiled.comp)
     or tied everywhere; the LM head of a Llama-3.2-1B shape (525 MB f16) streams at ~3.0
     TB/s, the copy bandwidth. A subgroup per output row instead of a workgroup per two was
     slower on every decode shape (1B down: 74% -> 51% of the copy bandwidth).
+    `matmul_<consts>_vecwide[_sg]`: the same with VEC_WIDE_ROWS outputs a workgroup, for one row of
+    f16/bf16/f32 weights from VEC_WIDE_N outputs on, without the silu_mul epilogue (see VEC_WIDE_*).
+    The same invocations and chunks: a row's sums are the `_vec` form's.
     `matmul_<consts>_vec4x4[_sg]`: the batched form, 2..BATCH_ROWS
     rows: BATCH_XR x rows by BATCH_OUTS outputs a workgroup, each weight load shared by the x rows;
     grid (ceil(rows / BATCH_XR), ceil(n / BATCH_OUTS)), x-row groups fastest so the workgroups
@@ -83,6 +86,11 @@ from .variants_attention import attention_variants
 VEC_WG = 128  # invocations of a matrix-vector workgroup
 VEC_ROWS = 2  # outputs per matrix-vector workgroup
 VEC_UNROLL = 2  # 16-byte chunks per invocation whose loads are issued together
+# One row of a product of many outputs: 4 outputs a workgroup. H200, f16, one row, us (benches/RESULTS.md
+# 2026-12-06 03:57): 1B down 14.1 -> 10.9, qkv 7.5 -> 6.6, the LM head 166 -> 127, o 5.6 -> 5.7; on the
+# 135M's 576-wide o and down slower (4.0 -> 4.4, 4.3 -> 4.8), its head faster (37.4 -> 33.4); gate_up
+# (silu_mul) slower on both (1B 32.5 -> 38.8).
+VEC_WIDE_ROWS, VEC_WIDE_N = 4, 2048
 VEC_UNIT_Q = 32  # GGUF block weights: values per unit of an invocation (glsl/quant.glsl's QUNIT)
 VEC_WG_Q = 64  # their workgroup: a 2048-wide row is 64 units
 VEC_ROWS_Q = 4  # their outputs per workgroup (H200, first q4_0 kernel, 1B: 2 rows 1.75 ms a token, 4 rows 1.08)
@@ -217,6 +225,26 @@ def _vec(c: dict, xr: int, outs: int, sg: bool, cpu: bool = False) -> Variant:
     )
 
 
+def _vec_wide(c: dict, sg: bool) -> Variant:
+    """The one-row form with VEC_WIDE_ROWS outputs a workgroup, for one row of VEC_WIDE_N outputs or more."""
+    v = _vec(c, 1, VEC_ROWS, sg)
+    epc = _chunk(c["wdtype"])
+    nsums = VEC_WIDE_ROWS + (1 if c["prologue"] == "rmsnorm" else 0)
+    return Variant(
+        stem("matmul", c, "vecwide", "sg" if sg else ""),
+        "matmul",
+        "matmul_vec.comp",
+        c,
+        v.workgroup,
+        lambda p: (p["rows"], groups(p["n"], VEC_WIDE_ROWS), 1),
+        defines={**v.defines, "ROWS": VEC_WIDE_ROWS},
+        needs=v.needs,
+        when=lambda p: p["rows"] == 1 and p["n"] >= VEC_WIDE_N and p["k"] % epc == 0,
+        priority=v.priority + 2,  # over `_vec` and `_vec4x4`, which take 2 rows and more
+        shared_bytes=4 * nsums * (VEC_WG // 4 if sg else VEC_WG),
+    )
+
+
 def _matmul() -> list[Variant]:
     rows: list[Variant] = []
     for c in combos("matmul"):
@@ -224,6 +252,8 @@ def _matmul() -> list[Variant]:
         forms = ((1, VEC_ROWS_Q if blocks else VEC_ROWS), (BATCH_XR, BATCH_OUTS))
         for sg in (True, False):
             rows.extend(_vec(c, xr, outs, sg) for xr, outs in forms)
+            if not blocks and c["epilogue"] != "silu_mul":
+                rows.append(_vec_wide(c, sg))
         rows.extend(_vec(c, xr, outs, False, cpu=True) for xr, outs in CPU_FORMS)
         for tm, tag in ((TILED_TM, "tiled"), (1, "tiled16")):
             bm, bn = 16 * tm, 16 * TILED_TN

@@ -146,6 +146,8 @@ INVARIANCE_N = 37  # outputs: not a multiple of any workgroup's
 # a whole number of 16-byte chunks (the matrix-vector forms), not one for f32/f16/bf16 (the 16-row
 # tile), and several chunks or units an invocation (each sum's order across them must not change)
 INVARIANCE_K = (96, 258, 4360)
+# and one product of many outputs (2,085: past 2,048, where a backend may take another one-row form)
+INVARIANCE_SHAPES = tuple((INVARIANCE_N, k) for k in INVARIANCE_K) + ((2085, 512),)
 # every weight dtype once, the prologues, epilogues, bias and accumulate spread over them
 INVARIANCE_COMBOS = tuple(
     {"wdtype": w, "bias": b, "accumulate": a, "prologue": p, "epilogue": e}
@@ -169,9 +171,9 @@ INVARIANCE_COMBOS = tuple(
 )
 
 
-def invariance_case(constants: dict, k: int, seed: int) -> Case:
+def invariance_case(constants: dict, n: int, k: int, seed: int) -> Case:
     """A matmul case of BATCH_ROWS rows, whose first rows make the smaller cases (rows_of)."""
-    return _matmul(RngValues(seed), constants, {"rows": BATCH_ROWS, "n": INVARIANCE_N, "k": k})
+    return _matmul(RngValues(seed), constants, {"rows": BATCH_ROWS, "n": n, "k": k})
 
 
 def rows_of(case: Case, start: int, stop: int) -> Case:
