@@ -289,27 +289,19 @@ def test_prefill_tile_in_fewer_subgroups_only_for_products_of_many_tiles():
     assert tag(16384, {"wdtype": "q4_0"}) == "coop"  # block weights keep their own tile
 
 
-def test_decode_rows_tile_depends_on_n_alone_with_one_k_split():
-    """The rows form's batch invariance: a product keeps one tile (one spv) at every rows count, and
-    every tile shares the BK and k groups that fix a row's sums."""
+def test_decode_rows_form_is_one_spv_at_every_rows_count():
+    """The rows form's batch invariance: a product keeps one form (one spv, one BK and k split, which
+    fix a row's sums) at every rows count, whatever its outputs."""
     from shaderbay.backends.shaders.records import COOP_SHAPE
-    from shaderbay.backends.shaders.variants_heavy import COOP_ROWS_WIDE_N
     from shaderbay.kernels import BATCH_ROWS
 
     coop = _caps(cooperative_matrix=(COOP_SHAPE,))
-    for n, tag in (
-        (2048, "cooprows"),
-        (COOP_ROWS_WIDE_N, "cooprows"),
-        (16384, "cooprows_wide"),
-        (128256, "cooprows_wide"),
-    ):
+    for n in (2048, 16384, 128256):
         chosen = {
             variants.select("matmul", {"wdtype": "f16"}, {"rows": r, "n": n, "k": 2048, "rows_form": "matrix"}, coop)
             for r in (1, 2, 16, BATCH_ROWS)
         }
-        assert [v.name.split("_", 6)[-1] for v in chosen] == [tag], (n, chosen)
-    split = {(v.defines["BK"], v.defines["WARPS_K"]) for v in variants.table() if "_cooprows" in v.name}
-    assert len(split) == 1
+        assert [v.name.split("_", 6)[-1] for v in chosen] == ["cooprows"], (n, chosen)
 
 
 def test_cooperative_attention_only_with_the_shape_and_past_batch_rows():

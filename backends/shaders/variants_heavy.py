@@ -11,7 +11,7 @@ where it only applies to some (e.g. `lambda p: p["rows"] == 1` for matrix-vector
 `priority` to order the applicable ones.
 
 Names are `records.stem(kernel, constants, *tags)`; every constant combination has a
-full set. 1976 spv files in all with the simple kernels' (matmul 1920, attention 19,
+full set. 1856 spv files in all with the simple kernels' (matmul 1800, attention 19,
 decode_attention 15, sample 2).
 
 matmul (matmul_vec.comp, matmul_tiled.comp)
@@ -24,9 +24,6 @@ matmul (matmul_vec.comp, matmul_tiled.comp)
     or tied everywhere; the LM head of a Llama-3.2-1B shape (525 MB f16) streams at ~3.0
     TB/s, the copy bandwidth. A subgroup per output row instead of a workgroup per two was
     slower on every decode shape (1B down: 74% -> 51% of the copy bandwidth).
-    `matmul_<consts>_vecwide[_sg]`: the same with VEC_WIDE_ROWS outputs a workgroup, for one row of
-    f16/bf16/f32 weights from VEC_WIDE_N outputs on, without the silu_mul epilogue (see VEC_WIDE_*).
-    The same invocations and chunks: a row's sums are the `_vec` form's.
     `matmul_<consts>_vec4x4[_sg]`: the batched form, 2..BATCH_ROWS
     rows: BATCH_XR x rows by BATCH_OUTS outputs a workgroup, each weight load shared by the x rows;
     grid (ceil(rows / BATCH_XR), ceil(n / BATCH_OUTS)), x-row groups fastest so the workgroups
@@ -61,7 +58,7 @@ matmul (matmul_vec.comp, matmul_tiled.comp)
     same tile in half the subgroups, where a product has many tiles: COOP_4X2_*). GGUF block
     weights too, dequantized by the loaders into f16 hi and lo rows (a value is an f16 scale times a
     small integer: ~14 significant bits), a 128 x 64 tile (COOP_Q_*).
-    `matmul_<consts>_cooprows[_wide]`: the same source with k split over subgroup groups, for
+    `matmul_<consts>_cooprows`: the same source with k split over subgroup groups, for
     rows_form 'matrix' at 1..BATCH_ROWS rows (several streams): see COOP_ROWS_* below.
 
 sample (sample.comp)
@@ -86,11 +83,6 @@ from .variants_attention import attention_variants
 VEC_WG = 128  # invocations of a matrix-vector workgroup
 VEC_ROWS = 2  # outputs per matrix-vector workgroup
 VEC_UNROLL = 2  # 16-byte chunks per invocation whose loads are issued together
-# One row of a product of many outputs: 4 outputs a workgroup. H200, f16, one row, us (benches/RESULTS.md
-# 2026-12-06 03:57): 1B down 14.1 -> 10.9, qkv 7.5 -> 6.6, the LM head 166 -> 127, o 5.6 -> 5.7; on the
-# 135M's 576-wide o and down slower (4.0 -> 4.4, 4.3 -> 4.8), its head faster (37.4 -> 33.4); gate_up
-# (silu_mul) slower on both (1B 32.5 -> 38.8).
-VEC_WIDE_ROWS, VEC_WIDE_N = 4, 2048
 VEC_UNIT_Q = 32  # GGUF block weights: values per unit of an invocation (glsl/quant.glsl's QUNIT)
 VEC_WG_Q = 64  # their workgroup: a 2048-wide row is 64 units
 VEC_ROWS_Q = 4  # their outputs per workgroup (H200, first q4_0 kernel, 1B: 2 rows 1.75 ms a token, 4 rows 1.08)
@@ -170,30 +162,23 @@ def _coop(c: dict, tag: str, warps: tuple[int, int, int], frags: tuple[int, int]
 
 
 # rows_form 'matrix' (decode rows, 1..BATCH_ROWS): k split over COOP_ROWS_WARPS_K groups of
-# COOP_ROWS_BK-deep slices, which alone fix a row's sums (matmul_coop.comp): every rows count and
-# tile gives a row the same bits. The tile depends on n only: 16 x 32 (two subgroups a group of one
-# fragment each) up to COOP_ROWS_WIDE_N outputs, 16 x 64 (two subgroups of two fragments) above (1B
-# gate_up, the LM heads). H200, f16, the 1B shape's products at 1 / 16 / 64 rows, us (benches/RESULTS.md
-# 2026-12-06 03:09): down 41.7 / 45.8 / 62.3 with 16 x 32 tiles, 72 / 77 / 72 with 16 x 64 (one subgroup
-# of four fragments); gate_up (n = 16384) 51.9 / 107 / 141 against 38.7 / 76.3 / 122. Narrower (16 x 16)
-# and taller (32 x 64, 64 x 16) tiles and loads two or four slices ahead were slower on every product.
-# H100 (03:19): gate_up 36.8 / 38.0 / 117 with the one-subgroup 16 x 64 tile, 33.9 / 35.1 / 99.9 with
-# two; the LM head 245 / 257 / 841 against 221 / 237 / 745.
-COOP_ROWS_BK, COOP_ROWS_WARPS_K = 32, 4
-COOP_ROWS_WIDE_N = 8192
-COOP_ROWS_TILES = {"cooprows": ((1, 2), (1, 1)), "cooprows_wide": ((1, 2), (1, 2))}  # (warps m, n), frags
+# COOP_ROWS_BK-deep slices, which alone fix a row's sums (matmul_coop.comp): every rows count gives a
+# row the same bits. One 16 x 32 tile (two subgroups a group, one fragment each) for every product.
+# H100, one call, the 1B shape's decode at 1 / 16 / 64 streams, tok/s (benches/RESULTS.md 2026-12-06
+# 05:41): BK 32 with a 16 x 64 tile above 8,192 outputs (before) 400 / 5,716 / 10,996; BK 64 496 /
+# 6,675 / 10,688; BK 128 in 2 k groups 453 / 6,157 / 10,303; BK 64 with 16 x 16 tiles 469 / 6,074 /
+# 8,049; BK 64 in 2 k groups with 16 x 64 tiles on the wide products 392 / 5,611 / 11,274. A 16 x 64
+# tile at BK 64 in 4 k groups would stage 55 KiB (Vulkan's limit on the H100/H200: 48).
+COOP_ROWS_BK, COOP_ROWS_WARPS_K = 64, 4
+COOP_ROWS_WARPS, COOP_ROWS_FRAGS = (1, 2), (1, 1)  # subgroups along rows and columns; their fragments
 
 
-def _coop_rows(c: dict) -> list[Variant]:
-    out = []
-    for tag, ((wm, wn), frags) in COOP_ROWS_TILES.items():
-        wide = tag.endswith("wide")
+def _coop_rows(c: dict) -> Variant:
+    def when(p):
+        return p["rows_form"] == "matrix" and p["rows"] <= BATCH_ROWS
 
-        def when(p, wide=wide):
-            return p["rows_form"] == "matrix" and p["rows"] <= BATCH_ROWS and (p["n"] > COOP_ROWS_WIDE_N) == wide
-
-        out.append(_coop(c, tag, (wm, wn, COOP_ROWS_WARPS_K), frags, COOP_ROWS_BK, when, 40))
-    return out
+    warps = (*COOP_ROWS_WARPS, COOP_ROWS_WARPS_K)
+    return _coop(c, "cooprows", warps, COOP_ROWS_FRAGS, COOP_ROWS_BK, when, 40)
 
 
 def _chunk(wdtype: str) -> int:
@@ -225,26 +210,6 @@ def _vec(c: dict, xr: int, outs: int, sg: bool, cpu: bool = False) -> Variant:
     )
 
 
-def _vec_wide(c: dict, sg: bool) -> Variant:
-    """The one-row form with VEC_WIDE_ROWS outputs a workgroup, for one row of VEC_WIDE_N outputs or more."""
-    v = _vec(c, 1, VEC_ROWS, sg)
-    epc = _chunk(c["wdtype"])
-    nsums = VEC_WIDE_ROWS + (1 if c["prologue"] == "rmsnorm" else 0)
-    return Variant(
-        stem("matmul", c, "vecwide", "sg" if sg else ""),
-        "matmul",
-        "matmul_vec.comp",
-        c,
-        v.workgroup,
-        lambda p: (p["rows"], groups(p["n"], VEC_WIDE_ROWS), 1),
-        defines={**v.defines, "ROWS": VEC_WIDE_ROWS},
-        needs=v.needs,
-        when=lambda p: p["rows"] == 1 and p["n"] >= VEC_WIDE_N and p["k"] % epc == 0,
-        priority=v.priority + 2,  # over `_vec` and `_vec4x4`, which take 2 rows and more
-        shared_bytes=4 * nsums * (VEC_WG // 4 if sg else VEC_WG),
-    )
-
-
 def _matmul() -> list[Variant]:
     rows: list[Variant] = []
     for c in combos("matmul"):
@@ -252,8 +217,6 @@ def _matmul() -> list[Variant]:
         forms = ((1, VEC_ROWS_Q if blocks else VEC_ROWS), (BATCH_XR, BATCH_OUTS))
         for sg in (True, False):
             rows.extend(_vec(c, xr, outs, sg) for xr, outs in forms)
-            if not blocks and c["epilogue"] != "silu_mul":
-                rows.append(_vec_wide(c, sg))
         rows.extend(_vec(c, xr, outs, False, cpu=True) for xr, outs in CPU_FORMS)
         for tm, tag in ((TILED_TM, "tiled"), (1, "tiled16")):
             bm, bn = 16 * tm, 16 * TILED_TN
@@ -278,7 +241,7 @@ def _matmul() -> list[Variant]:
             wm, wn = COOP_WARPS
             rows.append(_coop(c, "coop", (wm, wn, 1), COOP_FRAGS, COOP_BK, lambda p: p["rows"] > BATCH_ROWS, 30))
             rows.append(_coop(c, "coop4x2", (*COOP_4X2_WARPS, 1), COOP_4X2_FRAGS, COOP_BK, _many_tiles, 31))
-            rows.extend(_coop_rows(c))
+            rows.append(_coop_rows(c))
         elif blocks:
             wm, wn = COOP_Q_WARPS
             rows.append(_coop(c, "coop", (wm, wn, 1), COOP_Q_FRAGS, COOP_Q_BK, lambda p: p["rows"] > BATCH_ROWS, 30))
