@@ -39,6 +39,9 @@ class Variant:
     priority: int = 0  # among applicable variants, the highest wins (ties: table order)
     shared_bytes: int = 0  # workgroup shared memory it uses (checked against caps if reported)
     optimize: bool | None = None  # glslc -O; None: yes unless it needs subgroups (see build.naga_traps)
+    # params -> u32 words of working memory of the variant's own (counts zero before and after a
+    # dispatch), which a backend binds after the catalogue's bindings (BINDING_SCRATCH); None: none
+    scratch: Callable[[Mapping[str, Any]], int] | None = field(default=None, hash=False, compare=False)
 
     @property
     def optimized(self) -> bool:
@@ -58,7 +61,8 @@ class Variant:
         * `WG_X`, `WG_Y`, `WG_Z`: the workgroup size;
         * per catalogue constant: a bool gives `<NAME>=0|1`, any other value gives
           `<NAME>_<VALUE>=1` (e.g. `WDTYPE_F16=1`, `PROLOGUE_RMSNORM=1`);
-        * per present binding: `BINDING_<NAME>=<index>` and `DTYPE_<NAME>_<DTYPE>=1`;
+        * per present binding: `BINDING_<NAME>=<index>` and `DTYPE_<NAME>_<DTYPE>=1`, and
+          `BINDING_SCRATCH` (the next index) for a variant with working memory;
         * `SUBGROUP_SIZE` when the variant requires one; then the variant's own defines.
         """
         spec = kernel(self.kernel)
@@ -72,9 +76,12 @@ class Variant:
                 d[name.upper()] = "1" if value else "0"
             else:
                 d[f"{name.upper()}_{str(value).upper()}"] = "1"
-        for i, b in enumerate(spec.bindings_for(dict(self.constants))):
+        bindings = spec.bindings_for(dict(self.constants))
+        for i, b in enumerate(bindings):
             d[f"BINDING_{b.name.upper()}"] = str(i)
             d[f"DTYPE_{b.name.upper()}_{b.resolved_dtype(dict(self.constants)).upper()}"] = "1"
+        if self.scratch is not None:
+            d["BINDING_SCRATCH"] = str(len(bindings))
         if self.subgroup_size:
             d["SUBGROUP_SIZE"] = str(self.subgroup_size)
         for name, value in self.defines.items():

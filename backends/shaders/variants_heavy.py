@@ -72,10 +72,12 @@ keep per-invocation trip counts well under it at model sizes (the sampler's pass
 
 from __future__ import annotations
 
+import dataclasses
+
 from shaderbay.dtypes import BLOCK_DTYPES
 from shaderbay.kernels import BATCH_ROWS, SAMPLE_SETTINGS
 
-from .records import COOP_NEEDS, CPU_NEEDS, SG_NEEDS, Variant, combos, groups, stem
+from .records import COOP_NEEDS, CPU_NEEDS, SG_NEEDS, Variant, ceil_div, combos, groups, stem
 from .variants_attention import attention_variants
 
 # --- matmul -----------------------------------------------------------------------------
@@ -171,6 +173,16 @@ def _coop(c: dict, tag: str, warps: tuple[int, int, int], frags: tuple[int, int]
 # tile at BK 64 in 4 k groups would stage 55 KiB (Vulkan's limit on the H100/H200: 48).
 COOP_ROWS_BK, COOP_ROWS_WARPS_K = 64, 4
 COOP_ROWS_WARPS, COOP_ROWS_FRAGS = (1, 2), (1, 1)  # subgroups along rows and columns; their fragments
+# A product of few column tiles splits its slice rounds over workgroups (matmul_coop.comp's splits)
+# until it has COOP_ROWS_SPLIT_TILES of them: the 1B's down and o (2,048 outputs, 64 tiles) in 4.
+COOP_ROWS_SPLIT_TILES = 256
+
+
+def coop_rows_splits(n: int, k: int) -> int:
+    """Workgroups sharing a rows-form tile: from n and k alone, so a row's sums never depend on the rows."""
+    bn = 16 * COOP_ROWS_WARPS[1] * COOP_ROWS_FRAGS[1]
+    rounds = ceil_div(k, COOP_ROWS_BK * COOP_ROWS_WARPS_K)
+    return max(1, min(ceil_div(COOP_ROWS_SPLIT_TILES, ceil_div(n, bn)), rounds))
 
 
 def _coop_rows(c: dict) -> Variant:
@@ -178,7 +190,18 @@ def _coop_rows(c: dict) -> Variant:
         return p["rows_form"] == "matrix" and p["rows"] <= BATCH_ROWS
 
     warps = (*COOP_ROWS_WARPS, COOP_ROWS_WARPS_K)
-    return _coop(c, "cooprows", warps, COOP_ROWS_FRAGS, COOP_ROWS_BK, when, 40)
+    v = _coop(c, "cooprows", warps, COOP_ROWS_FRAGS, COOP_ROWS_BK, when, 40)
+    bm, bn = 16 * COOP_ROWS_WARPS[0] * COOP_ROWS_FRAGS[0], 16 * COOP_ROWS_WARPS[1] * COOP_ROWS_FRAGS[1]
+
+    def grid(p):
+        return (*v.grid(p)[:2], coop_rows_splits(p["n"], p["k"]))
+
+    def scratch(p):  # a count per tile, then each split's part: bm x bn sums and bm sums of squares
+        splits = coop_rows_splits(p["n"], p["k"])
+        tiles = ceil_div(p["rows"], bm) * ceil_div(p["n"], bn)
+        return tiles * (1 + splits * (bm * bn + bm)) if splits > 1 else 1
+
+    return dataclasses.replace(v, grid=grid, scratch=scratch)
 
 
 def _chunk(wdtype: str) -> int:

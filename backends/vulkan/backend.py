@@ -76,7 +76,7 @@ class VulkanBackend(Backend):
         self.validation_messages = self.gpu.messages
         self._memory = Memory(self.gpu)
         self._transfers = Transfers(self.gpu)
-        self._queue = CommandQueue(self.gpu, self._pipes, self.tracer, self._transfers)
+        self._queue = CommandQueue(self.gpu, self._pipes, self.tracer, self._transfers, self._memory)
         # closed, collected or left at exit: the device is released (and the pipeline cache saved)
         self._release = self._release_when_collected(
             _Release(self._queue, self._transfers, self._pipes, self._memory, self.gpu)

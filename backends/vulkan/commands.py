@@ -21,12 +21,14 @@ from collections import deque
 from typing import Any
 
 from shaderbay.commands import CommandList, Dispatch
+from shaderbay.resources import Usage
 from shaderbay.trace import Tracer
 
 from ..shaders import variants as V
 from .device import Device
 from .loader import check, ffi, lib, memory_barrier, new, vk
-from .pipelines import Pipelines
+from .memory import Memory, VulkanBuffer
+from .pipelines import Pipelines, VulkanPipeline
 from .transfers import Batch, Transfers
 
 Range = tuple[int, int, int]  # (id of the buffer, first byte, end byte)
@@ -72,11 +74,12 @@ class Prepared:
 class CommandQueue:
     """Records, submits and waits for command lists on the device's queue, and releases them."""
 
-    def __init__(self, gpu: Device, pipes: Pipelines, tracer: Tracer, transfers: Transfers):
+    def __init__(self, gpu: Device, pipes: Pipelines, tracer: Tracer, transfers: Transfers, memory: Memory):
         self._gpu = gpu
         self._dev = gpu.handle
         self._queue = gpu.queue
         self._pipes = pipes
+        self._memory = memory  # for the pipelines' working memory
         self._tracer = tracer
         self._transfers = transfers  # writes queued while lists are in flight, submitted before the next
         self._inflight: list[Prepared | Batch] = []  # in submission order
@@ -100,16 +103,20 @@ class CommandQueue:
     # --- recording --------------------------------------------------------------------------------
     def prepare(self, cmd: CommandList, timestamps: bool) -> Prepared:
         self.sweep()
-        plan: list[tuple] = []  # (op, variant, VkPipeline, grid); variant None for a copy
+        plan: list[tuple] = []  # (op, variant, VkPipeline, grid, working memory); variant None for a copy
         variants: list[str] = []
         env = V.selection_env()
         for op in cmd.ops:
             if isinstance(op, Dispatch):
                 variant, handle, grid = self._pipes.choose(op.pipeline, op, env)  # type: ignore[arg-type]
-                plan.append((op, variant, handle, grid))
+                scratch = None
+                if op.pipeline.working:  # type: ignore[attr-defined]
+                    words = variant.scratch(op.params) if variant.scratch is not None else 1
+                    scratch = self._working_memory(op.pipeline, words)  # type: ignore[arg-type]
+                plan.append((op, variant, handle, grid, scratch))
                 variants.append(variant.name)
             else:
-                plan.append((op, None, None, None))
+                plan.append((op, None, None, None, None))
         prep = Prepared(variants)
         try:
             self._record(prep, plan, timestamps)
@@ -121,9 +128,19 @@ class CommandQueue:
         weakref.finalize(cmd, self._collected.append, prep).atexit = False
         return prep
 
+    def _working_memory(self, pipe: VulkanPipeline, words: int) -> VulkanBuffer:
+        """The pipeline's working memory, of at least `words` u32, zeros when new. A smaller one is
+        replaced, not freed: lists recorded with it may run again (Memory.close frees it)."""
+        buf = pipe.scratch
+        if buf is None or buf.size < 4 * words:
+            buf = self._memory.create(4 * words, Usage.DEVICE, None)
+            self._memory.write(buf, 0, memoryview(bytes(4 * words)))
+            pipe.scratch = buf
+        return buf
+
     def _record(self, prep: Prepared, plan: list[tuple], timestamps: bool) -> None:
         dev = self._dev
-        dispatches = [op for op, variant, _, _ in plan if variant is not None]
+        dispatches = [(op, scratch) for op, variant, _, _, scratch in plan if variant is not None]
         sets = self._descriptor_sets(prep, dispatches) if dispatches else None
         n_ops = len(plan)
         if timestamps and n_ops:
@@ -141,7 +158,7 @@ class CommandQueue:
         prep.fence_p = self._gpu.create_fence()
         prep.fence = prep.fence_p[0]
         # every push-constant byte in one C array (vkCmdPushConstants copies them while recording)
-        push = ffi.new("char[]", b"".join(op.param_bytes for op in dispatches) or b"\0")
+        push = ffi.new("char[]", b"".join(op.param_bytes for op, _ in dispatches) or b"\0")
         begin = new("VkCommandBufferBeginInfo", sType=vk.VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO, flags=0)
         check(lib.vkBeginCommandBuffer(cb, begin), "vkBeginCommandBuffer")  # no ONE_TIME_SUBMIT: it is replayed
         qp = prep.query_pool
@@ -166,9 +183,12 @@ class CommandQueue:
         pc_off = 0
         labels = prep.labels
         region = new("VkBufferCopy")
-        for i, (op, variant, handle, grid) in enumerate(plan):
+        for i, (op, variant, handle, grid, scratch) in enumerate(plan):
             if variant is not None:
                 reads, writes = _ranges(op)
+                if variant.scratch is not None:
+                    reads.append((id(scratch), 0, scratch.size))
+                    writes.append((id(scratch), 0, scratch.size))
             else:
                 reads = [(id(op.src), op.src_offset, op.src_offset + op.size)]
                 writes = [(id(op.dst), op.dst_offset, op.dst_offset + op.size)]
@@ -210,11 +230,12 @@ class CommandQueue:
             pCommandBuffers=prep.cmdbuf_p,
         )
 
-    def _descriptor_sets(self, prep: Prepared, dispatches: list[Dispatch]) -> Any:
-        """One descriptor set per dispatch, from a pool of the list's own, written once."""
+    def _descriptor_sets(self, prep: Prepared, dispatches: list[tuple[Dispatch, Any]]) -> Any:
+        """One descriptor set per dispatch (and its pipeline's working memory, if any), from a pool of
+        the list's own, written once."""
         dev = self._dev
         n_sets = len(dispatches)
-        n_desc = sum(len(op.tensors) for op in dispatches)
+        n_desc = sum(len(op.tensors) + (scratch is not None) for op, scratch in dispatches)
         size = new("VkDescriptorPoolSize", type=vk.VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, descriptorCount=max(n_desc, 1))
         pool_info = new(
             "VkDescriptorPoolCreateInfo",
@@ -226,7 +247,7 @@ class CommandQueue:
         pool = ffi.new("VkDescriptorPool*")
         check(lib.vkCreateDescriptorPool(dev, pool_info, ffi.NULL, pool), "vkCreateDescriptorPool")
         prep.pool = pool[0]
-        layouts = ffi.new("VkDescriptorSetLayout[]", [op.pipeline.set_layout for op in dispatches])
+        layouts = ffi.new("VkDescriptorSetLayout[]", [op.pipeline.set_layout for op, _ in dispatches])
         sets = ffi.new("VkDescriptorSet[]", n_sets)
         alloc = new(
             "VkDescriptorSetAllocateInfo",
@@ -239,12 +260,12 @@ class CommandQueue:
         infos = ffi.new("VkDescriptorBufferInfo[]", max(n_desc, 1))
         writes = ffi.new("VkWriteDescriptorSet[]", n_sets)
         k = 0
-        for j, op in enumerate(dispatches):
+        for j, (op, scratch) in enumerate(dispatches):
             w = writes[j]
             w.sType = vk.VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET
             w.dstSet = sets[j]
             w.dstBinding = 0
-            w.descriptorCount = len(op.tensors)
+            w.descriptorCount = len(op.tensors) + (scratch is not None)  # consecutive bindings from 0
             w.descriptorType = vk.VK_DESCRIPTOR_TYPE_STORAGE_BUFFER
             w.pBufferInfo = infos + k
             for t in op.tensors:
@@ -253,6 +274,10 @@ class CommandQueue:
                 info.offset = t.offset
                 # real sizes (VK_WHOLE_SIZE overflows in cffi: PLATFORM.md): whole words, within the buffer
                 info.range = max(4, min(-(-t.nbytes // 4) * 4, t.buffer.size - t.offset))
+                k += 1
+            if scratch is not None:
+                info = infos[k]
+                info.buffer, info.offset, info.range = scratch.handle, 0, scratch.size
                 k += 1
         lib.vkUpdateDescriptorSets(dev, n_sets, writes, 0, ffi.NULL)
         return sets

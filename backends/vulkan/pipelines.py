@@ -31,10 +31,14 @@ Choice = tuple[Variant, Any, tuple[int, int, int]]  # (variant, its VkPipeline, 
 
 
 class VulkanPipeline(Pipeline):
-    def __init__(self, spec: KernelSpec, constants: dict[str, Any], set_layout: Any, layout: Any):
+    def __init__(self, spec: KernelSpec, constants: dict[str, Any], set_layout: Any, layout: Any, working: bool):
         super().__init__(spec, constants)
         self.set_layout = set_layout
         self.layout = layout
+        # a variant with working memory (Variant.scratch) can run: the layout has one more binding, this
+        # pipeline's own buffer (commands.py grows it as dispatches need; counts zero between dispatches)
+        self.working = working
+        self.scratch: Any = None  # VulkanBuffer
         self.push_size = 4 * len(spec.params)
         self.handles: dict[str, Any] = {}  # variant name -> VkPipeline
         self.chosen: dict[tuple[bytes, bool], Choice] = {}  # (packed params, subgroups off) -> choice
@@ -73,8 +77,9 @@ class Pipelines:
             raise LimitExceeded(
                 f"{spec.name} needs {push} bytes of push constants; {self._gpu.name} has {caps.max_push_constants}"
             )
-        set_layout, layout = self._layout(len(spec.bindings_for(constants)), push)
-        return VulkanPipeline(spec, constants, set_layout, layout)
+        working = any(v.scratch is not None and V.usable(v, caps) for v in candidates)
+        set_layout, layout = self._layout(len(spec.bindings_for(constants)) + working, push)
+        return VulkanPipeline(spec, constants, set_layout, layout, working)
 
     def choose(self, pipe: VulkanPipeline, op: Dispatch, env: tuple[bool, ...]) -> Choice:
         """The variant, VkPipeline and grid for a dispatch; made once per parameter set (and `V.selection_env()`)."""

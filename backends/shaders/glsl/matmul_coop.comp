@@ -47,6 +47,14 @@
 // Few rows make few tiles: splitting k puts more loads in flight on each tile. A row's sums depend
 // on BK and WARPS_K, never on BM or the rows: every variant with the same two gives each row the
 // same bits whatever the other rows (the rows form's batch invariance).
+//
+// Splits (with BINDING_SCRATCH, the rows form): gl_NumWorkGroups.z workgroups share a tile, split s
+// walking the slice rounds s, s + splits, ... (the host picks splits from n and k alone, so that a
+// product of few tiles still fills the device). Each leaves its groups' sum (and each row's sum of
+// x * x) in scratch and counts itself in; the last to arrive adds the splits' parts in split order,
+// runs the epilogue and zeroes the count. Scratch: a count per tile, then per tile and split BM x BN
+// sums and BM sums of squares. The splits too depend on n and k only: a row's bits still never
+// depend on the rows.
 #extension GL_GOOGLE_include_directive : require  // glslc implies it; glslangValidator does not
 #extension GL_EXT_control_flow_attributes : enable
 #extension GL_KHR_cooperative_matrix : require
@@ -62,6 +70,12 @@ layout(std430, set = 0, binding = BINDING_W) readonly buffer W4 { uvec4 w4[]; };
 #endif
 #if defined(PROLOGUE_RMSNORM)
 layout(std430, set = 0, binding = BINDING_NORM_WEIGHT) readonly buffer N4 { vec4 norm4[]; };
+#endif
+#if defined(BINDING_SCRATCH)
+// coherent: the last split of a tile reads what the others wrote, past its own cache
+layout(std430, set = 0, binding = BINDING_SCRATCH) coherent buffer Scratch { uint scratch[]; };
+#define PART (BM * BN + BM)  // floats of a split's part of a tile: its sums, then its rows' sums of squares
+shared uint arrived;
 #endif
 
 #ifndef WARPS_K
@@ -234,6 +248,28 @@ void store_slice(uint base, uint t) {
     }
 }
 
+// element e (4 adjacent sums) of the staged tile: the k groups' tiles added in group order
+vec4 tile_sum(uint e) {
+    uint r = e / (BN / 4u);
+    vec4 y = uintBitsToFloat(smem[r * OS + e % (BN / 4u)]);
+    [[unroll]] for (uint h = 1u; h < uint(WARPS_K); ++h) {
+        y += uintBitsToFloat(smem[h * max(STAGE, TILE) + r * OS + e % (BN / 4u)]);
+    }
+    return y;
+}
+
+#if defined(PROLOGUE_RMSNORM)
+float row_sq(uint r) {  // sum(x * x) of the tile's row r over the slices staged here
+    float sq = 0.0;
+    [[unroll]] for (uint h = 0u; h < uint(WARPS_K); ++h) {
+        [[unroll]] for (uint q = 0u; q < CHUNKS_PER_ROW; ++q) {
+            sq += chunk_ss[(h * BM + r) * CHUNKS_PER_ROW + q];
+        }
+    }
+    return sq;
+}
+#endif
+
 void main() {
     uint t = gl_LocalInvocationIndex % GROUP;  // the loader's index in its group
     uint g = gl_LocalInvocationIndex / GROUP;  // its group: the slices it stages
@@ -259,14 +295,21 @@ void main() {
             [[unroll]] for (uint i = 0u; i < A_PER; ++i) {
                 ss[i] = 0.0;
             }
-            load_slice(g * uint(BK), m0, j0, t);
+#if defined(BINDING_SCRATCH)
+            uint first = gl_WorkGroupID.z * uint(BK * WARPS_K);  // this split's rounds of slices
+            uint step = gl_NumWorkGroups.z * uint(BK * WARPS_K);
+#else
+            uint first = 0u;
+            uint step = uint(BK * WARPS_K);
+#endif
+            load_slice(first + g * uint(BK), m0, j0, t);
 
             // every group walks the same number of steps (barriers); a slice past k stages zeros
-            for (uint k0 = 0u; k0 < k; k0 += uint(BK * WARPS_K)) {
+            for (uint k0 = first; k0 < k; k0 += step) {
                 store_slice(g * max(STAGE, TILE), t);
                 barrier();
-                if (k0 + uint(BK * WARPS_K) < k) {
-                    load_slice(k0 + (uint(WARPS_K) + g) * uint(BK), m0, j0, t);  // in flight during the math below
+                if (k0 + step < k) {
+                    load_slice(k0 + step + g * uint(BK), m0, j0, t);  // in flight during the math below
                 }
                 [[unroll]] for (uint kk = 0u; kk < CHUNKS_PER_ROW; kk += 2u) {  // 16 deep, in uvec4 columns
                     coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> a_hi[FM];
@@ -322,6 +365,38 @@ void main() {
             }
 #endif
             barrier();
+#if defined(BINDING_SCRATCH)
+            uint splits = gl_NumWorkGroups.z;
+            uint tile = tn * ntm + tm;
+            uint parts = ntm * ntn + tile * splits * PART;  // the tile's first part
+            if (splits > 1u) {
+                uint mine = parts + gl_WorkGroupID.z * PART;
+                for (uint e = gl_LocalInvocationIndex; e < BM * (BN / 4u); e += uint(WG_SIZE)) {
+                    vec4 y = tile_sum(e);
+                    [[unroll]] for (uint c = 0u; c < 4u; ++c) {
+                        scratch[mine + 4u * e + c] = floatBitsToUint(y[c]);
+                    }
+                }
+#if defined(PROLOGUE_RMSNORM)
+                for (uint r = gl_LocalInvocationIndex; r < BM; r += uint(WG_SIZE)) {
+                    scratch[mine + BM * BN + r] = floatBitsToUint(row_sq(r));
+                }
+#endif
+                memoryBarrierBuffer();  // the part is visible before its count
+                barrier();
+                if (gl_LocalInvocationIndex == 0u) {
+                    arrived = atomicAdd(scratch[tile], 1u);
+                }
+                barrier();
+                if (arrived != splits - 1u) {
+                    continue;  // uniform: the last split to arrive finishes the tile
+                }
+                memoryBarrierBuffer();
+                if (gl_LocalInvocationIndex == 0u) {
+                    scratch[tile] = 0u;  // for the next dispatch
+                }
+            }
+#endif
 
             for (uint e = gl_LocalInvocationIndex; e < BM * (BN / 4u); e += uint(WG_SIZE)) {
                 uint r = e / (BN / 4u);
@@ -330,17 +405,31 @@ void main() {
                 if (m >= rows || col >= n) {
                     continue;
                 }
-                vec4 y = uintBitsToFloat(smem[r * OS + e % (BN / 4u)]);
-                [[unroll]] for (uint h = 1u; h < uint(WARPS_K); ++h) {
-                    y += uintBitsToFloat(smem[h * max(STAGE, TILE) + r * OS + e % (BN / 4u)]);
-                }
-#if defined(PROLOGUE_RMSNORM)
+#if defined(BINDING_SCRATCH)
+                vec4 y = vec4(0.0);
                 float sq = 0.0;
-                [[unroll]] for (uint h = 0u; h < uint(WARPS_K); ++h) {
-                    [[unroll]] for (uint q = 0u; q < CHUNKS_PER_ROW; ++q) {
-                        sq += chunk_ss[(h * BM + r) * CHUNKS_PER_ROW + q];
+                if (splits > 1u) {  // the splits' parts in split order
+                    for (uint h = 0u; h < splits; ++h) {
+                        [[unroll]] for (uint c = 0u; c < 4u; ++c) {
+                            y[c] += uintBitsToFloat(scratch[parts + h * PART + 4u * e + c]);
+                        }
+#if defined(PROLOGUE_RMSNORM)
+                        sq += uintBitsToFloat(scratch[parts + h * PART + BM * BN + r]);
+#endif
                     }
+                } else {
+                    y = tile_sum(e);
+#if defined(PROLOGUE_RMSNORM)
+                    sq = row_sq(r);
+#endif
                 }
+#else
+                vec4 y = tile_sum(e);
+#if defined(PROLOGUE_RMSNORM)
+                float sq = row_sq(r);
+#endif
+#endif
+#if defined(PROLOGUE_RMSNORM)
                 y *= 1.0 / sqrt(sq / float(k) + p.eps);
 #endif
 #if BIAS
