@@ -173,16 +173,23 @@ def _coop(c: dict, tag: str, warps: tuple[int, int, int], frags: tuple[int, int]
 # tile at BK 64 in 4 k groups would stage 55 KiB (Vulkan's limit on the H100/H200: 48).
 COOP_ROWS_BK, COOP_ROWS_WARPS_K = 64, 4
 COOP_ROWS_WARPS, COOP_ROWS_FRAGS = (1, 2), (1, 1)  # subgroups along rows and columns; their fragments
-# A product of few column tiles splits its slice rounds over workgroups (matmul_coop.comp's splits)
-# until it has COOP_ROWS_SPLIT_TILES of them: the 1B's down and o (2,048 outputs, 64 tiles) in 4.
+# A product of few column tiles and at least COOP_ROWS_SPLIT_ROUNDS rounds of slices splits them
+# over workgroups (matmul_coop.comp's splits) until it has COOP_ROWS_SPLIT_TILES of them: the 1B's
+# down (k 8,192: 32 rounds) and o (2,048) in 4, its qkv in 3. H100, decode steps at 1 / 16 / 64
+# streams (benches/RESULTS.md 2026-12-06 06:06): 1B 499 / 6,810 / 10,740 -> 619 / 8,198 / 10,167
+# tok/s (down 686 -> 344 us a step at one stream, 888 -> 995 at 64); split too, the 135M's products
+# of 3 to 6 rounds (k 576, 1,536) lost (gate_up 250 -> 354 us at one stream, 64 streams -17%).
 COOP_ROWS_SPLIT_TILES = 256
+COOP_ROWS_SPLIT_ROUNDS = 8
 
 
 def coop_rows_splits(n: int, k: int) -> int:
     """Workgroups sharing a rows-form tile: from n and k alone, so a row's sums never depend on the rows."""
     bn = 16 * COOP_ROWS_WARPS[1] * COOP_ROWS_FRAGS[1]
     rounds = ceil_div(k, COOP_ROWS_BK * COOP_ROWS_WARPS_K)
-    return max(1, min(ceil_div(COOP_ROWS_SPLIT_TILES, ceil_div(n, bn)), rounds))
+    if rounds < COOP_ROWS_SPLIT_ROUNDS:
+        return 1
+    return min(ceil_div(COOP_ROWS_SPLIT_TILES, ceil_div(n, bn)), rounds)
 
 
 def _coop_rows(c: dict) -> Variant:
@@ -196,12 +203,16 @@ def _coop_rows(c: dict) -> Variant:
     def grid(p):
         return (*v.grid(p)[:2], coop_rows_splits(p["n"], p["k"]))
 
-    def scratch(p):  # a count per tile, then each split's part: bm x bn sums and bm sums of squares
+    # the counts at fixed places, whatever the rows and n (a split product has fewer than
+    # COOP_ROWS_SPLIT_TILES column tiles), so that no dispatch's parts lie where another's counts do
+    counts = ceil_div(BATCH_ROWS, bm) * COOP_ROWS_SPLIT_TILES
+
+    def scratch(p):  # the counts, then each tile's splits' parts: bm x bn sums and bm sums of squares
         splits = coop_rows_splits(p["n"], p["k"])
         tiles = ceil_div(p["rows"], bm) * ceil_div(p["n"], bn)
-        return tiles * (1 + splits * (bm * bn + bm)) if splits > 1 else 1
+        return counts + tiles * splits * (bm * bn + bm) if splits > 1 else 1
 
-    return dataclasses.replace(v, grid=grid, scratch=scratch)
+    return dataclasses.replace(v, grid=grid, scratch=scratch, defines={**v.defines, "SPLIT_COUNTS": f"{counts}u"})
 
 
 def _chunk(wdtype: str) -> int:

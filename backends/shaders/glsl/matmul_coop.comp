@@ -52,8 +52,9 @@
 // walking the slice rounds s, s + splits, ... (the host picks splits from n and k alone, so that a
 // product of few tiles still fills the device). Each leaves its groups' sum (and each row's sum of
 // x * x) in scratch and counts itself in; the last to arrive adds the splits' parts in split order,
-// runs the epilogue and zeroes the count. Scratch: a count per tile, then per tile and split BM x BN
-// sums and BM sums of squares. The splits too depend on n and k only: a row's bits still never
+// runs the epilogue and zeroes the count. Scratch: SPLIT_COUNTS counts (tile tn * ntm + tm's at its
+// index, the same places whatever the rows, so that no dispatch's parts overwrite another's counts),
+// then per tile and split BM x BN sums and BM sums of squares. The splits too depend on n and k only: a row's bits still never
 // depend on the rows.
 #extension GL_GOOGLE_include_directive : require  // glslc implies it; glslangValidator does not
 #extension GL_EXT_control_flow_attributes : enable
@@ -368,7 +369,7 @@ void main() {
 #if defined(BINDING_SCRATCH)
             uint splits = gl_NumWorkGroups.z;
             uint tile = tn * ntm + tm;
-            uint parts = ntm * ntn + tile * splits * PART;  // the tile's first part
+            uint parts = SPLIT_COUNTS + tile * splits * PART;  // the tile's first part
             if (splits > 1u) {
                 uint mine = parts + gl_WorkGroupID.z * PART;
                 for (uint e = gl_LocalInvocationIndex; e < BM * (BN / 4u); e += uint(WG_SIZE)) {
