@@ -527,3 +527,42 @@ def test_products_writing_their_own_columns_of_one_row_need_no_barrier():
         want = 2 * np.concatenate([w @ be.read(x) for w in ws])
         np.testing.assert_allclose(be.read(out), want, rtol=1e-5, atol=1e-5)
     assert be.validation_messages == []
+
+
+def test_working_memory_of_a_variant_is_bound_after_the_catalogues_bindings(monkeypatch):
+    """A variant with working memory (Variant.scratch: the tensor-core rows form's splits, which lavapipe
+    cannot run; here `add` made to ask for some) gets its pipeline's own zeroed buffer, bound after the
+    catalogue's bindings, grown as dispatches need and kept for the lists recorded with the old one;
+    two dispatches of that pipeline never run together, though their tensors are independent."""
+    import dataclasses
+
+    from shaderbay.backends.shaders import variants as V
+
+    def working(v):
+        return dataclasses.replace(v, scratch=lambda p: 2 * p["n"]) if v.kernel == "add" else v
+
+    variants_for, select = V.variants_for, V.select
+    monkeypatch.setattr(V, "variants_for", lambda *a: [working(v) for v in variants_for(*a)])
+    monkeypatch.setattr(V, "select", lambda *a: working(select(*a)))
+    n = 256
+    with _validating() as be:
+        add = be.pipeline("add")
+        assert add.working and add.scratch is None
+        a, b, y = (be.upload(np.full(n, v, np.float32)) for v in (1.0, 1.0, 2.0))
+        first = be.command_list()
+        first.dispatch(add, {"x": a, "y": y}, n=n)
+        first.dispatch(add, {"x": b, "y": y}, n=n)  # independent but for the working memory: a barrier
+        be.run(first)
+        assert be.prepared_info(first)["barriers"] == 1
+        small = add.scratch
+        assert small.size == 4 * 2 * n and not np.frombuffer(be._memory.read(small, 0, small.size), np.uint32).any()
+        big = be.upload(np.ones(4 * n, np.float32))
+        second = be.command_list()
+        second.dispatch(add, {"x": big, "y": be.upload(np.ones(4 * n, np.float32))}, n=4 * n)
+        be.run(second)
+        assert add.scratch.size == 4 * 8 * n and add.scratch is not small
+        be.run(first)  # recorded with the smaller buffer, which stays
+        np.testing.assert_array_equal(be.read(a), 5.0)
+        np.testing.assert_array_equal(be.read(b), 5.0)
+        np.testing.assert_array_equal(be.read(big), 2.0)
+    assert be.validation_messages == []
