@@ -18,7 +18,7 @@ from shaderbay.errors import ShaderbayError
 from shaderbay.plugins import create_backend
 
 from .bandwidth import device_bandwidth
-from .kernel_buffers import build
+from .kernel_buffers import build_rounds, cold_bytes
 from .kernel_cases import KernelCase
 from .results import Bandwidth, Device, KernelsRow, MicroKernel
 from .shapes import kernel_bytes, kernel_flops
@@ -36,14 +36,15 @@ def run_case(backend: Any, case: KernelCase, rng: np.random.Generator, min_time:
         return row
     buffers: list = []
     try:
-        pieces, buffers = build(backend, case, rng)
+        rounds, buffers = build_rounds(backend, case, rng, cold_bytes(backend))
+        pieces = rounds[0]
         row.dispatches = len(pieces)
         row.bytes = sum(
             kernel_bytes(case.kernel, params, pipe.dtypes, pipe.constants, case.context) for pipe, _, params in pieces
         )
         flops = [kernel_flops(case.kernel, params, case.context) for _, _, params in pieces]
         row.flops = sum(flops) if None not in flops else None
-        row.ns, row.source = time_pieces(backend, pieces, case.name, min_time)
+        row.ns, row.source = time_pieces(backend, pieces, case.name, min_time, rounds=rounds)
         row.gbs = row.bytes / row.ns if row.ns > 0 else None
         row.tflops = row.flops / row.ns / 1e3 if row.flops and row.ns > 0 else None
     except ShaderbayError as exc:

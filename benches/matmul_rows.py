@@ -1,9 +1,10 @@
 """Decode matrix products at several rows counts: `python -m shaderbay.benches.matmul_rows`.
 
-Times matmul (GPU timestamps, benches.kernels.time_pieces) at the decode shapes of the 1B and 135M
+Times matmul (GPU timestamps, benches.timing.time_pieces) at the decode shapes of the 1B and 135M
 models (qkv with the RMSNorm prologue, o and down accumulating, gate/up with the SiLU-gated
-epilogue, the LM head) for 1, 4, 16 and 64 rows, one weight upload per matrix, and reports the
-matrix products of one decode step (per-layer matrices times the layers, plus the head).
+epilogue, the LM head) for 1, 4, 16 and 64 rows, on a GPU rotating through copies of each matrix
+that outgrow its caches (kernel_buffers.COLD_BYTES), and reports the matrix products of one decode
+step (per-layer matrices times the layers, plus the head).
 `--form NAME` forces a matrix-vector variant (e.g. `vec`, `vec4x4`) from 2 rows on, or a
 cooperative-matrix one (`coop...`) at every rows count, to compare forms; `--rows N` times N rows
 only. `--check` also compares, bit for bit, each row of a 64-row product with the row alone.
@@ -19,7 +20,9 @@ import numpy as np
 from shaderbay.backends.shaders import variants
 from shaderbay.plugins import create_backend
 
-from .kernels import KernelCase, build, time_pieces
+from .kernel_buffers import build_rounds, cold_bytes
+from .kernel_cases import KernelCase
+from .timing import time_pieces
 
 # dim, ffn, q heads, kv heads, head_dim, vocab, layers
 SHAPES = {"1B": (2048, 8192, 32, 8, 64, 128256, 16), "135M": (576, 1536, 9, 3, 64, 49152, 30)}
@@ -83,10 +86,11 @@ def main() -> None:
             for mname, (constants, n, k) in matrices(shape).items():
                 case = KernelCase(mname, "decode", "matmul", {"rows": 64, "n": n, "k": k, "eps": 1e-5}, constants)
                 case.constants["wdtype"] = wdtype
-                pieces, buffers = build(backend, case, rng)
-                ((pipe, bindings, params),) = pieces
+                rounds, buffers = build_rounds(backend, case, rng, cold_bytes(backend))
+                ((pipe, bindings, params),) = rounds[0]
                 for rows in args.rows or ROWS:
-                    ns, _ = time_pieces(backend, [(pipe, bindings, {**params, "rows": rows})], mname, min_time=0.03)
+                    at = [[(pipe, b, {**params, "rows": rows}) for _, b, _ in r] for r in rounds]
+                    ns, _ = time_pieces(backend, at[0], mname, min_time=0.03, rounds=at)
                     figures.append({"wdtype": wdtype, "shape": sname, "matrix": mname, "rows": rows, "us": ns / 1e3})
                     times = 1 if mname == "head" else shape[-1]
                     key = (wdtype, sname, rows)

@@ -7,10 +7,10 @@ import time
 from typing import Any
 
 
-def _record(backend: Any, pieces: list, times: int, label: str) -> Any:
+def _record(backend: Any, rounds: list[list], times: int, label: str) -> Any:
     cmd = backend.command_list(label)
-    for _ in range(times):
-        for pipe, bindings, params in pieces:
+    for i in range(times):
+        for pipe, bindings, params in rounds[i % len(rounds)]:
             cmd.dispatch(pipe, bindings, label=label, **params)
     return cmd
 
@@ -21,21 +21,25 @@ def timed_run(backend: Any, cmd: Any) -> int:
     return time.perf_counter_ns() - t0
 
 
-def time_pieces(backend: Any, pieces: list, label: str, min_time: float = 0.1, max_runs: int = 50) -> tuple[float, str]:
+def time_pieces(
+    backend: Any, pieces: list, label: str, min_time: float = 0.1, max_runs: int = 50, rounds: list | None = None
+) -> tuple[float, str]:
     """ns for one execution of `pieces` (a case's dispatches), and the source: 'gpu' or 'wall'.
 
     Either way the list holds enough copies of the dispatches to keep the device busy for a
-    couple of milliseconds per run (so clocks stay up and submit costs spread thin); with GPU
-    timestamps the figure is the median over the copies of all runs, else the median run's
-    wall time divided by the copies.
+    couple of milliseconds per run (so clocks stay up and submit costs spread thin), taking the
+    `rounds` (the same dispatches on other copies of the inputs: kernel_buffers.build_rounds) in
+    turn where given; with GPU timestamps the figure is the median over the copies of all runs,
+    else the median run's wall time divided by the copies.
     """
-    once = _record(backend, pieces, 1, label)
+    rounds = rounds or [pieces]
+    once = _record(backend, rounds, 1, label)
     backend.run(once)  # warm-up; prepares the list
     timings = backend.gpu_timings(once)
     single = sum(ns for _, ns in timings) if timings else timed_run(backend, once)
     # Enough copies that one run lasts ~min_time/5 (at least 2 ms), at most 256.
     copies = int(min(max((max(min_time / 5, 0.002) * 1e9) // max(single, 1), 1), 256))
-    cmd = _record(backend, pieces, copies, label) if copies > 1 else once
+    cmd = _record(backend, rounds, copies, label) if copies > 1 else once
     if copies > 1:
         backend.run(cmd)
     samples: list[float] = []

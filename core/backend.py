@@ -56,6 +56,9 @@ class CoopMatrixShape:
     scope: str
 
 
+CPU_DEVICE_TYPES = ("cpu", "software")  # Caps.device_type of a device whose "GPU" is the host's cores
+
+
 @dataclass(frozen=True)
 class Caps:
     """What a device can do; kernel variants are picked from this, never from a backend's name."""

@@ -205,6 +205,33 @@ def test_kernel_bench_end_to_end(tmp_path, capsys):
     _check_trace(out_trace)
 
 
+def test_kernel_rounds_take_fresh_copies_of_the_inputs_and_share_the_outputs():
+    """A timed case on a GPU rotates through copies of its read-only inputs (so its repeats read them
+    from memory, not from the cache that held the last one), as many as pass the budget; each round is
+    the same dispatch on the same values, writing the same outputs."""
+    from shaderbay.benches.kernel_buffers import build_rounds, cold_bytes
+    from shaderbay.benches.kernel_cases import KernelCase
+    from shaderbay.benches.timing import time_pieces
+
+    backend = NumpyBackend()
+    assert cold_bytes(backend) == 0  # a CPU device: one round
+    constants = {"wdtype": "q4_0", "bias": False, "accumulate": True, "prologue": "none", "epilogue": "none"}
+    case = KernelCase("down", "decode", "matmul", {"rows": 1, "n": 64, "k": 128, "eps": 1e-5}, constants)
+    inputs = 64 * 128 // 32 * 18 + 128 * 4  # the q4_0 blocks and x
+    (alone,), _ = build_rounds(backend, case, np.random.default_rng(0), 0)
+    rounds, buffers = build_rounds(backend, case, np.random.default_rng(0), 3 * inputs)
+    assert len(rounds) == 3
+    ((_, first, _),) = rounds[0]
+    for ((_, bindings, _),) in rounds[1:]:
+        assert bindings["w"] is not first["w"] and bindings["x"] is not first["x"]
+        assert bindings["out"] is first["out"]
+        for name in ("w", "x"):
+            np.testing.assert_array_equal(backend.read(bindings[name]), backend.read(alone[0][1][name]))
+    ns, source = time_pieces(backend, rounds[0], "down", min_time=0.001, rounds=rounds)
+    assert ns > 0 and source == "wall"
+    assert len(buffers) == 3 * 2 + 1  # w and x three times, out once
+
+
 def test_reading_a_result_back_rejects_malformed_ones():
     with pytest.raises(ResultError):
         load_result(json.dumps({"schema": "shaderbay-bench/1", "kind": "model"}))

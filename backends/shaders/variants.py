@@ -40,7 +40,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from shaderbay.backend import Caps
+from shaderbay.backend import CPU_DEVICE_TYPES, Caps
 from shaderbay.config import env_flag
 from shaderbay.errors import KernelCompileError, UnsupportedKernel
 from shaderbay.kernels import ARGMAX_SLICES, CATALOGUE, kernel
@@ -51,7 +51,6 @@ from .variants_heavy import heavy_variants
 ENV_NO_SUBGROUPS = "SHADERBAY_NO_SUBGROUPS"
 # a CPU device (lavapipe) runs the variants made for GPUs, as a GPU would: how CI tests those forms
 ENV_GPU_FORMS = "SHADERBAY_GPU_FORMS"
-CPU_DEVICE_TYPES = ("cpu", "software")  # Caps.device_type of a device whose "GPU" is the host's cores
 
 # --- the simple kernels' rows -----------------------------------------------------------
 
