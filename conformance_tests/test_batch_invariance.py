@@ -11,6 +11,7 @@ import pytest
 from shaderbay.conformance.cases.matmul import (
     INVARIANCE_CHECKED,
     INVARIANCE_COMBOS,
+    INVARIANCE_MATRIX_SHAPES,
     INVARIANCE_ROWS,
     INVARIANCE_SHAPES,
     invariance_case,
@@ -23,7 +24,8 @@ from shaderbay.conformance.test_kernels import _combo_id, _pipeline_or_skip, che
 @pytest.mark.parametrize("constants", INVARIANCE_COMBOS, ids=[_combo_id(c) for c in INVARIANCE_COMBOS])
 def test_matmul_rows_are_batch_invariant(backend, constants: dict) -> None:
     _pipeline_or_skip(backend, "matmul", constants)
-    for seed, (n, k) in enumerate(INVARIANCE_SHAPES):
+    shapes = INVARIANCE_SHAPES + (INVARIANCE_MATRIX_SHAPES if constants.get("rows_form") == "matrix" else ())
+    for seed, (n, k) in enumerate(shapes):
         case = invariance_case(constants, n, k, seed)
         alone = {r: run_case(backend, rows_of(case, r, r + 1)).outputs["out"] for r in INVARIANCE_CHECKED}
         check_case(backend, rows_of(case, 0, max(INVARIANCE_ROWS)))  # right, besides invariant

@@ -289,38 +289,49 @@ def test_prefill_tile_in_fewer_subgroups_only_for_products_of_many_tiles():
     assert tag(16384, {"wdtype": "q4_0"}) == "coop"  # block weights keep their own tile
 
 
-def test_decode_rows_form_is_one_spv_at_every_rows_count():
-    """The rows form's batch invariance: a product keeps one form (one spv, one BK and k split, which
-    fix a row's sums) at every rows count, whatever its outputs."""
+def test_decode_rows_form_keeps_a_rows_sums_at_every_rows_count():
+    """The rows form's batch invariance: whichever tile a product takes at a rows count, its slices'
+    depth, k groups (in subgroups or accumulator sets) and splits, which fix a row's sums, are the
+    same at every rows count; the 16-row tile up to 16 rows, the widest 64-row tile that fills the
+    device from 17."""
     from shaderbay.backends.shaders.records import COOP_SHAPE
+    from shaderbay.backends.shaders.variants_heavy import COOP_ROWS_BK, COOP_ROWS_WARPS_K
     from shaderbay.kernels import BATCH_ROWS
 
     coop = _caps(cooperative_matrix=(COOP_SHAPE,))
-    for n in (2048, 16384, 128256):
-        chosen = {
-            variants.select("matmul", {"wdtype": "f16"}, {"rows": r, "n": n, "k": 2048, "rows_form": "matrix"}, coop)
-            for r in (1, 2, 16, BATCH_ROWS)
-        }
-        assert [v.name.split("_", 6)[-1] for v in chosen] == ["cooprows"], (n, chosen)
+    for n, k, wide in ((2048, 8192, "cooprows64x64"), (16384, 2048, "cooprows64x128"), (576, 1536, "cooprows")):
+        chosen = {}
+        for r in (1, 2, 16, 17, BATCH_ROWS):
+            params = {"rows": r, "n": n, "k": k, "rows_form": "matrix"}
+            v = variants.select("matmul", {"wdtype": "f16"}, params, coop)
+            d = v.compile_defines()
+            sums = (d["BK"], int(d["WARPS_K"]) * int(d["K_SETS"]), v.grid(params)[2])
+            chosen[r] = (v.name.rsplit("_", 1)[-1], sums)
+        assert {tag for tag, _ in list(chosen.values())[:3]} == {"cooprows"}, chosen
+        assert {tag for tag, _ in list(chosen.values())[3:]} == {wide}, chosen
+        assert {sums for _, sums in chosen.values()} == {(str(COOP_ROWS_BK), COOP_ROWS_WARPS_K, chosen[1][1][2])}
 
 
 def test_decode_rows_form_splits_few_tiles_by_n_and_k_alone():
     """The rows form's splits (workgroups sharing a tile, grid z) and its working memory: the splits
-    follow n and k, never the rows (a row's sums depend on them); each split walks at least one round;
-    the counts come first, as many as a split product's tiles can be at any rows count."""
+    follow n and k, never the rows or the tile (a row's sums depend on them); each split walks at
+    least one round; the counts come first, as many as a split product's tiles can be at any rows
+    count."""
     from shaderbay.backends.shaders.variants_heavy import COOP_ROWS_BK, COOP_ROWS_WARPS_K
     from shaderbay.kernels import BATCH_ROWS
 
-    v = variants.by_name("matmul_f16_nobias_accumulate_none_none_cooprows")
-    assert v.compile_defines()["BINDING_SCRATCH"] == "3"  # after x, w and out
+    forms = [variants.by_name(f"matmul_f16_nobias_accumulate_none_none_cooprows{t}") for t in ("", "64x64", "64x128")]
+    for v in forms:
+        assert v.compile_defines()["BINDING_SCRATCH"] == "3"  # after x, w and out
     for n, k, splits in ((2048, 8192, 4), (2048, 2048, 4), (3072, 2048, 3), (16384, 2048, 1), (576, 1536, 1)):
-        grids = {v.grid({"rows": r, "n": n, "k": k}) for r in (1, 2, 17, BATCH_ROWS)}
+        grids = {v.grid({"rows": r, "n": n, "k": k}) for r in (1, 2, 17, BATCH_ROWS) for v in forms}
         assert {g[2] for g in grids} == {splits}, (n, k, grids)
         assert splits <= -(-k // (COOP_ROWS_BK * COOP_ROWS_WARPS_K))
-        tiles = -(-BATCH_ROWS // 16) * -(-n // 32)
-        words = v.scratch({"rows": BATCH_ROWS, "n": n, "k": k})
-        assert words == (4 * 256 + tiles * splits * (16 * 32 + 16) if splits > 1 else 1)
-    assert all(u.scratch is None for u in variants.table() if not u.name.endswith("_cooprows"))
+        for v, (bm, bn) in zip(forms, ((16, 32), (64, 64), (64, 128)), strict=True):
+            tiles = -(-BATCH_ROWS // bm) * -(-n // bn)
+            words = v.scratch({"rows": BATCH_ROWS, "n": n, "k": k})
+            assert words == (BATCH_ROWS // bm * 256 + tiles * splits * (bm * bn + bm) if splits > 1 else 1)
+    assert all(u.scratch is None for u in variants.table() if "_cooprows" not in u.name)
 
 
 def test_cooperative_attention_only_with_the_shape_and_past_batch_rows():

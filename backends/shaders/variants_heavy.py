@@ -11,7 +11,7 @@ where it only applies to some (e.g. `lambda p: p["rows"] == 1` for matrix-vector
 `priority` to order the applicable ones.
 
 Names are `records.stem(kernel, constants, *tags)`; every constant combination has a
-full set. 1856 spv files in all with the simple kernels' (matmul 1800, attention 19,
+full set. 1952 spv files in all with the simple kernels' (matmul 1896, attention 19,
 decode_attention 15, sample 2).
 
 matmul (matmul_vec.comp, matmul_tiled.comp)
@@ -59,7 +59,8 @@ matmul (matmul_vec.comp, matmul_tiled.comp)
     weights too, dequantized by the loaders into f16 hi and lo rows (a value is an f16 scale times a
     small integer: ~14 significant bits), a 128 x 64 tile (COOP_Q_*).
     `matmul_<consts>_cooprows`: the same source with k split over subgroup groups, for
-    rows_form 'matrix' at 1..BATCH_ROWS rows (several streams): see COOP_ROWS_* below.
+    rows_form 'matrix' at 1..BATCH_ROWS rows (several streams); `_cooprows64x64` / `_cooprows64x128`,
+    its 64-row tiles with the same sums, for many rows: see COOP_ROWS_* below.
 
 sample (sample.comp)
     `sample_sg` (512 invocations) / `sample` (128): one workgroup; see sample.comp.
@@ -138,15 +139,16 @@ def _many_tiles(p: dict) -> bool:
     return p["rows"] > BATCH_ROWS and groups(p["rows"], bm) * groups(p["n"], bn) >= COOP_4X2_MIN_TILES
 
 
-def _coop(c: dict, tag: str, warps: tuple[int, int, int], frags: tuple[int, int], bk: int, when, priority: int):
-    """matmul_coop.comp: f16/bf16 or block weights, k % 8 == 0; `warps` along rows, columns and k."""
+def _coop(c: dict, tag: str, warps: tuple[int, int, int], frags: tuple[int, int], bk: int, when, priority: int, sets=1):
+    """matmul_coop.comp: f16/bf16 or block weights, k % 8 == 0; `warps` along rows, columns and k,
+    `sets` k groups kept in accumulator sets."""
     (wm, wn, wk), (fm, fn) = warps, frags
     bm, bn = 16 * wm * fm, 16 * wn * fn
     w_parts = 2 if c["wdtype"] in BLOCK_DTYPES else 1  # block weights stage w's hi and lo rows
     # each k group's slice of x's hi and lo rows and w's rows, or its output tile (uvec4, padded rows)
     staged = 16 * wk * max((2 * bm + w_parts * bn) * (bk // 8 + 1), bm * (bn // 4 + 1))
     if c["prologue"] == "rmsnorm":
-        staged += 4 * wk * bm * bk // 8
+        staged += 4 * wk * sets * bm * bk // 8
     return Variant(
         stem("matmul", c, tag),
         "matmul",
@@ -154,7 +156,7 @@ def _coop(c: dict, tag: str, warps: tuple[int, int, int], frags: tuple[int, int]
         c,
         (32 * wm * wn * wk, 1, 1),
         lambda p: (groups(p["rows"], bm), groups(p["n"], bn), 1),
-        defines={"WARPS_M": wm, "WARPS_N": wn, "WARPS_K": wk, "FM": fm, "FN": fn, "BK": bk},
+        defines={"WARPS_M": wm, "WARPS_N": wn, "WARPS_K": wk, "K_SETS": sets, "FM": fm, "FN": fn, "BK": bk},
         needs=COOP_NEEDS,
         subgroup_size=32,
         when=lambda p: when(p) and p["k"] % 8 == 0,
@@ -181,6 +183,18 @@ COOP_ROWS_WARPS, COOP_ROWS_FRAGS = (1, 2), (1, 1)  # subgroups along rows and co
 # of 3 to 6 rounds (k 576, 1,536) lost (gate_up 250 -> 354 us at one stream, 64 streams -17%).
 COOP_ROWS_SPLIT_TILES = 256
 COOP_ROWS_SPLIT_ROUNDS = 8
+# From COOP_ROWS_TALL_MIN_ROWS rows on, tiles of 64 rows in 4 x 2 subgroups that keep the k groups as
+# accumulator sets (matmul_coop.comp's K_SETS): a row's sums are the 16-row tile's, and x, whose
+# bytes at 64 rows were 4x w's in a 16 x 32 tile, is staged once per 64 or 128 columns. Each product
+# takes the widest whose column tiles times splits make COOP_ROWS_TALL_MIN_GROUPS workgroups, else the
+# 16-row tile. H100, 1B and 135M at 64 streams, us a step (benches/RESULTS.md 2026-12-06 07:55), 16 x
+# 32 / 64 x 32 / 64 x 64 / 64 x 128: 1B gate_up 1,950 / 2,012 / 1,284 / 1,081 (128 workgroups), LM
+# head 890 / 943 / 602 / 477, down 973 / 745 / 726 / 945 (64 x 64: 128 workgroups), qkv 620 / 629 /
+# 502 / 607; 135M down (18 column tiles) 545 / 920 / - / 1,216.
+COOP_ROWS_TALL_WARPS = (4, 2)
+COOP_ROWS_TALL_FRAGS = ((1, 4), (1, 2))  # a subgroup's fragments: 64 x 128, 64 x 64; the widest first
+COOP_ROWS_TALL_MIN_ROWS = 17
+COOP_ROWS_TALL_MIN_GROUPS = 96
 
 
 def coop_rows_splits(n: int, k: int) -> int:
@@ -192,13 +206,29 @@ def coop_rows_splits(n: int, k: int) -> int:
     return min(ceil_div(COOP_ROWS_SPLIT_TILES, ceil_div(n, bn)), rounds)
 
 
-def _coop_rows(c: dict) -> Variant:
-    def when(p):
-        return p["rows_form"] == "matrix" and p["rows"] <= BATCH_ROWS
+def coop_rows_frags(p: dict) -> tuple[int, int] | None:
+    """The tall tile a rows-form product takes (its subgroups' fragments), None for the 16-row tile."""
+    if p["rows"] >= COOP_ROWS_TALL_MIN_ROWS:
+        splits = coop_rows_splits(p["n"], p["k"])
+        for frags in COOP_ROWS_TALL_FRAGS:
+            if ceil_div(p["n"], 16 * COOP_ROWS_TALL_WARPS[1] * frags[1]) * splits >= COOP_ROWS_TALL_MIN_GROUPS:
+                return frags
+    return None
 
-    warps = (*COOP_ROWS_WARPS, COOP_ROWS_WARPS_K)
-    v = _coop(c, "cooprows", warps, COOP_ROWS_FRAGS, COOP_ROWS_BK, when, 40)
-    bm, bn = 16 * COOP_ROWS_WARPS[0] * COOP_ROWS_FRAGS[0], 16 * COOP_ROWS_WARPS[1] * COOP_ROWS_FRAGS[1]
+
+def _coop_rows(c: dict, tall: tuple[int, int] | None) -> Variant:
+    """The rows form: its 16-row tile in COOP_ROWS_WARPS_K subgroup groups, or a tall tile (`tall`: its
+    subgroups' fragments) with the groups as accumulator sets."""
+
+    def when(p):
+        return p["rows_form"] == "matrix" and p["rows"] <= BATCH_ROWS and coop_rows_frags(p) == tall
+
+    if tall:
+        warps, frags, sets = (*COOP_ROWS_TALL_WARPS, 1), tall, COOP_ROWS_WARPS_K
+    else:
+        warps, frags, sets = (*COOP_ROWS_WARPS, COOP_ROWS_WARPS_K), COOP_ROWS_FRAGS, 1
+    bm, bn = 16 * warps[0] * frags[0], 16 * warps[1] * frags[1]
+    v = _coop(c, f"cooprows{bm}x{bn}" if tall else "cooprows", warps, frags, COOP_ROWS_BK, when, 40, sets)
 
     def grid(p):
         return (*v.grid(p)[:2], coop_rows_splits(p["n"], p["k"]))
@@ -275,7 +305,7 @@ def _matmul() -> list[Variant]:
             wm, wn = COOP_WARPS
             rows.append(_coop(c, "coop", (wm, wn, 1), COOP_FRAGS, COOP_BK, lambda p: p["rows"] > BATCH_ROWS, 30))
             rows.append(_coop(c, "coop4x2", (*COOP_4X2_WARPS, 1), COOP_4X2_FRAGS, COOP_BK, _many_tiles, 31))
-            rows.append(_coop_rows(c))
+            rows.extend(_coop_rows(c, tall) for tall in (None, *COOP_ROWS_TALL_FRAGS))
         elif blocks:
             wm, wn = COOP_Q_WARPS
             rows.append(_coop(c, "coop", (wm, wn, 1), COOP_Q_FRAGS, COOP_Q_BK, lambda p: p["rows"] > BATCH_ROWS, 30))

@@ -148,6 +148,9 @@ INVARIANCE_N = 37  # outputs: not a multiple of any workgroup's
 INVARIANCE_K = (96, 258, 4360)
 # and one product of many outputs (2,085: past 2,048, where a backend may take another one-row form)
 INVARIANCE_SHAPES = tuple((INVARIANCE_N, k) for k in INVARIANCE_K) + ((2085, 512),)
+# the matrix units' form besides: products of enough column tiles for a backend's taller tiles (k
+# not a whole number of 256-deep rounds; the first split over workgroups, the second a wide one)
+INVARIANCE_MATRIX_SHAPES = ((1000, 2056), (12200, 264))
 # every weight dtype once, the prologues, epilogues, bias and accumulate spread over them
 INVARIANCE_COMBOS = tuple(
     {"wdtype": w, "bias": b, "accumulate": a, "prologue": p, "epilogue": e}

@@ -48,6 +48,12 @@
 // on BK and WARPS_K, never on BM or the rows: every variant with the same two gives each row the
 // same bits whatever the other rows (the rows form's batch invariance).
 //
+// K_SETS > 1 (the rows form's 64-row tile, many rows): the k groups' order kept in one group of
+// subgroups. Slice s of each round goes to accumulator set s and its sums of squares to set s's, the
+// slices staged one after another; at the end the sets are added in set order, as WARPS_K groups'
+// tiles are: so each row gets the bits of the WARPS_K = K_SETS form (its 16-row tile), with each
+// weight slice staged once for 64 rows, not 4 times (4 groups would stage 64 KiB, past the 48).
+//
 // Splits (with BINDING_SCRATCH, the rows form): gl_NumWorkGroups.z workgroups share a tile, split s
 // walking the slice rounds s, s + splits, ... (the host picks splits from n and k alone, so that a
 // product of few tiles still fills the device). Each leaves its groups' sum (and each row's sum of
@@ -82,6 +88,13 @@ shared uint arrived;
 #ifndef WARPS_K
 #define WARPS_K 1
 #endif
+#ifndef K_SETS
+#define K_SETS 1
+#endif
+#if WARPS_K > 1 && K_SETS > 1
+#error "matmul_coop.comp: k groups in subgroups or in accumulator sets, not both"
+#endif
+#define KG (uint(WARPS_K) * uint(K_SETS))  // the k groups of a row's sums: slices g, g + KG, ... in group g
 #define GROUP (uint(WG_SIZE) / uint(WARPS_K))  // invocations of a group (WARPS_M x WARPS_N subgroups)
 #define BM (uint(WARPS_M) * uint(FM) * 16u)
 #define BN (uint(WARPS_N) * uint(FN) * 16u)
@@ -107,7 +120,7 @@ shared uint arrived;
 // each group's slice; after the k loop, each group's output tile
 shared uvec4 smem[uint(WARPS_K) * max(STAGE, TILE)];
 #if defined(PROLOGUE_RMSNORM)
-shared float chunk_ss[uint(WARPS_K) * BM * CHUNKS_PER_ROW];  // sum(x * x) of each loader's chunks of a row
+shared float chunk_ss[KG * BM * CHUNKS_PER_ROW];  // sum(x * x) of each loader's chunks of a row
 #endif
 
 #define ACC coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>
@@ -133,7 +146,7 @@ uint wvalid;  // bit i: w chunk i lies within the matrix (else read in bounds an
 #else
 uvec4 wr[B_PER];
 #endif
-float ss[A_PER];
+float ss[uint(K_SETS) * A_PER];  // per accumulator set
 
 uvec4 pack8(vec4 a, vec4 b) {
     return uvec4(packHalf2x16(a.xy), packHalf2x16(a.zw), packHalf2x16(b.xy), packHalf2x16(b.zw));
@@ -203,7 +216,7 @@ void load_slice(uint k0, uint m0, uint j0, uint t) {
     }
 }
 
-void store_slice(uint base, uint t) {
+void store_slice(uint base, uint t, uint set) {
     [[unroll]] for (uint i = 0u; i < A_PER; ++i) {
         uint q = t + GROUP * i;
         vec4 a = xa[i];
@@ -213,7 +226,7 @@ void store_slice(uint base, uint t) {
         b = b / (1.0 + exp(-b)) * ub[i];
 #endif
 #if defined(PROLOGUE_RMSNORM)
-        ss[i] += dot(a, a) + dot(b, b);
+        ss[set * A_PER + i] += dot(a, a) + dot(b, b);
         a *= na[i];
         b *= nb[i];
 #endif
@@ -262,7 +275,7 @@ vec4 tile_sum(uint e) {
 #if defined(PROLOGUE_RMSNORM)
 float row_sq(uint r) {  // sum(x * x) of the tile's row r over the slices staged here
     float sq = 0.0;
-    [[unroll]] for (uint h = 0u; h < uint(WARPS_K); ++h) {
+    [[unroll]] for (uint h = 0u; h < KG; ++h) {
         [[unroll]] for (uint q = 0u; q < CHUNKS_PER_ROW; ++q) {
             sq += chunk_ss[(h * BM + r) * CHUNKS_PER_ROW + q];
         }
@@ -289,69 +302,80 @@ void main() {
         for (uint tm = gl_WorkGroupID.x; tm < ntm; tm += gl_NumWorkGroups.x) {
             uint m0 = tm * BM;
             uint j0 = tn * BN;
-            ACC acc[FM * FN];
-            [[unroll]] for (uint i = 0u; i < uint(FM * FN); ++i) {
+            ACC acc[K_SETS * FM * FN];
+            [[unroll]] for (uint i = 0u; i < uint(K_SETS * FM * FN); ++i) {
                 acc[i] = ACC(0.0);
             }
-            [[unroll]] for (uint i = 0u; i < A_PER; ++i) {
+            [[unroll]] for (uint i = 0u; i < uint(K_SETS) * A_PER; ++i) {
                 ss[i] = 0.0;
             }
 #if defined(BINDING_SCRATCH)
-            uint first = gl_WorkGroupID.z * uint(BK * WARPS_K);  // this split's rounds of slices
-            uint step = gl_NumWorkGroups.z * uint(BK * WARPS_K);
+            uint first = gl_WorkGroupID.z * KG * uint(BK);  // this split's rounds of slices
+            uint step = gl_NumWorkGroups.z * KG * uint(BK);
 #else
             uint first = 0u;
-            uint step = uint(BK * WARPS_K);
+            uint step = KG * uint(BK);
 #endif
             load_slice(first + g * uint(BK), m0, j0, t);
 
             // every group walks the same number of steps (barriers); a slice past k stages zeros
             for (uint k0 = first; k0 < k; k0 += step) {
-                store_slice(g * max(STAGE, TILE), t);
-                barrier();
-                if (k0 + step < k) {
-                    load_slice(k0 + step + g * uint(BK), m0, j0, t);  // in flight during the math below
+                [[unroll]] for (uint set = 0u; set < uint(K_SETS); ++set) {
+                    store_slice(g * max(STAGE, TILE), t, set);
+                    barrier();
+                    uint next = set + 1u < uint(K_SETS) ? k0 + (set + 1u) * uint(BK) : k0 + step;
+                    if (set + 1u < uint(K_SETS) || next < k) {
+                        load_slice(next + g * uint(BK), m0, j0, t);  // in flight during the math below
+                    }
+                    [[unroll]] for (uint kk = 0u; kk < CHUNKS_PER_ROW; kk += 2u) {  // 16 deep, in uvec4 columns
+                        coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> a_hi[FM];
+                        coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> a_lo[FM];
+                        coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> b[FN];
+#if defined(QBLOCK)
+                        coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> b_lo[FN];
+#endif
+                        [[unroll]] for (uint i = 0u; i < uint(FM); ++i) {
+                            uint at = region + (wm * uint(FM) + i) * 16u * RS + kk;
+                            coopMatLoad(a_hi[i], smem, at, RS, gl_CooperativeMatrixLayoutRowMajor);
+                            coopMatLoad(a_lo[i], smem, at + LO, RS, gl_CooperativeMatrixLayoutRowMajor);
+                        }
+                        [[unroll]] for (uint j = 0u; j < uint(FN); ++j) {
+                            uint at = region + WS + (wn * uint(FN) + j) * 16u * RS + kk;
+                            coopMatLoad(b[j], smem, at, RS, gl_CooperativeMatrixLayoutColumnMajor);
+#if defined(QBLOCK)
+                            coopMatLoad(b_lo[j], smem, at + BN * RS, RS, gl_CooperativeMatrixLayoutColumnMajor);
+#endif
+                        }
+                        // all hi products, then all lo (into the same accumulators): consecutive products
+                        // go to different ones; block weights: then x hi times w lo
+                        [[unroll]] for (uint i = 0u; i < uint(FM); ++i) {
+                            [[unroll]] for (uint j = 0u; j < uint(FN); ++j) {
+                                uint a = set * uint(FM * FN) + i * uint(FN) + j;
+                                acc[a] = coopMatMulAdd(a_hi[i], b[j], acc[a]);
+                            }
+                        }
+                        [[unroll]] for (uint i = 0u; i < uint(FM); ++i) {
+                            [[unroll]] for (uint j = 0u; j < uint(FN); ++j) {
+                                uint a = set * uint(FM * FN) + i * uint(FN) + j;
+                                acc[a] = coopMatMulAdd(a_lo[i], b[j], acc[a]);
+                            }
+                        }
+#if defined(QBLOCK)
+                        [[unroll]] for (uint i = 0u; i < uint(FM); ++i) {
+                            [[unroll]] for (uint j = 0u; j < uint(FN); ++j) {
+                                uint a = set * uint(FM * FN) + i * uint(FN) + j;
+                                acc[a] = coopMatMulAdd(a_hi[i], b_lo[j], acc[a]);
+                            }
+                        }
+#endif
+                    }
+                    barrier();  // every subgroup is done reading the slice before the next is stored
                 }
-                [[unroll]] for (uint kk = 0u; kk < CHUNKS_PER_ROW; kk += 2u) {  // 16 deep, in uvec4 columns
-                    coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> a_hi[FM];
-                    coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> a_lo[FM];
-                    coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> b[FN];
-#if defined(QBLOCK)
-                    coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> b_lo[FN];
-#endif
-                    [[unroll]] for (uint i = 0u; i < uint(FM); ++i) {
-                        uint at = region + (wm * uint(FM) + i) * 16u * RS + kk;
-                        coopMatLoad(a_hi[i], smem, at, RS, gl_CooperativeMatrixLayoutRowMajor);
-                        coopMatLoad(a_lo[i], smem, at + LO, RS, gl_CooperativeMatrixLayoutRowMajor);
-                    }
-                    [[unroll]] for (uint j = 0u; j < uint(FN); ++j) {
-                        uint at = region + WS + (wn * uint(FN) + j) * 16u * RS + kk;
-                        coopMatLoad(b[j], smem, at, RS, gl_CooperativeMatrixLayoutColumnMajor);
-#if defined(QBLOCK)
-                        coopMatLoad(b_lo[j], smem, at + BN * RS, RS, gl_CooperativeMatrixLayoutColumnMajor);
-#endif
-                    }
-                    // all hi products, then all lo (into the same accumulators): consecutive products
-                    // go to different ones; block weights: then x hi times w lo
-                    [[unroll]] for (uint i = 0u; i < uint(FM); ++i) {
-                        [[unroll]] for (uint j = 0u; j < uint(FN); ++j) {
-                            acc[i * uint(FN) + j] = coopMatMulAdd(a_hi[i], b[j], acc[i * uint(FN) + j]);
-                        }
-                    }
-                    [[unroll]] for (uint i = 0u; i < uint(FM); ++i) {
-                        [[unroll]] for (uint j = 0u; j < uint(FN); ++j) {
-                            acc[i * uint(FN) + j] = coopMatMulAdd(a_lo[i], b[j], acc[i * uint(FN) + j]);
-                        }
-                    }
-#if defined(QBLOCK)
-                    [[unroll]] for (uint i = 0u; i < uint(FM); ++i) {
-                        [[unroll]] for (uint j = 0u; j < uint(FN); ++j) {
-                            acc[i * uint(FN) + j] = coopMatMulAdd(a_hi[i], b_lo[j], acc[i * uint(FN) + j]);
-                        }
-                    }
-#endif
+            }
+            [[unroll]] for (uint set = 1u; set < uint(K_SETS); ++set) {  // the sets in set order
+                [[unroll]] for (uint i = 0u; i < uint(FM * FN); ++i) {
+                    acc[i] = acc[i] + acc[set * uint(FM * FN) + i];
                 }
-                barrier();  // every subgroup is done reading the slice before the next is stored
             }
 
             [[unroll]] for (uint i = 0u; i < uint(FM); ++i) {
@@ -361,8 +385,10 @@ void main() {
                 }
             }
 #if defined(PROLOGUE_RMSNORM)
-            [[unroll]] for (uint i = 0u; i < A_PER; ++i) {
-                chunk_ss[g * BM * CHUNKS_PER_ROW + t + GROUP * i] = ss[i];
+            [[unroll]] for (uint set = 0u; set < uint(K_SETS); ++set) {
+                [[unroll]] for (uint i = 0u; i < A_PER; ++i) {
+                    chunk_ss[(g + set) * BM * CHUNKS_PER_ROW + t + GROUP * i] = ss[set * A_PER + i];
+                }
             }
 #endif
             barrier();
