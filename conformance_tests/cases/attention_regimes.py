@@ -15,9 +15,9 @@ from ..harness import Case
 from .record import Regime
 from .values import Values
 
-# rope's angle is float32(p) * inv_freq; cos_sin (common.glsl) reduces it by 2 pi in three parts,
-# the first two exact for |angle| below ~4.2e6 rad: positions up to 2^22 (4M tokens of context)
-# (measured on lavapipe: 3.6e-4 of rope's 1e-3 up to 2^22, 8e-2 just past it). Not promised past it.
+# rope's angle is float32(p) * inv_freq; cos_sin (common.glsl) reduces it by 2 pi in four parts,
+# the first three exact products for |angle| below ~6.6e6 rad: positions up to 2^22 (4M tokens of
+# context; measured 4.9e-7 on an H100 and 7.3e-7 on lavapipe of rope's 1e-3). Not promised past it.
 ROPE_LARGEST_POSITION = 1 << 22
 
 F16_LARGEST = 65504.0

@@ -86,13 +86,19 @@ uint pack_f16x2(float a, float b) {
     return f32_to_f16_bits(a) | (f32_to_f16_bits(b) << 16);
 }
 
-// cos and sin of a float32 angle, reduced to [-pi, pi] first (Cody-Waite, 2*pi in three
-// parts) so large positions keep their accuracy on GPUs with fast, short-range sin/cos.
+// cos and sin of a float32 angle, reduced to [-pi, pi] first (Cody-Waite) so large positions keep
+// their accuracy on GPUs with fast, short-range sin/cos. 2*pi in four parts, the first three of at
+// most 4 significant bits: for |k| < 2^20 (angles to ~6.6e6) each k * part is exact without a fused
+// multiply-add, and each subtraction is exact too (Sterbenz: its operands within 2x of each other).
+// `precise`: the parts are not folded back into one rounded 2*pi. Rope's worst error at positions up
+// to 2^22 (benches/RESULTS.md 2026-12-06): 8.7e-3 on an H100 and 3.1e-4 on lavapipe with 2*pi in
+// three parts of 5 bits (inexact products past k = 2^19 unless fused), 4.9e-7 and 7.3e-7 so.
 // (rope and decode_attention: the same rotation in both.)
 vec2 cos_sin(float a) {
     float k = round(a * 0.15915494309189535);
-    float r = a - k * 6.25;
-    r = r - k * 0.033203125;
+    precise float r = a - k * 6.0;
+    r = r - k * 0.28125;
+    r = r - k * 0.001953125;
     r = r - k * -1.7817820413774e-05;
     return vec2(cos(r), sin(r));
 }
