@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The open issues' target figures in one GPU-machine call, each with the command benches/RESULTS.md
-# records for it: 13 (quantized decode), 14 (many streams), 15 (prefill); any of them, all by default.
+# records for it: 13 (quantized decode), 14 (many streams), 15 (prefill); any of them, all by default;
+# `conformance` first runs the conformance suite on the device's vulkan and wgpu (~1 min with xdist).
 #
-# Prepare here (the GPU machine has no internet; it lacks gguf and pydantic, which the benches import):
+# Prepare here (the GPU machine has no internet; it lacks gguf and pydantic, which the benches import,
+# and pytest-xdist):
 #   ../shared/tools/device-prep gguf==0.19.0 pydantic==2.13.4 pydantic_core==2.46.4 annotated-types==0.7.0 \
-#       typing-inspection==0.4.2 typing_extensions==4.16.0
+#       typing-inspection==0.4.2 typing_extensions==4.16.0 pytest-xdist==3.8.0 execnet==2.1.2
 # then run there with the device tool (carry [".gl", ".whl"]; one call may take 600 s, all three ~400 s):
-#   source .gl/device-env && bash benches/issue_targets.sh 13 14 15
+#   source .gl/device-env && bash benches/issue_targets.sh conformance 13 14 15
 # Each bench's table goes to stdout and its JSON and full log under $OUT (./targets-out without it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +40,13 @@ print('wgpu adapter:', a.info['device'], '| cooperative-matrix:', 'cooperative-m
 [ $# -gt 0 ] || set -- 13 14 15
 for issue in "$@"; do
     case $issue in
+    conformance)  # the suite on the device's GPU backends (tensor-core forms included), its summary
+        echo "=== conformance: python3 -m pytest -q -n 8 --pyargs shaderbay.conformance --backend vulkan,wgpu"
+        SHADERBAY_VULKAN_VALIDATE=0 timeout 300 python3 -m pytest -q -n 8 -p no:cacheprovider \
+            --pyargs shaderbay.conformance --backend vulkan,wgpu >"$out/conformance.log" 2>&1
+        echo "(exit $?)"
+        grep -E "^(FAILED|ERROR)|passed|failed" "$out/conformance.log" | tail -12
+        ;;
     13)  # quantized decode, vulkan (1B q4_0 beside wgpu), and the f16 prefill the q4_0 one is held to
         bench 1b-q4_0 --synthetic llama-3.2-1b --dtype q4_0 --backend vulkan,wgpu
         for d in q8_0 q4_k_m float16; do bench "1b-$d" --synthetic llama-3.2-1b --dtype "$d" --backend vulkan; done
@@ -55,6 +64,6 @@ for issue in "$@"; do
             bench "$s-prefill" --synthetic "$s" --backend vulkan,wgpu --new-tokens 16
         done
         ;;
-    *) echo "unknown issue $issue (13, 14 or 15)" >&2 ;;
+    *) echo "unknown issue $issue (conformance, 13, 14 or 15)" >&2 ;;
     esac
 done

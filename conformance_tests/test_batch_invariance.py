@@ -11,6 +11,8 @@ import pytest
 from shaderbay.conformance.cases.matmul import (
     INVARIANCE_CHECKED,
     INVARIANCE_COMBOS,
+    INVARIANCE_MATRIX_CHECKED,
+    INVARIANCE_MATRIX_ROWS,
     INVARIANCE_MATRIX_SHAPES,
     INVARIANCE_ROWS,
     INVARIANCE_SHAPES,
@@ -24,15 +26,17 @@ from shaderbay.conformance.test_kernels import _combo_id, _pipeline_or_skip, che
 @pytest.mark.parametrize("constants", INVARIANCE_COMBOS, ids=[_combo_id(c) for c in INVARIANCE_COMBOS])
 def test_matmul_rows_are_batch_invariant(backend, constants: dict) -> None:
     _pipeline_or_skip(backend, "matmul", constants)
-    shapes = INVARIANCE_SHAPES + (INVARIANCE_MATRIX_SHAPES if constants.get("rows_form") == "matrix" else ())
-    for seed, (n, k) in enumerate(shapes):
+    shapes = [(shape, INVARIANCE_ROWS, INVARIANCE_CHECKED) for shape in INVARIANCE_SHAPES]
+    if constants.get("rows_form") == "matrix" and backend.caps.cooperative_matrix:
+        shapes += [(shape, INVARIANCE_MATRIX_ROWS, INVARIANCE_MATRIX_CHECKED) for shape in INVARIANCE_MATRIX_SHAPES]
+    for seed, ((n, k), rows_counts, checked) in enumerate(shapes):
         case = invariance_case(constants, n, k, seed)
-        alone = {r: run_case(backend, rows_of(case, r, r + 1)).outputs["out"] for r in INVARIANCE_CHECKED}
+        alone = {r: run_case(backend, rows_of(case, r, r + 1)).outputs["out"] for r in checked}
         check_case(backend, rows_of(case, 0, max(INVARIANCE_ROWS)))  # right, besides invariant
-        for rows in INVARIANCE_ROWS:
+        for rows in rows_counts:
             batch = rows_of(case, 0, rows)
             got = run_case(backend, batch).outputs["out"].reshape(rows, -1)
-            differ = [r for r in INVARIANCE_CHECKED if r < rows and got[r].tobytes() != alone[r].tobytes()]
+            differ = [r for r in checked if r < rows and got[r].tobytes() != alone[r].tobytes()]
             if differ:
                 r = differ[0]
                 raise ConformanceFailure(

@@ -148,9 +148,13 @@ INVARIANCE_N = 37  # outputs: not a multiple of any workgroup's
 INVARIANCE_K = (96, 258, 4360)
 # and one product of many outputs (2,085: past 2,048, where a backend may take another one-row form)
 INVARIANCE_SHAPES = tuple((INVARIANCE_N, k) for k in INVARIANCE_K) + ((2085, 512),)
-# the matrix units' form besides: products of enough column tiles for a backend's taller tiles (k
-# not a whole number of 256-deep rounds; the first split over workgroups, the second a wide one)
-INVARIANCE_MATRIX_SHAPES = ((1000, 2056), (12200, 264))
+# the matrix units' form on a backend with them (Caps.cooperative_matrix; elsewhere the form is the
+# vector forms the shapes above cover) besides: products of enough column tiles for its taller tiles
+# (k not a whole number of 256-deep rounds; the first split over workgroups, the second a wide one),
+# at rows counts past the 16-row tile, a row of each 16-row quarter of a 64-row tile compared
+INVARIANCE_MATRIX_SHAPES = ((1000, 1800), (12200, 136))
+INVARIANCE_MATRIX_ROWS = (31, BATCH_ROWS)
+INVARIANCE_MATRIX_CHECKED = (0, 17, 30, 45, BATCH_ROWS - 1)
 # every weight dtype once, the prologues, epilogues, bias and accumulate spread over them
 INVARIANCE_COMBOS = tuple(
     {"wdtype": w, "bias": b, "accumulate": a, "prologue": p, "epilogue": e}
