@@ -7,7 +7,8 @@ that outgrow its caches (kernel_buffers.COLD_BYTES), and reports the matrix prod
 step (per-layer matrices times the layers, plus the head).
 `--form NAME` forces a matrix-vector variant (e.g. `vec`, `vec4x4`) from 2 rows on, or a
 cooperative-matrix one (`coop...`) at every rows count, to compare forms; `--rows N` times N rows
-only. `--check` also compares, bit for bit, each row of a 64-row product with the row alone.
+only (the inputs are sized for the most rows). `--check` also compares, bit for bit, each row of the
+product at the most rows with the row alone.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def forcing(form: str | None):
 
 
 def run_alone(backend: Any, pipe: Any, bindings: dict, params: dict, x: np.ndarray, r: int) -> np.ndarray:
-    xb, ob = backend.upload(np.ascontiguousarray(x[r])), backend.empty(bindings["out"].shape[0] // 64, "f32")
+    xb, ob = backend.upload(np.ascontiguousarray(x[r])), backend.empty(bindings["out"].shape[0] // len(x), "f32")
     cmd = backend.command_list("alone")
     cmd.dispatch(pipe, {**bindings, "x": xb, "out": ob}, **{**params, "rows": 1})
     backend.run(cmd)
@@ -73,7 +74,7 @@ def main() -> None:
     ap.add_argument("--backend", default="vulkan")
     ap.add_argument("--wdtype", action="append", help="f16, q4_0, ... (repeatable; default f16 and q4_0)")
     ap.add_argument("--form", help="matrix-vector variant forced from 2 rows on (e.g. vec, vec4x4)")
-    ap.add_argument("--check", action="store_true", help="bit-for-bit check of 64 rows against rows alone")
+    ap.add_argument("--check", action="store_true", help="bit-for-bit check of the most rows timed against each row alone")
     ap.add_argument("--rows", type=int, action="append", help=f"rows counts (repeatable; default {ROWS})")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
@@ -81,14 +82,15 @@ def main() -> None:
     backend = create_backend(args.backend)
     rng = np.random.default_rng(0)
     figures, steps = [], {}
+    counts = args.rows or ROWS
     for wdtype in args.wdtype or ["f16", "q4_0"]:
         for sname, shape in SHAPES.items():
             for mname, (constants, n, k) in matrices(shape).items():
-                case = KernelCase(mname, "decode", "matmul", {"rows": 64, "n": n, "k": k, "eps": 1e-5}, constants)
+                case = KernelCase(mname, "decode", "matmul", {"rows": max(counts), "n": n, "k": k, "eps": 1e-5}, constants)
                 case.constants["wdtype"] = wdtype
                 rounds, buffers = build_rounds(backend, case, rng, cold_bytes(backend))
                 ((pipe, bindings, params),) = rounds[0]
-                for rows in args.rows or ROWS:
+                for rows in counts:
                     at = [[(pipe, b, {**params, "rows": rows}) for _, b, _ in r] for r in rounds]
                     ns, _ = time_pieces(backend, at[0], mname, min_time=0.03, rounds=at)
                     figures.append({"wdtype": wdtype, "shape": sname, "matrix": mname, "rows": rows, "us": ns / 1e3})
@@ -99,12 +101,12 @@ def main() -> None:
                     cmd = backend.command_list("batch")
                     cmd.dispatch(pipe, bindings, **params)
                     backend.run(cmd)
-                    full = backend.read(bindings["out"]).view(np.uint32).reshape(64, -1)
-                    x = backend.read(bindings["x"]).reshape(64, -1)
+                    full = backend.read(bindings["out"]).view(np.uint32).reshape(max(counts), -1)
+                    x = backend.read(bindings["x"]).reshape(max(counts), -1)
                     differ = sum(
-                        int((run_alone(backend, pipe, bindings, params, x, r) != full[r]).any()) for r in range(64)
+                        int((run_alone(backend, pipe, bindings, params, x, r) != full[r]).any()) for r in range(len(x))
                     )
-                    print(f"{wdtype} {sname} {mname}: {differ} of 64 rows differ from the row alone")
+                    print(f"{wdtype} {sname} {mname}: {differ} of {len(x)} rows differ from the row alone")
                 for b in buffers:
                     backend.free(b)
     for (wdtype, sname, rows), ms in steps.items():
