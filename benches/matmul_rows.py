@@ -74,7 +74,7 @@ def main() -> None:
     ap.add_argument("--backend", default="vulkan")
     ap.add_argument("--wdtype", action="append", help="f16, q4_0, ... (repeatable; default f16 and q4_0)")
     ap.add_argument("--form", help="matrix-vector variant forced from 2 rows on (e.g. vec, vec4x4)")
-    ap.add_argument("--check", action="store_true", help="bit-for-bit check of the most rows timed against each row alone")
+    ap.add_argument("--check", action="store_true", help="bit for bit, the most rows timed against each row alone")
     ap.add_argument("--rows", type=int, action="append", help=f"rows counts (repeatable; default {ROWS})")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
@@ -86,7 +86,8 @@ def main() -> None:
     for wdtype in args.wdtype or ["f16", "q4_0"]:
         for sname, shape in SHAPES.items():
             for mname, (constants, n, k) in matrices(shape).items():
-                case = KernelCase(mname, "decode", "matmul", {"rows": max(counts), "n": n, "k": k, "eps": 1e-5}, constants)
+                params = {"rows": max(counts), "n": n, "k": k, "eps": 1e-5}
+                case = KernelCase(mname, "decode", "matmul", params, constants)
                 case.constants["wdtype"] = wdtype
                 rounds, buffers = build_rounds(backend, case, rng, cold_bytes(backend))
                 ((pipe, bindings, params),) = rounds[0]
