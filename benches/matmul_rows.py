@@ -86,8 +86,8 @@ def main() -> None:
     for wdtype in args.wdtype or ["f16", "q4_0"]:
         for sname, shape in SHAPES.items():
             for mname, (constants, n, k) in matrices(shape).items():
-                params = {"rows": max(counts), "n": n, "k": k, "eps": 1e-5}
-                case = KernelCase(mname, "decode", "matmul", params, constants)
+                sizes = {"rows": max(counts), "n": n, "k": k, "eps": 1e-5}
+                case = KernelCase(mname, "decode", "matmul", sizes, constants)
                 case.constants["wdtype"] = wdtype
                 rounds, buffers = build_rounds(backend, case, rng, cold_bytes(backend))
                 ((pipe, bindings, params),) = rounds[0]

@@ -1,7 +1,7 @@
 #version 450
 // out[r] = x[r] / sqrt(mean(x[r]**2) + eps) * weight. One workgroup per row (grid-stride).
 //
-// The squares are summed of x times s, a power of two that brings max|x[r]| to [0.5, 2), and
+// The squares are summed of x times s, a power of two that brings max|x[r]| to [0.5, 1), and
 // 1 / sqrt(mean(x**2) + eps) taken as s / sqrt(mean((x s)**2) + eps s**2), or 1 / sqrt(eps) where
 // eps s**2 overflows (eps then outweighs every square): the same bits as without s wherever neither
 // form flushes or overflows (scaling by a power of two is exact), and rows of rms 1e-18 keep their
