@@ -25,14 +25,17 @@ void main() {
         // s's biased exponent from m's (not frexp: naga rejects it), s within the normal range;
         // 1 for a row of zeros and for one with an infinity or NaN
         uint be = floatBitsToUint(m) >> 23;
-        float s = m == 0.0 || be == 255u ? 1.0 : uintBitsToFloat(uint(clamp(253 - int(be), 1, 253)) << 23);
+        int e = m == 0.0 || be == 255u ? 0 : clamp(253 - int(be), 1, 253) - 127;
+        float s = uintBitsToFloat(uint(e + 127) << 23);  // 2^e
         float ss = 0.0;
         for (uint i = t; i < n; i += WG_SIZE) {
             float v = x[base + i] * s;
             ss += v * v;
         }
         float mean = wg_sum(ss) / float(n);
-        float es = p.eps * s * s;
+        // eps s**2 by the exponent: written eps * s * s, NVIDIA's compilers (vulkan and wgpu) took s * s
+        // first, whose overflow (rows of rms below ~1e-19) made eps = 0 a NaN
+        float es = ldexp(p.eps, 2 * e);
         float scale = es > FLT_MAX ? 1.0 / sqrt(p.eps) : s / sqrt(mean + es);
         for (uint i = t; i < n; i += WG_SIZE) {
             out_[base + i] = x[base + i] * scale * weight[i];
